@@ -1,0 +1,1 @@
+//! netray-collect (to be written).

@@ -1,0 +1,1 @@
+//! netray-datapath (to be written).

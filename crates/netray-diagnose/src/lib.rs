@@ -1,0 +1,1 @@
+//! netray-diagnose (to be written).

@@ -1,0 +1,1 @@
+//! netray-kube (to be written).

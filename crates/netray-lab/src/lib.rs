@@ -1,0 +1,1 @@
+//! netray-lab (to be written).

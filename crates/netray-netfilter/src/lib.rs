@@ -1,0 +1,1 @@
+//! netray-netfilter (to be written).

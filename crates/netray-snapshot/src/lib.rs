@@ -1,0 +1,11 @@
+//! netray's snapshot format.
+//!
+//! A [`NodeSnapshot`] is one JSON document per node holding the host network namespace and
+//! every other namespace found on it; a [`Bundle`] is a set of them plus an optional
+//! Kubernetes `cluster.json`. Loading validates and names the file and JSON path of any fault.
+
+pub mod bundle;
+pub mod model;
+
+pub use bundle::{Bundle, LoadError};
+pub use model::*;

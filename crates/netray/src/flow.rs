@@ -1,0 +1,1 @@
+//! The one flow syntax shared by every command that takes a flow.

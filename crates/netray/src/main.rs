@@ -1,0 +1,48 @@
+//! `netray`: why does a packet not arrive?
+
+mod cmd;
+mod flow;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// Why does a packet not arrive? netray snapshots the real networking state of Linux and
+/// Kubernetes nodes and simulates a packet and its reply through the kernel's datapath,
+/// naming the rule, route, neighbour entry or sysctl that drops or rewrites it.
+///
+/// Exit codes: 0 success (reachable / clean), 1 not reachable or findings, 2 usage or input error.
+#[derive(Parser)]
+#[command(name = "netray", version, propagate_version = true)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Snapshot this host's network state (host namespace and every pod namespace) as JSON.
+    Collect(cmd::collect::Args),
+    /// One-host trace over firewall rules only (iptables-save / nft dumps someone pasted).
+    #[command(subcommand)]
+    Rules(cmd::rules::RulesCommand),
+    /// Build, list and tear down namespace labs (small clusters made of network namespaces).
+    #[command(subcommand)]
+    Lab(cmd::lab::LabCommand),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Collect(a) => cmd::collect::run(a),
+        Command::Rules(c) => cmd::rules::run(c),
+        Command::Lab(c) => cmd::lab::run(c),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("netray: error: {e}");
+            ExitCode::from(2)
+        }
+    }
+}
