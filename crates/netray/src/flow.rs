@@ -1,1 +1,377 @@
-//! The one flow syntax shared by every command that takes a flow.
+//! The one flow syntax shared by every command that takes a flow (`trace`, `diagnose`,
+//! `rules trace`, …): `--from`, `--to`, `--proto`, `--size`.
+//!
+//! Endpoint forms:
+//! - `IP` — an address; as a source, the packet is generated in the namespace owning it;
+//! - `IP@node/NAME`, `IP@netns/NAME` — the address, entering at that node or namespace;
+//! - `pod/NS/NAME`, `svc/NS/NAME`, `node/NAME`, `external/IP` — names from the cluster view;
+//! - a destination may carry `:PORT` (or `:PORTNAME` for services) and `/PROTO`
+//!   (`tcp`, `udp`, `sctp`, `icmp`); IPv6 with a port is written `[ADDR]:PORT`.
+
+use std::fmt;
+use std::net::IpAddr;
+use std::str::FromStr;
+
+/// Transport protocol of a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Proto {
+    /// TCP (the default when a port is given).
+    Tcp,
+    /// UDP.
+    Udp,
+    /// SCTP.
+    Sctp,
+    /// ICMP echo (ICMPv6 for v6 addresses).
+    Icmp,
+}
+
+impl Proto {
+    /// IANA protocol number (ICMP is 1; callers use 58 for v6).
+    pub fn number(self) -> u8 {
+        match self {
+            Proto::Tcp => 6,
+            Proto::Udp => 17,
+            Proto::Sctp => 132,
+            Proto::Icmp => 1,
+        }
+    }
+}
+
+impl FromStr for Proto {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.to_ascii_lowercase().as_str() {
+            "tcp" => Ok(Proto::Tcp),
+            "udp" => Ok(Proto::Udp),
+            "sctp" => Ok(Proto::Sctp),
+            "icmp" | "icmpv6" | "ping" => Ok(Proto::Icmp),
+            other => Err(format!(
+                "unknown protocol `{other}` (expected tcp, udp, sctp or icmp)"
+            )),
+        }
+    }
+}
+
+impl fmt::Display for Proto {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Proto::Tcp => "tcp",
+            Proto::Udp => "udp",
+            Proto::Sctp => "sctp",
+            Proto::Icmp => "icmp",
+        })
+    }
+}
+
+/// Where an address enters the world, when not where it lives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Place {
+    /// `@node/NAME`: the node's host namespace.
+    Node(String),
+    /// `@netns/NAME`: a namespace by its `/run/netns` name (or `netns:INODE`).
+    Netns(String),
+}
+
+/// What an endpoint names.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    /// An address, optionally entering at a given place.
+    Addr {
+        /// The address.
+        ip: IpAddr,
+        /// Where it enters (`IP@node/NAME`); `None`: the namespace owning it.
+        at: Option<Place>,
+    },
+    /// `pod/NS/NAME`.
+    Pod {
+        /// Namespace.
+        namespace: String,
+        /// Pod name.
+        name: String,
+    },
+    /// `svc/NS/NAME`.
+    Service {
+        /// Namespace.
+        namespace: String,
+        /// Service name.
+        name: String,
+    },
+    /// `node/NAME`.
+    Node(String),
+    /// `external/IP`: a client outside the cluster.
+    External(IpAddr),
+}
+
+/// A port by number or by service port name.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PortRef {
+    /// A number.
+    Number(u16),
+    /// A named service port (`svc/NS/NAME:http`).
+    Name(String),
+}
+
+/// One side of a flow as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    /// What it names.
+    pub target: Target,
+    /// `:PORT` if given.
+    pub port: Option<PortRef>,
+    /// `/PROTO` if given.
+    pub proto: Option<Proto>,
+}
+
+impl FromStr for Endpoint {
+    type Err = String;
+
+    fn from_str(input: &str) -> Result<Self, String> {
+        let s = input.trim();
+        if s.is_empty() {
+            return Err("empty endpoint".into());
+        }
+        // `/PROTO` suffix: only when the last segment is a protocol name, so that
+        // `pod/NS/NAME` is not mistaken for one.
+        let (body, proto) = match s.rsplit_once('/') {
+            Some((b, p)) if p.parse::<Proto>().is_ok() && !b.is_empty() => {
+                (b, Some(p.parse::<Proto>()?))
+            }
+            _ => (s, None),
+        };
+        let bad = |why: &str| format!("cannot read endpoint `{input}`: {why}");
+        if let Some(rest) = body.strip_prefix("pod/") {
+            let (ns, name) = rest
+                .split_once('/')
+                .ok_or_else(|| bad("expected pod/NAMESPACE/NAME"))?;
+            let (name, port) = split_port(name).map_err(|e| bad(&e))?;
+            return Ok(Endpoint {
+                target: Target::Pod {
+                    namespace: nonempty(ns).map_err(|e| bad(&e))?,
+                    name: nonempty(name).map_err(|e| bad(&e))?,
+                },
+                port,
+                proto,
+            });
+        }
+        if let Some(rest) = body.strip_prefix("svc/") {
+            let (ns, name) = rest
+                .split_once('/')
+                .ok_or_else(|| bad("expected svc/NAMESPACE/NAME[:PORT]"))?;
+            let (name, port) = split_port(name).map_err(|e| bad(&e))?;
+            return Ok(Endpoint {
+                target: Target::Service {
+                    namespace: nonempty(ns).map_err(|e| bad(&e))?,
+                    name: nonempty(name).map_err(|e| bad(&e))?,
+                },
+                port,
+                proto,
+            });
+        }
+        if let Some(rest) = body.strip_prefix("node/") {
+            let (name, port) = split_port(rest).map_err(|e| bad(&e))?;
+            return Ok(Endpoint {
+                target: Target::Node(nonempty(name).map_err(|e| bad(&e))?),
+                port,
+                proto,
+            });
+        }
+        if let Some(rest) = body.strip_prefix("external/") {
+            let (ip, port) = split_addr_port(rest).map_err(|e| bad(&e))?;
+            return Ok(Endpoint {
+                target: Target::External(ip),
+                port: port.map(PortRef::Number),
+                proto,
+            });
+        }
+        // IP[:PORT][@node/NAME | @netns/NAME]
+        let (addr, at) = match body.split_once('@') {
+            Some((a, place)) => {
+                let place = if let Some(n) = place.strip_prefix("node/") {
+                    Place::Node(nonempty(n).map_err(|e| bad(&e))?)
+                } else if let Some(n) = place.strip_prefix("netns/") {
+                    Place::Netns(nonempty(n).map_err(|e| bad(&e))?)
+                } else {
+                    return Err(bad("after `@` expected node/NAME or netns/NAME"));
+                };
+                (a, Some(place))
+            }
+            None => (body, None),
+        };
+        let (ip, port) = split_addr_port(addr).map_err(|e| bad(&e))?;
+        Ok(Endpoint {
+            target: Target::Addr { ip, at },
+            port: port.map(PortRef::Number),
+            proto,
+        })
+    }
+}
+
+fn nonempty(s: &str) -> Result<String, String> {
+    if s.is_empty() || s.contains('/') {
+        Err(format!("`{s}` is not a valid name"))
+    } else {
+        Ok(s.to_string())
+    }
+}
+
+/// `NAME[:PORT|:PORTNAME]`.
+fn split_port(s: &str) -> Result<(&str, Option<PortRef>), String> {
+    match s.split_once(':') {
+        None => Ok((s, None)),
+        Some((n, p)) => match p.parse::<u16>() {
+            Ok(0) => Err("port 0 is not a destination".into()),
+            Ok(num) => Ok((n, Some(PortRef::Number(num)))),
+            Err(_) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+                Ok((n, Some(PortRef::Name(p.to_string()))))
+            }
+            Err(_) => Err(format!("`{p}` is not a port number or name")),
+        },
+    }
+}
+
+/// `A.B.C.D`, `A.B.C.D:PORT`, `V6`, `[V6]:PORT`.
+fn split_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
+    let port = |p: &str| -> Result<u16, String> {
+        match p.parse::<u16>() {
+            Ok(0) | Err(_) => Err(format!("`{p}` is not a port (1-65535)")),
+            Ok(n) => Ok(n),
+        }
+    };
+    if let Some(rest) = s.strip_prefix('[') {
+        let (a, tail) = rest
+            .split_once(']')
+            .ok_or_else(|| "missing `]` after IPv6 address".to_string())?;
+        let ip: IpAddr = a.parse().map_err(|_| format!("`{a}` is not an address"))?;
+        return match tail.strip_prefix(':') {
+            Some(p) => Ok((ip, Some(port(p)?))),
+            None if tail.is_empty() => Ok((ip, None)),
+            None => Err(format!("unexpected `{tail}` after address")),
+        };
+    }
+    if let Ok(ip) = s.parse::<IpAddr>() {
+        return Ok((ip, None));
+    }
+    match s.rsplit_once(':') {
+        Some((a, p)) if !a.contains(':') => {
+            let ip: IpAddr = a.parse().map_err(|_| format!("`{a}` is not an address"))?;
+            Ok((ip, Some(port(p)?)))
+        }
+        _ => Err(format!(
+            "`{s}` is not an address (IP, IP:PORT or [IPv6]:PORT)"
+        )),
+    }
+}
+
+/// The flow options every flow-taking command accepts.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FlowArgs {
+    /// Source: IP, IP@node/NAME, IP@netns/NAME, pod/NS/NAME, node/NAME, external/IP.
+    #[arg(long, value_name = "SRC")]
+    pub from: Endpoint,
+    /// Destination: IP[:PORT][/PROTO], svc/NS/NAME[:PORT|:PORTNAME][/PROTO], pod/NS/NAME[:PORT],
+    /// node/NAME[:PORT], [IPv6]:PORT.
+    #[arg(long, value_name = "DST")]
+    pub to: Endpoint,
+    /// Protocol, when not given as /PROTO on --to (default: tcp with a port, icmp without).
+    #[arg(long, value_enum)]
+    pub proto: Option<Proto>,
+    /// IP packet size in bytes (headers included), for MTU checks.
+    #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(20..))]
+    pub size: Option<u16>,
+    /// Source port (default: an ephemeral port, 40000).
+    #[arg(long, value_name = "PORT")]
+    pub sport: Option<u16>,
+}
+
+impl FlowArgs {
+    /// The protocol in force: `--proto`, else `/PROTO` on `--to`, else tcp when a port is
+    /// given and icmp otherwise. Conflicting `--proto` and `/PROTO` is an error.
+    pub fn protocol(&self) -> Result<Proto, String> {
+        match (self.proto, self.to.proto) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "--proto {a} conflicts with /{b} on --to; give the protocol once"
+            )),
+            (Some(p), _) | (None, Some(p)) => Ok(p),
+            (None, None) if self.to.port.is_some() => Ok(Proto::Tcp),
+            (None, None) => Ok(Proto::Icmp),
+        }
+    }
+
+    /// Source port in force.
+    pub fn source_port(&self) -> u16 {
+        self.sport.unwrap_or(40000)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(s: &str) -> Endpoint {
+        s.parse().unwrap_or_else(|e| panic!("{s}: {e}"))
+    }
+
+    #[test]
+    fn addresses_ports_and_protocols() {
+        let e = ep("10.96.0.10:53/udp");
+        assert_eq!(
+            e.target,
+            Target::Addr {
+                ip: "10.96.0.10".parse().unwrap(),
+                at: None
+            }
+        );
+        assert_eq!(e.port, Some(PortRef::Number(53)));
+        assert_eq!(e.proto, Some(Proto::Udp));
+        let e = ep("[fd00::1]:80");
+        assert_eq!(e.port, Some(PortRef::Number(80)));
+        let e = ep("fd00::1");
+        assert_eq!(e.port, None);
+        let e = ep("192.168.50.1@node/node-a");
+        assert_eq!(
+            e.target,
+            Target::Addr {
+                ip: "192.168.50.1".parse().unwrap(),
+                at: Some(Place::Node("node-a".into()))
+            }
+        );
+        let e = ep("10.0.0.1:8080@netns/nrl-x");
+        assert_eq!(e.port, Some(PortRef::Number(8080)));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(
+            ep("pod/default/web-1").target,
+            Target::Pod {
+                namespace: "default".into(),
+                name: "web-1".into()
+            }
+        );
+        let e = ep("svc/kube-system/kube-dns:dns/udp");
+        assert_eq!(e.port, Some(PortRef::Name("dns".into())));
+        assert_eq!(e.proto, Some(Proto::Udp));
+        assert_eq!(ep("node/node-a").target, Target::Node("node-a".into()));
+        assert_eq!(
+            ep("external/203.0.113.9").target,
+            Target::External("203.0.113.9".parse().unwrap())
+        );
+    }
+
+    #[test]
+    fn rejects_garbage() {
+        for bad in [
+            "",
+            "10.0.0.1:0",
+            "10.0.0.1:99999",
+            "pod/only",
+            "svc//x",
+            "1.2.3.4@moon/x",
+            "nonsense",
+            "[::1",
+            "10.0.0.1:80:90",
+        ] {
+            assert!(bad.parse::<Endpoint>().is_err(), "{bad} should be rejected");
+        }
+    }
+}

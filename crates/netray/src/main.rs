@@ -23,6 +23,8 @@ struct Cli {
 enum Command {
     /// Snapshot this host's network state (host namespace and every pod namespace) as JSON.
     Collect(cmd::collect::Args),
+    /// Trace a flow through the bundle's nodes hop by hop: every branch, forward and reply.
+    Trace(cmd::trace::Args),
     /// One-host trace over firewall rules only (iptables-save / nft dumps someone pasted).
     #[command(subcommand)]
     Rules(cmd::rules::RulesCommand),
@@ -35,6 +37,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Collect(a) => cmd::collect::run(a),
+        Command::Trace(a) => cmd::trace::run(a),
         Command::Rules(c) => cmd::rules::run(c),
         Command::Lab(c) => cmd::lab::run(c),
     };

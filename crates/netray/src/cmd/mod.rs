@@ -3,6 +3,7 @@
 pub mod collect;
 pub mod lab;
 pub mod rules;
+pub mod trace;
 
 /// Error type of every subcommand: a message for the user; exit code 2.
 pub type CmdError = Box<dyn std::error::Error>;
