@@ -181,6 +181,17 @@ pub enum LinkKind {
         /// Default PVID.
         #[serde(default)]
         default_pvid: Option<u16>,
+        /// Per-bridge `nf_call_iptables` (`ip link … type bridge nf_call_iptables 1`): bridged
+        /// IPv4 traverses iptables when this **or** the namespace's
+        /// `net.bridge.bridge-nf-call-iptables` is set (br_netfilter loaded).
+        #[serde(default)]
+        nf_call_iptables: bool,
+        /// Per-bridge `nf_call_ip6tables` (same rule for IPv6).
+        #[serde(default)]
+        nf_call_ip6tables: bool,
+        /// Per-bridge `nf_call_arptables`.
+        #[serde(default)]
+        nf_call_arptables: bool,
     },
     /// VXLAN device.
     Vxlan {

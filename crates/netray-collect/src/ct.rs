@@ -1,0 +1,226 @@
+//! Conntrack over ctnetlink (read-only dump) and `/proc/net/stat/nf_conntrack`.
+
+use std::collections::BTreeMap;
+use std::io;
+
+use netray_snapshot::{ConntrackEntry, ConntrackTuple};
+
+use crate::nl::{Socket, attrs, ip, u8_, u16_be, u32_be};
+
+/// `(NFNL_SUBSYS_CTNETLINK << 8) | IPCTNL_MSG_CT_GET`.
+const CT_GET: u16 = (1 << 8) | 1;
+/// `IPCTNL_MSG_CT_NEW`: the type of dumped entries.
+const CT_NEW: u16 = 1 << 8;
+
+/// Dump the conntrack table: (entries kept, total seen). Keeps at most `limit` entries but
+/// counts all of them.
+pub fn dump(limit: usize, problems: &mut Vec<String>) -> io::Result<(Vec<ConntrackEntry>, u64)> {
+    let mut sock = Socket::open(crate::nl::NETLINK_NETFILTER)?;
+    // nfgenmsg: family AF_UNSPEC (all), version 0, res_id 0.
+    let body = [0u8, 0, 0, 0];
+    let mut out = Vec::new();
+    let mut total = 0u64;
+    let mut bad = 0usize;
+    sock.dump(CT_GET, &body, &mut |m| {
+        let Some(m) = m else {
+            {
+                out.clear();
+                total = 0;
+            };
+            return Ok(());
+        };
+        if m.ty != CT_NEW {
+            return Ok(());
+        }
+        total += 1;
+        if out.len() >= limit {
+            return Ok(());
+        }
+        match parse_entry(m.payload.get(4..).unwrap_or(&[])) {
+            Some(e) => out.push(e),
+            None => bad += 1,
+        }
+        Ok(())
+    })?;
+    if bad > 0 {
+        problems.push(format!(
+            "{bad} conntrack entries were malformed and skipped"
+        ));
+    }
+    Ok((out, total))
+}
+
+fn parse_tuple(b: &[u8]) -> Option<(u8, ConntrackTuple, u16)> {
+    let (mut src, mut dst, mut proto, mut sport, mut dport, mut zone) =
+        (None, None, 0u8, None, None, 0u16);
+    let (mut icmp_type, mut icmp_code) = (None, None);
+    for (t, v) in attrs(b) {
+        match t {
+            1 => {
+                for (it, iv) in attrs(v) {
+                    match it {
+                        1 | 3 => src = ip(iv),
+                        2 | 4 => dst = ip(iv),
+                        _ => {}
+                    }
+                }
+            }
+            2 => {
+                for (pt, pv) in attrs(v) {
+                    match pt {
+                        1 => proto = u8_(pv).unwrap_or(0),
+                        2 => sport = u16_be(pv),
+                        3 => dport = u16_be(pv),
+                        4 | 7 => sport = u16_be(pv),
+                        5 | 8 => icmp_type = u8_(pv),
+                        6 | 9 => icmp_code = u8_(pv),
+                        _ => {}
+                    }
+                }
+            }
+            3 => zone = u16_be(v).unwrap_or(0),
+            _ => {}
+        }
+    }
+    if let (Some(t), c) = (icmp_type, icmp_code) {
+        dport = Some(((t as u16) << 8) | c.unwrap_or(0) as u16);
+    }
+    Some((
+        proto,
+        ConntrackTuple {
+            src: src?,
+            dst: dst?,
+            sport,
+            dport,
+        },
+        zone,
+    ))
+}
+
+const STATUS: [&str; 16] = [
+    "EXPECTED",
+    "SEEN_REPLY",
+    "ASSURED",
+    "CONFIRMED",
+    "SRC_NAT",
+    "DST_NAT",
+    "SEQ_ADJUST",
+    "SRC_NAT_DONE",
+    "DST_NAT_DONE",
+    "DYING",
+    "FIXED_TIMEOUT",
+    "TEMPLATE",
+    "NAT_CLASH",
+    "HELPER",
+    "OFFLOAD",
+    "HW_OFFLOAD",
+];
+
+const TCP_STATES: [&str; 10] = [
+    "NONE",
+    "SYN_SENT",
+    "SYN_RECV",
+    "ESTABLISHED",
+    "FIN_WAIT",
+    "CLOSE_WAIT",
+    "LAST_ACK",
+    "TIME_WAIT",
+    "CLOSE",
+    "SYN_SENT2",
+];
+
+fn parse_entry(b: &[u8]) -> Option<ConntrackEntry> {
+    let (mut orig, mut reply) = (None, None);
+    let mut e = ConntrackEntry {
+        proto: 0,
+        orig: ConntrackTuple {
+            src: [0u8; 4].into(),
+            dst: [0u8; 4].into(),
+            sport: None,
+            dport: None,
+        },
+        reply: ConntrackTuple {
+            src: [0u8; 4].into(),
+            dst: [0u8; 4].into(),
+            sport: None,
+            dport: None,
+        },
+        tcp_state: None,
+        status: Vec::new(),
+        mark: 0,
+        zone: 0,
+        timeout: 0,
+    };
+    for (t, v) in attrs(b) {
+        match t {
+            1 => orig = parse_tuple(v),
+            2 => reply = parse_tuple(v),
+            3 => {
+                let s = u32_be(v).unwrap_or(0);
+                for (i, name) in STATUS.iter().enumerate() {
+                    if s & (1 << i) != 0 {
+                        e.status.push(name.to_string());
+                    }
+                }
+            }
+            4 => {
+                for (pt, pv) in attrs(v) {
+                    if pt == 1 {
+                        for (tt, tv) in attrs(pv) {
+                            if tt == 1 {
+                                let st = u8_(tv).unwrap_or(0) as usize;
+                                e.tcp_state = Some(
+                                    TCP_STATES
+                                        .get(st)
+                                        .map(|s| s.to_string())
+                                        .unwrap_or_else(|| format!("state-{st}")),
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+            7 => e.timeout = u32_be(v).unwrap_or(0),
+            8 => e.mark = u32_be(v).unwrap_or(0),
+            18 => e.zone = crate::nl::u16_be(v).unwrap_or(0),
+            _ => {}
+        }
+    }
+    let (proto, o, oz) = orig?;
+    let (_, r, _) = reply?;
+    e.proto = proto;
+    e.orig = o;
+    e.reply = r;
+    if e.zone == 0 {
+        e.zone = oz;
+    }
+    Some(e)
+}
+
+/// `/proc/net/stat/nf_conntrack` (hex, one row per CPU) summed over CPUs. `entries` is a
+/// global gauge repeated on every row, so it is taken once, not summed.
+pub fn stats(text: &str) -> Option<BTreeMap<String, u64>> {
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next()?.split_whitespace().collect();
+    let mut out: BTreeMap<String, u64> = header.iter().map(|h| (h.to_string(), 0)).collect();
+    let mut first = true;
+    for line in lines {
+        let vals: Vec<&str> = line.split_whitespace().collect();
+        if vals.len() != header.len() {
+            continue;
+        }
+        for (h, v) in header.iter().zip(vals) {
+            let n = u64::from_str_radix(v, 16).ok()?;
+            let slot = out.entry(h.to_string()).or_default();
+            if *h == "entries" {
+                if first {
+                    *slot = n;
+                }
+            } else {
+                *slot += n;
+            }
+        }
+        first = false;
+    }
+    Some(out)
+}

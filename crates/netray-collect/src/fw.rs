@@ -1,0 +1,152 @@
+//! Firewall state, verbatim from the tools that are its source of truth. Every tool runs
+//! as a child of the thread that entered the namespace, so it inherits that namespace.
+//!
+//! Read-only by construction: a legacy `*-save` runs only when `/proc/net/ip*_tables_names`
+//! already lists tables (so no table is instantiated and no module requested); the nft
+//! variants run only when nf_tables holds tables of their family (listed over nfnetlink).
+
+use std::io;
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+
+use netray_snapshot::{Firewall, IpFamily, IptablesBackend, IptablesDump};
+
+use crate::nl::{NETLINK_NETFILTER, Socket, attrs, string};
+
+/// `(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE`.
+const NFT_GETTABLE: u16 = (10 << 8) | 1;
+const NFT_NEWTABLE: u16 = 10 << 8;
+
+/// nf_tables tables of the namespace as (family, name); family is `NFPROTO_*`.
+pub fn nft_tables() -> io::Result<Vec<(u8, String)>> {
+    let mut sock = Socket::open(NETLINK_NETFILTER)?;
+    let mut out = Vec::new();
+    sock.dump(NFT_GETTABLE, &[0u8, 0, 0, 0], &mut |m| {
+        let Some(m) = m else {
+            return Ok(());
+        };
+        if m.ty != NFT_NEWTABLE || m.payload.len() < 4 {
+            return Ok(());
+        }
+        let fam = m.payload[0];
+        let name = attrs(&m.payload[4..])
+            .find(|(t, _)| *t == 1)
+            .map(|(_, v)| string(v))
+            .unwrap_or_default();
+        out.push((fam, name));
+        Ok(())
+    })?;
+    out.sort();
+    out.dedup();
+    Ok(out)
+}
+
+/// Find a tool on `PATH`, then in the sbin directories (which a non-login PATH may lack).
+pub fn find_tool(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/sbin"]
+                .iter()
+                .map(PathBuf::from),
+        )
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Run `tool args…` (in the current thread's namespace); stdout or a reason.
+pub fn run(tool: &str, args: &[&str]) -> Result<String, String> {
+    let Some(path) = find_tool(tool) else {
+        return Err(format!("`{tool}` is not installed"));
+    };
+    let out = Command::new(path)
+        .args(args)
+        .stdin(Stdio::null())
+        .env("LC_ALL", "C")
+        .output()
+        .map_err(|e| format!("cannot run `{tool}`: {e}"))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`{tool} {}` failed ({}): {}",
+            args.join(" "),
+            out.status,
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    String::from_utf8(out.stdout).map_err(|_| format!("`{tool}` printed invalid UTF-8"))
+}
+
+/// Whether an `iptables-save` text holds at least one table.
+fn has_table(text: &str) -> bool {
+    text.lines().any(|l| l.starts_with('*'))
+}
+
+/// Collect the firewall of the current thread's namespace; failures go to `problems` as
+/// (what, reason).
+pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
+    let proc_net = "/proc/thread-self/net";
+    // Legacy x_tables: only tables that already exist are listed in *_names.
+    for (fam, names, tool) in [
+        (IpFamily::Ipv4, "ip_tables_names", "iptables-legacy-save"),
+        (IpFamily::Ipv6, "ip6_tables_names", "ip6tables-legacy-save"),
+    ] {
+        let listed = std::fs::read_to_string(format!("{proc_net}/{names}")).unwrap_or_default();
+        if listed.trim().is_empty() {
+            continue;
+        }
+        match run(tool, &["-c"]) {
+            Ok(text) => firewall.iptables.push(IptablesDump {
+                backend: IptablesBackend::Legacy,
+                family: fam,
+                text,
+            }),
+            Err(r) => problems.push((tool.to_string(), r)),
+        }
+    }
+    let tables = match nft_tables() {
+        Ok(t) => t,
+        Err(e) => {
+            problems.push((
+                "nftables".into(),
+                format!("cannot list nf_tables tables: {e}"),
+            ));
+            return;
+        }
+    };
+    for (fam, nfproto, tool) in [
+        (IpFamily::Ipv4, 2u8, "iptables-nft-save"),
+        (IpFamily::Ipv6, 10u8, "ip6tables-nft-save"),
+    ] {
+        if !tables.iter().any(|(f, _)| *f == nfproto) {
+            continue;
+        }
+        match run(tool, &["-c"]) {
+            Ok(text) if has_table(&text) => firewall.iptables.push(IptablesDump {
+                backend: IptablesBackend::Nft,
+                family: fam,
+                text,
+            }),
+            Ok(_) => {}
+            Err(r) => problems.push((tool.to_string(), r)),
+        }
+    }
+    if !tables.is_empty() {
+        match run("nft", &["-j", "list", "ruleset"]) {
+            Ok(text) => firewall.nft_json = Some(text),
+            Err(r) => problems.push(("nft".into(), r)),
+        }
+    }
+}
+
+/// `ipset save` of the current thread's namespace.
+pub fn ipset() -> Result<String, String> {
+    run("ipset", &["save"])
+}
+
+/// IPVS services, where the kernel has IPVS.
+pub fn ipvs() -> Result<Option<String>, String> {
+    if !std::path::Path::new("/proc/thread-self/net/ip_vs").exists() {
+        return Ok(None);
+    }
+    run("ipvsadm", &["-Sn"]).map(Some)
+}
