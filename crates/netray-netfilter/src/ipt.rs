@@ -1,0 +1,2872 @@
+//! `iptables-save` / `ip6tables-save` text (both backends; restore-style input too) into the
+//! rule model.
+//!
+//! The parser keeps the dump's text and refers to it by byte offsets ([`Span`]), so a 16 MB
+//! kube-proxy dump costs one copy of the text plus a compact rule per line.
+//!
+//! Equality of the model ignores positions ([`Span`] always compares equal) and compares
+//! strings by content ([`Str`]), so a ruleset read back from the kernel equals the one loaded.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use ipnet::IpNet;
+
+use crate::{
+    AddrRange, CtEffects, Diagnostic, IpFamily, IptablesBackend, NatAction, PortRange, RejectWith,
+    Text, Tproxy,
+};
+
+/// Byte range into the dump's text. Compares always equal: positions are not semantics.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Span {
+    /// Start offset.
+    pub start: u32,
+    /// End offset (exclusive).
+    pub end: u32,
+}
+
+impl PartialEq for Span {
+    fn eq(&self, _: &Span) -> bool {
+        true
+    }
+}
+
+/// A string argument kept in the dump (raw token, possibly quoted). Compares by its unquoted
+/// content (through a hash).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Str {
+    /// The raw token.
+    pub span: Span,
+    hash: u64,
+}
+
+impl PartialEq for Str {
+    fn eq(&self, o: &Str) -> bool {
+        self.hash == o.hash
+    }
+}
+
+fn fnv(bytes: impl IntoIterator<Item = u8>) -> u64 {
+    let mut h: u64 = 0xcbf29ce484222325;
+    for b in bytes {
+        h ^= b as u64;
+        h = h.wrapping_mul(0x100000001b3);
+    }
+    h
+}
+
+/// Unquote an iptables-save token (`"a b"`, `'a'`, `\"` escapes).
+pub fn unquote(raw: &str) -> std::borrow::Cow<'_, str> {
+    let b = raw.as_bytes();
+    if b.len() >= 2 && (b[0] == b'"' || b[0] == b'\'') && b[b.len() - 1] == b[0] {
+        let inner = &raw[1..raw.len() - 1];
+        if inner.contains('\\') {
+            let mut out = String::with_capacity(inner.len());
+            let mut it = inner.chars();
+            while let Some(c) = it.next() {
+                if c == '\\' {
+                    if let Some(n) = it.next() {
+                        out.push(n);
+                    }
+                } else {
+                    out.push(c);
+                }
+            }
+            std::borrow::Cow::Owned(out)
+        } else {
+            std::borrow::Cow::Borrowed(inner)
+        }
+    } else {
+        std::borrow::Cow::Borrowed(raw)
+    }
+}
+
+/// An interface name as in `-i`/`-o`/`--physdev-in`, `+` meaning "any suffix".
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct IfName {
+    bytes: [u8; 16],
+    len: u8,
+    /// Ends with `+`: matches every name starting with the rest.
+    pub wildcard: bool,
+}
+
+impl IfName {
+    /// Parse `eth0`, `veth+`; `None` when longer than 15 bytes.
+    pub fn parse(s: &str) -> Option<IfName> {
+        let (name, wildcard) = match s.strip_suffix('+') {
+            Some(n) => (n, true),
+            None => (s, false),
+        };
+        if name.len() > 15 {
+            return None;
+        }
+        let mut bytes = [0u8; 16];
+        bytes[..name.len()].copy_from_slice(name.as_bytes());
+        Some(IfName {
+            bytes,
+            len: name.len() as u8,
+            wildcard,
+        })
+    }
+
+    /// The name without the `+`.
+    pub fn name(&self) -> &str {
+        std::str::from_utf8(&self.bytes[..self.len as usize]).unwrap_or("")
+    }
+
+    /// Whether interface `dev` matches.
+    pub fn matches(&self, dev: &str) -> bool {
+        if self.wildcard {
+            dev.as_bytes().starts_with(&self.bytes[..self.len as usize])
+        } else {
+            dev.as_bytes() == &self.bytes[..self.len as usize]
+        }
+    }
+}
+
+impl std::fmt::Display for IfName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}{}", self.name(), if self.wildcard { "+" } else { "" })
+    }
+}
+
+/// A value with a `!` flag.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Neg<T> {
+    /// The value.
+    pub v: T,
+    /// Negated with `!`.
+    pub neg: bool,
+}
+
+/// ICMP type with a code range (`--icmp-type 3/3`); `any` is type 255 in the kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IcmpType {
+    /// Type (255 = any).
+    pub ty: u8,
+    /// Lowest code.
+    pub code_lo: u8,
+    /// Highest code.
+    pub code_hi: u8,
+}
+
+/// `-m statistic` mode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Stat {
+    /// `--mode random --probability p`.
+    Random(f64),
+    /// `--mode nth --every n --packet p`.
+    Nth {
+        /// `--every`.
+        every: u32,
+        /// `--packet`.
+        packet: u32,
+    },
+}
+
+/// Which ports `-m multiport` looks at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PortSide {
+    /// `--sports`.
+    Src,
+    /// `--dports`.
+    Dst,
+    /// `--ports`.
+    Both,
+}
+
+/// `-m conntrack` options.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct CtMatch {
+    /// `--ctstate` (bits as [`state`]).
+    pub state: Option<Neg<u8>>,
+    /// `--ctstatus` ([`crate::ct_status`] bits).
+    pub status: Option<Neg<u32>>,
+    /// `--ctproto`.
+    pub proto: Option<Neg<u8>>,
+    /// `--ctorigsrc`.
+    pub orig_src: Option<Neg<IpNet>>,
+    /// `--ctorigdst`.
+    pub orig_dst: Option<Neg<IpNet>>,
+    /// `--ctreplsrc`.
+    pub repl_src: Option<Neg<IpNet>>,
+    /// `--ctrepldst`.
+    pub repl_dst: Option<Neg<IpNet>>,
+    /// `--ctorigsrcport`.
+    pub orig_sport: Option<Neg<PortRange>>,
+    /// `--ctorigdstport`.
+    pub orig_dport: Option<Neg<PortRange>>,
+    /// `--ctreplsrcport`.
+    pub repl_sport: Option<Neg<PortRange>>,
+    /// `--ctrepldstport`.
+    pub repl_dport: Option<Neg<PortRange>>,
+    /// `--ctdir` (true = REPLY).
+    pub dir_reply: Option<bool>,
+    /// `--ctexpire` (not modelled: makes the match unknown).
+    pub expire: Option<Neg<(u32, u32)>>,
+}
+
+/// State bits of `--state` / `--ctstate`.
+pub mod state {
+    /// INVALID.
+    pub const INVALID: u8 = 1;
+    /// ESTABLISHED.
+    pub const ESTABLISHED: u8 = 2;
+    /// RELATED.
+    pub const RELATED: u8 = 4;
+    /// NEW.
+    pub const NEW: u8 = 8;
+    /// UNTRACKED.
+    pub const UNTRACKED: u8 = 16;
+    /// SNAT (virtual, ctstate only).
+    pub const SNAT: u8 = 32;
+    /// DNAT (virtual, ctstate only).
+    pub const DNAT: u8 = 64;
+}
+
+/// Address types of `-m addrtype` (bit = 1 << RTN_*).
+pub mod addrtype {
+    /// UNSPEC.
+    pub const UNSPEC: u16 = 1 << 0;
+    /// UNICAST.
+    pub const UNICAST: u16 = 1 << 1;
+    /// LOCAL.
+    pub const LOCAL: u16 = 1 << 2;
+    /// BROADCAST.
+    pub const BROADCAST: u16 = 1 << 3;
+    /// ANYCAST.
+    pub const ANYCAST: u16 = 1 << 4;
+    /// MULTICAST.
+    pub const MULTICAST: u16 = 1 << 5;
+    /// BLACKHOLE.
+    pub const BLACKHOLE: u16 = 1 << 6;
+    /// UNREACHABLE.
+    pub const UNREACHABLE: u16 = 1 << 7;
+    /// PROHIBIT.
+    pub const PROHIBIT: u16 = 1 << 8;
+    /// THROW.
+    pub const THROW: u16 = 1 << 9;
+    /// NAT.
+    pub const NAT: u16 = 1 << 10;
+    /// XRESOLVE.
+    pub const XRESOLVE: u16 = 1 << 11;
+}
+
+/// Direction flags of `-m set --match-set NAME src,dst,...` (true = src).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SetDirs {
+    /// Number of dimensions given.
+    pub len: u8,
+    /// Bit i set: dimension i is `src`.
+    pub src_bits: u8,
+}
+
+impl SetDirs {
+    /// Whether dimension `i` takes the source.
+    pub fn is_src(&self, i: usize) -> bool {
+        self.src_bits & (1 << i) != 0
+    }
+}
+
+/// A comparison for `-m ttl`/`-m hl`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    /// `--ttl-eq`.
+    Eq,
+    /// `--ttl-lt`.
+    Lt,
+    /// `--ttl-gt`.
+    Gt,
+}
+
+/// One match module of a rule (the `-s/-d/-i/-o/-p/-f` basics live in [`Rule`]).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Match {
+    /// `-m tcp`.
+    Tcp {
+        /// `--sport`.
+        sport: Option<Neg<PortRange>>,
+        /// `--dport`.
+        dport: Option<Neg<PortRange>>,
+        /// `--tcp-flags mask comp` / `--syn`.
+        flags: Option<Neg<(u8, u8)>>,
+        /// `--tcp-option` (unknown: options are not modelled).
+        option: Option<Neg<u8>>,
+    },
+    /// `-m udp`.
+    Udp {
+        /// `--sport`.
+        sport: Option<Neg<PortRange>>,
+        /// `--dport`.
+        dport: Option<Neg<PortRange>>,
+    },
+    /// `-m sctp`.
+    Sctp {
+        /// `--sport`.
+        sport: Option<Neg<PortRange>>,
+        /// `--dport`.
+        dport: Option<Neg<PortRange>>,
+        /// `--chunk-types` present (not modelled: unknown).
+        chunks: bool,
+    },
+    /// `-m icmp --icmp-type`.
+    Icmp(Option<Neg<IcmpType>>),
+    /// `-m icmp6 --icmpv6-type`.
+    Icmp6(Option<Neg<IcmpType>>),
+    /// `-m multiport`.
+    Multiport {
+        /// Which ports.
+        side: PortSide,
+        /// Ports and ranges.
+        ports: Box<[PortRange]>,
+        /// `!`.
+        neg: bool,
+    },
+    /// `-m mark --mark v/m`.
+    Mark(Neg<(u32, u32)>),
+    /// `-m connmark --mark v/m`.
+    Connmark(Neg<(u32, u32)>),
+    /// `-m conntrack`.
+    Conntrack(Box<CtMatch>),
+    /// `-m state --state`.
+    State(Neg<u8>),
+    /// `-m addrtype`.
+    Addrtype {
+        /// `--src-type`.
+        src: Option<Neg<u16>>,
+        /// `--dst-type`.
+        dst: Option<Neg<u16>>,
+        /// `--limit-iface-in`.
+        limit_in: bool,
+        /// `--limit-iface-out`.
+        limit_out: bool,
+    },
+    /// `-m comment --comment` (evidence; always matches).
+    Comment(Str),
+    /// `-m statistic`.
+    Statistic(Neg<Stat>),
+    /// `-m set --match-set NAME dirs`.
+    Set {
+        /// Set name.
+        name: Str,
+        /// Directions.
+        dirs: SetDirs,
+        /// `!`.
+        neg: bool,
+        /// `--return-nomatch`.
+        return_nomatch: bool,
+    },
+    /// `-m physdev`.
+    Physdev {
+        /// `--physdev-in`.
+        phys_in: Option<Neg<IfName>>,
+        /// `--physdev-out`.
+        phys_out: Option<Neg<IfName>>,
+        /// `--physdev-is-in`.
+        is_in: Option<bool>,
+        /// `--physdev-is-out`.
+        is_out: Option<bool>,
+        /// `--physdev-is-bridged`.
+        is_bridged: Option<bool>,
+    },
+    /// `-m iprange`.
+    Iprange(Box<(Option<Neg<(IpAddr, IpAddr)>>, Option<Neg<(IpAddr, IpAddr)>>)>),
+    /// `-m length --length lo:hi`.
+    Length(Neg<(u32, u32)>),
+    /// `-m ttl` (v4) / `-m hl` (v6).
+    Ttl {
+        /// Comparison.
+        op: Cmp,
+        /// Value.
+        v: u8,
+        /// `!`.
+        neg: bool,
+    },
+    /// `-m tos --tos v/m`.
+    Tos(Neg<(u8, u8)>),
+    /// `-m dscp --dscp v`.
+    Dscp(Neg<u8>),
+    /// `-m pkttype --pkt-type`.
+    Pkttype(Neg<crate::PktType>),
+    /// `-m mac --mac-source`.
+    Mac(Neg<[u8; 6]>),
+    /// `-m owner`.
+    Owner {
+        /// `--uid-owner lo[-hi]`.
+        uid: Option<Neg<(u32, u32)>>,
+        /// `--gid-owner lo[-hi]`.
+        gid: Option<Neg<(u32, u32)>>,
+        /// `--socket-exists`.
+        socket_exists: Option<bool>,
+    },
+    /// `-m socket`.
+    Socket {
+        /// `--transparent`.
+        transparent: bool,
+        /// `--nowildcard`.
+        nowildcard: bool,
+    },
+    /// `-m devgroup`.
+    Devgroup {
+        /// `--src-group v/m`.
+        src: Option<Neg<(u32, u32)>>,
+        /// `--dst-group v/m`.
+        dst: Option<Neg<(u32, u32)>>,
+    },
+    /// `-m rpfilter`.
+    Rpfilter {
+        /// `--invert`.
+        invert: bool,
+    },
+    /// `-m nfacct` (accounting only: always matches).
+    Nfacct,
+    /// A module that is parsed but not modelled (recent, limit, hashlimit, u32, string,
+    /// ipvs, ...) or not known: evaluates as unknown.
+    Opaque {
+        /// Module name.
+        module: Str,
+        /// The module's text (`-m NAME ...options`).
+        span: Span,
+    },
+}
+
+/// CONNMARK operation (new mark computed as in the kernel).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnmarkOp {
+    /// `--set-xmark v/m`: ctmark = (ctmark & !m) ^ v.
+    Set {
+        /// Value.
+        value: u32,
+        /// Mask.
+        mask: u32,
+    },
+    /// `--save-mark`: ctmark = (ctmark & !ctmask) | (mark & nfmask).
+    Save {
+        /// `--nfmask`.
+        nfmask: u32,
+        /// `--ctmask`.
+        ctmask: u32,
+    },
+    /// `--restore-mark`: mark = (mark & !nfmask) | (ctmark & ctmask).
+    Restore {
+        /// `--nfmask`.
+        nfmask: u32,
+        /// `--ctmask`.
+        ctmask: u32,
+    },
+}
+
+/// A chain reference in a jump/goto target (by name; `id` indexes [`Table::chains`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ChainRef {
+    /// Index of the chain in its table.
+    pub id: u32,
+    /// Name as written.
+    pub name: Str,
+}
+
+impl PartialEq for ChainRef {
+    fn eq(&self, o: &ChainRef) -> bool {
+        self.name == o.name
+    }
+}
+
+/// What a rule does when it matches.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Target {
+    /// No `-j`: only counts.
+    None,
+    /// ACCEPT.
+    Accept,
+    /// DROP.
+    Drop,
+    /// RETURN.
+    Return,
+    /// QUEUE / NFQUEUE.
+    Queue(u16),
+    /// REJECT.
+    Reject(RejectWith),
+    /// `-j CHAIN`.
+    Jump(ChainRef),
+    /// `-g CHAIN`.
+    Goto(ChainRef),
+    /// DNAT / SNAT / MASQUERADE / REDIRECT.
+    Nat(Box<NatAction>),
+    /// MARK: mark = (mark & !mask) ^ value.
+    Mark {
+        /// Value.
+        value: u32,
+        /// Mask.
+        mask: u32,
+    },
+    /// CONNMARK.
+    Connmark(ConnmarkOp),
+    /// LOG / NFLOG / ULOG / TRACE: non-terminal, no effect on the packet.
+    Log(Str),
+    /// NOTRACK / CT --notrack / CT --zone / CT --helper.
+    Ct(Box<CtEffects>),
+    /// TPROXY (terminal: accepts with the mark).
+    Tproxy(Box<Tproxy>),
+    /// Known non-terminal targets with no effect modelled (CHECKSUM, TCPMSS, CLASSIFY, ...).
+    Noop(Str),
+    /// Unknown target: the verdict is unknown.
+    Unknown(Str),
+}
+
+/// One `-A` rule, or an error item for a line that could not be parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    /// 1-based line in the dump.
+    pub line: Lineno,
+    /// The line's text (without counters prefix).
+    pub span: Span,
+    /// `[packets:bytes]`.
+    pub counters: Option<(u64, u64)>,
+    /// `-s`.
+    pub src: Option<Neg<IpNet>>,
+    /// `-d`.
+    pub dst: Option<Neg<IpNet>>,
+    /// `-i`.
+    pub iif: Option<Neg<IfName>>,
+    /// `-o`.
+    pub oif: Option<Neg<IfName>>,
+    /// `-p` (0 = all).
+    pub proto: Option<Neg<u8>>,
+    /// `-f` (true) / `! -f` (false).
+    pub frag: Option<bool>,
+    /// Match modules in order.
+    pub matches: Vec<Match>,
+    /// Target.
+    pub target: Target,
+    /// Set on an error item: the parse error (the rule evaluates as unknown).
+    pub error: Option<Box<str>>,
+}
+
+/// A line number that compares always equal (positions are not semantics).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Lineno(pub u32);
+
+impl PartialEq for Lineno {
+    fn eq(&self, _: &Lineno) -> bool {
+        true
+    }
+}
+
+/// Chain policy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Policy {
+    /// ACCEPT.
+    Accept,
+    /// DROP.
+    Drop,
+}
+
+/// A chain.
+#[derive(Debug, Clone)]
+pub struct Chain {
+    /// Name.
+    pub name: Arc<str>,
+    /// Policy of a built-in chain (`-` for user chains: `None`).
+    pub policy: Option<Policy>,
+    /// Declaration counters.
+    pub counters: Option<(u64, u64)>,
+    /// The declaration line.
+    pub decl: Span,
+    /// Rules in order.
+    pub rules: Vec<Rule>,
+    pub(crate) index: Option<ChainIndex>,
+}
+
+impl PartialEq for Chain {
+    fn eq(&self, o: &Chain) -> bool {
+        self.name == o.name && self.policy == o.policy && self.rules == o.rules
+    }
+}
+
+/// A table.
+#[derive(Debug, Clone)]
+pub struct Table {
+    /// `filter`, `nat`, `mangle`, `raw`, `security`.
+    pub name: Arc<str>,
+    /// Chains in declaration order.
+    pub chains: Vec<Chain>,
+    pub(crate) by_name: HashMap<Arc<str>, u32>,
+}
+
+impl PartialEq for Table {
+    fn eq(&self, o: &Table) -> bool {
+        if self.name != o.name || self.chains.len() != o.chains.len() {
+            return false;
+        }
+        // Chain order differs between backends; compare by name.
+        self.chains
+            .iter()
+            .all(|c| o.chain(&c.name).is_some_and(|oc| oc == c))
+    }
+}
+
+impl Table {
+    /// The chain called `name`.
+    pub fn chain(&self, name: &str) -> Option<&Chain> {
+        self.by_name.get(name).map(|&i| &self.chains[i as usize])
+    }
+}
+
+/// One parsed `iptables-save` dump.
+#[derive(Debug, Clone)]
+pub struct Dump {
+    /// Backend.
+    pub backend: IptablesBackend,
+    /// Family.
+    pub family: IpFamily,
+    /// The text (kept: rules refer to it).
+    pub text: Arc<str>,
+    /// Tables in order.
+    pub tables: Vec<Table>,
+    /// Problems found.
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+impl PartialEq for Dump {
+    fn eq(&self, o: &Dump) -> bool {
+        self.family == o.family
+            && self.tables.len() == o.tables.len()
+            && self
+                .tables
+                .iter()
+                .all(|t| o.table(&t.name).is_some_and(|ot| ot == t))
+    }
+}
+
+impl Dump {
+    /// The table called `name`.
+    pub fn table(&self, name: &str) -> Option<&Table> {
+        self.tables.iter().find(|t| &*t.name == name)
+    }
+
+    /// Text of a span.
+    pub fn slice(&self, s: Span) -> &str {
+        &self.text[s.start as usize..s.end as usize]
+    }
+
+    /// Kept text of a span.
+    pub fn text_of(&self, s: Span) -> Text {
+        Text::new(&self.text, s.start as usize, s.end as usize)
+    }
+
+    /// Unquoted content of a string argument.
+    pub fn str(&self, s: &Str) -> std::borrow::Cow<'_, str> {
+        unquote(self.slice(s.span))
+    }
+
+    /// Human name of this source (`iptables-save (legacy, ipv4)`).
+    pub fn source_name(&self) -> String {
+        source_name(self.backend, self.family)
+    }
+}
+
+fn source_name(backend: IptablesBackend, family: IpFamily) -> String {
+    format!(
+        "{} ({}, {})",
+        match family {
+            IpFamily::Ipv4 => "iptables-save",
+            IpFamily::Ipv6 => "ip6tables-save",
+        },
+        match backend {
+            IptablesBackend::Legacy => "legacy",
+            IptablesBackend::Nft => "nft",
+        },
+        match family {
+            IpFamily::Ipv4 => "ipv4",
+            IpFamily::Ipv6 => "ipv6",
+        }
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chain index: big chains (KUBE-SERVICES, KUBE-NODEPORTS) are indexed by exact destination
+// address and by (protocol, destination port). Lookup yields a superset of the rules that can
+// match, in order; every candidate is still evaluated in full.
+
+/// Chains with at least this many rules get an index.
+pub(crate) const INDEX_MIN_RULES: usize = 32;
+
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChainIndex {
+    pub(crate) by_dst: HashMap<IpAddr, Vec<u32>>,
+    pub(crate) by_port: HashMap<(u8, u16), Vec<u32>>,
+    pub(crate) rest: Vec<u32>,
+}
+
+impl ChainIndex {
+    fn build(rules: &[Rule]) -> ChainIndex {
+        let mut ix = ChainIndex::default();
+        for (i, r) in rules.iter().enumerate() {
+            let i = i as u32;
+            if r.error.is_none() {
+                if let Some(Neg { v: net, neg: false }) = r.dst {
+                    if net.prefix_len() == net.max_prefix_len() {
+                        ix.by_dst.entry(net.addr()).or_default().push(i);
+                        continue;
+                    }
+                }
+                if let Some(Neg { v: p, neg: false }) = r.proto {
+                    if p != 0 {
+                        let dport = r.matches.iter().find_map(|m| match m {
+                            Match::Tcp {
+                                dport: Some(Neg { v, neg: false }),
+                                ..
+                            }
+                            | Match::Udp {
+                                dport: Some(Neg { v, neg: false }),
+                                ..
+                            }
+                            | Match::Sctp {
+                                dport: Some(Neg { v, neg: false }),
+                                ..
+                            } if v.lo == v.hi => Some(v.lo),
+                            _ => None,
+                        });
+                        if let Some(d) = dport {
+                            ix.by_port.entry((p, d)).or_default().push(i);
+                            continue;
+                        }
+                    }
+                }
+            }
+            ix.rest.push(i);
+        }
+        ix
+    }
+
+    /// Candidate rule indices ≥ `from` for a packet, in order, merged from the three lists.
+    pub(crate) fn candidates(
+        &self,
+        from: u32,
+        dst: IpAddr,
+        proto: u8,
+        dport: Option<u16>,
+    ) -> Candidates<'_> {
+        let tail = |v: &'_ [u32]| -> usize { v.partition_point(|&x| x < from) };
+        let a: &[u32] = self.by_dst.get(&dst).map(|v| v.as_slice()).unwrap_or(&[]);
+        let b: &[u32] = dport
+            .and_then(|d| self.by_port.get(&(proto, d)))
+            .map(|v| v.as_slice())
+            .unwrap_or(&[]);
+        let c: &[u32] = &self.rest;
+        Candidates {
+            lists: [&a[tail(a)..], &b[tail(b)..], &c[tail(c)..]],
+        }
+    }
+}
+
+pub(crate) struct Candidates<'a> {
+    lists: [&'a [u32]; 3],
+}
+
+impl Iterator for Candidates<'_> {
+    type Item = u32;
+    fn next(&mut self) -> Option<u32> {
+        let mut best: Option<(usize, u32)> = None;
+        for (i, l) in self.lists.iter().enumerate() {
+            if let Some(&x) = l.first() {
+                if best.is_none_or(|(_, b)| x < b) {
+                    best = Some((i, x));
+                }
+            }
+        }
+        let (i, x) = best?;
+        self.lists[i] = &self.lists[i][1..];
+        Some(x)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Parser
+
+/// Parse one dump. Never fails: problems become diagnostics and error items.
+pub fn parse_dump(backend: IptablesBackend, family: IpFamily, text: Arc<str>) -> Dump {
+    let mut p = Parser {
+        text: text.clone(),
+        family,
+        source: source_name(backend, family),
+        tables: Vec::new(),
+        diags: Vec::new(),
+        toks: Vec::with_capacity(32),
+        cur: None,
+    };
+    p.run();
+    Dump {
+        backend,
+        family,
+        text,
+        tables: p.tables,
+        diagnostics: p.diags,
+    }
+}
+
+struct Parser {
+    text: Arc<str>,
+    family: IpFamily,
+    source: String,
+    tables: Vec<Table>,
+    diags: Vec<Diagnostic>,
+    toks: Vec<(u32, u32)>,
+    cur: Option<usize>,
+}
+
+/// A parse error inside a line: message and the token span concerned.
+struct PErr {
+    msg: String,
+    at: (u32, u32),
+}
+
+type PResult<T> = Result<T, PErr>;
+
+fn builtin_chains(table: &str) -> &'static [&'static str] {
+    match table {
+        "filter" => &["INPUT", "FORWARD", "OUTPUT"],
+        "nat" => &["PREROUTING", "INPUT", "OUTPUT", "POSTROUTING"],
+        "mangle" => &["PREROUTING", "INPUT", "FORWARD", "OUTPUT", "POSTROUTING"],
+        "raw" => &["PREROUTING", "OUTPUT"],
+        "security" => &["INPUT", "FORWARD", "OUTPUT"],
+        _ => &[],
+    }
+}
+
+impl Parser {
+    fn run(&mut self) {
+        let text = self.text.clone();
+        let bytes = text.as_bytes();
+        let mut pos = 0usize;
+        let mut lineno = 0u32;
+        while pos < bytes.len() {
+            lineno += 1;
+            let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+            let mut line_end = end;
+            if line_end > pos && bytes[line_end - 1] == b'\r' {
+                line_end -= 1;
+            }
+            self.line(lineno, pos, line_end);
+            pos = end + 1;
+        }
+        if let Some(t) = self.cur.take() {
+            self.finish_table(t);
+        }
+    }
+
+    fn diag(&mut self, line: u32, line_start: usize, line_end: usize, at: usize, msg: String) {
+        self.diags.push(Diagnostic {
+            source: self.source.clone(),
+            line,
+            column: (at.saturating_sub(line_start) + 1) as u32,
+            message: msg,
+            text: self.text[line_start..line_end].to_string(),
+        });
+    }
+
+    fn line(&mut self, lineno: u32, start: usize, end: usize) {
+        let text = self.text.clone();
+        let b = &text.as_bytes()[start..end];
+        // Trim leading whitespace.
+        let mut s = start;
+        while s < end && (text.as_bytes()[s] == b' ' || text.as_bytes()[s] == b'\t') {
+            s += 1;
+        }
+        if s == end || b.is_empty() {
+            return;
+        }
+        match text.as_bytes()[s] {
+            b'#' => {}
+            b'*' => {
+                if let Some(t) = self.cur.take() {
+                    self.diag(
+                        lineno,
+                        start,
+                        end,
+                        s,
+                        "table started before COMMIT of the previous one".into(),
+                    );
+                    self.finish_table(t);
+                }
+                let name = text[s + 1..end].trim();
+                if name.is_empty() || name.contains(' ') {
+                    self.diag(lineno, start, end, s, "bad table header".into());
+                    return;
+                }
+                let idx = match self.tables.iter().position(|t| &*t.name == name) {
+                    Some(i) => i,
+                    None => {
+                        let mut t = Table {
+                            name: Arc::from(name),
+                            chains: Vec::new(),
+                            by_name: HashMap::new(),
+                        };
+                        // Restore-style input may omit built-in chain declarations.
+                        for c in builtin_chains(name) {
+                            add_chain(&mut t, c, Some(Policy::Accept), None, Span::default());
+                        }
+                        self.tables.push(t);
+                        self.tables.len() - 1
+                    }
+                };
+                self.cur = Some(idx);
+            }
+            b':' => {
+                let Some(t) = self.cur else {
+                    self.diag(
+                        lineno,
+                        start,
+                        end,
+                        s,
+                        "chain declaration outside a table".into(),
+                    );
+                    return;
+                };
+                if let Err(e) = self.chain_decl(t, s, end) {
+                    self.diag(lineno, start, end, e.at.0 as usize, e.msg);
+                }
+            }
+            b'C' if &text[s..end].trim_end() == &"COMMIT" => {
+                if let Some(t) = self.cur.take() {
+                    self.finish_table(t);
+                } else {
+                    self.diag(lineno, start, end, s, "COMMIT outside a table".into());
+                }
+            }
+            _ => {
+                let Some(t) = self.cur else {
+                    self.diag(
+                        lineno,
+                        start,
+                        end,
+                        s,
+                        "rule outside a table (missing `*table`)".into(),
+                    );
+                    return;
+                };
+                self.rule_line(t, lineno, start, s, end);
+            }
+        }
+    }
+
+    fn chain_decl(&mut self, t: usize, s: usize, end: usize) -> PResult<()> {
+        let text = self.text.clone();
+        tokenize(&text, s + 1, end, &mut self.toks).map_err(|at| PErr {
+            msg: "unterminated quote".into(),
+            at: (at as u32, end as u32),
+        })?;
+        let toks = std::mem::take(&mut self.toks);
+        let r = (|| {
+            let name_t = *toks.first().ok_or(PErr {
+                msg: "chain name missing".into(),
+                at: (s as u32, end as u32),
+            })?;
+            let name = &text[name_t.0 as usize..name_t.1 as usize];
+            let policy = match toks.get(1).map(|&(a, b)| &text[a as usize..b as usize]) {
+                Some("ACCEPT") => Some(Policy::Accept),
+                Some("DROP") => Some(Policy::Drop),
+                Some("-") | None => None,
+                Some(_) => {
+                    return Err(PErr {
+                        msg: "bad chain policy".into(),
+                        at: toks[1],
+                    });
+                }
+            };
+            let counters = match toks.get(2) {
+                Some(&(a, b)) => {
+                    Some(parse_counters(&text[a as usize..b as usize]).ok_or(PErr {
+                        msg: "bad counters".into(),
+                        at: (a, b),
+                    })?)
+                }
+                None => None,
+            };
+            let table = &mut self.tables[t];
+            let span = Span {
+                start: s as u32,
+                end: end as u32,
+            };
+            add_chain(table, name, policy, counters, span);
+            Ok(())
+        })();
+        self.toks = toks;
+        r
+    }
+
+    fn finish_table(&mut self, t: usize) {
+        let table = &mut self.tables[t];
+        // Resolve jumps to chains declared after the rule (restore-style input).
+        let names = table.by_name.clone();
+        let text = self.text.clone();
+        for c in &mut table.chains {
+            for r in &mut c.rules {
+                let (cr, is_jump) = match &r.target {
+                    Target::Jump(cr) if cr.id == u32::MAX => (*cr, true),
+                    Target::Goto(cr) if cr.id == u32::MAX => (*cr, false),
+                    _ => continue,
+                };
+                let n = unquote(&text[cr.name.span.start as usize..cr.name.span.end as usize]);
+                match names.get(&*n) {
+                    Some(&id) => {
+                        let cr = ChainRef { id, name: cr.name };
+                        r.target = if is_jump {
+                            Target::Jump(cr)
+                        } else {
+                            Target::Goto(cr)
+                        };
+                    }
+                    // Not a chain: a target extension netray does not know.
+                    None if is_jump
+                        && n.bytes()
+                            .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_') =>
+                    {
+                        r.target = Target::Unknown(cr.name);
+                    }
+                    None => {
+                        r.error = Some(format!("jump to undeclared chain {n}").into());
+                        self.diags.push(Diagnostic {
+                            source: self.source.clone(),
+                            line: r.line.0,
+                            column: (cr.name.span.start - r.span.start) + 1,
+                            message: format!("target chain `{n}` is not declared in the table"),
+                            text: text[r.span.start as usize..r.span.end as usize].to_string(),
+                        });
+                    }
+                }
+            }
+        }
+        for c in &mut table.chains {
+            c.index = (c.rules.len() >= INDEX_MIN_RULES).then(|| ChainIndex::build(&c.rules));
+        }
+    }
+
+    fn rule_line(&mut self, t: usize, lineno: u32, line_start: usize, s: usize, end: usize) {
+        let text = self.text.clone();
+        if let Err(at) = tokenize(&text, s, end, &mut self.toks) {
+            self.diag(lineno, line_start, end, at, "unterminated quote".into());
+            self.error_rule(t, lineno, s, end, None, "unterminated quote");
+            return;
+        }
+        let toks = std::mem::take(&mut self.toks);
+        let mut i = 0;
+        let mut counters = None;
+        let tok = |k: usize| &text[toks[k].0 as usize..toks[k].1 as usize];
+        if !toks.is_empty() && tok(0).starts_with('[') {
+            counters = parse_counters(tok(0));
+            if counters.is_none() {
+                self.diag(
+                    lineno,
+                    line_start,
+                    end,
+                    toks[0].0 as usize,
+                    "bad counters".into(),
+                );
+            }
+            i = 1;
+        }
+        let rule_start = toks.get(i).map_or(s, |t| t.0 as usize);
+        let cmd = if i < toks.len() { tok(i) } else { "" };
+        let r = match cmd {
+            "-A" | "--append" | "-I" | "--insert" => {
+                let Some(&chain_t) = toks.get(i + 1) else {
+                    self.diag(
+                        lineno,
+                        line_start,
+                        end,
+                        rule_start,
+                        "chain name missing".into(),
+                    );
+                    self.toks = toks;
+                    return;
+                };
+                let chain = text[chain_t.0 as usize..chain_t.1 as usize].to_string();
+                let mut k = i + 2;
+                let mut insert_at = None;
+                if cmd == "-I" || cmd == "--insert" {
+                    insert_at = Some(0usize);
+                    if let Some(n) = toks
+                        .get(k)
+                        .and_then(|&(a, b)| text[a as usize..b as usize].parse::<usize>().ok())
+                    {
+                        insert_at = Some(n.saturating_sub(1));
+                        k += 1;
+                    }
+                }
+                let chain_id = match self.tables[t].by_name.get(chain.as_str()) {
+                    Some(&c) => c,
+                    None => {
+                        self.diag(
+                            lineno,
+                            line_start,
+                            end,
+                            chain_t.0 as usize,
+                            format!("chain `{chain}` is not declared"),
+                        );
+                        let table = &mut self.tables[t];
+                        add_chain(table, &chain, None, None, Span::default())
+                    }
+                };
+                let span = Span {
+                    start: rule_start as u32,
+                    end: end as u32,
+                };
+                let mut rp = RuleParser {
+                    text: &text,
+                    toks: &toks,
+                    k,
+                    family: self.family,
+                    table: &self.tables[t],
+                };
+                let rule = match rp.parse(lineno, span, counters) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        self.diag(lineno, line_start, end, e.at.0 as usize, e.msg.clone());
+                        error_rule(lineno, span, counters, &e.msg)
+                    }
+                };
+                let rules = &mut self.tables[t].chains[chain_id as usize].rules;
+                match insert_at {
+                    Some(n) => rules.insert(n.min(rules.len()), rule),
+                    None => rules.push(rule),
+                }
+                Ok(())
+            }
+            "-N" | "--new-chain" => match toks.get(i + 1) {
+                Some(&(a, b)) => {
+                    let name = text[a as usize..b as usize].to_string();
+                    add_chain(
+                        &mut self.tables[t],
+                        &name,
+                        None,
+                        None,
+                        Span {
+                            start: s as u32,
+                            end: end as u32,
+                        },
+                    );
+                    Ok(())
+                }
+                None => Err("chain name missing".to_string()),
+            },
+            "-P" | "--policy" => match (toks.get(i + 1), toks.get(i + 2)) {
+                (Some(&(a, b)), Some(&(c, d))) => {
+                    let name = &text[a as usize..b as usize];
+                    let pol = match &text[c as usize..d as usize] {
+                        "ACCEPT" => Some(Policy::Accept),
+                        "DROP" => Some(Policy::Drop),
+                        _ => None,
+                    };
+                    match (self.tables[t].by_name.get(name).copied(), pol) {
+                        (Some(id), Some(p)) => {
+                            self.tables[t].chains[id as usize].policy = Some(p);
+                            Ok(())
+                        }
+                        (None, _) => Err(format!("no built-in chain `{name}`")),
+                        (_, None) => Err("bad policy".to_string()),
+                    }
+                }
+                _ => Err("-P needs a chain and a policy".to_string()),
+            },
+            "-F" | "--flush" => {
+                match toks.get(i + 1) {
+                    Some(&(a, b)) => {
+                        let name = &text[a as usize..b as usize];
+                        if let Some(&id) = self.tables[t].by_name.get(name) {
+                            self.tables[t].chains[id as usize].rules.clear();
+                        }
+                    }
+                    None => self.tables[t]
+                        .chains
+                        .iter_mut()
+                        .for_each(|c| c.rules.clear()),
+                }
+                Ok(())
+            }
+            _ => Err(format!(
+                "unsupported command `{cmd}` (expected -A, -I, -N, -P or -F)"
+            )),
+        };
+        if let Err(msg) = r {
+            self.diag(lineno, line_start, end, rule_start, msg);
+        }
+        self.toks = toks;
+    }
+
+    fn error_rule(
+        &mut self,
+        t: usize,
+        _lineno: u32,
+        _s: usize,
+        _end: usize,
+        _c: Option<(u64, u64)>,
+        _msg: &str,
+    ) {
+        // A line we cannot even tokenize cannot be attributed to a chain: nothing to add.
+        let _ = t;
+    }
+}
+
+fn error_rule(lineno: u32, span: Span, counters: Option<(u64, u64)>, msg: &str) -> Rule {
+    Rule {
+        line: Lineno(lineno),
+        span,
+        counters,
+        src: None,
+        dst: None,
+        iif: None,
+        oif: None,
+        proto: None,
+        frag: None,
+        matches: Vec::new(),
+        target: Target::None,
+        error: Some(msg.into()),
+    }
+}
+
+fn add_chain(
+    t: &mut Table,
+    name: &str,
+    policy: Option<Policy>,
+    counters: Option<(u64, u64)>,
+    decl: Span,
+) -> u32 {
+    if let Some(&id) = t.by_name.get(name) {
+        let c = &mut t.chains[id as usize];
+        if policy.is_some() {
+            c.policy = policy;
+        }
+        if counters.is_some() {
+            c.counters = counters;
+        }
+        c.decl = decl;
+        return id;
+    }
+    let id = t.chains.len() as u32;
+    let name: Arc<str> = Arc::from(name);
+    t.by_name.insert(name.clone(), id);
+    t.chains.push(Chain {
+        name,
+        policy,
+        counters,
+        decl,
+        rules: Vec::new(),
+        index: None,
+    });
+    id
+}
+
+fn parse_counters(s: &str) -> Option<(u64, u64)> {
+    let inner = s.strip_prefix('[')?.strip_suffix(']')?;
+    let (a, b) = inner.split_once(':')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Split `text[s..end]` into whitespace-separated tokens, honouring `"..."` / `'...'` quotes.
+/// Err(offset) on an unterminated quote.
+fn tokenize(text: &str, s: usize, end: usize, out: &mut Vec<(u32, u32)>) -> Result<(), usize> {
+    out.clear();
+    let b = text.as_bytes();
+    let mut i = s;
+    while i < end {
+        while i < end && (b[i] == b' ' || b[i] == b'\t') {
+            i += 1;
+        }
+        if i >= end {
+            break;
+        }
+        let st = i;
+        if b[i] == b'"' || b[i] == b'\'' {
+            let q = b[i];
+            i += 1;
+            while i < end && b[i] != q {
+                if b[i] == b'\\' {
+                    i += 1;
+                }
+                i += 1;
+            }
+            if i >= end {
+                return Err(st);
+            }
+            i += 1;
+        } else {
+            while i < end && b[i] != b' ' && b[i] != b'\t' {
+                i += 1;
+            }
+        }
+        out.push((st as u32, i as u32));
+    }
+    Ok(())
+}
+
+/// Parses the options of one rule.
+struct RuleParser<'a> {
+    text: &'a str,
+    toks: &'a [(u32, u32)],
+    k: usize,
+    family: IpFamily,
+    table: &'a Table,
+}
+
+/// A match module being built while its options are read.
+enum Building {
+    None,
+    M(Match),
+    Opaque { name: Str, start: u32, end: u32 },
+}
+
+impl<'a> RuleParser<'a> {
+    fn tok(&self, k: usize) -> &'a str {
+        let (a, b) = self.toks[k];
+        &self.text[a as usize..b as usize]
+    }
+
+    fn at(&self, k: usize) -> (u32, u32) {
+        self.toks.get(k).copied().unwrap_or_else(|| {
+            let e = self.toks.last().map_or(0, |t| t.1);
+            (e, e)
+        })
+    }
+
+    fn err<T>(&self, k: usize, msg: impl Into<String>) -> PResult<T> {
+        Err(PErr {
+            msg: msg.into(),
+            at: self.at(k),
+        })
+    }
+
+    /// The value of the option at `self.k - 1`: next token, with old-style `!` before it.
+    fn value(&mut self, neg: &mut bool) -> PResult<&'a str> {
+        if self.k >= self.toks.len() {
+            return self.err(
+                self.k - 1,
+                format!("option `{}` needs a value", self.tok(self.k - 1)),
+            );
+        }
+        let mut v = self.tok(self.k);
+        if v == "!" {
+            *neg = !*neg;
+            self.k += 1;
+            if self.k >= self.toks.len() {
+                return self.err(self.k - 1, "value missing after `!`");
+            }
+            v = self.tok(self.k);
+        }
+        self.k += 1;
+        Ok(v)
+    }
+
+    fn str_at(&self, k: usize) -> Str {
+        let (a, b) = self.toks[k];
+        let raw = &self.text[a as usize..b as usize];
+        Str {
+            span: Span { start: a, end: b },
+            hash: fnv(unquote(raw).bytes()),
+        }
+    }
+
+    fn parse(&mut self, lineno: u32, span: Span, counters: Option<(u64, u64)>) -> PResult<Rule> {
+        let mut r = Rule {
+            line: Lineno(lineno),
+            span,
+            counters,
+            src: None,
+            dst: None,
+            iif: None,
+            oif: None,
+            proto: None,
+            frag: None,
+            matches: Vec::new(),
+            target: Target::None,
+            error: None,
+        };
+        let mut cur = Building::None;
+        let mut target_set = false;
+        while self.k < self.toks.len() {
+            let mut neg = false;
+            let mut opt = self.tok(self.k);
+            let opt_k = self.k;
+            if opt == "!" {
+                neg = true;
+                self.k += 1;
+                if self.k >= self.toks.len() {
+                    return self.err(opt_k, "`!` at end of rule");
+                }
+                opt = self.tok(self.k);
+            }
+            self.k += 1;
+            match opt {
+                "-s" | "--source" | "--src" => {
+                    let v = self.value(&mut neg)?;
+                    r.src = Some(Neg {
+                        v: self.net(v)?,
+                        neg,
+                    });
+                }
+                "-d" | "--destination" | "--dst" => {
+                    let v = self.value(&mut neg)?;
+                    r.dst = Some(Neg {
+                        v: self.net(v)?,
+                        neg,
+                    });
+                }
+                "-i" | "--in-interface" => {
+                    let v = self.value(&mut neg)?;
+                    r.iif = Some(Neg {
+                        v: self.ifname(v)?,
+                        neg,
+                    });
+                }
+                "-o" | "--out-interface" => {
+                    let v = self.value(&mut neg)?;
+                    r.oif = Some(Neg {
+                        v: self.ifname(v)?,
+                        neg,
+                    });
+                }
+                "-p" | "--protocol" => {
+                    let v = self.value(&mut neg)?;
+                    let p = proto_number(v).ok_or_else(|| PErr {
+                        msg: format!("unknown protocol `{v}`"),
+                        at: self.at(self.k - 1),
+                    })?;
+                    r.proto = Some(Neg { v: p, neg });
+                }
+                "-f" | "--fragment" => r.frag = Some(!neg),
+                "-c" | "--set-counters" => {
+                    let mut n = false;
+                    let a = self.value(&mut n)?;
+                    let b = self.value(&mut n)?;
+                    r.counters = a.parse().ok().zip(b.parse().ok());
+                }
+                "-m" | "--match" => {
+                    self.finish(&mut cur, &mut r);
+                    let name = self.value(&mut neg)?;
+                    cur = self.start_module(name, opt_k)?;
+                }
+                "-j" | "--jump" | "-g" | "--goto" => {
+                    self.finish(&mut cur, &mut r);
+                    if target_set {
+                        return self.err(opt_k, "more than one target");
+                    }
+                    target_set = true;
+                    let name = self.value(&mut neg)?;
+                    let name_k = self.k - 1;
+                    let goto = opt == "-g" || opt == "--goto";
+                    r.target = self.target(name, name_k, goto)?;
+                }
+                o if o.starts_with('-') => {
+                    if !self.module_option(&mut cur, &r, o, neg, opt_k)? {
+                        return self.err(opt_k, format!("unknown option `{o}`"));
+                    }
+                }
+                o => return self.err(opt_k, format!("unexpected `{o}`")),
+            }
+        }
+        self.finish(&mut cur, &mut r);
+        if let Building::Opaque { .. } = cur {
+            unreachable!()
+        }
+        Ok(r)
+    }
+
+    fn finish(&mut self, cur: &mut Building, r: &mut Rule) {
+        match std::mem::replace(cur, Building::None) {
+            Building::None => {}
+            Building::M(m) => r.matches.push(m),
+            Building::Opaque { name, start, end } => r.matches.push(Match::Opaque {
+                module: name,
+                span: Span { start, end },
+            }),
+        }
+    }
+
+    fn start_module(&mut self, name: &str, opt_k: usize) -> PResult<Building> {
+        let name_k = self.k - 1;
+        Ok(Building::M(match name {
+            "tcp" => Match::Tcp {
+                sport: None,
+                dport: None,
+                flags: None,
+                option: None,
+            },
+            "udp" => Match::Udp {
+                sport: None,
+                dport: None,
+            },
+            "sctp" => Match::Sctp {
+                sport: None,
+                dport: None,
+                chunks: false,
+            },
+            "icmp" => Match::Icmp(None),
+            "icmp6" | "icmpv6" | "ipv6-icmp" => Match::Icmp6(None),
+            "multiport" => Match::Multiport {
+                side: PortSide::Both,
+                ports: Box::new([]),
+                neg: false,
+            },
+            "mark" => Match::Mark(Neg {
+                v: (0, 0),
+                neg: false,
+            }),
+            "connmark" => Match::Connmark(Neg {
+                v: (0, 0),
+                neg: false,
+            }),
+            "conntrack" => Match::Conntrack(Box::default()),
+            "state" => Match::State(Neg { v: 0, neg: false }),
+            "addrtype" => Match::Addrtype {
+                src: None,
+                dst: None,
+                limit_in: false,
+                limit_out: false,
+            },
+            "comment" => Match::Comment(Str::default()),
+            "statistic" => Match::Statistic(Neg {
+                v: Stat::Random(1.0),
+                neg: false,
+            }),
+            "set" => Match::Set {
+                name: Str::default(),
+                dirs: SetDirs {
+                    len: 0,
+                    src_bits: 0,
+                },
+                neg: false,
+                return_nomatch: false,
+            },
+            "physdev" => Match::Physdev {
+                phys_in: None,
+                phys_out: None,
+                is_in: None,
+                is_out: None,
+                is_bridged: None,
+            },
+            "iprange" => Match::Iprange(Box::new((None, None))),
+            "length" => Match::Length(Neg {
+                v: (0, u32::MAX),
+                neg: false,
+            }),
+            "ttl" | "hl" => Match::Ttl {
+                op: Cmp::Eq,
+                v: 0,
+                neg: false,
+            },
+            "tos" => Match::Tos(Neg {
+                v: (0, 0xff),
+                neg: false,
+            }),
+            "dscp" => Match::Dscp(Neg { v: 0, neg: false }),
+            "pkttype" => Match::Pkttype(Neg {
+                v: crate::PktType::Unicast,
+                neg: false,
+            }),
+            "mac" => Match::Mac(Neg {
+                v: [0; 6],
+                neg: false,
+            }),
+            "owner" => Match::Owner {
+                uid: None,
+                gid: None,
+                socket_exists: None,
+            },
+            "socket" => Match::Socket {
+                transparent: false,
+                nowildcard: false,
+            },
+            "devgroup" => Match::Devgroup {
+                src: None,
+                dst: None,
+            },
+            "rpfilter" => Match::Rpfilter { invert: false },
+            "nfacct" => Match::Nfacct,
+            _ => {
+                let (a, _) = self.at(opt_k);
+                let (_, b) = self.at(name_k);
+                return Ok(Building::Opaque {
+                    name: self.str_at(name_k),
+                    start: a,
+                    end: b,
+                });
+            }
+        }))
+    }
+
+    /// Handle `--opt` for the module being built (or an implicit protocol match).
+    /// Ok(false) if nobody takes it.
+    fn module_option(
+        &mut self,
+        cur: &mut Building,
+        r: &Rule,
+        o: &str,
+        neg: bool,
+        opt_k: usize,
+    ) -> PResult<bool> {
+        if let Building::Opaque { end, .. } = cur {
+            // Swallow the option and its values up to the next option.
+            while self.k < self.toks.len() {
+                let t = self.tok(self.k);
+                if t.starts_with("--")
+                    || t == "-m"
+                    || t == "-j"
+                    || t == "-g"
+                    || (t == "!"
+                        && self.k + 1 < self.toks.len()
+                        && self.tok(self.k + 1).starts_with('-'))
+                {
+                    break;
+                }
+                self.k += 1;
+            }
+            *end = self.at(self.k.saturating_sub(1)).1;
+            let _ = o;
+            return Ok(true);
+        }
+        if let Building::None = cur {
+            // Implicit protocol match (`-p tcp --dport 80`).
+            let m = match r.proto {
+                Some(Neg { v: 6, neg: false }) => Some("tcp"),
+                Some(Neg { v: 17, neg: false }) => Some("udp"),
+                Some(Neg { v: 132, neg: false }) => Some("sctp"),
+                Some(Neg { v: 1, neg: false }) => Some("icmp"),
+                Some(Neg { v: 58, neg: false }) => Some("icmp6"),
+                _ => None,
+            };
+            match m {
+                Some(name) => *cur = self.start_module(name, opt_k)?,
+                None => return Ok(false),
+            }
+        }
+        let Building::M(m) = cur else {
+            return Ok(false);
+        };
+        let mut neg = neg;
+        match m {
+            Match::Tcp {
+                sport,
+                dport,
+                flags,
+                option,
+            } => match o {
+                "--sport" | "--source-port" => *sport = Some(self.port_range(&mut neg)?),
+                "--dport" | "--destination-port" => *dport = Some(self.port_range(&mut neg)?),
+                "--syn" => {
+                    use crate::tcp_flags::*;
+                    *flags = Some(Neg {
+                        v: (SYN | RST | ACK | FIN, SYN),
+                        neg,
+                    })
+                }
+                "--tcp-flags" => {
+                    let mask = self.value(&mut neg)?;
+                    let mk = self.k - 1;
+                    let comp = self.value(&mut neg)?;
+                    let ck = self.k - 1;
+                    let mask = tcp_flag_list(mask).ok_or_else(|| PErr {
+                        msg: "bad TCP flags".into(),
+                        at: self.at(mk),
+                    })?;
+                    let comp = tcp_flag_list(comp).ok_or_else(|| PErr {
+                        msg: "bad TCP flags".into(),
+                        at: self.at(ck),
+                    })?;
+                    *flags = Some(Neg {
+                        v: (mask, comp),
+                        neg,
+                    });
+                }
+                "--tcp-option" => {
+                    let v = self.value(&mut neg)?;
+                    *option = Some(Neg {
+                        v: self.num::<u8>(v)?,
+                        neg,
+                    });
+                }
+                _ => return Ok(false),
+            },
+            Match::Udp { sport, dport } => match o {
+                "--sport" | "--source-port" => *sport = Some(self.port_range(&mut neg)?),
+                "--dport" | "--destination-port" => *dport = Some(self.port_range(&mut neg)?),
+                _ => return Ok(false),
+            },
+            Match::Sctp {
+                sport,
+                dport,
+                chunks,
+            } => match o {
+                "--sport" | "--source-port" => *sport = Some(self.port_range(&mut neg)?),
+                "--dport" | "--destination-port" => *dport = Some(self.port_range(&mut neg)?),
+                "--chunk-types" => {
+                    self.value(&mut neg)?;
+                    self.value(&mut neg)?;
+                    *chunks = true;
+                }
+                _ => return Ok(false),
+            },
+            Match::Icmp(slot) | Match::Icmp6(slot) => {
+                let v6 = o == "--icmpv6-type";
+                if o != "--icmp-type" && !v6 {
+                    return Ok(false);
+                }
+                let v = self.value(&mut neg)?;
+                let ty = icmp_type(v, v6).ok_or_else(|| PErr {
+                    msg: format!("unknown ICMP type `{v}`"),
+                    at: self.at(self.k - 1),
+                })?;
+                *slot = Some(Neg { v: ty, neg });
+            }
+            Match::Multiport {
+                side,
+                ports,
+                neg: mneg,
+            } => {
+                *side = match o {
+                    "--sports" | "--source-ports" => PortSide::Src,
+                    "--dports" | "--destination-ports" => PortSide::Dst,
+                    "--ports" => PortSide::Both,
+                    _ => return Ok(false),
+                };
+                let v = self.value(&mut neg)?;
+                let mut list = Vec::new();
+                for p in v.split(',') {
+                    list.push(self.parse_port_range(p)?);
+                }
+                *ports = list.into_boxed_slice();
+                *mneg = neg;
+            }
+            Match::Mark(mv) | Match::Connmark(mv) => match o {
+                "--mark" => {
+                    let v = self.value(&mut neg)?;
+                    *mv = Neg {
+                        v: self.value_mask(v)?,
+                        neg,
+                    };
+                }
+                _ => return Ok(false),
+            },
+            Match::Conntrack(c) => {
+                let c = &mut **c;
+                match o {
+                    "--ctstate" => {
+                        let v = self.value(&mut neg)?;
+                        c.state = Some(Neg {
+                            v: self.states(v, true)?,
+                            neg,
+                        });
+                    }
+                    "--ctstatus" => {
+                        let v = self.value(&mut neg)?;
+                        let mut bits = 0;
+                        for s in v.split(',') {
+                            bits |= match s {
+                                "NONE" => 0,
+                                "EXPECTED" => crate::ct_status::EXPECTED,
+                                "SEEN_REPLY" => crate::ct_status::SEEN_REPLY,
+                                "ASSURED" => crate::ct_status::ASSURED,
+                                "CONFIRMED" => crate::ct_status::CONFIRMED,
+                                _ => {
+                                    return self.err(self.k - 1, format!("unknown ctstatus `{s}`"));
+                                }
+                            };
+                        }
+                        c.status = Some(Neg { v: bits, neg });
+                    }
+                    "--ctproto" => {
+                        let v = self.value(&mut neg)?;
+                        let p = proto_number(v).ok_or_else(|| PErr {
+                            msg: format!("unknown protocol `{v}`"),
+                            at: self.at(self.k - 1),
+                        })?;
+                        c.proto = Some(Neg { v: p, neg });
+                    }
+                    "--ctorigsrc" | "--ctorigdst" | "--ctreplsrc" | "--ctrepldst" => {
+                        let v = self.value(&mut neg)?;
+                        let n = Some(Neg {
+                            v: self.net(v)?,
+                            neg,
+                        });
+                        match o {
+                            "--ctorigsrc" => c.orig_src = n,
+                            "--ctorigdst" => c.orig_dst = n,
+                            "--ctreplsrc" => c.repl_src = n,
+                            _ => c.repl_dst = n,
+                        }
+                    }
+                    "--ctorigsrcport" | "--ctorigdstport" | "--ctreplsrcport"
+                    | "--ctrepldstport" => {
+                        let p = Some(self.port_range(&mut neg)?);
+                        match o {
+                            "--ctorigsrcport" => c.orig_sport = p,
+                            "--ctorigdstport" => c.orig_dport = p,
+                            "--ctreplsrcport" => c.repl_sport = p,
+                            _ => c.repl_dport = p,
+                        }
+                    }
+                    "--ctdir" => {
+                        let v = self.value(&mut neg)?;
+                        c.dir_reply = Some(match v {
+                            "ORIGINAL" => false,
+                            "REPLY" => true,
+                            _ => return self.err(self.k - 1, "--ctdir takes ORIGINAL or REPLY"),
+                        });
+                    }
+                    "--ctexpire" => {
+                        let v = self.value(&mut neg)?;
+                        let (a, b) = v.split_once(':').unwrap_or((v, v));
+                        c.expire = Some(Neg {
+                            v: (self.num(a)?, self.num(b)?),
+                            neg,
+                        });
+                    }
+                    _ => return Ok(false),
+                }
+            }
+            Match::State(s) => match o {
+                "--state" => {
+                    let v = self.value(&mut neg)?;
+                    *s = Neg {
+                        v: self.states(v, false)?,
+                        neg,
+                    };
+                }
+                _ => return Ok(false),
+            },
+            Match::Addrtype {
+                src,
+                dst,
+                limit_in,
+                limit_out,
+            } => match o {
+                "--src-type" | "--dst-type" => {
+                    let v = self.value(&mut neg)?;
+                    let mut bits = 0u16;
+                    for t in v.split(',') {
+                        bits |= addrtype_bit(t).ok_or_else(|| PErr {
+                            msg: format!("unknown address type `{t}`"),
+                            at: self.at(self.k - 1),
+                        })?;
+                    }
+                    let n = Some(Neg { v: bits, neg });
+                    if o == "--src-type" {
+                        *src = n
+                    } else {
+                        *dst = n
+                    }
+                }
+                "--limit-iface-in" => *limit_in = true,
+                "--limit-iface-out" => *limit_out = true,
+                _ => return Ok(false),
+            },
+            Match::Comment(c) => match o {
+                "--comment" => {
+                    self.value(&mut neg)?;
+                    *c = self.str_at(self.k - 1);
+                }
+                _ => return Ok(false),
+            },
+            Match::Statistic(st) => match o {
+                "--mode" => {
+                    let v = self.value(&mut neg)?;
+                    st.v = match v {
+                        "random" => Stat::Random(1.0),
+                        "nth" => Stat::Nth {
+                            every: 1,
+                            packet: 0,
+                        },
+                        _ => return self.err(self.k - 1, "--mode takes random or nth"),
+                    };
+                }
+                "--probability" => {
+                    let v = self.value(&mut neg)?;
+                    let p: f64 = v
+                        .parse()
+                        .ok()
+                        .filter(|p: &f64| (0.0..=1.0).contains(p))
+                        .ok_or_else(|| PErr {
+                            msg: format!("bad probability `{v}`"),
+                            at: self.at(self.k - 1),
+                        })?;
+                    st.v = Stat::Random(p);
+                    st.neg ^= neg;
+                }
+                "--every" | "--packet" => {
+                    let v = self.value(&mut neg)?;
+                    let n: u32 = self.num(v)?;
+                    let (mut every, mut packet) = match st.v {
+                        Stat::Nth { every, packet } => (every, packet),
+                        _ => (1, 0),
+                    };
+                    if o == "--every" {
+                        if n == 0 {
+                            return self.err(self.k - 1, "--every must be at least 1");
+                        }
+                        every = n;
+                        st.neg ^= neg;
+                    } else {
+                        packet = n;
+                    }
+                    st.v = Stat::Nth { every, packet };
+                }
+                _ => return Ok(false),
+            },
+            Match::Set {
+                name,
+                dirs,
+                neg: sneg,
+                return_nomatch,
+            } => match o {
+                "--match-set" | "--set" => {
+                    self.value(&mut neg)?;
+                    *name = self.str_at(self.k - 1);
+                    let d = self.value(&mut neg)?;
+                    let mut nd = SetDirs {
+                        len: 0,
+                        src_bits: 0,
+                    };
+                    for (i, part) in d.split(',').enumerate() {
+                        if i >= 6 {
+                            return self.err(self.k - 1, "too many set dimensions");
+                        }
+                        match part {
+                            "src" => nd.src_bits |= 1 << i,
+                            "dst" => {}
+                            _ => {
+                                return self.err(self.k - 1, format!("bad set direction `{part}`"));
+                            }
+                        }
+                        nd.len += 1;
+                    }
+                    *dirs = nd;
+                    *sneg = neg;
+                }
+                "--return-nomatch" => *return_nomatch = true,
+                "--update-counters"
+                | "--update-subcounters"
+                | "--no-update-counters"
+                | "--no-update-subcounters" => {}
+                "--packets-eq" | "--packets-lt" | "--packets-gt" | "--bytes-eq" | "--bytes-lt"
+                | "--bytes-gt" => {
+                    self.value(&mut neg)?;
+                }
+                _ => return Ok(false),
+            },
+            Match::Physdev {
+                phys_in,
+                phys_out,
+                is_in,
+                is_out,
+                is_bridged,
+            } => match o {
+                "--physdev-in" => {
+                    let v = self.value(&mut neg)?;
+                    *phys_in = Some(Neg {
+                        v: self.ifname(v)?,
+                        neg,
+                    });
+                }
+                "--physdev-out" => {
+                    let v = self.value(&mut neg)?;
+                    *phys_out = Some(Neg {
+                        v: self.ifname(v)?,
+                        neg,
+                    });
+                }
+                "--physdev-is-in" => *is_in = Some(!neg),
+                "--physdev-is-out" => *is_out = Some(!neg),
+                "--physdev-is-bridged" => *is_bridged = Some(!neg),
+                _ => return Ok(false),
+            },
+            Match::Iprange(b) => match o {
+                "--src-range" | "--dst-range" => {
+                    let v = self.value(&mut neg)?;
+                    let (a, z) = v.split_once('-').unwrap_or((v, v));
+                    let a: IpAddr = self.addr(a)?;
+                    let z: IpAddr = self.addr(z)?;
+                    let n = Some(Neg { v: (a, z), neg });
+                    if o == "--src-range" { b.0 = n } else { b.1 = n }
+                }
+                _ => return Ok(false),
+            },
+            Match::Length(l) => match o {
+                "--length" => {
+                    let v = self.value(&mut neg)?;
+                    let (a, b) = v.split_once(':').unwrap_or((v, v));
+                    let lo = if a.is_empty() { 0 } else { self.num(a)? };
+                    let hi = if b.is_empty() { 65535 } else { self.num(b)? };
+                    *l = Neg { v: (lo, hi), neg };
+                }
+                _ => return Ok(false),
+            },
+            Match::Ttl { op, v, neg: tneg } => {
+                *op = match o {
+                    "--ttl-eq" | "--hl-eq" | "--ttl" => Cmp::Eq,
+                    "--ttl-lt" | "--hl-lt" => Cmp::Lt,
+                    "--ttl-gt" | "--hl-gt" => Cmp::Gt,
+                    _ => return Ok(false),
+                };
+                let s = self.value(&mut neg)?;
+                *v = self.num(s)?;
+                *tneg = neg;
+            }
+            Match::Tos(t) => match o {
+                "--tos" => {
+                    let s = self.value(&mut neg)?;
+                    let (v, m) = match s.split_once('/') {
+                        Some((v, m)) => (self.num_u32(v)? as u8, self.num_u32(m)? as u8),
+                        None => (
+                            match s {
+                                "Minimize-Delay" => 0x10,
+                                "Maximize-Throughput" => 0x08,
+                                "Maximize-Reliability" => 0x04,
+                                "Minimize-Cost" => 0x02,
+                                "Normal-Service" => 0,
+                                _ => self.num_u32(s)? as u8,
+                            },
+                            0x3f,
+                        ),
+                    };
+                    *t = Neg { v: (v, m), neg };
+                }
+                _ => return Ok(false),
+            },
+            Match::Dscp(d) => match o {
+                "--dscp" => {
+                    let s = self.value(&mut neg)?;
+                    *d = Neg {
+                        v: self.num_u32(s)? as u8,
+                        neg,
+                    };
+                }
+                "--dscp-class" => {
+                    let s = self.value(&mut neg)?;
+                    let v = dscp_class(s).ok_or_else(|| PErr {
+                        msg: format!("unknown DSCP class `{s}`"),
+                        at: self.at(self.k - 1),
+                    })?;
+                    *d = Neg { v, neg };
+                }
+                _ => return Ok(false),
+            },
+            Match::Pkttype(p) => match o {
+                "--pkt-type" => {
+                    let s = self.value(&mut neg)?;
+                    let v = match s {
+                        "unicast" => crate::PktType::Unicast,
+                        "broadcast" => crate::PktType::Broadcast,
+                        "multicast" => crate::PktType::Multicast,
+                        "host" => crate::PktType::Unicast,
+                        "otherhost" => crate::PktType::Otherhost,
+                        _ => return self.err(self.k - 1, format!("unknown packet type `{s}`")),
+                    };
+                    *p = Neg { v, neg };
+                }
+                _ => return Ok(false),
+            },
+            Match::Mac(mac) => match o {
+                "--mac-source" => {
+                    let s = self.value(&mut neg)?;
+                    let v = parse_mac(s).ok_or_else(|| PErr {
+                        msg: format!("bad MAC address `{s}`"),
+                        at: self.at(self.k - 1),
+                    })?;
+                    *mac = Neg { v, neg };
+                }
+                _ => return Ok(false),
+            },
+            Match::Owner {
+                uid,
+                gid,
+                socket_exists,
+            } => match o {
+                "--uid-owner" | "--gid-owner" => {
+                    let s = self.value(&mut neg)?;
+                    let (a, b) = s.split_once('-').unwrap_or((s, s));
+                    let r = Some(Neg {
+                        v: (self.num(a)?, self.num(b)?),
+                        neg,
+                    });
+                    if o == "--uid-owner" {
+                        *uid = r
+                    } else {
+                        *gid = r
+                    }
+                }
+                "--socket-exists" => *socket_exists = Some(!neg),
+                _ => return Ok(false),
+            },
+            Match::Socket {
+                transparent,
+                nowildcard,
+            } => match o {
+                "--transparent" => *transparent = true,
+                "--nowildcard" => *nowildcard = true,
+                "--restore-skmark" => {}
+                _ => return Ok(false),
+            },
+            Match::Devgroup { src, dst } => match o {
+                "--src-group" | "--dst-group" => {
+                    let s = self.value(&mut neg)?;
+                    let v = self.value_mask(s)?;
+                    let n = Some(Neg { v, neg });
+                    if o == "--src-group" {
+                        *src = n
+                    } else {
+                        *dst = n
+                    }
+                }
+                _ => return Ok(false),
+            },
+            Match::Rpfilter { invert } => match o {
+                "--invert" => *invert = true,
+                "--loose" | "--validmark" | "--accept-local" => {}
+                _ => return Ok(false),
+            },
+            Match::Nfacct => match o {
+                "--nfacct-name" => {
+                    self.value(&mut neg)?;
+                }
+                _ => return Ok(false),
+            },
+            Match::Opaque { .. } => return Ok(false),
+        }
+        Ok(true)
+    }
+
+    fn target(&mut self, name: &'a str, name_k: usize, goto: bool) -> PResult<Target> {
+        if let Some(&id) = self.table.by_name.get(name) {
+            let cr = ChainRef {
+                id,
+                name: self.str_at(name_k),
+            };
+            self.no_more_options()?;
+            return Ok(if goto {
+                Target::Goto(cr)
+            } else {
+                Target::Jump(cr)
+            });
+        }
+        if goto {
+            // Resolved at COMMIT.
+            return Ok(Target::Goto(ChainRef {
+                id: u32::MAX,
+                name: self.str_at(name_k),
+            }));
+        }
+        let mut neg = false;
+        let t = match name {
+            "ACCEPT" => Target::Accept,
+            "DROP" => Target::Drop,
+            "RETURN" => Target::Return,
+            "QUEUE" => Target::Queue(0),
+            "NFQUEUE" => {
+                let mut num = 0u16;
+                while self.k < self.toks.len() {
+                    let o = self.tok(self.k);
+                    self.k += 1;
+                    match o {
+                        "--queue-num" => {
+                            let v = self.value(&mut neg)?;
+                            num = self.num(v)?;
+                        }
+                        "--queue-balance" => {
+                            let v = self.value(&mut neg)?;
+                            num = self.num(v.split(':').next().unwrap_or(v))?;
+                        }
+                        "--queue-bypass" | "--fail-open" | "--queue-cpu-fanout" => {}
+                        _ => return self.err(self.k - 1, format!("unknown NFQUEUE option `{o}`")),
+                    }
+                }
+                Target::Queue(num)
+            }
+            "REJECT" => {
+                let mut with = match self.family {
+                    IpFamily::Ipv4 => RejectWith::IcmpPortUnreachable,
+                    IpFamily::Ipv6 => RejectWith::Icmp6PortUnreachable,
+                };
+                while self.k < self.toks.len() {
+                    let o = self.tok(self.k);
+                    self.k += 1;
+                    match o {
+                        "--reject-with" => {
+                            let v = self.value(&mut neg)?;
+                            with = match v {
+                                "icmp-port-unreachable" | "port-unreach" => {
+                                    RejectWith::IcmpPortUnreachable
+                                }
+                                "icmp6-port-unreachable" => RejectWith::Icmp6PortUnreachable,
+                                "tcp-reset" | "tcp-rst" => RejectWith::TcpReset,
+                                o => RejectWith::Other(o.to_string()),
+                            };
+                        }
+                        _ => return self.err(self.k - 1, format!("unknown REJECT option `{o}`")),
+                    }
+                }
+                Target::Reject(with)
+            }
+            "DNAT" | "SNAT" => {
+                let dnat = name == "DNAT";
+                let mut addr = None;
+                let mut ports = None;
+                let (mut random, mut persistent, mut random_fully) = (false, false, false);
+                let mut seen = false;
+                while self.k < self.toks.len() {
+                    let o = self.tok(self.k);
+                    self.k += 1;
+                    match o {
+                        "--to-destination" | "--to-source" | "--to" => {
+                            let v = self.value(&mut neg)?;
+                            if !seen {
+                                let (a, p) = self.nat_range(v)?;
+                                addr = a;
+                                ports = p;
+                                seen = true;
+                            }
+                        }
+                        "--random" => random = true,
+                        "--random-fully" => random_fully = true,
+                        "--persistent" => persistent = true,
+                        _ => return self.err(self.k - 1, format!("unknown {name} option `{o}`")),
+                    }
+                }
+                Target::Nat(Box::new(if dnat {
+                    NatAction::Dnat {
+                        addr,
+                        ports,
+                        random,
+                        persistent,
+                    }
+                } else {
+                    NatAction::Snat {
+                        addr,
+                        ports,
+                        random,
+                        random_fully,
+                        persistent,
+                    }
+                }))
+            }
+            "MASQUERADE" | "REDIRECT" => {
+                let mut ports = None;
+                let (mut random, mut random_fully) = (false, false);
+                while self.k < self.toks.len() {
+                    let o = self.tok(self.k);
+                    self.k += 1;
+                    match o {
+                        "--to-ports" | "--to-port" => {
+                            let v = self.value(&mut neg)?;
+                            ports = Some(self.parse_port_range(&v.replace('-', ":"))?);
+                        }
+                        "--random" => random = true,
+                        "--random-fully" => random_fully = true,
+                        _ => return self.err(self.k - 1, format!("unknown {name} option `{o}`")),
+                    }
+                }
+                Target::Nat(Box::new(if name == "MASQUERADE" {
+                    NatAction::Masquerade {
+                        ports,
+                        random,
+                        random_fully,
+                    }
+                } else {
+                    NatAction::Redirect { ports, random }
+                }))
+            }
+            "MARK" => {
+                let mut r = None;
+                while self.k < self.toks.len() {
+                    let o = self.tok(self.k);
+                    self.k += 1;
+                    let v = self.value(&mut neg)?;
+                    r = Some(match o {
+                        "--set-xmark" => {
+                            let (v, m) = self.value_mask(v)?;
+                            (v, m)
+                        }
+                        "--set-mark" => {
+                            let (v, m) = self.value_mask(v)?;
+                            (v, m | v)
+                        }
+                        "--and-mark" => (0, !self.num_u32(v)?),
+                        "--or-mark" => {
+                            let b = self.num_u32(v)?;
+                            (b, b)
+                        }
+                        "--xor-mark" => (self.num_u32(v)?, 0),
+                        _ => return self.err(self.k - 2, format!("unknown MARK option `{o}`")),
+                    });
+                }
+                let (value, mask) = r.ok_or_else(|| PErr {
+                    msg: "MARK needs an option".into(),
+                    at: self.at(name_k),
+                })?;
+                Target::Mark { value, mask }
+            }
+            "CONNMARK" => {
+                let mut op = None;
+                let (mut nfmask, mut ctmask) = (u32::MAX, u32::MAX);
+                let mut mask = None;
+                while self.k < self.toks.len() {
+                    let o = self.tok(self.k);
+                    self.k += 1;
+                    match o {
+                        "--set-xmark" | "--set-mark" => {
+                            let v = self.value(&mut neg)?;
+                            let (v, m) = self.value_mask(v)?;
+                            op = Some(ConnmarkOp::Set {
+                                value: v,
+                                mask: if o == "--set-mark" { m | v } else { m },
+                            });
+                        }
+                        "--and-mark" | "--or-mark" | "--xor-mark" => {
+                            let v = self.value(&mut neg)?;
+                            let b = self.num_u32(v)?;
+                            let (value, mask) = match o {
+                                "--and-mark" => (0, !b),
+                                "--or-mark" => (b, b),
+                                _ => (b, 0),
+                            };
+                            op = Some(ConnmarkOp::Set { value, mask });
+                        }
+                        "--save-mark" => {
+                            op = Some(ConnmarkOp::Save {
+                                nfmask: 0,
+                                ctmask: 0,
+                            })
+                        }
+                        "--restore-mark" => {
+                            op = Some(ConnmarkOp::Restore {
+                                nfmask: 0,
+                                ctmask: 0,
+                            })
+                        }
+                        "--nfmask" => {
+                            let v = self.value(&mut neg)?;
+                            nfmask = self.num_u32(v)?;
+                        }
+                        "--ctmask" => {
+                            let v = self.value(&mut neg)?;
+                            ctmask = self.num_u32(v)?;
+                        }
+                        "--mask" => {
+                            let v = self.value(&mut neg)?;
+                            mask = Some(self.num_u32(v)?);
+                        }
+                        _ => return self.err(self.k - 1, format!("unknown CONNMARK option `{o}`")),
+                    }
+                }
+                if let Some(m) = mask {
+                    nfmask = m;
+                    ctmask = m;
+                }
+                match op {
+                    Some(ConnmarkOp::Save { .. }) => {
+                        Target::Connmark(ConnmarkOp::Save { nfmask, ctmask })
+                    }
+                    Some(ConnmarkOp::Restore { .. }) => {
+                        Target::Connmark(ConnmarkOp::Restore { nfmask, ctmask })
+                    }
+                    Some(s) => Target::Connmark(s),
+                    None => return self.err(name_k, "CONNMARK needs an option"),
+                }
+            }
+            "LOG" | "NFLOG" | "ULOG" | "TRACE" => {
+                self.skip_options();
+                Target::Log(self.str_at(name_k))
+            }
+            "NOTRACK" => {
+                self.no_more_options()?;
+                Target::Ct(Box::new(CtEffects {
+                    notrack: true,
+                    ..Default::default()
+                }))
+            }
+            "CT" => {
+                let mut e = CtEffects::default();
+                while self.k < self.toks.len() {
+                    let o = self.tok(self.k);
+                    self.k += 1;
+                    match o {
+                        "--notrack" => e.notrack = true,
+                        "--zone" | "--zone-orig" | "--zone-reply" => {
+                            let v = self.value(&mut neg)?;
+                            e.zone = Some(self.num(v)?);
+                        }
+                        "--helper" => {
+                            let v = self.value(&mut neg)?;
+                            e.helper = Some(unquote(v).into_owned());
+                        }
+                        "--ctevents" | "--expevents" | "--timeout" => {
+                            self.value(&mut neg)?;
+                        }
+                        _ => return self.err(self.k - 1, format!("unknown CT option `{o}`")),
+                    }
+                }
+                Target::Ct(Box::new(e))
+            }
+            "TPROXY" => {
+                let mut t = Tproxy {
+                    addr: None,
+                    port: 0,
+                    mark: None,
+                };
+                while self.k < self.toks.len() {
+                    let o = self.tok(self.k);
+                    self.k += 1;
+                    match o {
+                        "--on-port" => {
+                            let v = self.value(&mut neg)?;
+                            t.port = self.num(v)?;
+                        }
+                        "--on-ip" => {
+                            let v = self.value(&mut neg)?;
+                            t.addr = Some(self.addr(v)?);
+                        }
+                        "--tproxy-mark" => {
+                            let v = self.value(&mut neg)?;
+                            t.mark = Some(self.value_mask(v)?);
+                        }
+                        _ => return self.err(self.k - 1, format!("unknown TPROXY option `{o}`")),
+                    }
+                }
+                Target::Tproxy(Box::new(t))
+            }
+            "CHECKSUM" | "TCPMSS" | "CLASSIFY" | "DSCP" | "TOS" | "TTL" | "HL" | "SECMARK"
+            | "CONNSECMARK" | "AUDIT" | "IDLETIMER" | "LED" | "RATEEST" | "SET" | "TEE" => {
+                self.skip_options();
+                Target::Noop(self.str_at(name_k))
+            }
+            _ => {
+                if name.is_empty() || !name.bytes().all(|b| b.is_ascii_graphic()) {
+                    return self.err(name_k, "bad target name");
+                }
+                if self.k >= self.toks.len() {
+                    // A jump to a chain declared later (restore-style input), resolved at
+                    // COMMIT; an unknown target extension if no such chain appears.
+                    return Ok(Target::Jump(ChainRef {
+                        id: u32::MAX,
+                        name: self.str_at(name_k),
+                    }));
+                }
+                self.skip_options();
+                Target::Unknown(self.str_at(name_k))
+            }
+        };
+        Ok(t)
+    }
+
+    fn skip_options(&mut self) {
+        self.k = self.toks.len();
+    }
+
+    fn no_more_options(&self) -> PResult<()> {
+        if self.k < self.toks.len() {
+            return self.err(
+                self.k,
+                format!("unexpected `{}` after the target", self.tok(self.k)),
+            );
+        }
+        Ok(())
+    }
+
+    fn net(&self, v: &str) -> PResult<IpNet> {
+        let k = self.k - 1;
+        let bad = || PErr {
+            msg: format!("bad address `{v}`"),
+            at: self.at(k),
+        };
+        let (a, len) = match v.split_once('/') {
+            Some((a, l)) => (a, Some(l)),
+            None => (v, None),
+        };
+        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        if matches!(
+            (addr, self.family),
+            (IpAddr::V4(_), IpFamily::Ipv6) | (IpAddr::V6(_), IpFamily::Ipv4)
+        ) {
+            return Err(PErr {
+                msg: format!("address `{v}` is not of the dump's family"),
+                at: self.at(k),
+            });
+        }
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let plen = match len {
+            None => max,
+            Some(l) => match l.parse::<u8>() {
+                Ok(n) if n <= max => n,
+                _ => {
+                    // Dotted mask (`/255.255.255.0`).
+                    let m: IpAddr = l.parse().map_err(|_| bad())?;
+                    match m {
+                        IpAddr::V4(m) => u32::from(m).count_ones() as u8,
+                        IpAddr::V6(m) => u128::from(m).count_ones() as u8,
+                    }
+                }
+            },
+        };
+        Ok(IpNet::new(addr, plen).map_err(|_| bad())?.trunc())
+    }
+
+    fn addr(&self, v: &str) -> PResult<IpAddr> {
+        let v = v.trim_start_matches('[').trim_end_matches(']');
+        v.parse().map_err(|_| PErr {
+            msg: format!("bad address `{v}`"),
+            at: self.at(self.k - 1),
+        })
+    }
+
+    fn ifname(&self, v: &str) -> PResult<IfName> {
+        IfName::parse(v).ok_or_else(|| PErr {
+            msg: format!("interface name `{v}` longer than 15 bytes"),
+            at: self.at(self.k - 1),
+        })
+    }
+
+    fn num<T: std::str::FromStr>(&self, v: &str) -> PResult<T> {
+        v.parse().map_err(|_| PErr {
+            msg: format!("bad number `{v}`"),
+            at: self.at(self.k - 1),
+        })
+    }
+
+    fn num_u32(&self, v: &str) -> PResult<u32> {
+        parse_u32(v).ok_or_else(|| PErr {
+            msg: format!("bad number `{v}`"),
+            at: self.at(self.k - 1),
+        })
+    }
+
+    /// `v[/m]` with `m` defaulting to all ones.
+    fn value_mask(&self, v: &str) -> PResult<(u32, u32)> {
+        match v.split_once('/') {
+            Some((a, b)) => Ok((self.num_u32(a)?, self.num_u32(b)?)),
+            None => Ok((self.num_u32(v)?, u32::MAX)),
+        }
+    }
+
+    fn port_range(&mut self, neg: &mut bool) -> PResult<Neg<PortRange>> {
+        let v = self.value(neg)?;
+        Ok(Neg {
+            v: self.parse_port_range(v)?,
+            neg: *neg,
+        })
+    }
+
+    fn parse_port_range(&self, v: &str) -> PResult<PortRange> {
+        let (a, b) = match v.split_once(':') {
+            Some((a, b)) => (a, b),
+            None => (v, v),
+        };
+        let lo = if a.is_empty() { 0 } else { self.port(a)? };
+        let hi = if b.is_empty() { 65535 } else { self.port(b)? };
+        Ok(PortRange { lo, hi })
+    }
+
+    fn port(&self, v: &str) -> PResult<u16> {
+        if let Ok(p) = v.parse::<u16>() {
+            return Ok(p);
+        }
+        service_port(v).ok_or_else(|| PErr {
+            msg: format!("bad port `{v}`"),
+            at: self.at(self.k - 1),
+        })
+    }
+
+    /// `[addr[-addr]][:port[-port]]`, v6 as `[a]:p`.
+    fn nat_range(&self, v: &str) -> PResult<(Option<AddrRange>, Option<PortRange>)> {
+        let (a, p) = if let Some(rest) = v.strip_prefix('[') {
+            // [v6]:port or [v6]-[v6]:port
+            match rest.rsplit_once("]:") {
+                Some((a, p)) => (a.to_string(), Some(p)),
+                None => (rest.trim_end_matches(']').to_string(), None),
+            }
+        } else if v.matches(':').count() > 1 {
+            (v.to_string(), None)
+        } else {
+            match v.split_once(':') {
+                Some((a, p)) => (a.to_string(), Some(p)),
+                None => (v.to_string(), None),
+            }
+        };
+        let a = a.replace(['[', ']'], "");
+        let addr = if a.is_empty() {
+            None
+        } else {
+            let (lo, hi) = a.split_once('-').unwrap_or((&a, &a));
+            Some(AddrRange {
+                lo: self.addr(lo)?,
+                hi: self.addr(hi)?,
+            })
+        };
+        let ports = match p {
+            Some(p) if !p.is_empty() => {
+                let p = p.split('/').next().unwrap_or(p);
+                let (lo, hi) = p.split_once('-').unwrap_or((p, p));
+                Some(PortRange {
+                    lo: self.port(lo)?,
+                    hi: self.port(hi)?,
+                })
+            }
+            _ => None,
+        };
+        Ok((addr, ports))
+    }
+
+    fn states(&self, v: &str, ct: bool) -> PResult<u8> {
+        let mut bits = 0;
+        for s in v.split(',') {
+            bits |= match s {
+                "INVALID" => state::INVALID,
+                "ESTABLISHED" => state::ESTABLISHED,
+                "RELATED" => state::RELATED,
+                "NEW" => state::NEW,
+                "UNTRACKED" => state::UNTRACKED,
+                "SNAT" if ct => state::SNAT,
+                "DNAT" if ct => state::DNAT,
+                _ => return self.err(self.k - 1, format!("unknown state `{s}`")),
+            };
+        }
+        Ok(bits)
+    }
+}
+
+/// Decimal or `0x` hex.
+pub(crate) fn parse_u32(v: &str) -> Option<u32> {
+    if let Some(h) = v.strip_prefix("0x").or_else(|| v.strip_prefix("0X")) {
+        u32::from_str_radix(h, 16).ok()
+    } else {
+        v.parse().ok()
+    }
+}
+
+/// Protocol name or number (`all` = 0).
+pub fn proto_number(v: &str) -> Option<u8> {
+    Some(match v.to_ascii_lowercase().as_str() {
+        "all" => 0,
+        "icmp" => 1,
+        "igmp" => 2,
+        "ipip" | "ipencap" | "ipv4" => 4,
+        "tcp" => 6,
+        "udp" => 17,
+        "ipv6" => 41,
+        "gre" => 47,
+        "esp" => 50,
+        "ah" => 51,
+        "icmpv6" | "ipv6-icmp" | "icmp6" => 58,
+        "sctp" => 132,
+        "udplite" => 136,
+        "dccp" => 33,
+        "ospf" => 89,
+        "vrrp" => 112,
+        n => return n.parse().ok(),
+    })
+}
+
+fn service_port(v: &str) -> Option<u16> {
+    Some(match v {
+        "ftp-data" => 20,
+        "ftp" => 21,
+        "ssh" => 22,
+        "telnet" => 23,
+        "smtp" => 25,
+        "domain" => 53,
+        "bootps" => 67,
+        "bootpc" => 68,
+        "tftp" => 69,
+        "http" | "www" => 80,
+        "pop3" => 110,
+        "ntp" => 123,
+        "imap" | "imap2" => 143,
+        "snmp" => 161,
+        "bgp" => 179,
+        "ldap" => 389,
+        "https" => 443,
+        "syslog" => 514,
+        "submission" => 587,
+        "imaps" => 993,
+        "pop3s" => 995,
+        "mysql" => 3306,
+        "postgresql" => 5432,
+        _ => return None,
+    })
+}
+
+fn tcp_flag_list(v: &str) -> Option<u8> {
+    use crate::tcp_flags::*;
+    let mut bits = 0;
+    for f in v.split(',') {
+        bits |= match f {
+            "FIN" => FIN,
+            "SYN" => SYN,
+            "RST" => RST,
+            "PSH" => PSH,
+            "ACK" => ACK,
+            "URG" => URG,
+            "ECE" => ECE,
+            "CWR" => CWR,
+            "ALL" => 0xff,
+            "NONE" => 0,
+            _ => return None,
+        };
+    }
+    Some(bits)
+}
+
+fn addrtype_bit(t: &str) -> Option<u16> {
+    use addrtype::*;
+    Some(match t {
+        "UNSPEC" => UNSPEC,
+        "UNICAST" => UNICAST,
+        "LOCAL" => LOCAL,
+        "BROADCAST" => BROADCAST,
+        "ANYCAST" => ANYCAST,
+        "MULTICAST" => MULTICAST,
+        "BLACKHOLE" => BLACKHOLE,
+        "UNREACHABLE" => UNREACHABLE,
+        "PROHIBIT" => PROHIBIT,
+        "THROW" => THROW,
+        "NAT" => NAT,
+        "XRESOLVE" => XRESOLVE,
+        _ => return None,
+    })
+}
+
+fn dscp_class(s: &str) -> Option<u8> {
+    let s = s.to_ascii_uppercase();
+    Some(match s.as_str() {
+        "BE" | "CS0" => 0,
+        "CS1" => 8,
+        "CS2" => 16,
+        "CS3" => 24,
+        "CS4" => 32,
+        "CS5" => 40,
+        "CS6" => 48,
+        "CS7" => 56,
+        "EF" => 46,
+        "AF11" => 10,
+        "AF12" => 12,
+        "AF13" => 14,
+        "AF21" => 18,
+        "AF22" => 20,
+        "AF23" => 22,
+        "AF31" => 26,
+        "AF32" => 28,
+        "AF33" => 30,
+        "AF41" => 34,
+        "AF42" => 36,
+        "AF43" => 38,
+        _ => return None,
+    })
+}
+
+pub(crate) fn parse_mac(s: &str) -> Option<[u8; 6]> {
+    let mut out = [0u8; 6];
+    let mut n = 0;
+    for part in s.split(':') {
+        if n == 6 || part.is_empty() || part.len() > 2 {
+            return None;
+        }
+        out[n] = u8::from_str_radix(part, 16).ok()?;
+        n += 1;
+    }
+    (n == 6).then_some(out)
+}
+
+/// ICMP (v4) or ICMPv6 type by name or `type[/code]`.
+fn icmp_type(v: &str, v6: bool) -> Option<IcmpType> {
+    let all = |ty| IcmpType {
+        ty,
+        code_lo: 0,
+        code_hi: 255,
+    };
+    let one = |ty, c| IcmpType {
+        ty,
+        code_lo: c,
+        code_hi: c,
+    };
+    if let Some(first) = v.bytes().next() {
+        if first.is_ascii_digit() {
+            return match v.split_once('/') {
+                Some((t, c)) => Some(one(t.parse().ok()?, c.parse().ok()?)),
+                None => Some(all(v.parse().ok()?)),
+            };
+        }
+    }
+    if v == "any" {
+        return Some(all(255));
+    }
+    Some(if !v6 {
+        match v {
+            "echo-reply" | "pong" => all(0),
+            "destination-unreachable" => all(3),
+            "network-unreachable" => one(3, 0),
+            "host-unreachable" => one(3, 1),
+            "protocol-unreachable" => one(3, 2),
+            "port-unreachable" => one(3, 3),
+            "fragmentation-needed" => one(3, 4),
+            "source-route-failed" => one(3, 5),
+            "network-unknown" => one(3, 6),
+            "host-unknown" => one(3, 7),
+            "network-prohibited" => one(3, 9),
+            "host-prohibited" => one(3, 10),
+            "TOS-network-unreachable" => one(3, 11),
+            "TOS-host-unreachable" => one(3, 12),
+            "communication-prohibited" => one(3, 13),
+            "host-precedence-violation" => one(3, 14),
+            "precedence-cutoff" => one(3, 15),
+            "source-quench" => all(4),
+            "redirect" => all(5),
+            "network-redirect" => one(5, 0),
+            "host-redirect" => one(5, 1),
+            "TOS-network-redirect" => one(5, 2),
+            "TOS-host-redirect" => one(5, 3),
+            "echo-request" | "ping" => all(8),
+            "router-advertisement" => all(9),
+            "router-solicitation" => all(10),
+            "time-exceeded" | "ttl-exceeded" => all(11),
+            "ttl-zero-during-transit" => one(11, 0),
+            "ttl-zero-during-reassembly" => one(11, 1),
+            "parameter-problem" => all(12),
+            "ip-header-bad" => one(12, 0),
+            "required-option-missing" => one(12, 1),
+            "timestamp-request" => all(13),
+            "timestamp-reply" => all(14),
+            "address-mask-request" => all(17),
+            "address-mask-reply" => all(18),
+            _ => return None,
+        }
+    } else {
+        match v {
+            "destination-unreachable" => all(1),
+            "no-route" => one(1, 0),
+            "communication-prohibited" => one(1, 1),
+            "beyond-scope" => one(1, 2),
+            "address-unreachable" => one(1, 3),
+            "port-unreachable" => one(1, 4),
+            "failed-policy" => one(1, 5),
+            "reject-route" => one(1, 6),
+            "packet-too-big" => all(2),
+            "time-exceeded" | "ttl-exceeded" => all(3),
+            "ttl-zero-during-transit" => one(3, 0),
+            "ttl-zero-during-reassembly" => one(3, 1),
+            "parameter-problem" => all(4),
+            "bad-header" => one(4, 0),
+            "unknown-header-type" => one(4, 1),
+            "unknown-option" => one(4, 2),
+            "echo-request" | "ping" => all(128),
+            "echo-reply" | "pong" => all(129),
+            "mld-listener-query" => all(130),
+            "mld-listener-report" => all(131),
+            "mld-listener-done" | "mld-listener-reduction" => all(132),
+            "router-solicitation" => all(133),
+            "router-advertisement" => all(134),
+            "neighbour-solicitation" | "neighbor-solicitation" => all(135),
+            "neighbour-advertisement" | "neighbor-advertisement" => all(136),
+            "redirect" => all(137),
+            _ => return None,
+        }
+    })
+}
