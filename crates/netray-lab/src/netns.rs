@@ -1,6 +1,7 @@
 //! One lab network namespace, deleted on drop.
 
-use std::process::{Command, Output};
+use std::io::Write as _;
+use std::process::{Command, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
 /// Prefix of every namespace a lab creates; `netray lab down` deletes only these.
@@ -128,6 +129,43 @@ impl Netns {
             .map(|_| ())
     }
 
+    /// Run many `ip` commands at once (`ip -n NS -batch -`), one per line.
+    pub fn ip_batch(&self, lines: &[String]) -> Result<(), LabError> {
+        self.batch("ip", lines)
+    }
+
+    /// Run many `bridge` commands at once (`bridge -n NS -batch -`), one per line.
+    pub fn bridge_batch(&self, lines: &[String]) -> Result<(), LabError> {
+        self.batch("bridge", lines)
+    }
+
+    fn batch(&self, tool: &str, lines: &[String]) -> Result<(), LabError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
+        let mut cmd = Command::new(tool);
+        cmd.args(["-n", &self.name, "-batch", "-"]);
+        run_with_input(
+            &mut cmd,
+            &lines.join("\n"),
+            lines.first().map(String::as_str),
+        )
+    }
+
+    /// `iptables-restore ARGS…` inside the namespace with `input` on standard input.
+    pub fn iptables_restore(&self, args: &[&str], input: &str) -> Result<(), LabError> {
+        let mut cmd = self.command("iptables-restore");
+        cmd.args(args);
+        run_with_input(&mut cmd, input, None)
+    }
+
+    /// Give up ownership without deleting the namespace (for labs that outlive the process);
+    /// returns its name.
+    pub fn leak(self) -> String {
+        let me = std::mem::ManuallyDrop::new(self);
+        me.name.clone()
+    }
+
     /// Create a veth pair `here` (in this namespace) ↔ `there` (in `peer`).
     pub fn veth(&self, here: &str, peer: &Netns, there: &str) -> Result<(), LabError> {
         self.ip(&[
@@ -135,6 +173,77 @@ impl Netns {
         ])?;
         Ok(())
     }
+}
+
+/// Run `cmd` with `input` on its standard input; error with its stderr (and `hint`).
+fn run_with_input(cmd: &mut Command, input: &str, hint: Option<&str>) -> Result<(), LabError> {
+    let shown = format!("{cmd:?}").replace('"', "");
+    let mut child = cmd
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| LabError::Spawn {
+            cmd: shown.clone(),
+            source,
+        })?;
+    if let Some(mut stdin) = child.stdin.take() {
+        let _ = stdin.write_all(input.as_bytes());
+        let _ = stdin.write_all(b"\n");
+    }
+    let out = child.wait_with_output().map_err(|source| LabError::Spawn {
+        cmd: shown.clone(),
+        source,
+    })?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        let mut stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if let Some(h) = hint {
+            stderr = format!("{stderr} (batch starting with `{h}`)");
+        }
+        Err(LabError::Command {
+            cmd: shown,
+            status: out.status.to_string(),
+            stderr,
+        })
+    }
+}
+
+/// Delete a lab namespace by name, killing the processes inside first. Refuses names without
+/// the lab prefix.
+pub fn delete_by_name(name: &str) -> Result<(), LabError> {
+    if !name.starts_with(&format!("{LAB_PREFIX}-")) {
+        return Err(LabError::Command {
+            cmd: format!("ip netns del {name}"),
+            status: "refused".into(),
+            stderr: format!("not a lab namespace (no `{LAB_PREFIX}-` prefix)"),
+        });
+    }
+    kill_pids(name);
+    run(Command::new("ip").args(["netns", "del", name])).map(|_| ())
+}
+
+fn kill_pids(name: &str) {
+    if let Ok(out) = Command::new("ip").args(["netns", "pids", name]).output() {
+        for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+            let _ = Command::new("kill").args(["-9", pid]).output();
+        }
+    }
+}
+
+/// Names of all lab namespaces on this machine (`nrl-…` under `/run/netns`), sorted.
+pub fn list_lab_namespaces() -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir("/run/netns")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().into_string().ok())
+                .filter(|n| n.starts_with(&format!("{LAB_PREFIX}-")))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
 }
 
 impl Drop for Netns {
@@ -148,6 +257,8 @@ impl Drop for Netns {
                 let _ = Command::new("kill").args(["-9", pid]).output();
             }
         }
-        let _ = Command::new("ip").args(["netns", "del", &self.name]).output();
+        let _ = Command::new("ip")
+            .args(["netns", "del", &self.name])
+            .output();
     }
 }
