@@ -25,6 +25,8 @@ enum Command {
     Collect(cmd::collect::Args),
     /// Trace a flow through the bundle's nodes hop by hop: every branch, forward and reply.
     Trace(cmd::trace::Args),
+    /// Check every node and namespace of a bundle for known-bad state (the check catalog).
+    Scan(cmd::scan::Args),
     /// One-host trace over firewall rules only (iptables-save / nft dumps someone pasted).
     #[command(subcommand)]
     Rules(cmd::rules::RulesCommand),
@@ -38,6 +40,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Collect(a) => cmd::collect::run(a),
         Command::Trace(a) => cmd::trace::run(a),
+        Command::Scan(a) => cmd::scan::run(a),
         Command::Rules(c) => cmd::rules::run(c),
         Command::Lab(c) => cmd::lab::run(c),
     };

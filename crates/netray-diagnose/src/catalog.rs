@@ -1,0 +1,143 @@
+//! The check catalog: every check `netray scan` runs, with its stable code.
+
+use crate::finding::Finding;
+use crate::scan::ScanInput;
+use crate::{firewall, scan};
+
+/// One check of the catalog.
+pub struct Check {
+    /// Codes this check can report.
+    pub codes: &'static [&'static str],
+    /// One line on what it looks for.
+    pub title: &'static str,
+    /// The check.
+    pub run: fn(&ScanInput, &mut Vec<Finding>),
+}
+
+/// Every check, in the order they run.
+pub const CATALOG: &[Check] = &[
+    Check {
+        codes: &["ip-forward-disabled"],
+        title: "net.ipv4.ip_forward is 0 on a node",
+        run: scan::ip_forward,
+    },
+    Check {
+        codes: &["forwarding-disabled-iface"],
+        title: "per-interface forwarding is 0 on a node interface",
+        run: scan::iface_forwarding,
+    },
+    Check {
+        codes: &["rp-filter-strict-asymmetric"],
+        title: "strict rp_filter where routing is asymmetric (several defaults, ECMP, policy rules)",
+        run: scan::rp_filter_asymmetric,
+    },
+    Check {
+        codes: &["tcp-tw-recycle"],
+        title: "tcp_tw_recycle enabled (breaks clients behind NAT)",
+        run: scan::tw_recycle,
+    },
+    Check {
+        codes: &["conntrack-table-full", "conntrack-drops"],
+        title: "conntrack table near nf_conntrack_max; insert_failed / drop counters",
+        run: scan::conntrack_pressure,
+    },
+    Check {
+        codes: &["pod-no-default-route"],
+        title: "workload namespace without an IPv4 default route",
+        run: scan::pod_default_route,
+    },
+    Check {
+        codes: &["no-route"],
+        title: "node without a route to another node's pod CIDR",
+        run: scan::pod_cidr_routes,
+    },
+    Check {
+        codes: &["blackhole-route"],
+        title: "blackhole / unreachable / prohibit routes over pod CIDRs or default",
+        run: scan::blackhole_routes,
+    },
+    Check {
+        codes: &["ip-rule-diverts"],
+        title: "ip rules that send traffic to other tables or discard it",
+        run: scan::policy_rules,
+    },
+    Check {
+        codes: &["neighbor-unreachable"],
+        title: "route gateways whose neighbour entry is FAILED / INCOMPLETE",
+        run: scan::gateway_neighbours,
+    },
+    Check {
+        codes: &[
+            "stale-vxlan-neighbor",
+            "stale-vxlan-fdb",
+            "missing-vxlan-fdb",
+        ],
+        title: "VXLAN neighbour and FDB entries against the peers' real VTEP MAC and address",
+        run: scan::vxlan_consistency,
+    },
+    Check {
+        codes: &["mtu-blackhole"],
+        title: "overlay MTU plus encapsulation above the underlay MTU",
+        run: scan::overlay_mtu,
+    },
+    Check {
+        codes: &["pod-mtu-exceeds-overlay"],
+        title: "workload MTU above the node's overlay MTU",
+        run: scan::pod_mtu,
+    },
+    Check {
+        codes: &["interface-down"],
+        title: "interfaces carrying addresses, routes or bridge ports that are down",
+        run: scan::interfaces_down,
+    },
+    Check {
+        codes: &["bridge-port-blocked", "hairpin-disabled"],
+        title: "bridge ports not forwarding; hairpin off for pods",
+        run: scan::bridge_ports,
+    },
+    Check {
+        codes: &["duplicate-address"],
+        title: "one address configured in several namespaces",
+        run: scan::duplicate_addresses,
+    },
+    Check {
+        codes: &["no-endpoints"],
+        title: "Services without ready endpoints",
+        run: scan::services_without_endpoints,
+    },
+    Check {
+        codes: &["lb-ip-in-local-table"],
+        title: "LoadBalancer / external IPs in a node's local table (martian health checks)",
+        run: scan::lb_ip_in_local_table,
+    },
+    Check {
+        codes: &["cluster-cidr-mismatch"],
+        title: "kube-proxy clusterCIDR against the pods' real addresses",
+        run: scan::cluster_cidr,
+    },
+    Check {
+        codes: &["port-not-listening"],
+        title: "ready endpoints with nothing listening on the target port",
+        run: scan::endpoints_listening,
+    },
+    Check {
+        codes: &["forward-policy-drop"],
+        title: "filter FORWARD policy DROP that drops cross-node pod traffic",
+        run: firewall::forward_policy_drop,
+    },
+    Check {
+        codes: &["iptables-drop-rule", "iptables-reject-rule"],
+        title: "DROP / REJECT rules whose counters show matches",
+        run: firewall::counted_drop_rules,
+    },
+    Check {
+        codes: &["mixed-iptables-backends"],
+        title: "iptables-legacy and iptables-nft both holding rules",
+        run: firewall::mixed_backends,
+    },
+    Check {
+        codes: &["bridge-nf-snat-conflict"],
+        title: "bridge-nf-call-iptables with masquerade of host-originated Service traffic",
+        run: firewall::bridge_nf_snat_conflict,
+    },
+];

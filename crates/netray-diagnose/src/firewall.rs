@@ -1,0 +1,394 @@
+//! Firewall checks: FORWARD policy drops, DROP rules that count packets, mixed backends, and
+//! the br_netfilter + masquerade conflict of seed 000. Rules are read through netray-netfilter.
+
+use std::net::IpAddr;
+
+use netray_netfilter::ipt::{Dump, Policy, Target};
+use netray_netfilter::{
+    CtState, EvalOptions, Hook, HostContext, LocalAddr, Matched, Packet, Ruleset, Verdict,
+};
+use netray_snapshot::{Firewall, IptablesBackend, LinkKind, NetnsSnapshot, RouteType};
+
+use crate::finding::{Finding, Severity};
+use crate::scan::ScanInput;
+
+/// A namespace's firewall, parsed once for all checks.
+pub struct FirewallView {
+    /// The parsed rules, or why they could not be parsed.
+    pub ruleset: Result<Ruleset, String>,
+}
+
+impl FirewallView {
+    /// Parse a namespace's firewall.
+    pub fn new(fw: &Firewall) -> FirewallView {
+        FirewallView {
+            ruleset: Ruleset::from_firewall(fw).map_err(|e| e.to_string()),
+        }
+    }
+
+    fn dumps(&self) -> &[Dump] {
+        match &self.ruleset {
+            Ok(r) => r.iptables(),
+            Err(_) => &[],
+        }
+    }
+}
+
+/// The host context netfilter matches need (addrtype, masquerade source), from a namespace.
+pub fn host_context(ns: &NetnsSnapshot) -> HostContext {
+    HostContext {
+        addresses: ns
+            .addresses
+            .iter()
+            .map(|a| LocalAddr {
+                iface: a.dev.clone(),
+                addr: a.addr.addr(),
+                prefix_len: a.addr.prefix_len(),
+                broadcast: match a.addr {
+                    ipnet::IpNet::V4(n) if n.prefix_len() < 31 => Some(IpAddr::V4(n.broadcast())),
+                    _ => None,
+                },
+            })
+            .collect(),
+        ..HostContext::default()
+    }
+}
+
+/// `filter FORWARD` policy DROP that drops cross-node pod traffic (seed 003).
+pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
+    let cidrs = input.pod_cidrs();
+    for (i, n) in input.namespaces.iter().enumerate() {
+        if n.ns.role != netray_snapshot::NetnsRole::Host {
+            continue;
+        }
+        let fw = &input.firewalls[i];
+        let Ok(rs) = &fw.ruleset else { continue };
+        let policy_drop = fw.dumps().iter().find_map(|d| {
+            let t = d.table("filter")?;
+            let c = t.chains.iter().find(|c| &*c.name == "FORWARD")?;
+            (c.policy == Some(Policy::Drop)).then(|| (d, c))
+        });
+        let Some((dump, chain)) = policy_drop else {
+            continue;
+        };
+        let decl = dump.slice(chain.decl).to_string();
+        // A packet from a pod on another node to a pod here, arriving on the overlay.
+        let me = &n.node.node.name;
+        let Some(local_pod) = input
+            .workloads()
+            .filter(|w| w.node.node.name == *me)
+            .find_map(|w| {
+                w.ns.addresses
+                    .iter()
+                    .find(|a| a.scope == "global" && a.addr.addr().is_ipv4())
+            })
+        else {
+            continue;
+        };
+        let remote = cidrs
+            .iter()
+            .filter(|(node, _)| *node != me)
+            .flat_map(|(_, c)| c.iter())
+            .find(|c| c.addr().is_ipv4());
+        let Some(remote) = remote else { continue };
+        let src = nth_host(remote.network(), 2);
+        let in_dev =
+            n.ns.links
+                .iter()
+                .find(|l| matches!(l.kind, LinkKind::Vxlan { .. }))
+                .map(|l| l.name.clone());
+        let out_dev =
+            n.ns.routes
+                .iter()
+                .filter(|r| {
+                    r.table == 254
+                        && r.route_type == RouteType::Unicast
+                        && r.dst.contains(&local_pod.addr.addr())
+                })
+                .max_by_key(|r| r.dst.prefix_len())
+                .and_then(|r| r.dev.clone());
+        let mut pkt = Packet::new(src, local_pod.addr.addr(), 6, Some(40000), Some(80));
+        pkt.iif = in_dev.clone();
+        pkt.oif = out_dev.clone();
+        pkt.ct.state = CtState::New;
+        let outcomes = rs.evaluate(
+            Hook::Forward,
+            &pkt,
+            &host_context(n.ns),
+            &EvalOptions {
+                nat: false,
+                ..EvalOptions::default()
+            },
+        );
+        let dropped_by_policy = outcomes.iter().any(|o| {
+            matches!(o.verdict, Verdict::Drop)
+                && o.trail.last().is_some_and(|h| h.matched == Matched::Policy)
+        });
+        if dropped_by_policy {
+            out.push(n.finding(
+                "forward-policy-drop",
+                Severity::Critical,
+                vec![
+                    format!("{} filter: {decl}", dump.source_name()),
+                    format!(
+                        "no FORWARD rule accepts {src} → {} (tcp/80, NEW) from {} to {}",
+                        pkt.dst,
+                        in_dev.as_deref().unwrap_or("?"),
+                        out_dev.as_deref().unwrap_or("?")
+                    ),
+                ],
+                format!(
+                    "The filter FORWARD chain on {me} has policy DROP (Docker sets it) and no rule \
+                     accepts new connections from pods on other nodes to pods here: cross-node \
+                     pod traffic and Service traffic DNATed to pods on {me} is dropped."
+                ),
+                format!(
+                    "on {me}: iptables -I FORWARD -s {} -j ACCEPT && iptables -I FORWARD -d {} -j \
+                     ACCEPT (or iptables -P FORWARD ACCEPT; with Docker: rules in DOCKER-USER), \
+                     made persistent",
+                    remote.supernet().unwrap_or(*remote),
+                    remote.supernet().unwrap_or(*remote)
+                ),
+            ));
+        }
+    }
+}
+
+fn nth_host(net: IpAddr, n: u32) -> IpAddr {
+    match net {
+        IpAddr::V4(a) => IpAddr::V4((u32::from(a).wrapping_add(n)).into()),
+        IpAddr::V6(a) => IpAddr::V6((u128::from(a).wrapping_add(n as u128)).into()),
+    }
+}
+
+/// DROP / REJECT rules that have counted packets (seed 001: "DROP rules with growing counters").
+pub(crate) fn counted_drop_rules(input: &ScanInput, out: &mut Vec<Finding>) {
+    for (i, n) in input.namespaces.iter().enumerate() {
+        for d in input.firewalls[i].dumps() {
+            for t in &d.tables {
+                for c in &t.chains {
+                    // kube-proxy's own bookkeeping drops (ctstate INVALID) and its no-endpoint
+                    // REJECTs are reported by their own checks.
+                    if c.name.starts_with("KUBE-") {
+                        continue;
+                    }
+                    for (idx, r) in c.rules.iter().enumerate() {
+                        let Some((pkts, bytes)) = r.counters.filter(|c| c.0 > 0) else {
+                            continue;
+                        };
+                        let what = match &r.target {
+                            Target::Drop => "DROP",
+                            Target::Reject(_) => "REJECT",
+                            _ => continue,
+                        };
+                        out.push(n.finding(
+                            if what == "DROP" {
+                                "iptables-drop-rule"
+                            } else {
+                                "iptables-reject-rule"
+                            },
+                            Severity::Warning,
+                            vec![format!(
+                                "{} {} {} #{}: [{pkts}:{bytes}] {}",
+                                d.source_name(),
+                                t.name,
+                                c.name,
+                                idx + 1,
+                                d.slice(r.span)
+                            )],
+                            format!(
+                                "This {what} rule has matched {pkts} packets ({bytes} bytes) since \
+                                 its counters were last reset: something is being {} here. If \
+                                 the counter grows while a flow fails, this rule is why.",
+                                if what == "DROP" {
+                                    "dropped"
+                                } else {
+                                    "rejected"
+                                }
+                            ),
+                            format!(
+                                "watch it (iptables -t {} -nvL {} --line-numbers) and remove or \
+                                 narrow the rule if it matches wanted traffic",
+                                t.name, c.name
+                            ),
+                        ));
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn holds_kube_rules(d: &Dump) -> bool {
+    d.tables.iter().any(|t| {
+        t.chains
+            .iter()
+            .any(|c| c.name.starts_with("KUBE-") && !c.rules.is_empty())
+    })
+}
+
+fn holds_rules(d: &Dump) -> bool {
+    d.tables
+        .iter()
+        .any(|t| t.chains.iter().any(|c| !c.rules.is_empty()))
+}
+
+/// iptables-legacy and iptables-nft both holding rules (kube rules especially).
+pub(crate) fn mixed_backends(input: &ScanInput, out: &mut Vec<Finding>) {
+    for (i, n) in input.namespaces.iter().enumerate() {
+        let dumps = input.firewalls[i].dumps();
+        let with_rules =
+            |b: IptablesBackend| dumps.iter().filter(|d| d.backend == b).any(holds_rules);
+        let with_kube = |b: IptablesBackend| {
+            dumps
+                .iter()
+                .filter(|d| d.backend == b)
+                .any(holds_kube_rules)
+        };
+        if !(with_rules(IptablesBackend::Legacy) && with_rules(IptablesBackend::Nft)) {
+            continue;
+        }
+        let kube_both = with_kube(IptablesBackend::Legacy) && with_kube(IptablesBackend::Nft);
+        out.push(
+            n.finding(
+                "mixed-iptables-backends",
+                if kube_both {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                },
+                vec![
+                    "iptables-legacy-save: rules present".into(),
+                    "iptables-nft-save: rules present".into(),
+                    if kube_both {
+                        "KUBE-* chains with rules in both backends".into()
+                    } else {
+                        "KUBE-* chains in at most one backend".into()
+                    },
+                ],
+                "Both the legacy (x_tables) and the nf_tables iptables backends hold rules. The \
+             kernel runs both, but each tool shows only its own: a rule that drops traffic can \
+             be invisible to `iptables -L`, and two kube-proxy or CNI versions may fight."
+                    .into(),
+                "make every component use one backend (update-alternatives --set iptables \
+             /usr/sbin/iptables-nft, or -legacy) and flush the other"
+                    .into(),
+            ),
+        );
+    }
+}
+
+/// Seed 000: br_netfilter on a bridge that carries Service backends whose replies are bridged
+/// onwards, together with masquerade (`--random-fully`) of host-originated Service traffic.
+pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>) {
+    for (i, h) in input.namespaces.iter().enumerate() {
+        if h.ns.role != netray_snapshot::NetnsRole::Host
+            || h.ns
+                .sysctl("net.bridge.bridge-nf-call-iptables")
+                .map(str::trim)
+                != Some("1")
+        {
+            continue;
+        }
+        let masq: Vec<String> = input.firewalls[i]
+            .dumps()
+            .iter()
+            .flat_map(|d| {
+                d.table("nat").into_iter().flat_map(move |t| {
+                    t.chains.iter().flat_map(move |c| {
+                        c.rules.iter().filter_map(move |r| match &r.target {
+                            Target::Nat(n)
+                                if matches!(
+                                    **n,
+                                    netray_netfilter::NatAction::Masquerade { .. }
+                                ) =>
+                            {
+                                Some(format!("nat {}: {}", c.name, d.slice(r.span)))
+                            }
+                            _ => None,
+                        })
+                    })
+                })
+            })
+            .collect();
+        let random_fully = masq.iter().any(|m| m.contains("--random-fully"));
+        if masq.is_empty() {
+            continue;
+        }
+        // Workloads on a bridge of this host whose default gateway is not the bridge itself:
+        // their replies are bridged towards that gateway after br_netfilter de-NATs them.
+        for l in &h.ns.links {
+            let LinkKind::Bridge { .. } = l.kind else {
+                continue;
+            };
+            let bridge_addrs: Vec<IpAddr> =
+                h.ns.addresses
+                    .iter()
+                    .filter(|a| a.dev == l.name)
+                    .map(|a| a.addr.addr())
+                    .collect();
+            for port in
+                h.ns.links
+                    .iter()
+                    .filter(|p| p.master.as_deref() == Some(&l.name))
+            {
+                let LinkKind::Veth {
+                    peer_netns: Some(peer),
+                    ..
+                } = port.kind
+                else {
+                    continue;
+                };
+                let Some(w) = input.workloads().find(|w| w.ns.id.inode == peer) else {
+                    continue;
+                };
+                let gw = w
+                    .ns
+                    .routes
+                    .iter()
+                    .find(|r| r.dst.prefix_len() == 0 && r.table == 254 && r.dst.addr().is_ipv4())
+                    .and_then(|r| r.gateway);
+                let Some(gw) = gw else { continue };
+                if bridge_addrs.contains(&gw) {
+                    continue;
+                }
+                out.push(h.finding(
+                    "bridge-nf-snat-conflict",
+                    if random_fully { Severity::Critical } else { Severity::Warning },
+                    {
+                        let mut e = vec![
+                            "net.bridge.bridge-nf-call-iptables = 1".to_string(),
+                            format!(
+                                "{} (in {}) sits on bridge {} and routes via {gw}, which is not an address of {}",
+                                w.label(),
+                                port.name,
+                                l.name,
+                                l.name
+                            ),
+                        ];
+                        e.extend(masq.iter().take(3).cloned());
+                        e
+                    },
+                    format!(
+                        "Host-originated traffic to a Service whose backend is {} is masqueraded{}. \
+                         The backend's reply is bridged by {} towards its gateway {gw}, and because \
+                         bridge-nf-call-iptables=1 it passes iptables PREROUTING inside the bridge, \
+                         where conntrack reverses the masquerade early. The packet that finally \
+                         returns to the host no longer matches its connection (rewritten port), so \
+                         the handshake times out.",
+                        w.label(),
+                        if random_fully { " with --random-fully (the source port changes)" } else { "" },
+                        l.name
+                    ),
+                    format!(
+                        "sysctl -w net.bridge.bridge-nf-call-iptables=0 on this node if the CNI does \
+                         not need it, or make kube-proxy not masquerade host traffic (empty \
+                         clusterCIDR / --detect-local-mode), or route {} via {}",
+                        w.label(),
+                        bridge_addrs.first().map(|a| a.to_string()).unwrap_or_else(|| l.name.clone())
+                    ),
+                ));
+            }
+        }
+    }
+}

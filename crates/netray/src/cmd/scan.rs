@@ -1,0 +1,108 @@
+//! `netray scan`: the check catalog over every node and namespace of a bundle.
+
+use std::process::ExitCode;
+
+use netray_diagnose::{Finding, Severity, catalog::CATALOG, scan::scan};
+
+use super::{CmdResult, Format, load_bundle};
+
+/// Options of `netray scan`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Bundle directory or .tar.gz (cluster.json + nodes/*.json).
+    #[arg(
+        long,
+        value_name = "DIR|FILE.tar.gz",
+        required_unless_present = "list_checks"
+    )]
+    pub bundle: Option<std::path::PathBuf>,
+    /// Output format.
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+    /// List the checks of the catalog and their codes, then exit.
+    #[arg(long)]
+    pub list_checks: bool,
+}
+
+/// JSON document printed by `netray scan -o json`.
+#[derive(serde::Serialize)]
+struct ScanReport<'a> {
+    /// Schema identifier.
+    schema: &'static str,
+    /// Bundle scanned.
+    bundle: String,
+    /// Nodes in the bundle.
+    nodes: Vec<&'a str>,
+    /// Findings, most severe first.
+    findings: &'a [Finding],
+}
+
+/// Run `netray scan`.
+pub fn run(args: Args) -> CmdResult {
+    if args.list_checks {
+        for c in CATALOG {
+            println!("{:<60} {}", c.codes.join(", "), c.title);
+        }
+        return Ok(ExitCode::SUCCESS);
+    }
+    let path = args.bundle.expect("clap requires --bundle");
+    let (bundle, cluster) = load_bundle(&path)?;
+    let findings = scan(&bundle, cluster.as_ref());
+    match args.output {
+        Format::Json => {
+            let report = ScanReport {
+                schema: "netray.scan/v1",
+                bundle: path.display().to_string(),
+                nodes: bundle.nodes.iter().map(|n| n.node.name.as_str()).collect(),
+                findings: &findings,
+            };
+            println!("{}", serde_json::to_string_pretty(&report)?);
+        }
+        Format::Text => print_text(&bundle, &findings),
+    }
+    let actionable = findings.iter().any(|f| f.severity != Severity::Info);
+    Ok(if actionable {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+fn print_text(bundle: &netray_snapshot::Bundle, findings: &[Finding]) {
+    let nodes: Vec<&str> = bundle.nodes.iter().map(|n| n.node.name.as_str()).collect();
+    let namespaces: usize = bundle.nodes.iter().map(|n| n.namespaces.len()).sum();
+    println!(
+        "scanned {} nodes ({}), {namespaces} namespaces, {} checks",
+        nodes.len(),
+        nodes.join(", "),
+        CATALOG.len()
+    );
+    if findings.is_empty() {
+        println!("no findings: clean");
+        return;
+    }
+    for f in findings {
+        println!();
+        println!(
+            "[{}] {}  node {}  netns {}",
+            f.severity.to_string().to_uppercase(),
+            f.code,
+            f.node,
+            f.netns
+        );
+        for e in &f.evidence {
+            println!("    evidence: {e}");
+        }
+        println!("    why:      {}", f.explanation);
+        println!("    fix:      {}", f.fix);
+    }
+    let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+    println!();
+    println!(
+        "{} findings: {} critical, {} warning, {} info",
+        findings.len(),
+        count(Severity::Critical),
+        count(Severity::Warning),
+        count(Severity::Info)
+    );
+}
