@@ -57,7 +57,7 @@ pub fn read(root: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut put = |rel: &str| {
         if let Ok(v) = std::fs::read_to_string(root.join(rel)) {
-            out.insert(dotted(rel), v.trim_end_matches('\n').replace('\t', " "));
+            out.insert(dotted(rel), v.trim_end_matches('\n').to_string());
         }
     };
     for g in GLOBAL {
