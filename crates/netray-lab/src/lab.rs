@@ -779,6 +779,18 @@ impl Lab {
             external_traffic_local: false,
             health_check_node_port: None,
         });
+        // In seed 000 the SYN reaches the VM through the trunk uplink VLAN-tagged, which
+        // br_netfilter leaves alone (bridge-nf-filter-vlan-tagged=0), while the VM's untagged
+        // reply is bridged through iptables. This kernel has no VLAN devices, so the router
+        // delivers to the VM over a direct link instead: the request bypasses the node's bridge
+        // hooks, the reply crosses them, as there.
+        let gw = self.ns("gw")?;
+        gw.veth("eth-vmd", self.ns("vm-0")?, "eth1")?;
+        gw.ip_batch(&[
+            "link set eth-vmd up".into(),
+            format!("route add {VM_IP}/32 dev eth-vmd"),
+        ])?;
+        self.ns("vm-0")?.ip(&["link", "set", "eth1", "up"])?;
         self.sync_kube_proxy()?;
         self.start_pod_server(&pod)
     }
