@@ -1,12 +1,1322 @@
-//! The evaluator.
+//! The evaluator: every table / base chain of a hook in priority order, jump/goto/return with a
+//! call stack, three-valued matches, branches for `-m statistic` / `numgen` / unknowns.
+
+use std::net::IpAddr;
+
+use crate::ipset::Key;
+use crate::ipt::{self, ConnmarkOp, Match, Neg, Target};
 use crate::*;
 
+/// The packet fields a hook may rewrite, as the rules currently see them.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct View {
+    pub src: IpAddr,
+    pub dst: IpAddr,
+    pub sport: Option<u16>,
+    pub dport: Option<u16>,
+    pub mark: u32,
+    pub ctmark: u32,
+}
+
+/// Everything a match needs.
+pub(crate) struct Cx<'a> {
+    pub rs: &'a Ruleset,
+    pub hook: Hook,
+    pub pkt: &'a Packet,
+    pub ctx: &'a HostContext,
+    pub opts: &'a EvalOptions,
+}
+
+/// Three-valued match result, with probability for random matches.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum Tri {
+    No,
+    Yes,
+    /// Matches with probability `p` (1.0 if only unknown); `unknown` names what is not modelled.
+    Maybe {
+        p: f64,
+        unknown: Option<String>,
+    },
+}
+
+impl Tri {
+    fn from(b: bool) -> Tri {
+        if b { Tri::Yes } else { Tri::No }
+    }
+    fn unknown(what: impl Into<String>) -> Tri {
+        Tri::Maybe {
+            p: 1.0,
+            unknown: Some(what.into()),
+        }
+    }
+    /// Conjunction.
+    pub(crate) fn and(self, o: Tri) -> Tri {
+        match (self, o) {
+            (Tri::No, _) | (_, Tri::No) => Tri::No,
+            (Tri::Yes, x) | (x, Tri::Yes) => x,
+            (Tri::Maybe { p: p1, unknown: u1 }, Tri::Maybe { p: p2, unknown: u2 }) => Tri::Maybe {
+                p: p1 * p2,
+                unknown: u1.or(u2),
+            },
+        }
+    }
+    /// Negation (probabilities complement; unknown stays unknown).
+    pub(crate) fn not(self) -> Tri {
+        match self {
+            Tri::No => Tri::Yes,
+            Tri::Yes => Tri::No,
+            Tri::Maybe { p, unknown } => Tri::Maybe {
+                p: 1.0 - p,
+                unknown,
+            },
+        }
+    }
+}
+
+/// Which chains a stage runs.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum StageKind {
+    /// iptables: dump, table.
+    Ipt { dump: u32, table: u32 },
+    /// nft: table index.
+    Nft { table: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Stage {
+    pub prio: i32,
+    pub kind: StageKind,
+    pub base: u32,
+    pub nat: bool,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Frame {
+    chain: u32,
+    pos: u32,
+}
+
+#[derive(Debug, Clone)]
+pub(crate) struct St {
+    prob: f64,
+    stage: usize,
+    stack: Vec<Frame>,
+    pub(crate) v: View,
+    nat: Option<NatAction>,
+    ct: CtEffects,
+    tproxy: Option<Tproxy>,
+    trail: Vec<RuleHit>,
+    assumptions: Vec<Assumption>,
+    /// An action to apply before looking at the next rule (set on forked branches).
+    pending: Option<Act>,
+}
+
+/// A non-verdict effect of a rule.
+#[derive(Debug, Clone)]
+pub(crate) enum Effect {
+    /// mark = (mark & !mask) ^ value.
+    Mark(u32, u32),
+    /// ctmark = (ctmark & !mask) ^ value.
+    CtMark(u32, u32),
+    Connmark(ConnmarkOp),
+    Nat(NatAction),
+    Ct(CtEffects),
+    Tproxy(Tproxy),
+}
+
+/// What a matched rule does to control flow.
+#[derive(Debug, Clone)]
+pub(crate) enum Act {
+    Continue,
+    Accept,
+    Drop,
+    Reject(RejectWith),
+    Queue(u16),
+    Return,
+    Jump(u32),
+    Goto(u32),
+    Unknown(String),
+}
+
+fn family_of(pkt: &Packet) -> IpFamily {
+    pkt.family()
+}
+
+fn ipt_prio(table: &str, hook: Hook) -> Option<(i32, bool)> {
+    Some(match (table, hook) {
+        ("raw", Hook::Prerouting | Hook::Output) => (-300, false),
+        ("mangle", _) => (-150, false),
+        ("nat", Hook::Prerouting | Hook::Output) => (-100, true),
+        ("nat", Hook::Input | Hook::Postrouting) => (100, true),
+        ("filter", Hook::Input | Hook::Forward | Hook::Output) => (0, false),
+        ("security", Hook::Input | Hook::Forward | Hook::Output) => (50, false),
+        _ => return None,
+    })
+}
+
+/// The stages of a hook, in kernel order (stable: legacy, then iptables-nft, then native nft at
+/// equal priority).
+pub(crate) fn stages(rs: &Ruleset, hook: Hook, pkt: &Packet, opts: &EvalOptions) -> Vec<Stage> {
+    let fam = family_of(pkt);
+    let mut out = Vec::new();
+    let mut order: Vec<usize> = (0..rs.ipt.len()).collect();
+    order.sort_by_key(|&i| match rs.ipt[i].backend {
+        IptablesBackend::Legacy => 0,
+        IptablesBackend::Nft => 1,
+    });
+    for di in order {
+        let d = &rs.ipt[di];
+        if d.family != fam {
+            continue;
+        }
+        for (ti, t) in d.tables.iter().enumerate() {
+            let Some((prio, nat)) = ipt_prio(&t.name, hook) else {
+                continue;
+            };
+            if nat && !opts.nat {
+                continue;
+            }
+            let Some(&base) = t.by_name.get(hook.chain_name()) else {
+                continue;
+            };
+            out.push(Stage {
+                prio,
+                kind: StageKind::Ipt {
+                    dump: di as u32,
+                    table: ti as u32,
+                },
+                base,
+                nat,
+            });
+        }
+    }
+    rs.nft.stages(hook, fam, opts, &mut out);
+    out.sort_by_key(|s| s.prio);
+    out
+}
+
 pub(crate) fn evaluate(
-    _rs: &Ruleset,
-    _hook: Hook,
-    _pkt: &Packet,
-    _ctx: &HostContext,
-    _opts: &EvalOptions,
+    rs: &Ruleset,
+    hook: Hook,
+    pkt: &Packet,
+    ctx: &HostContext,
+    opts: &EvalOptions,
 ) -> Vec<Outcome> {
-    Vec::new()
+    let stages = stages(rs, hook, pkt, opts);
+    let cx = Cx {
+        rs,
+        hook,
+        pkt,
+        ctx,
+        opts,
+    };
+    let init = St {
+        prob: 1.0,
+        stage: 0,
+        stack: Vec::with_capacity(8),
+        v: View {
+            src: pkt.src,
+            dst: pkt.dst,
+            sport: pkt.sport,
+            dport: pkt.dport,
+            mark: pkt.mark,
+            ctmark: pkt.ct.mark,
+        },
+        nat: None,
+        ct: CtEffects::default(),
+        tproxy: None,
+        trail: Vec::new(),
+        assumptions: Vec::new(),
+        pending: None,
+    };
+    let mut work = vec![init];
+    let mut out = Vec::new();
+    let mut budget = opts.max_branches.max(1);
+    while let Some(mut st) = work.pop() {
+        let verdict = run(&cx, &stages, &mut st, &mut work, &mut budget);
+        out.push(Outcome {
+            probability: st.prob,
+            verdict,
+            mark: st.v.mark,
+            ct_mark: st.v.ctmark,
+            nat: st.nat,
+            ct: st.ct,
+            tproxy: st.tproxy,
+            trail: st.trail,
+            assumptions: st.assumptions,
+        });
+    }
+    out
+}
+
+/// Run one state to its verdict, pushing branches to `work`.
+fn run(cx: &Cx, stages: &[Stage], st: &mut St, work: &mut Vec<St>, budget: &mut usize) -> Verdict {
+    'stages: while st.stage < stages.len() {
+        let stage = stages[st.stage];
+        if stage.nat && st.nat.is_some() && nat_manip_done(cx.hook, st.nat.as_ref()) {
+            // A NAT binding for this manipulation exists: later nat chains are not consulted.
+            st.stage += 1;
+            continue;
+        }
+        if st.stack.is_empty() {
+            st.stack.push(Frame {
+                chain: stage.base,
+                pos: 0,
+            });
+        }
+        loop {
+            let Some(frame) = st.stack.last().copied() else {
+                // Base chain ended: its policy.
+                match policy(cx, stage, st) {
+                    Some(Verdict::Accept) | None => {
+                        st.stage += 1;
+                        continue 'stages;
+                    }
+                    Some(v) => return v,
+                }
+            };
+            let pending = st.pending.take();
+            let act = match pending {
+                Some(act) => act,
+                None => {
+                    let step = match stage.kind {
+                        StageKind::Ipt { dump, table } => {
+                            ipt_step(cx, dump, table, frame, st, work, budget)
+                        }
+                        StageKind::Nft { table } => cx.rs.nft.step(
+                            cx,
+                            stage,
+                            table,
+                            frame.chain,
+                            frame.pos,
+                            st,
+                            work,
+                            budget,
+                        ),
+                    };
+                    match step {
+                        Step::End => {
+                            st.stack.pop();
+                            continue;
+                        }
+                        Step::Act(pos, act) => {
+                            if let Some(f) = st.stack.last_mut() {
+                                f.pos = pos;
+                            }
+                            act
+                        }
+                    }
+                }
+            };
+            match act {
+                Act::Continue => {}
+                Act::Accept => {
+                    st.stack.clear();
+                    st.stage += 1;
+                    continue 'stages;
+                }
+                Act::Drop => return Verdict::Drop,
+                Act::Reject(with) => return Verdict::Reject { with },
+                Act::Queue(num) => return Verdict::Queue { num },
+                Act::Unknown(reason) => return Verdict::Unknown { reason },
+                Act::Return => {
+                    st.stack.pop();
+                }
+                Act::Jump(c) | Act::Goto(c) => {
+                    if matches!(act, Act::Goto(_)) {
+                        st.stack.pop();
+                    }
+                    if st.stack.len() >= 64 {
+                        return Verdict::Unknown {
+                            reason: "chain nesting deeper than 64 (loop?)".into(),
+                        };
+                    }
+                    st.stack.push(Frame { chain: c, pos: 0 });
+                }
+            }
+        }
+    }
+    Verdict::Accept
+}
+
+fn nat_manip_done(hook: Hook, nat: Option<&NatAction>) -> bool {
+    match nat {
+        Some(n) => match hook {
+            Hook::Prerouting | Hook::Output => n.is_dnat(),
+            Hook::Input | Hook::Postrouting => !n.is_dnat(),
+            Hook::Forward => false,
+        },
+        None => false,
+    }
+}
+
+/// Record the policy of the stage's base chain and return its verdict (None: accept).
+fn policy(cx: &Cx, stage: Stage, st: &mut St) -> Option<Verdict> {
+    match stage.kind {
+        StageKind::Ipt { dump, table } => {
+            let d = &cx.rs.ipt[dump as usize];
+            let t = &d.tables[table as usize];
+            let c = &t.chains[stage.base as usize];
+            let pol = c.policy.unwrap_or(ipt::Policy::Accept);
+            st.trail.push(RuleHit {
+                backend: ipt_backend(d.backend),
+                family: ipt_family(d.family),
+                table: t.name.clone(),
+                chain: c.name.clone(),
+                index: 0,
+                handle: None,
+                text: if c.decl.end > c.decl.start {
+                    d.text_of(c.decl)
+                } else {
+                    Text::owned(&format!(
+                        ":{} {}",
+                        c.name,
+                        if pol == ipt::Policy::Drop {
+                            "DROP"
+                        } else {
+                            "ACCEPT"
+                        }
+                    ))
+                },
+                counters: c.counters,
+                matched: Matched::Policy,
+            });
+            match pol {
+                ipt::Policy::Accept => None,
+                ipt::Policy::Drop => Some(Verdict::Drop),
+            }
+        }
+        StageKind::Nft { table } => cx.rs.nft.policy(table, stage.base, st),
+    }
+}
+
+pub(crate) fn ipt_backend(b: IptablesBackend) -> Backend {
+    match b {
+        IptablesBackend::Legacy => Backend::IptablesLegacy,
+        IptablesBackend::Nft => Backend::IptablesNft,
+    }
+}
+
+fn ipt_family(f: IpFamily) -> &'static str {
+    match f {
+        IpFamily::Ipv4 => "ip",
+        IpFamily::Ipv6 => "ip6",
+    }
+}
+
+/// Result of looking at the next rule of a frame.
+pub(crate) enum Step {
+    /// No more rules in the chain.
+    End,
+    /// A rule matched: continue at this position after the action.
+    Act(u32, Act),
+}
+
+impl St {
+    pub(crate) fn push_hit(&mut self, h: RuleHit) {
+        self.trail.push(h);
+    }
+
+    pub(crate) fn assume(&mut self, rule: String, what: String, matched: bool) {
+        self.assumptions.push(Assumption {
+            rule,
+            what,
+            matched,
+        });
+    }
+
+    pub(crate) fn apply(&mut self, cx: &Cx, e: &Effect) {
+        match e {
+            Effect::Mark(value, mask) => self.v.mark = (self.v.mark & !mask) ^ value,
+            Effect::CtMark(value, mask) => self.v.ctmark = (self.v.ctmark & !mask) ^ value,
+            Effect::Connmark(op) => match *op {
+                ConnmarkOp::Set { value, mask } => self.v.ctmark = (self.v.ctmark & !mask) ^ value,
+                ConnmarkOp::Save { nfmask, ctmask } => {
+                    self.v.ctmark = (self.v.ctmark & !ctmask) ^ (self.v.mark & nfmask);
+                }
+                ConnmarkOp::Restore { nfmask, ctmask } => {
+                    self.v.mark = (self.v.mark & !nfmask) ^ (self.v.ctmark & ctmask);
+                }
+            },
+            Effect::Nat(n) => {
+                apply_nat(cx, &mut self.v, n);
+                self.nat = Some(n.clone());
+            }
+            Effect::Ct(c) => {
+                self.ct.notrack |= c.notrack;
+                if c.zone.is_some() {
+                    self.ct.zone = c.zone;
+                }
+                if c.helper.is_some() {
+                    self.ct.helper = c.helper.clone();
+                }
+            }
+            Effect::Tproxy(t) => {
+                if let Some((v, m)) = t.mark {
+                    self.v.mark = (self.v.mark & !m) ^ v;
+                }
+                self.tproxy = Some(t.clone());
+            }
+        }
+    }
+
+    /// Split off the alternative branch with probability factor `q` (the current state keeps
+    /// `1 - q` unless the caller rescales it). Returns false when out of budget.
+    pub(crate) fn fork(&self, work: &mut Vec<St>, budget: &mut usize) -> Option<St> {
+        if *budget == 0 {
+            return None;
+        }
+        *budget -= 1;
+        let _ = work;
+        Some(self.clone())
+    }
+
+    /// This state with an action to apply when it resumes.
+    pub(crate) fn with_pending(mut self, act: Act) -> St {
+        self.pending = Some(act);
+        self
+    }
+
+    /// Set the resume position of the current frame.
+    pub(crate) fn set_top_pos(&mut self, pos: u32) {
+        if let Some(f) = self.stack.last_mut() {
+            f.pos = pos;
+        }
+    }
+
+    pub(crate) fn prob(&self) -> f64 {
+        self.prob
+    }
+
+    pub(crate) fn set_prob(&mut self, p: f64) {
+        self.prob = p;
+    }
+}
+
+/// The packet as the rules see it after a NAT statement in the same hook.
+fn apply_nat(cx: &Cx, v: &mut View, n: &NatAction) {
+    match n {
+        NatAction::Dnat { addr, ports, .. } => {
+            if let Some(a) = addr {
+                v.dst = a.lo;
+            }
+            if let (Some(p), Some(_)) = (ports, v.dport) {
+                v.dport = Some(p.lo);
+            }
+        }
+        NatAction::Redirect { ports, .. } => {
+            let local = match cx.hook {
+                Hook::Output => match v.dst {
+                    IpAddr::V4(_) => Some(IpAddr::from([127, 0, 0, 1])),
+                    IpAddr::V6(_) => Some(IpAddr::from(std::net::Ipv6Addr::LOCALHOST)),
+                },
+                _ => cx
+                    .pkt
+                    .iif
+                    .as_deref()
+                    .and_then(|i| primary_addr(cx.ctx, i, v.dst)),
+            };
+            if let Some(a) = local {
+                v.dst = a;
+            }
+            if let (Some(p), Some(_)) = (ports, v.dport) {
+                v.dport = Some(p.lo);
+            }
+        }
+        NatAction::Snat { addr, ports, .. } => {
+            if let Some(a) = addr {
+                v.src = a.lo;
+            }
+            if let (Some(p), Some(_)) = (ports, v.sport) {
+                v.sport = Some(p.lo);
+            }
+        }
+        NatAction::Masquerade { ports, .. } => {
+            if let Some(a) = cx
+                .pkt
+                .oif
+                .as_deref()
+                .and_then(|o| primary_addr(cx.ctx, o, v.dst))
+            {
+                v.src = a;
+            }
+            if let (Some(p), Some(_)) = (ports, v.sport) {
+                v.sport = Some(p.lo);
+            }
+        }
+    }
+}
+
+/// First address of the same family on `iface`.
+pub(crate) fn primary_addr(ctx: &HostContext, iface: &str, like: IpAddr) -> Option<IpAddr> {
+    ctx.addresses
+        .iter()
+        .find(|a| a.iface == iface && a.addr.is_ipv4() == like.is_ipv4())
+        .map(|a| a.addr)
+}
+
+// ---------------------------------------------------------------------------------------------
+// iptables
+
+fn rule_label(table: &str, chain: &str, idx: u32) -> String {
+    format!("{table}/{chain}#{idx}")
+}
+
+fn ipt_step(
+    cx: &Cx,
+    dump: u32,
+    table: u32,
+    frame: Frame,
+    st: &mut St,
+    work: &mut Vec<St>,
+    budget: &mut usize,
+) -> Step {
+    let d = &cx.rs.ipt[dump as usize];
+    let t = &d.tables[table as usize];
+    let c = &t.chains[frame.chain as usize];
+    loop {
+        let pos = st.stack.last().map_or(frame.pos, |f| f.pos);
+        let idx = match &c.index {
+            Some(ix) => match ix
+                .candidates(pos, st.v.dst, cx.pkt.proto, st.v.dport)
+                .next()
+            {
+                Some(i) => i,
+                None => return Step::End,
+            },
+            None => {
+                if pos as usize >= c.rules.len() {
+                    return Step::End;
+                }
+                pos
+            }
+        };
+        let r = &c.rules[idx as usize];
+        let next = idx + 1;
+        let res = if let Some(e) = &r.error {
+            Tri::unknown(format!("unparsed rule: {e}"))
+        } else {
+            ipt_rule_matches(cx, d, r, &st.v, &st.ct)
+        };
+        let hit = |m: Matched| RuleHit {
+            backend: ipt_backend(d.backend),
+            family: ipt_family(d.family),
+            table: t.name.clone(),
+            chain: c.name.clone(),
+            index: idx + 1,
+            handle: None,
+            text: d.text_of(r.span),
+            counters: r.counters,
+            matched: m,
+        };
+        match res {
+            Tri::No => {
+                if cx.opts.record_misses {
+                    st.trail.push(hit(Matched::No));
+                }
+                if let Some(f) = st.stack.last_mut() {
+                    f.pos = next;
+                }
+                continue;
+            }
+            Tri::Yes => {
+                st.trail.push(hit(Matched::Yes));
+                return Step::Act(next, ipt_target(cx, d, t, r, st));
+            }
+            Tri::Maybe { p, unknown } => {
+                let harmless = r.error.is_none()
+                    && matches!(r.target, Target::None | Target::Log(_) | Target::Noop(_));
+                if let Some(what) = &unknown {
+                    if harmless {
+                        // Matching or not changes nothing but the trail.
+                        st.trail.push(hit(Matched::AssumedYes));
+                        if let Some(f) = st.stack.last_mut() {
+                            f.pos = next;
+                        }
+                        continue;
+                    }
+                    let label = rule_label(&t.name, &c.name, idx + 1);
+                    // Branch: the unknown does not match.
+                    if let Some(mut alt) = st.fork(work, budget) {
+                        alt.trail.push(hit(Matched::AssumedNo));
+                        alt.assume(label.clone(), what.clone(), false);
+                        if let Some(f) = alt.stack.last_mut() {
+                            f.pos = next;
+                        }
+                        work.push(alt);
+                    } else {
+                        return Step::Act(
+                            next,
+                            Act::Unknown(format!("too many branches at {label}")),
+                        );
+                    }
+                    st.assume(label, what.clone(), true);
+                    if p >= 1.0 {
+                        st.trail.push(hit(Matched::AssumedYes));
+                        if r.error.is_some() {
+                            return Step::Act(
+                                next,
+                                Act::Unknown(format!(
+                                    "line {} could not be parsed: {}",
+                                    r.line.0,
+                                    r.error.as_deref().unwrap_or("")
+                                )),
+                            );
+                        }
+                        return Step::Act(next, ipt_target(cx, d, t, r, st));
+                    }
+                }
+                // Random split (not worth a branch when the target changes nothing).
+                if harmless && r.error.is_none() {
+                    st.trail.push(hit(Matched::Random));
+                    if let Some(f) = st.stack.last_mut() {
+                        f.pos = next;
+                    }
+                    continue;
+                }
+                if p <= 0.0 {
+                    if cx.opts.record_misses {
+                        st.trail.push(hit(Matched::RandomNot));
+                    }
+                    if let Some(f) = st.stack.last_mut() {
+                        f.pos = next;
+                    }
+                    continue;
+                }
+                let total = st.prob;
+                if let Some(mut alt) = st.fork(work, budget) {
+                    alt.prob = total * (1.0 - p);
+                    alt.trail.push(hit(Matched::RandomNot));
+                    if let Some(f) = alt.stack.last_mut() {
+                        f.pos = next;
+                    }
+                    if alt.prob > 0.0 {
+                        work.push(alt);
+                    }
+                } else {
+                    return Step::Act(
+                        next,
+                        Act::Unknown(format!(
+                            "too many branches at {}",
+                            rule_label(&t.name, &c.name, idx + 1)
+                        )),
+                    );
+                }
+                st.prob = total * p;
+                st.trail.push(hit(Matched::Random));
+                return Step::Act(next, ipt_target(cx, d, t, r, st));
+            }
+        }
+    }
+}
+
+/// Apply a matched rule's target: effects on the state, control flow returned.
+fn ipt_target(cx: &Cx, d: &ipt::Dump, t: &ipt::Table, r: &ipt::Rule, st: &mut St) -> Act {
+    match &r.target {
+        Target::None | Target::Log(_) | Target::Noop(_) => Act::Continue,
+        Target::Accept => Act::Accept,
+        Target::Drop => Act::Drop,
+        Target::Return => Act::Return,
+        Target::Queue(n) => Act::Queue(*n),
+        Target::Reject(w) => Act::Reject(w.clone()),
+        Target::Jump(c) => Act::Jump(c.id),
+        Target::Goto(c) => Act::Goto(c.id),
+        Target::Nat(n) => {
+            if &*t.name != "nat" {
+                return Act::Unknown(format!("{} outside the nat table", d.slice(r.span)));
+            }
+            st.apply(cx, &Effect::Nat((**n).clone()));
+            Act::Accept
+        }
+        Target::Mark { value, mask } => {
+            st.apply(cx, &Effect::Mark(*value, *mask));
+            Act::Continue
+        }
+        Target::Connmark(op) => {
+            st.apply(cx, &Effect::Connmark(*op));
+            Act::Continue
+        }
+        Target::Ct(e) => {
+            st.apply(cx, &Effect::Ct((**e).clone()));
+            Act::Continue
+        }
+        Target::Tproxy(tp) => {
+            st.apply(cx, &Effect::Tproxy((**tp).clone()));
+            Act::Accept
+        }
+        Target::Unknown(name) => Act::Unknown(format!(
+            "target {} is not modelled ({}/{}: {})",
+            d.str(name),
+            t.name,
+            "rule",
+            d.slice(r.span)
+        )),
+    }
+}
+
+fn port_in(p: Option<u16>, r: &Option<Neg<PortRange>>) -> Tri {
+    match r {
+        None => Tri::Yes,
+        Some(Neg { v, neg: n }) => match p {
+            Some(p) => Tri::from(v.contains(p) != *n),
+            None => Tri::No,
+        },
+    }
+}
+
+/// Conntrack state bit of the packet (`state` module bits).
+pub(crate) fn state_bit(pkt: &Packet, ct: &CtEffects) -> u8 {
+    if ct.notrack {
+        return ipt::state::UNTRACKED;
+    }
+    match pkt.ct.state {
+        CtState::New => ipt::state::NEW,
+        CtState::Established => ipt::state::ESTABLISHED,
+        CtState::Related => ipt::state::RELATED,
+        CtState::Invalid => ipt::state::INVALID,
+        CtState::Untracked => ipt::state::UNTRACKED,
+    }
+}
+
+fn has_ct(pkt: &Packet, ct: &CtEffects) -> bool {
+    !ct.notrack && !matches!(pkt.ct.state, CtState::Invalid | CtState::Untracked)
+}
+
+/// addrtype of `addr` (bit of [`ipt::addrtype`]), optionally limited to `dev`'s addresses.
+pub(crate) fn addr_type(ctx: &HostContext, addr: IpAddr, dev: Option<&str>) -> u16 {
+    use ipt::addrtype::*;
+    match addr {
+        IpAddr::V4(a) => {
+            if a.octets()[0] == 0 || a.is_broadcast() {
+                return BROADCAST;
+            }
+            if a.is_multicast() {
+                return MULTICAST;
+            }
+        }
+        IpAddr::V6(a) => {
+            if a.is_multicast() {
+                return MULTICAST;
+            }
+        }
+    }
+    let on_dev = |iface: &str| dev.is_none_or(|d| d == iface);
+    for la in &ctx.addresses {
+        if !on_dev(&la.iface) {
+            continue;
+        }
+        if la.addr == addr {
+            return LOCAL;
+        }
+        if la.iface == "lo" {
+            if let Ok(net) = ipnet::IpNet::new(la.addr, la.prefix_len) {
+                if net.contains(&addr) {
+                    return LOCAL;
+                }
+            }
+        }
+        if la.broadcast == Some(addr) {
+            return BROADCAST;
+        }
+    }
+    if dev.is_none_or(|d| d == "lo") {
+        match addr {
+            IpAddr::V4(a) if a.is_loopback() => return LOCAL,
+            IpAddr::V6(a) if a.is_loopback() => return LOCAL,
+            _ => {}
+        }
+    }
+    UNICAST
+}
+
+fn ipt_rule_matches(cx: &Cx, d: &ipt::Dump, r: &ipt::Rule, v: &View, ct: &CtEffects) -> Tri {
+    let pkt = cx.pkt;
+    if let Some(Neg { v: net, neg: n }) = &r.src {
+        if net.contains(&v.src) == *n {
+            return Tri::No;
+        }
+    }
+    if let Some(Neg { v: net, neg: n }) = &r.dst {
+        if net.contains(&v.dst) == *n {
+            return Tri::No;
+        }
+    }
+    if let Some(Neg { v: p, neg: n }) = r.proto {
+        let m = p == 0 || p == pkt.proto;
+        if m == n {
+            return Tri::No;
+        }
+    }
+    if let Some(Neg { v: i, neg: n }) = &r.iif {
+        if i.matches(pkt.iif.as_deref().unwrap_or("")) == *n {
+            return Tri::No;
+        }
+    }
+    if let Some(Neg { v: i, neg: n }) = &r.oif {
+        if i.matches(pkt.oif.as_deref().unwrap_or("")) == *n {
+            return Tri::No;
+        }
+    }
+    if let Some(f) = r.frag {
+        if f != pkt.fragment {
+            return Tri::No;
+        }
+    }
+    let mut acc = Tri::Yes;
+    for m in &r.matches {
+        let t = ipt_match(cx, d, m, v, ct);
+        acc = acc.and(t);
+        if acc == Tri::No {
+            return Tri::No;
+        }
+    }
+    acc
+}
+
+fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri {
+    let pkt = cx.pkt;
+    match m {
+        Match::Tcp {
+            sport,
+            dport,
+            flags,
+            option,
+        } => {
+            if pkt.fragment || pkt.proto != 6 {
+                return Tri::No;
+            }
+            let mut t = port_in(v.sport, sport).and(port_in(v.dport, dport));
+            if let Some(Neg {
+                v: (mask, comp),
+                neg: n,
+            }) = flags
+            {
+                t = t.and(Tri::from(((pkt.tcp_flags & mask) == *comp) != *n));
+            }
+            if option.is_some() {
+                t = t.and(Tri::unknown("--tcp-option"));
+            }
+            t
+        }
+        Match::Udp { sport, dport } => {
+            if pkt.fragment || !matches!(pkt.proto, 17 | 136) {
+                return Tri::No;
+            }
+            port_in(v.sport, sport).and(port_in(v.dport, dport))
+        }
+        Match::Sctp {
+            sport,
+            dport,
+            chunks,
+        } => {
+            if pkt.fragment || pkt.proto != 132 {
+                return Tri::No;
+            }
+            let t = port_in(v.sport, sport).and(port_in(v.dport, dport));
+            if *chunks {
+                t.and(Tri::unknown("sctp --chunk-types"))
+            } else {
+                t
+            }
+        }
+        Match::Icmp(ty) | Match::Icmp6(ty) => {
+            let want = if matches!(m, Match::Icmp(_)) { 1 } else { 58 };
+            if pkt.fragment || pkt.proto != want {
+                return Tri::No;
+            }
+            match ty {
+                None => Tri::Yes,
+                Some(Neg { v: it, neg: n }) => match pkt.icmp {
+                    Some((t, c)) => {
+                        let hit =
+                            it.ty == 255 || (it.ty == t && it.code_lo <= c && c <= it.code_hi);
+                        Tri::from(hit != *n)
+                    }
+                    None => Tri::unknown("ICMP type of the packet not given"),
+                },
+            }
+        }
+        Match::Multiport {
+            side,
+            ports,
+            neg: n,
+        } => {
+            let any = |p: Option<u16>| p.is_some_and(|p| ports.iter().any(|r| r.contains(p)));
+            let hit = match side {
+                ipt::PortSide::Src => any(v.sport),
+                ipt::PortSide::Dst => any(v.dport),
+                ipt::PortSide::Both => any(v.sport) || any(v.dport),
+            };
+            if v.sport.is_none() && v.dport.is_none() {
+                return Tri::No;
+            }
+            Tri::from(hit != *n)
+        }
+        Match::Mark(Neg {
+            v: (val, mask),
+            neg: n,
+        }) => Tri::from(((v.mark & mask) == *val) != *n),
+        Match::Connmark(Neg {
+            v: (val, mask),
+            neg: n,
+        }) => Tri::from(((v.ctmark & mask) == *val) != *n),
+        Match::State(Neg { v: bits, neg: n }) => {
+            Tri::from(((state_bit(pkt, ct) & bits) != 0) != *n)
+        }
+        Match::Conntrack(c) => conntrack_match(pkt, v, ct, c),
+        Match::Addrtype {
+            src,
+            dst,
+            limit_in,
+            limit_out,
+        } => {
+            let dev = if *limit_in {
+                Some(pkt.iif.as_deref().unwrap_or(""))
+            } else if *limit_out {
+                Some(pkt.oif.as_deref().unwrap_or(""))
+            } else {
+                None
+            };
+            let mut t = Tri::Yes;
+            if let Some(Neg { v: bits, neg: n }) = src {
+                t = t.and(Tri::from(
+                    ((addr_type(cx.ctx, v.src, dev) & bits) != 0) != *n,
+                ));
+            }
+            if let Some(Neg { v: bits, neg: n }) = dst {
+                t = t.and(Tri::from(
+                    ((addr_type(cx.ctx, v.dst, dev) & bits) != 0) != *n,
+                ));
+            }
+            t
+        }
+        Match::Comment(_) | Match::Nfacct => Tri::Yes,
+        Match::Statistic(Neg { v: s, neg: n }) => {
+            let p = match s {
+                ipt::Stat::Random(p) => *p,
+                ipt::Stat::Nth { every, .. } => 1.0 / (*every as f64),
+            };
+            let p = if *n { 1.0 - p } else { p };
+            if p >= 1.0 {
+                Tri::Yes
+            } else if p <= 0.0 {
+                Tri::No
+            } else {
+                Tri::Maybe { p, unknown: None }
+            }
+        }
+        Match::Set {
+            name,
+            dirs,
+            neg: n,
+            return_nomatch,
+        } => {
+            let sname = d.str(name);
+            let Some(set) = cx.rs.ipsets.sets.get(&*sname) else {
+                return Tri::unknown(format!("ipset {sname} not in the snapshot"));
+            };
+            let dims = if set.kind == "list:set" {
+                dirs.len as usize
+            } else {
+                set.dims.len()
+            };
+            if (dirs.len as usize) < dims {
+                return Tri::from(*n);
+            }
+            let mut keys: Vec<Key> = Vec::with_capacity(dims);
+            let set_dims: Vec<ipset::Dim> = if set.kind == "list:set" {
+                // Members decide; give addresses for every direction (most common).
+                vec![ipset::Dim::Ip; dims]
+            } else {
+                set.dims.clone()
+            };
+            for (i, dim) in set_dims.iter().enumerate() {
+                let src = dirs.is_src(i);
+                keys.push(match dim {
+                    ipset::Dim::Ip | ipset::Dim::Net => Key::Ip(if src { v.src } else { v.dst }),
+                    ipset::Dim::Port => {
+                        let port = if src { v.sport } else { v.dport };
+                        let port = match (pkt.proto, pkt.icmp) {
+                            (1 | 58, Some((t, c))) => Some(((t as u16) << 8) | c as u16),
+                            _ => port,
+                        };
+                        Key::Port(pkt.proto, port)
+                    }
+                    ipset::Dim::Iface => Key::Iface(if src {
+                        pkt.iif.as_deref()
+                    } else {
+                        pkt.oif.as_deref()
+                    }),
+                    ipset::Dim::Mark => Key::Mark(v.mark),
+                    ipset::Dim::Mac => Key::Mac(if src {
+                        pkt.src_mac.as_deref().and_then(ipt::parse_mac)
+                    } else {
+                        None
+                    }),
+                });
+            }
+            match cx.rs.ipsets.test(&sname, &keys, *return_nomatch) {
+                Some(b) => Tri::from(b != *n),
+                None => Tri::unknown(format!("ipset {sname}")),
+            }
+        }
+        Match::Physdev {
+            phys_in,
+            phys_out,
+            is_in,
+            is_out,
+            is_bridged,
+        } => {
+            let bridged = pkt.bridged || cx.opts.bridged;
+            if !bridged {
+                let positive = is_bridged == &Some(true)
+                    || is_in == &Some(true)
+                    || is_out == &Some(true)
+                    || phys_in.is_some_and(|p| !p.neg)
+                    || phys_out.is_some_and(|p| !p.neg);
+                return Tri::from(!positive);
+            }
+            let mut ok = true;
+            if let Some(b) = is_bridged {
+                ok &= pkt.physdev_out.is_some() == *b;
+            }
+            if let Some(b) = is_in {
+                ok &= pkt.physdev_in.is_some() == *b;
+            }
+            if let Some(b) = is_out {
+                ok &= pkt.physdev_out.is_some() == *b;
+            }
+            if let Some(Neg { v: i, neg: n }) = phys_in {
+                ok &= i.matches(pkt.physdev_in.as_deref().unwrap_or("")) != *n;
+            }
+            if let Some(Neg { v: i, neg: n }) = phys_out {
+                ok &= i.matches(pkt.physdev_out.as_deref().unwrap_or("")) != *n;
+            }
+            Tri::from(ok)
+        }
+        Match::Iprange(b) => {
+            let inr = |a: IpAddr, (lo, hi): (IpAddr, IpAddr)| {
+                lo <= a && a <= hi && lo.is_ipv4() == a.is_ipv4()
+            };
+            let mut ok = true;
+            if let Some(Neg { v: r, neg: n }) = b.0 {
+                ok &= inr(v.src, r) != n;
+            }
+            if let Some(Neg { v: r, neg: n }) = b.1 {
+                ok &= inr(v.dst, r) != n;
+            }
+            Tri::from(ok)
+        }
+        Match::Length(Neg {
+            v: (lo, hi),
+            neg: n,
+        }) => Tri::from((*lo <= pkt.len && pkt.len <= *hi) != *n),
+        Match::Ttl { op, v: val, neg: n } => {
+            let hit = match op {
+                ipt::Cmp::Eq => pkt.ttl == *val,
+                ipt::Cmp::Lt => pkt.ttl < *val,
+                ipt::Cmp::Gt => pkt.ttl > *val,
+            };
+            Tri::from(hit != *n)
+        }
+        Match::Tos(Neg {
+            v: (val, mask),
+            neg: n,
+        }) => Tri::from(((pkt.tos & mask) == *val) != *n),
+        Match::Dscp(Neg { v: val, neg: n }) => Tri::from(((pkt.tos >> 2) == *val) != *n),
+        Match::Pkttype(Neg { v: t, neg: n }) => {
+            let actual = match v.dst {
+                IpAddr::V4(a) if a.is_multicast() => PktType::Multicast,
+                IpAddr::V4(a) if a.is_broadcast() => PktType::Broadcast,
+                IpAddr::V6(a) if a.is_multicast() => PktType::Multicast,
+                _ => pkt.pkttype,
+            };
+            Tri::from((actual == *t) != *n)
+        }
+        Match::Mac(Neg { v: mac, neg: n }) => match pkt.src_mac.as_deref().and_then(ipt::parse_mac)
+        {
+            Some(m) => Tri::from((m == *mac) != *n),
+            None => Tri::unknown("source MAC of the packet not given"),
+        },
+        Match::Owner {
+            uid,
+            gid,
+            socket_exists,
+        } => {
+            if !matches!(cx.hook, Hook::Output | Hook::Postrouting) {
+                return Tri::No;
+            }
+            if pkt.uid.is_none() && pkt.gid.is_none() {
+                // No socket: matches only if every option is negated.
+                let all_neg = uid.is_none_or(|u| u.neg)
+                    && gid.is_none_or(|g| g.neg)
+                    && socket_exists.is_none_or(|s| !s);
+                return Tri::from(all_neg);
+            }
+            let mut ok = true;
+            if let Some(Neg {
+                v: (lo, hi),
+                neg: n,
+            }) = uid
+            {
+                ok &= pkt.uid.is_some_and(|u| *lo <= u && u <= *hi) != *n;
+            }
+            if let Some(Neg {
+                v: (lo, hi),
+                neg: n,
+            }) = gid
+            {
+                ok &= pkt.gid.is_some_and(|g| *lo <= g && g <= *hi) != *n;
+            }
+            if let Some(s) = socket_exists {
+                ok &= *s;
+            }
+            Tri::from(ok)
+        }
+        Match::Socket {
+            transparent,
+            nowildcard,
+        } => {
+            if pkt.ct.state == CtState::Established {
+                return Tri::unknown("-m socket for an established connection");
+            }
+            let (Some(dport), true) = (v.dport, matches!(pkt.proto, 6 | 17)) else {
+                return Tri::No;
+            };
+            let hit = cx.ctx.sockets.iter().any(|s| {
+                s.proto == pkt.proto
+                    && s.port == dport
+                    && (s.addr == v.dst || (!nowildcard && s.addr.is_unspecified()))
+                    && (!transparent || s.transparent)
+            });
+            Tri::from(hit)
+        }
+        Match::Devgroup { src, dst } => {
+            let group = |dev: Option<&str>| {
+                dev.and_then(|d| {
+                    cx.ctx
+                        .iface_groups
+                        .iter()
+                        .find(|(n, _)| n == d)
+                        .map(|(_, g)| *g)
+                })
+            };
+            let mut t = Tri::Yes;
+            for (spec, dev) in [(src, pkt.iif.as_deref()), (dst, pkt.oif.as_deref())] {
+                if let Some(Neg {
+                    v: (val, mask),
+                    neg: n,
+                }) = spec
+                {
+                    t = t.and(match group(dev) {
+                        Some(g) => Tri::from(((g & mask) == *val) != *n),
+                        None => Tri::unknown("interface group not known"),
+                    });
+                }
+            }
+            t
+        }
+        Match::Rpfilter { invert } => match cx.ctx.rpfilter_ok {
+            Some(ok) => Tri::from(ok != *invert),
+            None => Tri::unknown("-m rpfilter (needs the routing result)"),
+        },
+        Match::Opaque { module, .. } => Tri::unknown(format!("-m {}", d.str(module))),
+    }
+}
+
+fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch) -> Tri {
+    use crate::ct_status as cs;
+    let mut t = Tri::Yes;
+    if let Some(Neg { v: bits, neg: n }) = c.state {
+        let mut sb = state_bit(pkt, ct);
+        if has_ct(pkt, ct) {
+            if pkt.ct.status & cs::SRC_NAT != 0 {
+                sb |= ipt::state::SNAT;
+            }
+            if pkt.ct.status & cs::DST_NAT != 0 {
+                sb |= ipt::state::DNAT;
+            }
+        }
+        t = t.and(Tri::from(((sb & bits) != 0) != n));
+        if t == Tri::No {
+            return t;
+        }
+    }
+    let others = c.status.is_some()
+        || c.proto.is_some()
+        || c.orig_src.is_some()
+        || c.orig_dst.is_some()
+        || c.repl_src.is_some()
+        || c.repl_dst.is_some()
+        || c.orig_sport.is_some()
+        || c.orig_dport.is_some()
+        || c.repl_sport.is_some()
+        || c.repl_dport.is_some()
+        || c.dir_reply.is_some()
+        || c.expire.is_some();
+    if !others {
+        return t;
+    }
+    if !has_ct(pkt, ct) {
+        return Tri::No;
+    }
+    let orig = pkt.ct.dir == CtDir::Original;
+    if let Some(Neg { v: bits, neg: n }) = c.status {
+        t = t.and(Tri::from(((pkt.ct.status & bits) != 0) != n));
+    }
+    if let Some(Neg { v: p, neg: n }) = c.proto {
+        t = t.and(Tri::from((p == pkt.proto) != n));
+    }
+    let addr = |given: Option<IpAddr>, fallback: IpAddr| given.or(orig.then_some(fallback));
+    let net = |spec: &Option<Neg<ipnet::IpNet>>, a: Option<IpAddr>, what: &str| match spec {
+        None => Tri::Yes,
+        Some(Neg { v: net, neg: n }) => match a {
+            Some(a) => Tri::from(net.contains(&a) != *n),
+            None => Tri::unknown(format!("{what} of the connection not given")),
+        },
+    };
+    t = t.and(net(
+        &c.orig_src,
+        addr(pkt.ct.orig_src, pkt.src),
+        "--ctorigsrc",
+    ));
+    t = t.and(net(
+        &c.orig_dst,
+        addr(pkt.ct.orig_dst, pkt.dst),
+        "--ctorigdst",
+    ));
+    t = t.and(net(
+        &c.repl_src,
+        addr(pkt.ct.reply_src, v.dst),
+        "--ctreplsrc",
+    ));
+    t = t.and(net(
+        &c.repl_dst,
+        addr(pkt.ct.reply_dst, v.src),
+        "--ctrepldst",
+    ));
+    let port = |spec: &Option<Neg<PortRange>>, p: Option<u16>, what: &str| match spec {
+        None => Tri::Yes,
+        Some(Neg { v: r, neg: n }) => match p {
+            Some(p) => Tri::from(r.contains(p) != *n),
+            None => Tri::unknown(format!("{what} of the connection not given")),
+        },
+    };
+    let o =
+        |given: Option<u16>, fallback: Option<u16>| given.or(if orig { fallback } else { None });
+    t = t.and(port(&c.orig_sport, o(None, pkt.sport), "--ctorigsrcport"));
+    t = t.and(port(
+        &c.orig_dport,
+        o(pkt.ct.orig_dport, pkt.dport),
+        "--ctorigdstport",
+    ));
+    t = t.and(port(&c.repl_sport, o(None, v.dport), "--ctreplsrcport"));
+    t = t.and(port(&c.repl_dport, o(None, v.sport), "--ctrepldstport"));
+    if let Some(reply) = c.dir_reply {
+        t = t.and(Tri::from((pkt.ct.dir == CtDir::Reply) == reply));
+    }
+    if c.expire.is_some() {
+        t = t.and(Tri::unknown("--ctexpire"));
+    }
+    t
 }
