@@ -50,8 +50,9 @@ pub enum Fault {
         /// Pod.
         pod: String,
     },
-    /// The underlay MTU drops to 1400 while the overlay still uses 1450: large packets between
-    /// nodes no longer fit once encapsulated.
+    /// The underlay switch's ports drop to MTU 1400 while nodes keep 1500 on `eth0` and 1450
+    /// on the overlay: full-size packets between nodes no longer fit once encapsulated and the
+    /// switch drops them silently.
     OverlayMtu,
     /// Seed 000: a VM-like workload `vm-0` on a bridge `br-vm` of `node` whose gateway is the
     /// router, behind Service `vm` (10.96.0.150:80); host-originated traffic to the ClusterIP is

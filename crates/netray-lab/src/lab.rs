@@ -605,8 +605,21 @@ impl Lab {
                 let old = vtep_mac(a, self.vtep_gen[a]);
                 self.vtep_gen[a] = self.vtep_gen[a].wrapping_add(1);
                 let new = vtep_mac(a, self.vtep_gen[a]);
-                self.ns(node)?
-                    .ip(&["link", "set", "flannel.1", "address", &new])?;
+                let ns = self.ns(node)?;
+                ns.ip(&["link", "set", "flannel.1", "address", &new])?;
+                // A MAC change flushes the device's neighbours, PERMANENT ones included; the
+                // rebooted node's flanneld writes its own entries again.
+                let lines: Vec<String> = (0..self.spec.nodes.len())
+                    .filter(|&m| m != a)
+                    .map(|m| {
+                        format!(
+                            "neigh replace {} lladdr {} dev flannel.1 nud permanent",
+                            vtep_ip(m),
+                            vtep_mac(m, self.vtep_gen[m])
+                        )
+                    })
+                    .collect();
+                ns.ip_batch(&lines)?;
                 for (m, peer) in self.spec.nodes.iter().enumerate() {
                     let stale = stale_on.is_empty() || stale_on.contains(&peer.name);
                     if m == a || stale {
@@ -696,13 +709,8 @@ impl Lab {
                         .map(|p| format!("link set {p} mtu 1400"))
                         .collect::<Vec<_>>(),
                 )?;
-                for m in ["gw", "ext"]
-                    .into_iter()
-                    .map(String::from)
-                    .chain(self.spec.nodes.iter().map(|n| n.name.clone()))
-                {
-                    self.ns(&m)?.ip(&["link", "set", "eth0", "mtu", "1400"])?;
-                }
+                // The nodes still believe in 1500 (eth0) and 1450 (overlay): nobody fragments,
+                // the switch silently drops what does not fit, as an underlay fabric does.
             }
             Fault::BridgeNfMasq { node } => self.add_vm(node)?,
             Fault::LocalServiceIp { node } => {
