@@ -4,6 +4,10 @@
 //! Read-only by construction: a legacy `*-save` runs only when `/proc/net/ip*_tables_names`
 //! already lists tables (so no table is instantiated and no module requested); the nft
 //! variants run only when nf_tables holds tables of their family (listed over nfnetlink).
+//!
+//! `nft_json` holds the *native* nf_tables tables: when iptables-nft-save already recorded
+//! some tables, those are not listed again as JSON (each table is recorded once; tables
+//! iptables-nft-save calls incompatible stay in `nft_json`).
 
 use std::io;
 use std::path::PathBuf;
@@ -113,6 +117,8 @@ pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
             return;
         }
     };
+    // Tables that an iptables-nft-save dump already holds (compatible xtables tables).
+    let mut covered: Vec<(u8, String)> = Vec::new();
     for (fam, nfproto, tool) in [
         (IpFamily::Ipv4, 2u8, "iptables-nft-save"),
         (IpFamily::Ipv6, 10u8, "ip6tables-nft-save"),
@@ -121,21 +127,80 @@ pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
             continue;
         }
         match run(tool, &["-c"]) {
-            Ok(text) if has_table(&text) => firewall.iptables.push(IptablesDump {
-                backend: IptablesBackend::Nft,
-                family: fam,
-                text,
-            }),
+            Ok(text) if has_table(&text) => {
+                for (f, name) in tables.iter().filter(|(f, _)| *f == nfproto) {
+                    let listed = text.lines().any(|l| l.strip_prefix('*') == Some(name));
+                    let incompatible = text.contains(&format!("# Table `{name}' is incompatible"));
+                    if listed && !incompatible {
+                        covered.push((*f, name.clone()));
+                    }
+                }
+                firewall.iptables.push(IptablesDump {
+                    backend: IptablesBackend::Nft,
+                    family: fam,
+                    text,
+                })
+            }
             Ok(_) => {}
             Err(r) => problems.push((tool.to_string(), r)),
         }
     }
-    if !tables.is_empty() {
+    let native: Vec<&(u8, String)> = tables.iter().filter(|t| !covered.contains(t)).collect();
+    if native.is_empty() {
+        return;
+    }
+    if covered.is_empty() {
+        // Only native tables: the whole ruleset, verbatim.
         match run("nft", &["-j", "list", "ruleset"]) {
             Ok(text) => firewall.nft_json = Some(text),
             Err(r) => problems.push(("nft".into(), r)),
         }
+        return;
     }
+    // Mixed: list each native table (the iptables-nft ones are already recorded as
+    // iptables-save text, and listing them as JSON can cost tens of seconds at kube-proxy
+    // scale), merged into one `{"nftables": [...]}` document with a single metainfo.
+    let mut items: Vec<serde_json::Value> = Vec::new();
+    for (f, name) in native {
+        let Some(fam) = nfproto_name(*f) else {
+            problems.push(("nft".into(), format!("table {name} of unknown family {f}")));
+            continue;
+        };
+        match run("nft", &["-j", "list", "table", fam, name]) {
+            Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
+                Ok(serde_json::Value::Object(mut o)) => {
+                    if let Some(serde_json::Value::Array(a)) = o.remove("nftables") {
+                        for it in a {
+                            if it.get("metainfo").is_some()
+                                && items.iter().any(|x| x.get("metainfo").is_some())
+                            {
+                                continue;
+                            }
+                            items.push(it);
+                        }
+                    }
+                }
+                _ => problems.push((
+                    "nft".into(),
+                    format!("`nft -j list table {fam} {name}` printed no JSON object"),
+                )),
+            },
+            Err(r) => problems.push(("nft".into(), r)),
+        }
+    }
+    firewall.nft_json = serde_json::to_string(&serde_json::json!({ "nftables": items })).ok();
+}
+
+fn nfproto_name(f: u8) -> Option<&'static str> {
+    Some(match f {
+        1 => "inet",
+        2 => "ip",
+        3 => "arp",
+        5 => "netdev",
+        7 => "bridge",
+        10 => "ip6",
+        _ => return None,
+    })
 }
 
 /// `ipset save` of the current thread's namespace.

@@ -551,7 +551,11 @@ pub struct Firewall {
     /// `iptables-save -c` / `ip6tables-save -c` per backend that holds rules.
     #[serde(default)]
     pub iptables: Vec<IptablesDump>,
-    /// `nft -j list ruleset`, verbatim (includes iptables-nft's tables).
+    /// `nft -j` listing of the namespace's *native* nf_tables tables: `nft -j list ruleset`
+    /// verbatim when no table belongs to iptables-nft; otherwise the `nft -j list table`
+    /// output of every table not already recorded in an `iptables` dump of the nft backend,
+    /// merged into one `{"nftables": [...]}` document. `None` when nf_tables holds no
+    /// native table (or `nft` failed: then `not_collected` says why).
     #[serde(default)]
     pub nft_json: Option<String>,
     /// `ipset save`, verbatim.
