@@ -141,3 +141,42 @@ pub const CATALOG: &[Check] = &[
         run: firewall::bridge_nf_snat_conflict,
     },
 ];
+
+/// Codes that only `netray diagnose` reports (from a walk, not from state alone).
+pub const WALK_CODES: &[&str] = &[
+    "iptables-drop-rule",
+    "iptables-reject-rule",
+    "nft-drop-rule",
+    "network-policy-drop",
+    "no-endpoints",
+    "port-not-listening",
+    "no-route",
+    "blackhole-route",
+    "neighbor-unreachable",
+    "martian-source",
+    "rp-filter-drop",
+    "ip-forward-disabled",
+    "nat-reply-mismatch",
+    "mtu-blackhole",
+    "exits-cluster",
+    "routing-loop",
+    "uncertain-rule",
+    "dropped",
+    "interface-down",
+    "pod-no-default-route",
+    "stale-vxlan-neighbor",
+    "stale-vxlan-fdb",
+    "missing-vxlan-fdb",
+    "forward-policy-drop",
+    "bridge-nf-snat-conflict",
+    "mixed-iptables-backends",
+];
+
+/// The static code equal to `code`, if it is one netray documents.
+pub fn known_code(code: &str) -> Option<&'static str> {
+    WALK_CODES
+        .iter()
+        .copied()
+        .chain(CATALOG.iter().flat_map(|c| c.codes.iter().copied()))
+        .find(|c| *c == code)
+}

@@ -3,6 +3,7 @@
 //! - [`scan::scan`] runs the check [`catalog::CATALOG`] over a whole bundle.
 
 pub mod catalog;
+pub mod diagnose;
 pub mod finding;
 pub mod firewall;
 pub mod scan;

@@ -2,6 +2,7 @@
 
 mod cmd;
 mod flow;
+mod resolve;
 
 use std::process::ExitCode;
 
@@ -25,6 +26,8 @@ enum Command {
     Collect(cmd::collect::Args),
     /// Trace a flow through the bundle's nodes hop by hop: every branch, forward and reply.
     Trace(cmd::trace::Args),
+    /// Answer "does A reach B, and if not, why": verdict, per-endpoint outcome, root causes, fixes.
+    Diagnose(cmd::diagnose::Args),
     /// Check every node and namespace of a bundle for known-bad state (the check catalog).
     Scan(cmd::scan::Args),
     /// One-host trace over firewall rules only (iptables-save / nft dumps someone pasted).
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Collect(a) => cmd::collect::run(a),
         Command::Trace(a) => cmd::trace::run(a),
+        Command::Diagnose(a) => cmd::diagnose::run(a),
         Command::Scan(a) => cmd::scan::run(a),
         Command::Rules(c) => cmd::rules::run(c),
         Command::Lab(c) => cmd::lab::run(c),

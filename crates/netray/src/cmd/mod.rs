@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `Args`/`*Command` (clap) and `run`.
 
 pub mod collect;
+pub mod diagnose;
 pub mod lab;
 pub mod rules;
 pub mod scan;

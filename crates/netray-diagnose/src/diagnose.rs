@@ -1,0 +1,520 @@
+//! `netray diagnose`: from the traces of a flow to a verdict and root causes.
+//!
+//! Each failed branch of the walk ends at a hop with a disposition; the cause is named from
+//! that hop's evidence (the rule, route, neighbour entry, check) and, where the scan catalog
+//! found state that explains it on the same node (a stale VXLAN neighbour, a FORWARD policy, an
+//! LB address in the local table), from that finding's evidence and fix.
+
+use std::collections::BTreeMap;
+
+use netray_datapath::result::{Branch, Disposition, Hop, Leg, Step, Trace};
+use serde::Serialize;
+
+use crate::finding::{Finding, Severity};
+
+/// Schema identifier of the JSON document (see `schemas/diagnose.schema.json`).
+pub const SCHEMA: &str = "netray.diagnose/v1";
+
+/// The answer for a flow.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verdict {
+    /// Every branch delivers and the reply returns.
+    Reachable,
+    /// No branch does.
+    Unreachable,
+    /// Some endpoints (or branches) work, others do not.
+    Partial,
+    /// The outcome depends on something netray does not model (named in the causes).
+    Uncertain,
+}
+
+/// One traced flow (a service with several ports gives several).
+#[derive(Debug, Clone)]
+pub struct TracedFlow {
+    /// How the source was named and resolved.
+    pub from: String,
+    /// How the destination was named and resolved.
+    pub to: String,
+    /// The walk.
+    pub trace: Trace,
+}
+
+/// Outcome per endpoint reached (after DNAT) or per destination.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EndpointOutcome {
+    /// `IP:PORT` after DNAT, or the destination when there is no DNAT.
+    pub endpoint: String,
+    /// Every branch to it succeeded.
+    pub reachable: bool,
+    /// Probability mass of this endpoint among the flow's branches.
+    pub share: f64,
+    /// Dispositions of its branches.
+    pub dispositions: Vec<String>,
+}
+
+/// One branch, for the report.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct BranchReport {
+    /// Which flow (`from → to`).
+    pub flow: String,
+    /// Endpoint (see [`EndpointOutcome::endpoint`]).
+    pub endpoint: String,
+    /// How it ended.
+    pub disposition: Disposition,
+    /// Success.
+    pub reachable: bool,
+    /// Probability.
+    pub probability: f64,
+    /// The walk's reason.
+    pub reason: String,
+    /// Every hop, forward and reply.
+    pub hops: Vec<Hop>,
+}
+
+/// The diagnosis: what `netray diagnose -o json` prints.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Diagnosis {
+    /// [`SCHEMA`].
+    pub schema: &'static str,
+    /// Source as given and resolved.
+    pub from: String,
+    /// Destination as given and resolved.
+    pub to: String,
+    /// The verdict.
+    pub verdict: Verdict,
+    /// One sentence.
+    pub summary: String,
+    /// Per endpoint.
+    pub endpoints: Vec<EndpointOutcome>,
+    /// Every branch.
+    pub branches: Vec<BranchReport>,
+    /// Root causes, most severe first.
+    pub causes: Vec<Finding>,
+}
+
+/// The endpoint of a branch: the destination after the first DNAT on the forward leg, else
+/// the branch's own endpoint, else the packet's destination.
+fn endpoint_of(b: &Branch, trace: &Trace) -> String {
+    let dnat = b.hops.iter().find(|h| {
+        h.leg == Leg::Forward
+            && matches!(&h.step, Step::Nat { kind, .. } if kind.contains("dnat") || kind.contains("redirect"))
+    });
+    if let Some(h) = dnat {
+        return addr_port(h.packet.dst, h.packet.dport, &h.packet.proto);
+    }
+    if let Some(e) = &b.endpoint {
+        return e.clone();
+    }
+    let p = &trace.flow.packet;
+    addr_port(p.dst, p.dport, &p.proto)
+}
+
+fn addr_port(ip: std::net::IpAddr, port: Option<u16>, proto: &str) -> String {
+    match (port, proto) {
+        (Some(p), "tcp" | "udp" | "sctp") if ip.is_ipv6() => format!("[{ip}]:{p}"),
+        (Some(p), "tcp" | "udp" | "sctp") => format!("{ip}:{p}"),
+        _ => ip.to_string(),
+    }
+}
+
+/// Quoted evidence from the hops that led to the end: the last few steps in the namespace
+/// where the branch died (rules with counters, routes, neighbours, checks, encapsulation).
+fn evidence_of(b: &Branch) -> Vec<String> {
+    let Some(last) = b.hops.last() else {
+        return vec![];
+    };
+    let mut ev = Vec::new();
+    for h in b
+        .hops
+        .iter()
+        .rev()
+        .take_while(|h| h.node == last.node && h.netns == last.netns && h.leg == last.leg)
+        .collect::<Vec<_>>()
+        .into_iter()
+        .rev()
+    {
+        match &h.step {
+            Step::Route {
+                rule, table, route, ..
+            } => {
+                if let Some(r) = rule {
+                    ev.push(format!("ip rule: {r}"));
+                }
+                ev.push(format!("route (table {table}): {route}"));
+            }
+            Step::Netfilter {
+                hook,
+                bridged,
+                verdict,
+                rules,
+            } if verdict != "accept" || h.leg == Leg::Reply => {
+                for r in rules {
+                    let counters = match (r.packets, r.bytes) {
+                        (Some(p), Some(by)) => format!(" [{p} pkts, {by} bytes]"),
+                        _ => String::new(),
+                    };
+                    let at = match r.index {
+                        Some(i) => format!("{} {} #{i}", r.table, r.chain),
+                        None => format!("{} {} policy", r.table, r.chain),
+                    };
+                    ev.push(format!(
+                        "{hook}{}: {at}: {}{counters}",
+                        if *bridged {
+                            " (bridged, br_netfilter)"
+                        } else {
+                            ""
+                        },
+                        r.text
+                    ));
+                }
+            }
+            Step::Neighbour {
+                addr,
+                lladdr,
+                state,
+            } => ev.push(format!(
+                "neighbour {addr} {} {state}",
+                lladdr
+                    .as_deref()
+                    .map(|l| format!("lladdr {l}"))
+                    .unwrap_or_default()
+            )),
+            Step::Check { check, detail } => ev.push(format!("{check}: {detail}")),
+            Step::Encap {
+                dev,
+                vni,
+                inner_dst_mac,
+                remote,
+                port,
+                fdb,
+            } => ev.push(format!(
+                "{dev}: vxlan vni {vni} inner dst {inner_dst_mac} → {remote}:{port} (fdb: {fdb})"
+            )),
+            Step::Nat {
+                kind,
+                before,
+                after,
+            } => ev.push(format!("{kind}: {before} → {after}")),
+            Step::Conntrack { state, entry } => ev.push(format!("conntrack {state}: {entry}")),
+            Step::Bridge {
+                bridge,
+                in_port,
+                out_port,
+                fdb,
+            } => ev.push(format!("{bridge}: {in_port} → {out_port} ({fdb})")),
+            _ => {}
+        }
+    }
+    if ev.is_empty() {
+        ev.push(b.reason.clone());
+    }
+    ev
+}
+
+/// Scan codes that explain a disposition when found on the node where a branch died.
+fn explaining_codes(d: Disposition) -> &'static [&'static str] {
+    match d {
+        Disposition::Dropped => &[
+            "stale-vxlan-neighbor",
+            "stale-vxlan-fdb",
+            "missing-vxlan-fdb",
+            "forward-policy-drop",
+            "interface-down",
+            "bridge-port-blocked",
+        ],
+        Disposition::NeighborUnreachable => &[
+            "stale-vxlan-neighbor",
+            "stale-vxlan-fdb",
+            "missing-vxlan-fdb",
+            "neighbor-unreachable",
+        ],
+        Disposition::NoRoute => &[
+            "pod-no-default-route",
+            "no-route",
+            "blackhole-route",
+            "ip-rule-diverts",
+        ],
+        Disposition::ForwardingDisabled => &["ip-forward-disabled", "forwarding-disabled-iface"],
+        Disposition::MartianSource => &["lb-ip-in-local-table"],
+        Disposition::RpFilter => &["rp-filter-strict-asymmetric"],
+        Disposition::MtuExceeded => &["mtu-blackhole", "pod-mtu-exceeds-overlay"],
+        Disposition::ReplyMismatch => &["bridge-nf-snat-conflict"],
+        Disposition::Rejected => &["no-endpoints", "port-not-listening"],
+        _ => &[],
+    }
+}
+
+/// The code a branch's disposition maps to when no finding explains it better.
+fn default_code(b: &Branch) -> &'static str {
+    let last_nf = b.hops.iter().rev().find_map(|h| match &h.step {
+        Step::Netfilter {
+            hook,
+            rules,
+            verdict,
+            ..
+        } if verdict != "accept" => Some((hook, rules)),
+        _ => None,
+    });
+    let nft = |rules: &[netray_datapath::result::RuleRef]| {
+        rules
+            .last()
+            .is_some_and(|r| r.text.starts_with('{') || r.text.contains("\"expr\""))
+    };
+    match b.disposition {
+        Disposition::Dropped => match last_nf {
+            Some((hook, rules))
+                if hook == "FORWARD" && rules.last().is_some_and(|r| r.index.is_none()) =>
+            {
+                "forward-policy-drop"
+            }
+            Some((_, rules))
+                if rules.iter().any(|r| {
+                    r.chain.starts_with("KUBE-NWPLCY")
+                        || r.chain.contains("POLICY")
+                        || r.chain.contains("NETPOL")
+                }) =>
+            {
+                "network-policy-drop"
+            }
+            Some((_, rules)) if nft(rules) => "nft-drop-rule",
+            Some(_) => "iptables-drop-rule",
+            None => "dropped",
+        },
+        Disposition::Rejected => match last_nf {
+            Some((_, rules)) if rules.iter().any(|r| r.text.contains("has no endpoints")) => {
+                "no-endpoints"
+            }
+            Some(_) => "iptables-reject-rule",
+            None => "port-not-listening",
+        },
+        Disposition::NoRoute => {
+            if b.reason.contains("blackhole")
+                || b.reason.contains("unreachable route")
+                || b.reason.contains("prohibit")
+            {
+                "blackhole-route"
+            } else {
+                "no-route"
+            }
+        }
+        Disposition::NeighborUnreachable => "neighbor-unreachable",
+        Disposition::MartianSource => "martian-source",
+        Disposition::RpFilter => "rp-filter-drop",
+        Disposition::ForwardingDisabled => "ip-forward-disabled",
+        Disposition::ReplyMismatch => "nat-reply-mismatch",
+        Disposition::MtuExceeded => "mtu-blackhole",
+        Disposition::ExitsCluster => "exits-cluster",
+        Disposition::Loop => "routing-loop",
+        Disposition::Unknown => "uncertain-rule",
+        Disposition::Delivered | Disposition::AcceptedByHost => "ok",
+    }
+}
+
+fn default_fix(code: &str, b: &Branch) -> String {
+    let last = b.hops.last();
+    let node = last.map(|h| h.node.as_str()).unwrap_or("?");
+    match code {
+        "forward-policy-drop" => format!(
+            "on {node}: accept the traffic in FORWARD (iptables -I FORWARD -i IN -o OUT -j ACCEPT, \
+             with Docker in DOCKER-USER) or set the policy to ACCEPT; make it persistent"
+        ),
+        "iptables-drop-rule" | "iptables-reject-rule" | "nft-drop-rule" | "network-policy-drop" => {
+            format!("on {node}: remove or narrow the rule quoted in the evidence (or the policy that generated it)")
+        }
+        "no-endpoints" => "make the Service's pods Ready or fix its selector (kubectl get endpointslices)".into(),
+        "port-not-listening" => "start the server or fix the Service's targetPort".into(),
+        "no-route" => format!("on {node}: add the missing route (or restart the CNI agent that owns it)"),
+        "blackhole-route" => format!("on {node}: delete the blackhole/unreachable route quoted in the evidence"),
+        "neighbor-unreachable" => format!("on {node}: check that the next hop is up on that segment; ip neigh show"),
+        "martian-source" => "do not send packets whose source is one of the receiving host's own addresses (or set accept_local=1 where that is intended)".into(),
+        "rp-filter-drop" => format!("on {node}: use loose reverse-path filtering (rp_filter=2) or make routing symmetric"),
+        "ip-forward-disabled" => format!("on {node}: sysctl -w net.ipv4.ip_forward=1"),
+        "nat-reply-mismatch" => "make the reply return through the host that NATed the request before anything reverses the NAT (see bridge-nf-call-iptables)".into(),
+        "mtu-blackhole" => "lower the sending MTU below the path MTU (overlay MTU = underlay MTU − 50)".into(),
+        "exits-cluster" => "the destination is outside the collected nodes: collect the missing node, or check the address".into(),
+        "routing-loop" => "fix the routes that send the packet back where it came from".into(),
+        "uncertain-rule" => "netray does not model the construct named in the evidence; check it by hand (counters, nft monitor trace)".into(),
+        _ => "see the evidence".into(),
+    }
+}
+
+fn severity_of(d: Disposition) -> Severity {
+    match d {
+        Disposition::Unknown => Severity::Warning,
+        _ => Severity::Critical,
+    }
+}
+
+/// Build the diagnosis of `flows` using the bundle's scan findings as supporting evidence.
+pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]) -> Diagnosis {
+    let mut branches = Vec::new();
+    let mut per_endpoint: BTreeMap<String, (bool, f64, Vec<String>)> = BTreeMap::new();
+    let mut causes: BTreeMap<(&'static str, String, String), (Finding, usize, f64, Vec<String>)> =
+        BTreeMap::new();
+    let total_mass: f64 = flows
+        .iter()
+        .map(|f| f.trace.branches.iter().map(|b| b.probability).sum::<f64>())
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    for f in flows {
+        for b in &f.trace.branches {
+            let endpoint = endpoint_of(b, &f.trace);
+            let ok = b.disposition.is_success();
+            let e = per_endpoint
+                .entry(endpoint.clone())
+                .or_insert((true, 0.0, Vec::new()));
+            e.0 &= ok;
+            e.1 += b.probability / total_mass;
+            if !e.2.contains(&b.disposition.as_str().to_string()) {
+                e.2.push(b.disposition.as_str().to_string());
+            }
+            branches.push(BranchReport {
+                flow: format!("{} → {}", f.from, f.to),
+                endpoint: endpoint.clone(),
+                disposition: b.disposition,
+                reachable: ok,
+                probability: b.probability,
+                reason: b.reason.clone(),
+                hops: b.hops.clone(),
+            });
+            if ok {
+                continue;
+            }
+            let last = b.hops.last();
+            let node = last.map(|h| h.node.clone()).unwrap_or_default();
+            let netns = last.map(|h| h.netns.clone()).unwrap_or_default();
+            // A scan finding on the node where it died that explains this disposition.
+            let explaining = explaining_codes(b.disposition);
+            let support = explaining.iter().find_map(|code| {
+                findings
+                    .iter()
+                    .find(|x| x.code == *code && (x.node == node || x.node == "-"))
+            });
+            let branch_code = b
+                .cause
+                .as_deref()
+                .and_then(|c| crate::catalog::known_code(c))
+                .unwrap_or_else(|| default_code(b));
+            let mut evidence = evidence_of(b);
+            let cause = match support {
+                Some(s) => {
+                    evidence.extend(s.evidence.iter().cloned());
+                    Finding {
+                        code: s.code,
+                        severity: Severity::Critical,
+                        node: s.node.clone(),
+                        netns: s.netns.clone(),
+                        evidence,
+                        explanation: format!("{} {}", b.reason, s.explanation),
+                        fix: s.fix.clone(),
+                    }
+                }
+                None => Finding {
+                    code: branch_code,
+                    severity: severity_of(b.disposition),
+                    node: node.clone(),
+                    netns: netns.clone(),
+                    evidence,
+                    explanation: b.reason.clone(),
+                    fix: default_fix(branch_code, b),
+                },
+            };
+            let key = (cause.code, cause.node.clone(), cause.netns.clone());
+            let entry = causes.entry(key).or_insert((cause, 0, 0.0, Vec::new()));
+            entry.1 += 1;
+            entry.2 += b.probability / total_mass;
+            if !entry.3.contains(&endpoint) {
+                entry.3.push(endpoint.clone());
+            }
+        }
+    }
+    let endpoints: Vec<EndpointOutcome> = per_endpoint
+        .into_iter()
+        .map(
+            |(endpoint, (reachable, share, dispositions))| EndpointOutcome {
+                endpoint,
+                reachable,
+                share,
+                dispositions,
+            },
+        )
+        .collect();
+    let n = endpoints.len();
+    let k = endpoints.iter().filter(|e| e.reachable).count();
+    let any_unknown = branches
+        .iter()
+        .any(|b| b.disposition == Disposition::Unknown);
+    let any_failed_known = branches
+        .iter()
+        .any(|b| !b.reachable && b.disposition != Disposition::Unknown);
+    let verdict = if branches.is_empty() {
+        Verdict::Uncertain
+    } else if k == n && !any_unknown {
+        Verdict::Reachable
+    } else if any_unknown && !any_failed_known {
+        Verdict::Uncertain
+    } else if k == 0 {
+        Verdict::Unreachable
+    } else {
+        Verdict::Partial
+    };
+    let mut causes: Vec<Finding> = causes
+        .into_values()
+        .map(|(mut f, count, share, eps)| {
+            if n > 1 {
+                f.explanation = format!(
+                    "Affects {} of {n} endpoints ({}; {:.0}% of connections, {count} branch{}). {}",
+                    eps.len(),
+                    eps.join(", "),
+                    share * 100.0,
+                    if count == 1 { "" } else { "es" },
+                    f.explanation
+                );
+            }
+            f
+        })
+        .collect();
+    causes.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    let summary = match verdict {
+        Verdict::Reachable => format!(
+            "{to} is reachable from {from} ({n} endpoint{}; replies return)",
+            if n == 1 { "" } else { "s" }
+        ),
+        Verdict::Unreachable => format!(
+            "{to} is unreachable from {from}: {}",
+            causes
+                .first()
+                .map(|c| format!("{} on {}", c.code, c.node))
+                .unwrap_or_else(|| "no branch delivers".into())
+        ),
+        Verdict::Partial => format!(
+            "{to} is partially reachable from {from}: {k} of {n} endpoints work; {}",
+            causes
+                .iter()
+                .map(|c| format!("{} on {}", c.code, c.node))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+        Verdict::Uncertain => format!(
+            "reachability of {to} from {from} is uncertain: it depends on constructs netray does not model ({})",
+            causes
+                .iter()
+                .filter(|c| c.code == "uncertain-rule")
+                .flat_map(|c| c.evidence.first())
+                .cloned()
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+    };
+    Diagnosis {
+        schema: SCHEMA,
+        from: from.to_string(),
+        to: to.to_string(),
+        verdict,
+        summary,
+        endpoints,
+        branches,
+        causes,
+    }
+}

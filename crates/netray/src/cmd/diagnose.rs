@@ -1,0 +1,119 @@
+//! `netray diagnose`: walk every branch of a flow and answer with a verdict and root causes.
+
+use std::process::ExitCode;
+
+use netray_datapath::{Options, RulesetEngine, World, trace};
+use netray_diagnose::diagnose::{Diagnosis, TracedFlow, Verdict, diagnose};
+use netray_diagnose::scan::scan;
+
+use super::{CmdResult, Format, load_bundle};
+use crate::flow::FlowArgs;
+use crate::resolve::resolve;
+
+/// Options of `netray diagnose`.
+#[derive(clap::Args)]
+pub struct Args {
+    /// Bundle directory or .tar.gz (cluster.json + nodes/*.json).
+    #[arg(long, value_name = "DIR|FILE.tar.gz")]
+    pub bundle: std::path::PathBuf,
+    /// The flow.
+    #[command(flatten)]
+    pub flow: FlowArgs,
+    /// Output format (JSON schema: schemas/diagnose.schema.json).
+    #[arg(short = 'o', long, value_enum, default_value_t)]
+    pub output: Format,
+    /// Also print every branch hop by hop (text output).
+    #[arg(long)]
+    pub hops: bool,
+}
+
+/// Run `netray diagnose`. Exit 0 reachable, 1 not (fully) reachable or uncertain.
+pub fn run(args: Args) -> CmdResult {
+    let (bundle, cluster) = load_bundle(&args.bundle)?;
+    let flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
+    let world = World::new(&bundle);
+    let engine = RulesetEngine::new(&world);
+    let mut traced = Vec::new();
+    for f in &flows {
+        let t = trace(&world, &engine, &f.flow, Options::default())?;
+        traced.push(TracedFlow {
+            from: f.from_label.clone(),
+            to: f.to_label.clone(),
+            trace: t,
+        });
+    }
+    let findings = scan(&bundle, cluster.as_ref());
+    let from = flows
+        .first()
+        .map(|f| f.from_label.clone())
+        .unwrap_or_default();
+    let to = if flows.len() == 1 {
+        flows[0].to_label.clone()
+    } else {
+        flows
+            .iter()
+            .map(|f| f.to_label.as_str())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    };
+    let d = diagnose(&from, &to, &traced, &findings);
+    match args.output {
+        Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
+        Format::Text => print_text(&d, &traced, args.hops),
+    }
+    Ok(match d.verdict {
+        Verdict::Reachable => ExitCode::SUCCESS,
+        _ => ExitCode::from(1),
+    })
+}
+
+fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
+    println!("from {}", d.from);
+    println!("to   {}", d.to);
+    println!();
+    let verdict = match d.verdict {
+        Verdict::Reachable => "REACHABLE",
+        Verdict::Unreachable => "UNREACHABLE",
+        Verdict::Partial => "PARTIAL",
+        Verdict::Uncertain => "UNCERTAIN",
+    };
+    println!("{verdict}: {}", d.summary);
+    println!();
+    println!("endpoints:");
+    for e in &d.endpoints {
+        println!(
+            "  {} {:<24} {:>5.1}%  {}",
+            if e.reachable { "ok  " } else { "FAIL" },
+            e.endpoint,
+            e.share * 100.0,
+            e.dispositions.join(", ")
+        );
+    }
+    if !d.causes.is_empty() {
+        println!();
+        println!("root causes:");
+        for (i, c) in d.causes.iter().enumerate() {
+            println!(
+                "  {}. {}  (node {}, netns {})",
+                i + 1,
+                c.code,
+                c.node,
+                c.netns
+            );
+            println!("     why: {}", c.explanation);
+            for e in &c.evidence {
+                println!("     evidence: {e}");
+            }
+            println!("     fix: {}", c.fix);
+        }
+    }
+    if hops {
+        for t in traced {
+            println!();
+            print!("{}", netray_datapath::text::render(&t.trace));
+        }
+    } else if d.verdict != Verdict::Reachable {
+        println!();
+        println!("(add --hops for the hop-by-hop walk of every branch, or -o json)");
+    }
+}

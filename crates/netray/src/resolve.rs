@@ -1,0 +1,259 @@
+//! From the flow syntax to flows the datapath can walk: names (`pod/…`, `svc/…`, `node/…`,
+//! `external/…`) are resolved through the cluster view, or through the snapshots when the
+//! bundle has no `cluster.json`.
+
+use std::net::IpAddr;
+
+use netray_datapath::walk::{Flow, Start};
+use netray_kube::ClusterView;
+use netray_snapshot::{Bundle, NetnsRole};
+
+use crate::flow::{Endpoint, FlowArgs, Place, PortRef, Proto, Target};
+
+/// One concrete flow and how the user's words resolved into it.
+#[derive(Debug, Clone)]
+pub struct ResolvedFlow {
+    /// `svc/default/web:80/tcp (10.96.0.20:80)`-style description of the destination.
+    pub to_label: String,
+    /// `pod/default/client (10.244.0.5)`-style description of the source.
+    pub from_label: String,
+    /// The flow.
+    pub flow: Flow,
+}
+
+fn need_cluster<'a>(
+    cluster: Option<&'a ClusterView>,
+    what: &str,
+) -> Result<&'a ClusterView, String> {
+    cluster.ok_or_else(|| {
+        format!("`{what}` is a Kubernetes name but the bundle has no cluster.json; use an address")
+    })
+}
+
+/// A node's address: its InternalIP from the cluster view, else the first global IPv4
+/// address of its host namespace that is not on a bridge or overlay device.
+fn node_ip(name: &str, bundle: &Bundle, cluster: Option<&ClusterView>) -> Result<IpAddr, String> {
+    if let Some(n) = cluster.and_then(|c| c.node(name)) {
+        let internal = n
+            .addresses
+            .iter()
+            .filter(|a| a.kind == "InternalIP")
+            .find_map(|a| a.address.parse().ok());
+        if let Some(ip) = internal.or_else(|| n.ips().first().copied()) {
+            return Ok(ip);
+        }
+    }
+    let snap = bundle
+        .nodes
+        .iter()
+        .find(|n| n.node.name == name)
+        .ok_or_else(|| format!("no node `{name}` in the bundle"))?;
+    let host = snap
+        .namespaces
+        .iter()
+        .find(|n| n.role == NetnsRole::Host)
+        .ok_or_else(|| format!("node `{name}` has no host namespace"))?;
+    host.addresses
+        .iter()
+        .filter(|a| a.scope == "global" && a.addr.addr().is_ipv4())
+        .filter(|a| {
+            host.link(&a.dev).is_some_and(|l| {
+                !matches!(
+                    l.kind,
+                    netray_snapshot::LinkKind::Bridge { .. }
+                        | netray_snapshot::LinkKind::Vxlan { .. }
+                )
+            })
+        })
+        .map(|a| a.addr.addr())
+        .next()
+        .ok_or_else(|| format!("node `{name}` has no usable address"))
+}
+
+fn pod_ip(namespace: &str, name: &str, cluster: Option<&ClusterView>) -> Result<IpAddr, String> {
+    let c = need_cluster(cluster, &format!("pod/{namespace}/{name}"))?;
+    let p = c
+        .pod(namespace, name)
+        .ok_or_else(|| format!("no pod {namespace}/{name} in cluster.json"))?;
+    p.ips
+        .first()
+        .copied()
+        .ok_or_else(|| format!("pod {namespace}/{name} has no IP (phase {})", p.phase))
+}
+
+/// Resolve the source: address, where it starts, label.
+fn resolve_source(
+    ep: &Endpoint,
+    bundle: &Bundle,
+    cluster: Option<&ClusterView>,
+    dst_ip: IpAddr,
+) -> Result<(IpAddr, Start, String), String> {
+    match &ep.target {
+        Target::Addr { ip, at } => {
+            let start = match at {
+                None => Start::Auto,
+                Some(Place::Node(n)) => Start::Node(n.clone()),
+                Some(Place::Netns(n)) => Start::Netns(n.clone()),
+            };
+            let label = match at {
+                None => ip.to_string(),
+                Some(Place::Node(n)) => format!("{ip}@node/{n}"),
+                Some(Place::Netns(n)) => format!("{ip}@netns/{n}"),
+            };
+            Ok((*ip, start, label))
+        }
+        Target::Pod { namespace, name } => {
+            let ip = pod_ip(namespace, name, cluster)?;
+            Ok((ip, Start::Auto, format!("pod/{namespace}/{name} ({ip})")))
+        }
+        Target::Node(name) => {
+            let ip = node_ip(name, bundle, cluster)?;
+            Ok((ip, Start::Node(name.clone()), format!("node/{name} ({ip})")))
+        }
+        Target::External(ip) => {
+            // An outside client enters the cluster at the node owning the destination address
+            // (NodePort, node IP); otherwise at the first node (LoadBalancer, external IPs).
+            let entry = bundle
+                .nodes
+                .iter()
+                .find(|n| {
+                    n.namespaces.iter().any(|ns| {
+                        ns.role == NetnsRole::Host
+                            && ns.addresses.iter().any(|a| a.addr.addr() == dst_ip)
+                    })
+                })
+                .or_else(|| bundle.nodes.first())
+                .map(|n| n.node.name.clone())
+                .ok_or("the bundle has no nodes")?;
+            Ok((
+                *ip,
+                Start::Node(entry.clone()),
+                format!("external/{ip} (entering node/{entry})"),
+            ))
+        }
+        Target::Service { .. } => Err("a Service cannot be the source of a flow".into()),
+    }
+}
+
+/// One destination: address, port, protocol, label.
+type Dest = (IpAddr, Option<u16>, Proto, String);
+
+fn resolve_destination(
+    args: &FlowArgs,
+    bundle: &Bundle,
+    cluster: Option<&ClusterView>,
+) -> Result<Vec<Dest>, String> {
+    let ep = &args.to;
+    let number = |p: &Option<PortRef>| -> Result<Option<u16>, String> {
+        match p {
+            None => Ok(None),
+            Some(PortRef::Number(n)) => Ok(Some(*n)),
+            Some(PortRef::Name(n)) => Err(format!(
+                "port name `{n}` only works with svc/NS/NAME destinations"
+            )),
+        }
+    };
+    let proto = args.protocol()?;
+    let one = |ip: IpAddr, label: String| -> Result<Vec<Dest>, String> {
+        let port = number(&ep.port)?;
+        Ok(vec![(ip, port, proto, label)])
+    };
+    match &ep.target {
+        Target::Addr { ip, at: None } => one(*ip, ip.to_string()),
+        Target::Addr { at: Some(_), .. } => {
+            Err("a destination is an address, not an address@place".into())
+        }
+        Target::External(ip) => one(*ip, format!("external/{ip}")),
+        Target::Pod { namespace, name } => {
+            let ip = pod_ip(namespace, name, cluster)?;
+            one(ip, format!("pod/{namespace}/{name} ({ip})"))
+        }
+        Target::Node(name) => {
+            let ip = node_ip(name, bundle, cluster)?;
+            one(ip, format!("node/{name} ({ip})"))
+        }
+        Target::Service { namespace, name } => {
+            let c = need_cluster(cluster, &format!("svc/{namespace}/{name}"))?;
+            let svc = c
+                .service(namespace, name)
+                .ok_or_else(|| format!("no service {namespace}/{name} in cluster.json"))?;
+            let ip = *svc.cluster_ips.first().ok_or_else(|| {
+                format!(
+                    "service {namespace}/{name} is headless (no ClusterIP); trace a pod instead"
+                )
+            })?;
+            let explicit_proto = args.proto.or(ep.proto);
+            let ports: Vec<_> = svc
+                .ports
+                .iter()
+                .filter(|p| match &ep.port {
+                    None => true,
+                    Some(PortRef::Number(n)) => p.port == *n,
+                    Some(PortRef::Name(n)) => &p.name == n,
+                })
+                .filter(|p| {
+                    explicit_proto
+                        .is_none_or(|want| p.protocol.eq_ignore_ascii_case(&want.to_string()))
+                })
+                .collect();
+            if ports.is_empty() {
+                let have: Vec<String> = svc
+                    .ports
+                    .iter()
+                    .map(|p| format!("{}:{}/{}", p.name, p.port, p.protocol))
+                    .collect();
+                return Err(format!(
+                    "service {namespace}/{name} has no such port (it has {})",
+                    have.join(", ")
+                ));
+            }
+            ports
+                .into_iter()
+                .map(|p| {
+                    let proto: Proto = p.protocol.parse()?;
+                    Ok((
+                        ip,
+                        Some(p.port),
+                        proto,
+                        format!(
+                            "svc/{namespace}/{name}:{}/{} ({ip}:{})",
+                            p.port, proto, p.port
+                        ),
+                    ))
+                })
+                .collect()
+        }
+    }
+}
+
+/// Resolve `--from`/`--to` into one flow per destination port.
+pub fn resolve(
+    args: &FlowArgs,
+    bundle: &Bundle,
+    cluster: Option<&ClusterView>,
+) -> Result<Vec<ResolvedFlow>, String> {
+    let dests = resolve_destination(args, bundle, cluster)?;
+    let mut out = Vec::new();
+    for (dst, dport, proto, to_label) in dests {
+        let (src, start, from_label) = resolve_source(&args.from, bundle, cluster, dst)?;
+        if matches!(proto, Proto::Tcp | Proto::Udp | Proto::Sctp) && dport.is_none() {
+            return Err(format!(
+                "{proto} needs a destination port (--to {to_label}:PORT), or use --proto icmp"
+            ));
+        }
+        out.push(ResolvedFlow {
+            to_label,
+            from_label,
+            flow: Flow {
+                src,
+                dst,
+                proto: proto.number(),
+                sport: args.source_port(),
+                dport: if proto == Proto::Icmp { None } else { dport },
+                size: args.size.map(u32::from),
+                start,
+            },
+        });
+    }
+    Ok(out)
+}
