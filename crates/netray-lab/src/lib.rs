@@ -12,6 +12,7 @@
 //! time, and namespaces are deleted on drop (also when a test panics).
 
 pub mod agent;
+mod capture;
 pub mod cluster;
 pub mod fault;
 pub mod kubeproxy;
