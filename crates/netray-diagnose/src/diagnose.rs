@@ -241,8 +241,29 @@ fn explaining_codes(d: Disposition) -> &'static [&'static str] {
         Disposition::MtuExceeded => &["mtu-blackhole", "pod-mtu-exceeds-overlay"],
         Disposition::ReplyMismatch => &["bridge-nf-snat-conflict"],
         Disposition::Rejected => &["no-endpoints", "port-not-listening"],
+        Disposition::ExitsCluster => &["no-route", "pod-no-default-route"],
         _ => &[],
     }
+}
+
+/// A rule generated from a Kubernetes NetworkPolicy (kube-router, Calico layouts, or a
+/// comment saying so).
+fn is_network_policy(r: &netray_datapath::result::RuleRef) -> bool {
+    let chain = r.chain.to_ascii_uppercase();
+    let text = r.text.to_ascii_lowercase();
+    [
+        "KUBE-NWPLCY",
+        "KUBE-POD-FW",
+        "KUBE-ROUTER-",
+        "NETPOL",
+        "POLICY",
+        "CALI-PI-",
+        "CALI-PO-",
+    ]
+    .iter()
+    .any(|p| chain.contains(p))
+        || text.contains("network policy")
+        || text.contains("netpol")
 }
 
 /// The code a branch's disposition maps to when no finding explains it better.
@@ -268,15 +289,7 @@ fn default_code(b: &Branch) -> &'static str {
             {
                 "forward-policy-drop"
             }
-            Some((_, rules))
-                if rules.iter().any(|r| {
-                    r.chain.starts_with("KUBE-NWPLCY")
-                        || r.chain.contains("POLICY")
-                        || r.chain.contains("NETPOL")
-                }) =>
-            {
-                "network-policy-drop"
-            }
+            Some((_, rules)) if rules.iter().any(is_network_policy) => "network-policy-drop",
             Some((_, rules)) if nft(rules) => "nft-drop-rule",
             Some(_) => "iptables-drop-rule",
             None => "dropped",
@@ -346,12 +359,16 @@ fn severity_of(d: Disposition) -> Severity {
     }
 }
 
+/// Causes are merged by (code, node, netns).
+type CauseKey = (&'static str, String, String);
+/// A merged cause: the finding, how many branches, their probability mass, their endpoints.
+type CauseTally = (Finding, usize, f64, Vec<String>);
+
 /// Build the diagnosis of `flows` using the bundle's scan findings as supporting evidence.
 pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]) -> Diagnosis {
     let mut branches = Vec::new();
     let mut per_endpoint: BTreeMap<String, (bool, f64, Vec<String>)> = BTreeMap::new();
-    let mut causes: BTreeMap<(&'static str, String, String), (Finding, usize, f64, Vec<String>)> =
-        BTreeMap::new();
+    let mut causes: BTreeMap<CauseKey, CauseTally> = BTreeMap::new();
     let total_mass: f64 = flows
         .iter()
         .map(|f| f.trace.branches.iter().map(|b| b.probability).sum::<f64>())

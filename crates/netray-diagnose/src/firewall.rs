@@ -66,7 +66,7 @@ pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
         let policy_drop = fw.dumps().iter().find_map(|d| {
             let t = d.table("filter")?;
             let c = t.chains.iter().find(|c| &*c.name == "FORWARD")?;
-            (c.policy == Some(Policy::Drop)).then(|| (d, c))
+            (c.policy == Some(Policy::Drop)).then_some((d, c))
         });
         let Some((dump, chain)) = policy_drop else {
             continue;

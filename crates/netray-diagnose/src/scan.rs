@@ -336,7 +336,21 @@ pub(crate) fn rp_filter_asymmetric(input: &ScanInput, out: &mut Vec<Finding>) {
                 .filter(|r| r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() && r.table != 255)
                 .collect();
         let ecmp = n.ns.routes.iter().any(|r| r.multipath.len() > 1);
-        let asymmetric = defaults.len() > 1 || !policy_rules.is_empty() || ecmp;
+        // Gateway routes leaving through different devices: replies to some sources take
+        // another interface than their requests came in on.
+        let gateway_devs: BTreeSet<&str> =
+            n.ns.routes
+                .iter()
+                .filter(|r| r.table == 254 && r.gateway.is_some() && r.dst.addr().is_ipv4())
+                .filter_map(|r| r.dev.as_deref())
+                .filter(|d| {
+                    !n.ns
+                        .link(d)
+                        .is_some_and(|l| matches!(l.kind, LinkKind::Vxlan { .. }))
+                })
+                .collect();
+        let asymmetric =
+            defaults.len() > 1 || !policy_rules.is_empty() || ecmp || gateway_devs.len() > 1;
         if !asymmetric {
             continue;
         }
@@ -353,7 +367,13 @@ pub(crate) fn rp_filter_asymmetric(input: &ScanInput, out: &mut Vec<Finding>) {
                 n.ns,
                 &format!("net.ipv4.conf.{}.rp_filter", l.name),
             ));
-            evidence.extend(defaults.iter().map(|r| route_text(r)));
+            evidence.extend(
+                n.ns.routes
+                    .iter()
+                    .filter(|r| r.table == 254 && r.gateway.is_some() && r.dst.addr().is_ipv4())
+                    .filter(|r| r.dev.as_deref().is_some_and(|d| gateway_devs.contains(d)))
+                    .map(route_text),
+            );
             evidence.extend(policy_rules.iter().map(|r| {
                 format!(
                     "ip rule {}: {}lookup {}",
@@ -368,8 +388,8 @@ pub(crate) fn rp_filter_asymmetric(input: &ScanInput, out: &mut Vec<Finding>) {
                 evidence,
                 format!(
                     "Strict reverse-path filtering (effective rp_filter = max(all, {}) = 1) is on \
-                     while this namespace routes asymmetrically (several default routes, ECMP or \
-                     policy rules): a packet arriving on {} from a source that the routing table \
+                     while this namespace routes asymmetrically (gateway routes through several \
+                     interfaces, several default routes, ECMP or policy rules): a packet arriving on {} from a source that the routing table \
                      would reach through another interface is dropped silently.",
                     l.name, l.name
                 ),
@@ -904,6 +924,27 @@ fn underlay_mtu(
     h.link(&name).map(|l| (name.clone(), l.mtu))
 }
 
+/// The MTU of the other end of a veth, when that namespace is in the bundle: a veth drops
+/// packets larger than the receiving end's MTU.
+fn veth_peer_mtu<'a>(
+    input: &'a ScanInput,
+    link: &netray_snapshot::Link,
+) -> Option<(Ns<'a>, &'a str, u32)> {
+    let LinkKind::Veth {
+        peer_ifindex: Some(idx),
+        peer_netns: Some(inode),
+    } = link.kind
+    else {
+        return None;
+    };
+    input.namespaces.iter().find_map(|n| {
+        (n.ns.id.inode == inode)
+            .then(|| n.ns.links.iter().find(|l| l.ifindex == idx))
+            .flatten()
+            .map(|l| (*n, l.name.as_str(), l.mtu))
+    })
+}
+
 pub(crate) fn overlay_mtu(input: &ScanInput, out: &mut Vec<Finding>) {
     for h in input.hosts() {
         for l in &h.ns.links {
@@ -915,15 +956,28 @@ pub(crate) fn overlay_mtu(input: &ScanInput, out: &mut Vec<Finding>) {
             } else {
                 50
             };
-            if let Some((udev, umtu)) = underlay_mtu(h.ns, dev.as_deref(), *local)
-                && l.mtu + overhead > umtu
+            let Some((mut udev, mut umtu)) = underlay_mtu(h.ns, dev.as_deref(), *local) else {
+                continue;
+            };
+            let mut peer_note = String::new();
+            if let Some(link) = h.ns.link(&udev)
+                && let Some((peer_ns, peer_dev, peer_mtu)) = veth_peer_mtu(input, link)
+                && peer_mtu < umtu
             {
+                peer_note = format!(
+                    " (its veth peer {peer_dev} in {} has MTU {peer_mtu})",
+                    peer_ns.label()
+                );
+                udev = format!("{udev}→{peer_dev}");
+                umtu = peer_mtu;
+            }
+            if l.mtu + overhead > umtu {
                 out.push(h.finding(
                     "mtu-blackhole",
                     Severity::Critical,
                     vec![
                         format!("{}: mtu {}", l.name, l.mtu),
-                        format!("{udev}: mtu {umtu}"),
+                        format!("{udev}: mtu {umtu}{peer_note}"),
                     ],
                     format!(
                         "The overlay device {} has MTU {} but its packets grow by {overhead} bytes \
