@@ -491,9 +491,7 @@ impl Lab {
             probe: probe.clone(),
             ok,
             answered_by,
-            detail: if ok {
-                stdout
-            } else if stderr.is_empty() {
+            detail: if ok || stderr.is_empty() {
                 stdout
             } else {
                 stderr

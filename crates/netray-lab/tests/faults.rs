@@ -58,7 +58,9 @@ fn ip_forward_off() {
         let dst_on_1 = pod_node(&lab, d) == "node1";
         let src_pod_1 = is_pod_on(&lab, s, "node1");
         let src_on_1 = src_node(&lab, s) == "node1";
-        !((src_pod_1 && !dst_on_1) || (dst_on_1 && !src_on_1))
+        let routed_out = src_pod_1 && !dst_on_1;
+        let routed_in = dst_on_1 && !src_on_1;
+        !routed_out && !routed_in
     });
     // NodePort on node1 forwards to pods: dead even toward its own pods (routed, not bridged).
     expect(&lab, Probe::tcp("ext", node_ip(1), WEB_NODE_PORTS.0), false);
@@ -140,7 +142,7 @@ fn rp_filter_asymmetric() {
     if !can_run("rp_filter_asymmetric") {
         return;
     }
-    let mut lab = lab_with("rp-filter-asymmetric:node1");
+    let lab = lab_with("rp-filter-asymmetric:node1");
     assert_matrix(&lab, "rp-filter-asymmetric:node1", |_, _| true);
     // The external client's packets arrive on eth0 but node1 routes back via eth1: dropped.
     expect(&lab, Probe::tcp("ext", node_ip(1), WEB_NODE_PORTS.0), false);
@@ -158,7 +160,6 @@ fn rp_filter_asymmetric() {
         .sysctl("net.ipv4.conf.eth0.rp_filter", "2")
         .unwrap();
     expect(&lab, Probe::tcp("ext", node_ip(1), WEB_NODE_PORTS.0), true);
-    let _ = &mut lab;
 }
 
 #[test]
