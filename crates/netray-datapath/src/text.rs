@@ -1,0 +1,174 @@
+//! Text rendering of a trace: a hop list a person can follow.
+
+use std::fmt::Write;
+
+use crate::result::{Branch, Hop, Leg, Step, Trace};
+
+/// Render a whole trace.
+pub fn render(t: &Trace) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "flow: {}  (from {})", t.flow.packet, t.flow.start);
+    let verdict = if t.reachable {
+        "reachable"
+    } else if t.branches.iter().any(|b| b.disposition.is_success()) {
+        "partially reachable"
+    } else {
+        "unreachable"
+    };
+    let _ = writeln!(s, "verdict: {verdict}, {} branch(es)", t.branches.len());
+    for (d, p) in &t.shares {
+        let _ = writeln!(s, "  {:>6.1}%  {}", p * 100.0, d.as_str());
+    }
+    if t.truncated {
+        let _ = writeln!(s, "  (branch limit reached: not every branch was explored)");
+    }
+    for (i, b) in t.branches.iter().enumerate() {
+        s.push('\n');
+        s.push_str(&render_branch(i + 1, b));
+    }
+    s
+}
+
+/// Render one branch.
+pub fn render_branch(n: usize, b: &Branch) -> String {
+    let mut s = String::new();
+    let _ = write!(
+        s,
+        "branch {n} ({:.1}%): {}",
+        b.probability * 100.0,
+        b.disposition.as_str().to_uppercase()
+    );
+    if let Some(e) = &b.endpoint {
+        let _ = write!(s, "  endpoint {e}");
+    }
+    s.push('\n');
+    let _ = writeln!(s, "  why: {}", b.reason);
+    if let Some(c) = &b.cause {
+        let _ = writeln!(s, "  cause: {c}");
+    }
+    let mut leg = None;
+    let mut place = String::new();
+    for h in &b.hops {
+        if matches!(h.step, Step::End { .. }) {
+            continue;
+        }
+        if leg != Some(h.leg) {
+            leg = Some(h.leg);
+            let _ = writeln!(
+                s,
+                "  -- {} --",
+                if h.leg == Leg::Forward {
+                    "forward"
+                } else {
+                    "reply"
+                }
+            );
+            place.clear();
+        }
+        let here = format!("{}/{}", h.node, h.netns);
+        if here != place {
+            let _ = writeln!(s, "  [{here}]");
+            place = here;
+        }
+        let _ = writeln!(s, "    {}", hop_line(h));
+    }
+    s
+}
+
+fn ifaces(h: &Hop) -> String {
+    match (&h.iif, &h.oif) {
+        (Some(i), Some(o)) => format!(" ({i} -> {o})"),
+        (Some(i), None) => format!(" (in {i})"),
+        (None, Some(o)) => format!(" (out {o})"),
+        (None, None) => String::new(),
+    }
+}
+
+/// One line (or a few) for a hop.
+pub fn hop_line(h: &Hop) -> String {
+    let io = ifaces(h);
+    match &h.step {
+        Step::Originate => format!("sent by a local socket: {}", h.packet),
+        Step::Receive => format!("received{io}: {}", h.packet),
+        Step::Route {
+            rule, route, ecmp, ..
+        } => {
+            let mut s = format!("route{io}: {route}");
+            if let Some(r) = rule {
+                let _ = write!(s, "   [rule {r}]");
+            }
+            if let Some(e) = ecmp {
+                let _ = write!(s, "   [ECMP {e}]");
+            }
+            s
+        }
+        Step::Netfilter {
+            hook,
+            bridged,
+            verdict,
+            rules,
+        } => {
+            let mut s = format!(
+                "{hook}{}{io}: {verdict}",
+                if *bridged { " (br_netfilter)" } else { "" }
+            );
+            for r in rules {
+                let counters = match (r.packets, r.bytes) {
+                    (Some(p), Some(b)) => format!("  [{p} pkts, {b} bytes]"),
+                    _ => String::new(),
+                };
+                let loc = match r.index {
+                    Some(i) if !r.table.is_empty() => format!("{}/{}#{i}: ", r.table, r.chain),
+                    None if !r.table.is_empty() => format!("{}/{} policy: ", r.table, r.chain),
+                    _ => String::new(),
+                };
+                let _ = write!(s, "\n        {loc}{}{counters}", r.text);
+            }
+            s
+        }
+        Step::Conntrack { state, entry } => format!("conntrack {state}: {entry}"),
+        Step::Nat {
+            kind,
+            before,
+            after,
+        } => format!("NAT {kind}: {before}  =>  {after}"),
+        Step::Check { check, detail } => format!("check {check}: {detail}"),
+        Step::Neighbour {
+            addr,
+            lladdr,
+            state,
+        } => format!(
+            "neighbour {addr}{io} -> {}: {state}",
+            lladdr.as_deref().unwrap_or("?")
+        ),
+        Step::Bridge {
+            bridge,
+            in_port,
+            out_port,
+            fdb,
+        } => format!("bridge {bridge}: {in_port} -> {out_port} ({fdb})"),
+        Step::Transmit { to, dst_mac } => match dst_mac {
+            Some(m) => format!("sent{io} to {to} (dst MAC {m})"),
+            None => format!("sent{io} to {to}"),
+        },
+        Step::Encap {
+            dev,
+            vni,
+            inner_dst_mac,
+            remote,
+            port,
+            fdb,
+        } => format!(
+            "VXLAN encap on {dev}: VNI {vni}, inner dst MAC {inner_dst_mac} -> VTEP {remote}:{port} [fdb {fdb}]"
+        ),
+        Step::Decap { dev, vni } => format!("VXLAN decap on {dev} (VNI {vni}): {}", h.packet),
+        Step::Deliver { socket } => match socket {
+            Some(s) => format!("delivered locally{io} to {s}"),
+            None => format!("delivered locally{io}"),
+        },
+        Step::End {
+            disposition,
+            reason,
+        } => format!("{}: {reason}", disposition.as_str()),
+    }
+}

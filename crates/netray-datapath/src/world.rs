@@ -1,0 +1,221 @@
+//! The world: every namespace of every snapshot in a bundle, indexed once.
+//!
+//! Namespaces are identified by `(boot_id, inode)`: the same namespace seen from several node
+//! snapshots (the lab's underlay switch) is one namespace here.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+
+use netray_snapshot::{Bundle, LinkKind, NetnsRole, NetnsSnapshot, NodeSnapshot, Route};
+
+/// Index of a namespace in [`World::ns`].
+pub type NsIdx = usize;
+
+/// One namespace with its indexes.
+#[derive(Debug)]
+pub struct NsView<'a> {
+    /// Node name of the snapshot it was first seen in.
+    pub node: &'a str,
+    /// Boot id of that node (namespace identity).
+    pub boot_id: &'a str,
+    /// The snapshot data.
+    pub snap: &'a NetnsSnapshot,
+    /// True for a node's host namespace.
+    pub is_host: bool,
+    /// Link index by name.
+    pub link_by_name: HashMap<&'a str, usize>,
+    /// veth peer of each link (namespace, link index), when resolvable.
+    pub peer: Vec<Option<(NsIdx, usize)>>,
+    /// Routes of each table, most specific first, then by metric.
+    pub tables: HashMap<u32, Vec<&'a Route>>,
+    /// Policy rules sorted by priority (v4 and v6 together; filtered by family at lookup).
+    pub rules: Vec<&'a netray_snapshot::Rule>,
+    /// True when the snapshot listed sockets (an empty list then means "nothing listens").
+    pub sockets_known: bool,
+}
+
+impl<'a> NsView<'a> {
+    /// Display name: `node/netns`.
+    pub fn label(&self) -> String {
+        format!("{}/{}", self.node, self.snap.display_name())
+    }
+
+    /// Link by name.
+    pub fn link(&self, name: &str) -> Option<usize> {
+        self.link_by_name.get(name).copied()
+    }
+
+    /// Link name by index (empty for an out-of-range index).
+    pub fn link_name(&self, i: usize) -> &'a str {
+        self.snap
+            .links
+            .get(i)
+            .map(|l| l.name.as_str())
+            .unwrap_or("")
+    }
+
+    /// A sysctl as an integer.
+    pub fn sysctl_int(&self, name: &str) -> Option<i64> {
+        self.snap.sysctl(name).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// Does this namespace own `ip` on some interface?
+    pub fn owns(&self, ip: IpAddr) -> Option<usize> {
+        self.snap
+            .addresses
+            .iter()
+            .find(|a| a.addr.addr() == ip)
+            .and_then(|a| self.link(&a.dev))
+    }
+}
+
+/// The indexed bundle.
+#[derive(Debug)]
+pub struct World<'a> {
+    /// The bundle.
+    pub bundle: &'a Bundle,
+    /// Every distinct namespace.
+    pub ns: Vec<NsView<'a>>,
+    /// Address → (namespace, link) owning it.
+    pub owners: HashMap<IpAddr, Vec<(NsIdx, usize)>>,
+    /// MAC (lowercase) → (namespace, link) having it.
+    pub macs: HashMap<String, Vec<(NsIdx, usize)>>,
+}
+
+impl<'a> World<'a> {
+    /// Index a bundle. Never fails: odd data is left unresolved and reported by the walk.
+    pub fn new(bundle: &'a Bundle) -> World<'a> {
+        let mut ns: Vec<NsView<'a>> = Vec::new();
+        let mut by_key: HashMap<(&'a str, u64), NsIdx> = HashMap::new();
+        for node in &bundle.nodes {
+            for snap in &node.namespaces {
+                let key = (node.node.boot_id.as_str(), snap.id.inode);
+                if let Some(&i) = by_key.get(&key) {
+                    // Seen from another node: prefer the snapshot where it is the host.
+                    if snap.role == NetnsRole::Host && !ns[i].is_host {
+                        ns[i] = view(node, snap);
+                    }
+                    continue;
+                }
+                by_key.insert(key, ns.len());
+                ns.push(view(node, snap));
+            }
+        }
+        // veth peers.
+        for i in 0..ns.len() {
+            let boot = ns[i].boot_id;
+            let mut peers = vec![None; ns[i].snap.links.len()];
+            for (li, l) in ns[i].snap.links.iter().enumerate() {
+                if let LinkKind::Veth {
+                    peer_ifindex: Some(pi),
+                    peer_netns,
+                } = &l.kind
+                {
+                    let pns = match peer_netns {
+                        Some(inode) => by_key.get(&(boot, *inode)).copied(),
+                        None => Some(i),
+                    };
+                    if let Some(pns) = pns
+                        && let Some(pl) = ns[pns].snap.links.iter().position(|x| x.ifindex == *pi)
+                    {
+                        peers[li] = Some((pns, pl));
+                    }
+                }
+            }
+            ns[i].peer = peers;
+        }
+        let mut owners: HashMap<IpAddr, Vec<(NsIdx, usize)>> = HashMap::new();
+        let mut macs: HashMap<String, Vec<(NsIdx, usize)>> = HashMap::new();
+        for (i, v) in ns.iter().enumerate() {
+            for a in &v.snap.addresses {
+                if let Some(li) = v.link(&a.dev) {
+                    let ip = a.addr.addr();
+                    if ip.is_loopback() {
+                        continue;
+                    }
+                    owners.entry(ip).or_default().push((i, li));
+                }
+            }
+            for (li, l) in v.snap.links.iter().enumerate() {
+                if let Some(m) = &l.mac {
+                    let m = m.to_ascii_lowercase();
+                    if m != "00:00:00:00:00:00" {
+                        macs.entry(m).or_default().push((i, li));
+                    }
+                }
+            }
+        }
+        World {
+            bundle,
+            ns,
+            owners,
+            macs,
+        }
+    }
+
+    /// Namespaces owning `ip`.
+    pub fn owners_of(&self, ip: IpAddr) -> &[(NsIdx, usize)] {
+        self.owners.get(&ip).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    /// Interfaces having `mac`.
+    pub fn mac_owners(&self, mac: &str) -> &[(NsIdx, usize)] {
+        self.macs
+            .get(&mac.to_ascii_lowercase())
+            .map(Vec::as_slice)
+            .unwrap_or(&[])
+    }
+
+    /// The host namespace of node `name`.
+    pub fn host_of(&self, name: &str) -> Option<NsIdx> {
+        self.ns.iter().position(|v| v.is_host && v.node == name)
+    }
+
+    /// A namespace by `/run/netns` name, `netns:INODE` or inode.
+    pub fn ns_by_name(&self, name: &str) -> Option<NsIdx> {
+        self.ns.iter().position(|v| {
+            v.snap.id.name.as_deref() == Some(name)
+                || v.snap.display_name() == name
+                || v.snap.id.inode.to_string() == name
+        })
+    }
+}
+
+fn view<'a>(node: &'a NodeSnapshot, snap: &'a NetnsSnapshot) -> NsView<'a> {
+    let link_by_name = snap
+        .links
+        .iter()
+        .enumerate()
+        .map(|(i, l)| (l.name.as_str(), i))
+        .collect();
+    let mut tables: HashMap<u32, Vec<&'a Route>> = HashMap::new();
+    for r in &snap.routes {
+        tables.entry(r.table).or_default().push(r);
+    }
+    for t in tables.values_mut() {
+        t.sort_by(|a, b| {
+            b.dst
+                .prefix_len()
+                .cmp(&a.dst.prefix_len())
+                .then(b.tos.cmp(&a.tos))
+                .then(a.metric.cmp(&b.metric))
+        });
+    }
+    let mut rules: Vec<_> = snap.rules.iter().collect();
+    rules.sort_by_key(|r| r.priority);
+    let sockets_known = !node
+        .not_collected
+        .iter()
+        .any(|n| n.what == "sockets" && (n.netns.is_none() || n.netns == Some(snap.id.inode)));
+    NsView {
+        node: &node.node.name,
+        boot_id: &node.node.boot_id,
+        snap,
+        is_host: snap.role == NetnsRole::Host,
+        link_by_name,
+        peer: Vec::new(),
+        tables,
+        rules,
+        sockets_known,
+    }
+}

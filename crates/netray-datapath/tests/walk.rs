@@ -1,0 +1,646 @@
+//! Unit tests of the datapath semantics on hand-built snapshots.
+
+use netray_datapath::testkit::Kit;
+use netray_datapath::{
+    Disposition, Flow, Options, RulesetEngine, Start, Step, Trace, World, trace,
+};
+use netray_snapshot::SocketProto;
+
+fn run(
+    kit: &Kit,
+    src: &str,
+    dst: &str,
+    proto: u8,
+    dport: Option<u16>,
+    size: Option<u32>,
+    start: Start,
+) -> Trace {
+    let b = kit.bundle();
+    let w = World::new(&b);
+    let e = RulesetEngine::new(&w);
+    let f = Flow {
+        src: src.parse().unwrap(),
+        dst: dst.parse().unwrap(),
+        proto,
+        sport: 40000,
+        dport,
+        size,
+        start,
+    };
+    let t = trace(&w, &e, &f, Options::default()).expect("trace");
+    eprintln!("{}", netray_datapath::text::render(&t));
+    t
+}
+
+fn tcp(kit: &Kit, src: &str, dst: &str, port: u16) -> Trace {
+    run(kit, src, dst, 6, Some(port), None, Start::Auto)
+}
+
+fn only(t: &Trace) -> Disposition {
+    assert_eq!(t.branches.len(), 1, "expected one branch");
+    t.branches[0].disposition
+}
+
+/// client netns -- veth -- router (host of node r) -- veth -- server netns.
+fn routed() -> Kit {
+    let mut k = Kit::new();
+    k.node("r").netns("r", "client").netns("r", "server");
+    k.veth("r:client", "eth0", "r", "vc");
+    k.veth("r:server", "eth0", "r", "vs");
+    k.addr("r:client", "eth0", "10.0.1.2/24")
+        .route("r:client", "default via 10.0.1.1 dev eth0");
+    k.addr("r:server", "eth0", "10.0.2.2/24")
+        .route("r:server", "default via 10.0.2.1 dev eth0")
+        .listen("r:server", SocketProto::Tcp, "0.0.0.0", 80);
+    k.addr("r", "vc", "10.0.1.1/24")
+        .addr("r", "vs", "10.0.2.1/24");
+    k.sysctl("r", "net.ipv4.ip_forward", "1");
+    k
+}
+
+#[test]
+fn routed_tcp_is_delivered_and_replied() {
+    let k = routed();
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 80);
+    assert_eq!(only(&t), Disposition::Delivered);
+    assert!(t.reachable);
+    let b = &t.branches[0];
+    assert_eq!(b.endpoint.as_deref(), Some("10.0.2.2:80"));
+    assert!(b.hops.iter().any(|h| h.leg == netray_datapath::Leg::Reply));
+}
+
+#[test]
+fn no_listener_is_rejected() {
+    let k = routed();
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 81);
+    assert_eq!(only(&t), Disposition::Rejected);
+    assert_eq!(t.branches[0].cause.as_deref(), Some("port-not-listening"));
+}
+
+#[test]
+fn forwarding_disabled() {
+    let mut k = routed();
+    k.sysctl("r", "net.ipv4.ip_forward", "0");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::ForwardingDisabled
+    );
+    // Per-interface forwarding wins over ip_forward.
+    k.sysctl("r", "net.ipv4.ip_forward", "1");
+    k.sysctl("r", "net.ipv4.conf.vc.forwarding", "0");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::ForwardingDisabled
+    );
+}
+
+#[test]
+fn missing_route_and_missing_default_route() {
+    let mut k = routed();
+    k.ns("r:client").routes.retain(|r| r.dst.prefix_len() != 0);
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 80);
+    assert_eq!(only(&t), Disposition::NoRoute);
+    // Server without a default route: the forward leg arrives, the reply has no route.
+    let mut k = routed();
+    k.ns("r:server").routes.retain(|r| r.dst.prefix_len() != 0);
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 80);
+    assert_eq!(only(&t), Disposition::NoRoute);
+    assert_eq!(t.branches[0].ended_on, netray_datapath::Leg::Reply);
+}
+
+#[test]
+fn blackhole_and_unreachable_routes() {
+    let mut k = routed();
+    k.route("r", "blackhole 10.0.2.2");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::Dropped
+    );
+    let mut k = routed();
+    k.route("r", "unreachable 10.0.2.0/25");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::NoRoute
+    );
+}
+
+#[test]
+fn policy_routing_by_source_and_fwmark() {
+    // A rule sends the client's subnet to table 100, whose route is unreachable.
+    let mut k = routed();
+    k.rule("r", "100: from 10.0.1.0/24 lookup 100")
+        .route("r", "unreachable 10.0.2.0/24 table 100");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::NoRoute
+    );
+    // fwmark selector does not match an unmarked packet.
+    let mut k = routed();
+    k.rule("r", "100: from all fwmark 0x1/0x1 lookup 100")
+        .route("r", "unreachable 10.0.2.0/24 table 100");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::Delivered
+    );
+    // `not` inverts; iif selector.
+    let mut k = routed();
+    k.rule("r", "100: not from 10.9.0.0/16 iif vc lookup 100")
+        .route("r", "blackhole 10.0.2.0/24 table 100");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::Dropped
+    );
+    // A throw route continues with the next rule.
+    let mut k = routed();
+    k.rule("r", "100: from all lookup 100")
+        .route("r", "throw 10.0.2.0/24 table 100");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::Delivered
+    );
+}
+
+#[test]
+fn longest_prefix_then_metric() {
+    let mut k = routed();
+    // A more specific blackhole beats the connected /24; a worse metric loses.
+    k.route("r", "blackhole 10.0.2.0/28 metric 10");
+    k.route("r", "10.0.2.0/28 dev vs metric 5");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::Delivered
+    );
+    let mut k = routed();
+    k.route("r", "10.0.2.0/28 dev vs metric 10");
+    k.route("r", "blackhole 10.0.2.0/28 metric 5");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::Dropped
+    );
+}
+
+#[test]
+fn ecmp_branches() {
+    let mut k = routed();
+    k.netns("r", "server2");
+    k.veth("r:server2", "eth0", "r", "vs2");
+    k.addr("r", "vs2", "10.0.3.1/24");
+    k.addr("r:server2", "eth0", "10.0.3.2/24");
+    // server2 answers for 10.0.9.9 too but nothing listens there.
+    k.addr("r:server", "eth0", "10.0.9.9/32")
+        .addr("r:server2", "eth0", "10.0.9.9/32");
+    k.route("r:server2", "default via 10.0.3.1 dev eth0");
+    k.route(
+        "r",
+        "10.0.9.9 nexthop via 10.0.2.2 dev vs weight 1 nexthop via 10.0.3.2 dev vs2 weight 3",
+    );
+    let t = tcp(&k, "10.0.1.2", "10.0.9.9", 80);
+    assert_eq!(t.branches.len(), 2);
+    let d = t
+        .shares
+        .get(&Disposition::Delivered)
+        .copied()
+        .unwrap_or(0.0);
+    let r = t.shares.get(&Disposition::Rejected).copied().unwrap_or(0.0);
+    assert!(
+        (d - 0.25).abs() < 1e-9 && (r - 0.75).abs() < 1e-9,
+        "{:?}",
+        t.shares
+    );
+}
+
+#[test]
+fn rp_filter_strict_with_asymmetric_route() {
+    let mut k = routed();
+    // The router's route back to the client goes out of vs (asymmetric).
+    k.route("r", "10.0.1.2 via 10.0.2.2 dev vs");
+    k.sysctl("r", "net.ipv4.conf.all.rp_filter", "0");
+    k.sysctl("r", "net.ipv4.conf.vc.rp_filter", "1");
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 80);
+    assert_eq!(t.branches[0].disposition, Disposition::RpFilter);
+    // Loose mode: max(all=2, iface=1) = 2 passes.
+    k.sysctl("r", "net.ipv4.conf.all.rp_filter", "2");
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 80);
+    assert_ne!(t.branches[0].disposition, Disposition::RpFilter);
+}
+
+#[test]
+fn martian_local_source_unless_accept_local() {
+    // A packet entering the router from outside with one of the router's addresses as source.
+    let k = routed();
+    let t = run(
+        &k,
+        "10.0.2.1",
+        "10.0.1.2",
+        1,
+        None,
+        None,
+        Start::Netns("client".into()),
+    );
+    // The source is owned by the router, not by `client`, so it enters `client` from outside...
+    let _ = t;
+    let mut k = routed();
+    k.ns("r:client").addresses.retain(|a| a.dev != "eth0");
+    // Enter the router on vc with source 10.0.2.1 (a local address of the router).
+    let t = run(
+        &k,
+        "10.0.2.1",
+        "10.0.2.2",
+        1,
+        None,
+        None,
+        Start::Node("r".into()),
+    );
+    // Generated locally by the router (it owns the address): fine.
+    assert_eq!(t.branches[0].disposition, Disposition::Delivered);
+    let mut k = routed();
+    k.addr("r:client", "eth0", "10.0.2.1/32");
+    let t = run(
+        &k,
+        "10.0.2.1",
+        "10.0.2.2",
+        1,
+        None,
+        None,
+        Start::Netns("client".into()),
+    );
+    assert_eq!(t.branches[0].disposition, Disposition::MartianSource);
+    k.sysctl("r", "net.ipv4.conf.all.accept_local", "1");
+    let t = run(
+        &k,
+        "10.0.2.1",
+        "10.0.2.2",
+        1,
+        None,
+        None,
+        Start::Netns("client".into()),
+    );
+    assert_ne!(t.branches[0].disposition, Disposition::MartianSource);
+}
+
+#[test]
+fn neighbour_failed_without_owner_is_unreachable() {
+    let mut k = routed();
+    k.ns("r:client").routes.retain(|r| r.dst.prefix_len() != 0);
+    k.route("r:client", "default via 10.0.1.99 dev eth0");
+    k.neigh("r:client", "10.0.1.99 dev eth0 FAILED");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::NeighborUnreachable
+    );
+}
+
+#[test]
+fn stale_permanent_neighbour_is_a_blackhole() {
+    let mut k = routed();
+    k.neigh(
+        "r:client",
+        "10.0.1.1 dev eth0 lladdr 02:de:ad:be:ef:01 PERMANENT",
+    );
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 80);
+    assert_eq!(only(&t), Disposition::Dropped);
+    assert_eq!(t.branches[0].cause.as_deref(), Some("stale-neighbor"));
+}
+
+#[test]
+fn mtu_exceeded_for_df_icmp() {
+    let mut k = routed();
+    k.ns("r")
+        .links
+        .iter_mut()
+        .find(|l| l.name == "vs")
+        .unwrap()
+        .mtu = 1400;
+    let t = run(&k, "10.0.1.2", "10.0.2.2", 1, None, Some(1450), Start::Auto);
+    assert_eq!(only(&t), Disposition::MtuExceeded);
+    let t = run(&k, "10.0.1.2", "10.0.2.2", 1, None, Some(1400), Start::Auto);
+    assert_eq!(only(&t), Disposition::Delivered);
+}
+
+#[test]
+fn forward_policy_drop_and_accept_rule() {
+    let mut k = routed();
+    k.iptables(
+        "r",
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [7:420]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n",
+    );
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 80);
+    assert_eq!(only(&t), Disposition::Dropped);
+    assert_eq!(t.branches[0].cause.as_deref(), Some("forward-policy-drop"));
+    let mut k = routed();
+    k.iptables(
+        "r",
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n-A FORWARD -i vc -o vs -j ACCEPT\n-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\nCOMMIT\n",
+    );
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::Delivered
+    );
+    // Without the ESTABLISHED rule the reply dies in FORWARD.
+    let mut k = routed();
+    k.iptables(
+        "r",
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD DROP [0:0]\n:OUTPUT ACCEPT [0:0]\n-A FORWARD -i vc -o vs -j ACCEPT\nCOMMIT\n",
+    );
+    let t = tcp(&k, "10.0.1.2", "10.0.2.2", 80);
+    assert_eq!(only(&t), Disposition::Dropped);
+    assert_eq!(t.branches[0].ended_on, netray_datapath::Leg::Reply);
+}
+
+#[test]
+fn dnat_with_statistic_and_reply_de_dnat() {
+    let mut k = routed();
+    k.netns("r", "server2");
+    k.veth("r:server2", "eth0", "r", "vs2");
+    k.addr("r", "vs2", "10.0.3.1/24");
+    k.addr("r:server2", "eth0", "10.0.3.2/24")
+        .route("r:server2", "default via 10.0.3.1 dev eth0");
+    k.iptables(
+        "r",
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n:SVC - [0:0]\n-A PREROUTING -d 10.96.0.10/32 -p tcp --dport 80 -j SVC\n-A SVC -m statistic --mode random --probability 0.50000000000 -j DNAT --to-destination 10.0.2.2:80\n-A SVC -j DNAT --to-destination 10.0.3.2:8080\nCOMMIT\n",
+    );
+    let t = tcp(&k, "10.0.1.2", "10.96.0.10", 80);
+    assert_eq!(t.branches.len(), 2);
+    // 10.0.2.2:80 listens; 10.0.3.2:8080 does not.
+    let ok = t
+        .branches
+        .iter()
+        .find(|b| b.endpoint.as_deref() == Some("10.0.2.2:80"))
+        .expect("branch");
+    assert_eq!(ok.disposition, Disposition::Delivered);
+    assert!((ok.probability - 0.5).abs() < 1e-9);
+    // The reply is de-DNATed back to the service address.
+    assert!(
+        ok.hops
+            .iter()
+            .any(|h| matches!(&h.step, Step::Nat { kind, .. } if kind.starts_with("de-dnat")))
+    );
+    let bad = t
+        .branches
+        .iter()
+        .find(|b| b.endpoint.is_none())
+        .expect("rejected branch");
+    assert_eq!(bad.disposition, Disposition::Rejected);
+}
+
+/// Two nodes, flannel-style: pods on cni0, flannel.1 VXLAN, underlay through a switch namespace.
+fn flannel() -> Kit {
+    let mut k = Kit::new();
+    k.node("a").node("b");
+    k.netns("a", "sw").netns("a", "pa").netns("b", "pb");
+    // Underlay: both node eth0s plug into a bridge in the switch namespace.
+    k.bridge("a:sw", "br0");
+    k.veth("a", "eth0", "a:sw", "pa0")
+        .enslave("a:sw", "pa0", "br0", false);
+    k.veth("b", "eth0", "a:sw", "pb0")
+        .enslave("a:sw", "pb0", "br0", false);
+    k.addr("a", "eth0", "192.168.0.1/24")
+        .addr("b", "eth0", "192.168.0.2/24");
+    for (n, other) in [("a", "b"), ("b", "a")] {
+        let (me, peer) = if n == "a" { (1, 2) } else { (2, 1) };
+        let _ = other;
+        k.sysctl(n, "net.ipv4.ip_forward", "1");
+        k.vxlan(n, "flannel.1", 1, 8472, &format!("192.168.0.{me}"), "eth0");
+        k.addr(n, "flannel.1", &format!("10.244.{me}.0/32"));
+        k.bridge(n, "cni0");
+        k.addr(n, "cni0", &format!("10.244.{me}.1/24"));
+        k.route(
+            n,
+            &format!("10.244.{peer}.0/24 via 10.244.{peer}.0 dev flannel.1 onlink"),
+        );
+    }
+    // Pods.
+    k.veth("a:pa", "eth0", "a", "veth-pa")
+        .enslave("a", "veth-pa", "cni0", true);
+    k.veth("b:pb", "eth0", "b", "veth-pb")
+        .enslave("b", "veth-pb", "cni0", true);
+    k.addr("a:pa", "eth0", "10.244.1.5/24")
+        .route("a:pa", "default via 10.244.1.1 dev eth0")
+        .route("a:pa", "10.244.0.0/16 via 10.244.1.1 dev eth0");
+    k.addr("b:pb", "eth0", "10.244.2.7/24")
+        .route("b:pb", "default via 10.244.2.1 dev eth0")
+        .listen("b:pb", SocketProto::Tcp, "0.0.0.0", 8080)
+        .listen("b:pb", SocketProto::Udp, "0.0.0.0", 5353);
+    // Neighbours and FDB for the VTEPs, as flanneld writes them.
+    let ma = k.mac_of("a", "flannel.1");
+    let mb = k.mac_of("b", "flannel.1");
+    k.neigh(
+        "a",
+        &format!("10.244.2.0 dev flannel.1 lladdr {mb} PERMANENT"),
+    );
+    k.fdb(
+        "a",
+        &format!("{mb} dev flannel.1 dst 192.168.0.2 self permanent"),
+    );
+    k.neigh(
+        "b",
+        &format!("10.244.1.0 dev flannel.1 lladdr {ma} PERMANENT"),
+    );
+    k.fdb(
+        "b",
+        &format!("{ma} dev flannel.1 dst 192.168.0.1 self permanent"),
+    );
+    k
+}
+
+#[test]
+fn vxlan_between_nodes() {
+    let k = flannel();
+    let t = tcp(&k, "10.244.1.5", "10.244.2.7", 8080);
+    assert_eq!(
+        only(&t),
+        Disposition::Delivered,
+        "{}",
+        netray_datapath::text::render(&t)
+    );
+    let b = &t.branches[0];
+    assert!(b.hops.iter().any(|h| matches!(
+        &h.step,
+        Step::Encap {
+            vni: 1,
+            port: 8472,
+            ..
+        }
+    )));
+    assert!(b.hops.iter().any(|h| matches!(&h.step, Step::Decap { .. })));
+    let t = run(
+        &k,
+        "10.244.1.5",
+        "10.244.2.7",
+        17,
+        Some(5353),
+        None,
+        Start::Auto,
+    );
+    assert_eq!(only(&t), Disposition::Delivered);
+}
+
+#[test]
+fn vxlan_stale_neighbour_mac_seed_002() {
+    let mut k = flannel();
+    // a still maps b's VTEP to b's old flannel.1 MAC.
+    let old = "02:0b:0b:0b:0b:0b";
+    k.ns("a").neighbours.clear();
+    k.ns("a").fdb.retain(|e| e.dev != "flannel.1");
+    k.neigh(
+        "a",
+        &format!("10.244.2.0 dev flannel.1 lladdr {old} PERMANENT"),
+    );
+    k.fdb(
+        "a",
+        &format!("{old} dev flannel.1 dst 192.168.0.2 self permanent"),
+    );
+    let t = tcp(&k, "10.244.1.5", "10.244.2.7", 8080);
+    assert_eq!(only(&t), Disposition::Dropped);
+    assert_eq!(t.branches[0].cause.as_deref(), Some("stale-vxlan-neighbor"));
+    // The other direction still works (b's entries are right).
+    let t = run(&k, "10.244.2.7", "10.244.1.5", 1, None, None, Start::Auto);
+    // b → a forward is fine, but the echo reply from a goes through the stale entry.
+    assert_eq!(t.branches[0].ended_on, netray_datapath::Leg::Reply);
+}
+
+#[test]
+fn vxlan_missing_fdb_and_vni_mismatch() {
+    let mut k = flannel();
+    k.ns("a").fdb.retain(|e| e.dev != "flannel.1");
+    let t = tcp(&k, "10.244.1.5", "10.244.2.7", 8080);
+    assert_eq!(t.branches[0].cause.as_deref(), Some("missing-vxlan-fdb"));
+    let mut k = flannel();
+    if let Some(l) = k.ns("b").links.iter_mut().find(|l| l.name == "flannel.1")
+        && let netray_snapshot::LinkKind::Vxlan { vni, .. } = &mut l.kind
+    {
+        *vni = 2;
+    }
+    let t = tcp(&k, "10.244.1.5", "10.244.2.7", 8080);
+    assert_eq!(t.branches[0].cause.as_deref(), Some("vxlan-mismatch"));
+}
+
+#[test]
+fn vxlan_overhead_exceeds_underlay_mtu() {
+    let mut k = flannel();
+    for n in ["a", "b"] {
+        k.ns(n)
+            .links
+            .iter_mut()
+            .find(|l| l.name == "flannel.1")
+            .unwrap()
+            .mtu = 1500;
+        k.ns(n)
+            .links
+            .iter_mut()
+            .find(|l| l.name == "cni0")
+            .unwrap()
+            .mtu = 1500;
+    }
+    let t = run(
+        &k,
+        "10.244.1.5",
+        "10.244.2.7",
+        1,
+        None,
+        Some(1480),
+        Start::Auto,
+    );
+    assert_eq!(only(&t), Disposition::MtuExceeded);
+    assert!(t.branches[0].reason.contains("VXLAN overhead"));
+    let t = run(
+        &k,
+        "10.244.1.5",
+        "10.244.2.7",
+        1,
+        None,
+        Some(1400),
+        Start::Auto,
+    );
+    assert_eq!(only(&t), Disposition::Delivered);
+}
+
+#[test]
+fn pod_to_own_service_needs_hairpin_and_masquerade() {
+    let mut k = flannel();
+    k.sysctl("b", "net.bridge.bridge-nf-call-iptables", "1");
+    let dnat = "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A PREROUTING -d 10.96.0.1/32 -p tcp --dport 80 -j DNAT --to-destination 10.244.2.7:8080\n";
+    // Without masquerade the pod receives a packet from its own address: martian.
+    k.iptables("b", &format!("{dnat}COMMIT\n"));
+    let t = tcp(&k, "10.244.2.7", "10.96.0.1", 80);
+    assert_eq!(only(&t), Disposition::MartianSource);
+    // With kube-proxy's hairpin masquerade (in br_netfilter POSTROUTING) it works.
+    k.ns("b").firewall.iptables.clear();
+    k.iptables(
+        "b",
+        &format!("{dnat}-A POSTROUTING -s 10.244.2.7/32 -d 10.244.2.7/32 -j MASQUERADE\nCOMMIT\n"),
+    );
+    let t = tcp(&k, "10.244.2.7", "10.96.0.1", 80);
+    assert_eq!(only(&t), Disposition::Delivered);
+    assert!(
+        t.branches[0]
+            .hops
+            .iter()
+            .any(|h| matches!(&h.step, Step::Netfilter { bridged: true, .. }))
+    );
+    // Hairpin off: the bridged DNAT frame cannot go back out of the port it came in on.
+    if let Some(l) = k.ns("b").links.iter_mut().find(|l| l.name == "veth-pb") {
+        l.bridge_port.as_mut().unwrap().hairpin = false;
+    }
+    let t = tcp(&k, "10.244.2.7", "10.96.0.1", 80);
+    assert_eq!(only(&t), Disposition::Dropped);
+    assert_eq!(t.branches[0].cause.as_deref(), Some("hairpin-off"));
+}
+
+#[test]
+fn duplicate_switch_namespace_is_one_namespace() {
+    let mut k = flannel();
+    // The switch namespace also appears in node b's snapshot (same boot id, same inode).
+    let sw = k.ns("a:sw").clone();
+    let a_host = k.ns("a").id.clone();
+    let nb = k.nodes.iter_mut().find(|n| n.node.name == "b").unwrap();
+    nb.namespaces.push(sw);
+    nb.referenced_netns.push(a_host);
+    let b = k.bundle();
+    let w = World::new(&b);
+    assert_eq!(
+        w.ns.iter()
+            .filter(|v| v.snap.id.name.as_deref() == Some("sw"))
+            .count(),
+        1
+    );
+    let t = tcp(&k, "10.244.1.5", "10.244.2.7", 8080);
+    assert_eq!(only(&t), Disposition::Delivered);
+}
+
+#[test]
+fn routing_loop_is_detected() {
+    let mut k = routed();
+    k.route("r:server", "10.7.0.0/16 via 10.0.2.1 dev eth0");
+    k.route("r", "10.7.0.0/16 via 10.0.2.2 dev vs");
+    k.sysctl("r:server", "net.ipv4.ip_forward", "1");
+    let t = tcp(&k, "10.0.1.2", "10.7.0.1", 80);
+    assert_eq!(only(&t), Disposition::Loop);
+}
+
+#[test]
+fn unknown_interface_kind_is_named() {
+    let mut k = routed();
+    k.link(
+        "r",
+        "wg0",
+        netray_snapshot::LinkKind::Other {
+            kind: "wireguard".into(),
+        },
+        1420,
+    );
+    k.route("r", "10.50.0.0/16 dev wg0");
+    let t = tcp(&k, "10.0.1.2", "10.50.0.1", 80);
+    assert_eq!(only(&t), Disposition::Unknown);
+    assert!(t.branches[0].reason.contains("wireguard"));
+}
+
+#[test]
+fn json_roundtrip() {
+    let k = flannel();
+    let t = tcp(&k, "10.244.1.5", "10.244.2.7", 8080);
+    let j = serde_json::to_string(&t).unwrap();
+    let back: Trace = serde_json::from_str(&j).unwrap();
+    assert_eq!(back, t);
+    assert!(j.contains("\"disposition\":\"delivered\""));
+}
