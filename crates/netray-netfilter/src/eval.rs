@@ -16,6 +16,8 @@ pub(crate) struct View {
     pub dport: Option<u16>,
     pub mark: u32,
     pub ctmark: u32,
+    /// Conntrack status bits set by NAT earlier in this hook.
+    pub nat_status: u32,
 }
 
 /// Everything a match needs.
@@ -221,6 +223,7 @@ pub(crate) fn evaluate(
             dport: pkt.dport,
             mark: pkt.mark,
             ctmark: pkt.ct.mark,
+            nat_status: 0,
         },
         nat: None,
         ct: CtEffects::default(),
@@ -440,6 +443,11 @@ impl St {
             },
             Effect::Nat(n) => {
                 apply_nat(cx, &mut self.v, n);
+                self.v.nat_status |= if n.is_dnat() {
+                    crate::ct_status::DST_NAT
+                } else {
+                    crate::ct_status::SRC_NAT
+                };
                 self.nat = Some(n.clone());
             }
             Effect::Ct(c) => {
@@ -1227,13 +1235,14 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
 fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch) -> Tri {
     use crate::ct_status as cs;
     let mut t = Tri::Yes;
+    let status = pkt.ct.status | v.nat_status;
     if let Some(Neg { v: bits, neg: n }) = c.state {
         let mut sb = state_bit(pkt, ct);
         if has_ct(pkt, ct) {
-            if pkt.ct.status & cs::SRC_NAT != 0 {
+            if status & cs::SRC_NAT != 0 {
                 sb |= ipt::state::SNAT;
             }
-            if pkt.ct.status & cs::DST_NAT != 0 {
+            if status & cs::DST_NAT != 0 {
                 sb |= ipt::state::DNAT;
             }
         }
@@ -1262,7 +1271,7 @@ fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch) -> 
     }
     let orig = pkt.ct.dir == CtDir::Original;
     if let Some(Neg { v: bits, neg: n }) = c.status {
-        t = t.and(Tri::from(((pkt.ct.status & bits) != 0) != n));
+        t = t.and(Tri::from(((status & bits) != 0) != n));
     }
     if let Some(Neg { v: p, neg: n }) = c.proto {
         t = t.and(Tri::from((p == pkt.proto) != n));

@@ -1890,7 +1890,8 @@ impl<'a> RuleParser<'a> {
                             msg: format!("bad probability `{v}`"),
                             at: self.at(self.k - 1),
                         })?;
-                    st.v = Stat::Random(p);
+                    // The kernel keeps p as a 31-bit fraction; so do we (round trips compare equal).
+                    st.v = Stat::Random((p * 2147483648.0).round() / 2147483648.0);
                     st.neg ^= neg;
                 }
                 "--every" | "--packet" => {

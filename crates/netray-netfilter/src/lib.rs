@@ -24,6 +24,7 @@ mod eval;
 pub mod ipset;
 pub mod ipt;
 pub mod nft;
+pub mod synth;
 mod text;
 
 use std::net::IpAddr;

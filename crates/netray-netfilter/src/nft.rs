@@ -389,7 +389,11 @@ impl NftRuleset {
                     base,
                     rules: Vec::new(),
                 });
-            } else if let Some(s) = it.get("set").or_else(|| it.get("map")) {
+            }
+        }
+        // Pass 2: sets and maps (verdict maps name chains).
+        for (pos, it) in items.iter().enumerate() {
+            if let Some(s) = it.get("set").or_else(|| it.get("map")) {
                 let (Some(f), Some(tn), Some(n)) = (
                     s["family"].as_str(),
                     s["table"].as_str(),
@@ -466,7 +470,7 @@ impl NftRuleset {
                 rs.tables[ti].sets.insert(n.to_string(), set);
             }
         }
-        // Pass 2: rules (chains now known for jumps).
+        // Pass 3: rules.
         for (pos, it) in items.iter().enumerate() {
             let Some(r) = it.get("rule") else { continue };
             let (Some(f), Some(tn), Some(cn)) = (
@@ -888,7 +892,7 @@ fn field_value(cx: &Cx, st: &St, f: Field) -> Result<Val, String> {
                 .ok_or_else(|| "interface group not known".into())
         }
         Field::CtState => int(eval::state_bit(pkt, &Default::default()) as u128),
-        Field::CtStatus => int(pkt.ct.status as u128),
+        Field::CtStatus => int((pkt.ct.status | v.nat_status) as u128),
         Field::CtMark => int(v.ctmark as u128),
         Field::CtDirection => int(if pkt.ct.dir == CtDir::Reply { 1 } else { 0 }),
         Field::CtOrigSaddr => match (pkt.ct.orig_src, pkt.ct.dir) {
