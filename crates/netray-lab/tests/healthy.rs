@@ -60,7 +60,7 @@ fn healthy_lab_reaches_everything() {
         }
     }
     // Hairpin: a pod reaching its own service lands on itself some of the time.
-    let s = lab.spread(&lab.service_probe("web-0", "web", Proto::Tcp).unwrap(), 24);
+    let s = lab.spread(&lab.service_probe("web-0", "web", Proto::Tcp).unwrap(), 60);
     assert!(s.answered.contains_key("web-0") && s.failed == 0, "{s:?}");
 
     // NodePorts on every node from the external client and from a pod.
