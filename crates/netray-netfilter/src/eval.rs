@@ -816,12 +816,11 @@ pub(crate) fn addr_type(ctx: &HostContext, addr: IpAddr, dev: Option<&str>) -> u
         if la.addr == addr {
             return LOCAL;
         }
-        if la.iface == "lo" {
-            if let Ok(net) = ipnet::IpNet::new(la.addr, la.prefix_len) {
-                if net.contains(&addr) {
-                    return LOCAL;
-                }
-            }
+        if la.iface == "lo"
+            && let Ok(net) = ipnet::IpNet::new(la.addr, la.prefix_len)
+            && net.contains(&addr)
+        {
+            return LOCAL;
         }
         if la.broadcast == Some(addr) {
             return BROADCAST;
@@ -839,15 +838,15 @@ pub(crate) fn addr_type(ctx: &HostContext, addr: IpAddr, dev: Option<&str>) -> u
 
 fn ipt_rule_matches(cx: &Cx, d: &ipt::Dump, r: &ipt::Rule, v: &View, ct: &CtEffects) -> Tri {
     let pkt = cx.pkt;
-    if let Some(Neg { v: net, neg: n }) = &r.src {
-        if net.contains(&v.src) == *n {
-            return Tri::No;
-        }
+    if let Some(Neg { v: net, neg: n }) = &r.src
+        && net.contains(&v.src) == *n
+    {
+        return Tri::No;
     }
-    if let Some(Neg { v: net, neg: n }) = &r.dst {
-        if net.contains(&v.dst) == *n {
-            return Tri::No;
-        }
+    if let Some(Neg { v: net, neg: n }) = &r.dst
+        && net.contains(&v.dst) == *n
+    {
+        return Tri::No;
     }
     if let Some(Neg { v: p, neg: n }) = r.proto {
         let m = p == 0 || p == pkt.proto;
@@ -855,20 +854,20 @@ fn ipt_rule_matches(cx: &Cx, d: &ipt::Dump, r: &ipt::Rule, v: &View, ct: &CtEffe
             return Tri::No;
         }
     }
-    if let Some(Neg { v: i, neg: n }) = &r.iif {
-        if i.matches(pkt.iif.as_deref().unwrap_or("")) == *n {
-            return Tri::No;
-        }
+    if let Some(Neg { v: i, neg: n }) = &r.iif
+        && i.matches(pkt.iif.as_deref().unwrap_or("")) == *n
+    {
+        return Tri::No;
     }
-    if let Some(Neg { v: i, neg: n }) = &r.oif {
-        if i.matches(pkt.oif.as_deref().unwrap_or("")) == *n {
-            return Tri::No;
-        }
+    if let Some(Neg { v: i, neg: n }) = &r.oif
+        && i.matches(pkt.oif.as_deref().unwrap_or("")) == *n
+    {
+        return Tri::No;
     }
-    if let Some(f) = r.frag {
-        if f != pkt.fragment {
-            return Tri::No;
-        }
+    if let Some(f) = r.frag
+        && f != pkt.fragment
+    {
+        return Tri::No;
     }
     let mut acc = Tri::Yes;
     for m in &r.matches {

@@ -156,10 +156,10 @@ impl Ipsets {
                 let mut markmask = u32::MAX;
                 let mut i = 3;
                 while i < words.len() {
-                    if words[i].1 == "markmask" {
-                        if let Some(v) = words.get(i + 1).and_then(|w| crate::ipt::parse_u32(w.1)) {
-                            markmask = v;
-                        }
+                    if words[i].1 == "markmask"
+                        && let Some(v) = words.get(i + 1).and_then(|w| crate::ipt::parse_u32(w.1))
+                    {
+                        markmask = v;
                     }
                     i += 1;
                 }
@@ -200,13 +200,13 @@ impl Ipsets {
                 for (d, p) in set.dims.iter().zip(&parts) {
                     comps.push(comp(*d, p).ok_or((c, format!("bad element part `{p}`")))?);
                 }
-                if set.dims.len() == 1 && !nomatch {
-                    if let Comp::Addr { lo, hi, .. } = comps[0] {
-                        if lo == hi {
-                            set.exact.insert(lo);
-                            return Ok(());
-                        }
-                    }
+                if set.dims.len() == 1
+                    && !nomatch
+                    && let Comp::Addr { lo, hi, .. } = comps[0]
+                    && lo == hi
+                {
+                    set.exact.insert(lo);
+                    return Ok(());
                 }
                 set.entries.push(Entry { comps, nomatch });
                 Ok(())
@@ -247,12 +247,11 @@ impl Ipsets {
         if keys.len() < set.dims.len() {
             return Some(false);
         }
-        if set.dims.len() == 1 {
-            if let Key::Ip(a) = keys[0] {
-                if set.exact.contains(&a) {
-                    return Some(true);
-                }
-            }
+        if set.dims.len() == 1
+            && let Key::Ip(a) = keys[0]
+            && set.exact.contains(&a)
+        {
+            return Some(true);
         }
         // Most specific matching entry decides (nomatch entries exclude).
         let mut best: Option<(u32, bool)> = None;

@@ -281,6 +281,9 @@ pub enum Cmp {
     Gt,
 }
 
+/// `--src-range` / `--dst-range` of `-m iprange`.
+pub type IpRangeSpec = Option<Neg<(IpAddr, IpAddr)>>;
+
 /// One match module of a rule (the `-s/-d/-i/-o/-p/-f` basics live in [`Rule`]).
 #[derive(Debug, Clone, PartialEq)]
 pub enum Match {
@@ -372,7 +375,7 @@ pub enum Match {
         is_bridged: Option<bool>,
     },
     /// `-m iprange`.
-    Iprange(Box<(Option<Neg<(IpAddr, IpAddr)>>, Option<Neg<(IpAddr, IpAddr)>>)>),
+    Iprange(Box<(IpRangeSpec, IpRangeSpec)>),
     /// `-m length --length lo:hi`.
     Length(Neg<(u32, u32)>),
     /// `-m ttl` (v4) / `-m hl` (v6).
@@ -706,33 +709,33 @@ impl ChainIndex {
         for (i, r) in rules.iter().enumerate() {
             let i = i as u32;
             if r.error.is_none() {
-                if let Some(Neg { v: net, neg: false }) = r.dst {
-                    if net.prefix_len() == net.max_prefix_len() {
-                        ix.by_dst.entry(net.addr()).or_default().push(i);
-                        continue;
-                    }
+                if let Some(Neg { v: net, neg: false }) = r.dst
+                    && net.prefix_len() == net.max_prefix_len()
+                {
+                    ix.by_dst.entry(net.addr()).or_default().push(i);
+                    continue;
                 }
-                if let Some(Neg { v: p, neg: false }) = r.proto {
-                    if p != 0 {
-                        let dport = r.matches.iter().find_map(|m| match m {
-                            Match::Tcp {
-                                dport: Some(Neg { v, neg: false }),
-                                ..
-                            }
-                            | Match::Udp {
-                                dport: Some(Neg { v, neg: false }),
-                                ..
-                            }
-                            | Match::Sctp {
-                                dport: Some(Neg { v, neg: false }),
-                                ..
-                            } if v.lo == v.hi => Some(v.lo),
-                            _ => None,
-                        });
-                        if let Some(d) = dport {
-                            ix.by_port.entry((p, d)).or_default().push(i);
-                            continue;
+                if let Some(Neg { v: p, neg: false }) = r.proto
+                    && p != 0
+                {
+                    let dport = r.matches.iter().find_map(|m| match m {
+                        Match::Tcp {
+                            dport: Some(Neg { v, neg: false }),
+                            ..
                         }
+                        | Match::Udp {
+                            dport: Some(Neg { v, neg: false }),
+                            ..
+                        }
+                        | Match::Sctp {
+                            dport: Some(Neg { v, neg: false }),
+                            ..
+                        } if v.lo == v.hi => Some(v.lo),
+                        _ => None,
+                    });
+                    if let Some(d) = dport {
+                        ix.by_port.entry((p, d)).or_default().push(i);
+                        continue;
                     }
                 }
             }
@@ -771,10 +774,10 @@ impl Iterator for Candidates<'_> {
     fn next(&mut self) -> Option<u32> {
         let mut best: Option<(usize, u32)> = None;
         for (i, l) in self.lists.iter().enumerate() {
-            if let Some(&x) = l.first() {
-                if best.is_none_or(|(_, b)| x < b) {
-                    best = Some((i, x));
-                }
+            if let Some(&x) = l.first()
+                && best.is_none_or(|(_, b)| x < b)
+            {
+                best = Some((i, x));
             }
         }
         let (i, x) = best?;
@@ -929,7 +932,7 @@ impl Parser {
                     self.diag(lineno, start, end, e.at.0 as usize, e.msg);
                 }
             }
-            b'C' if &text[s..end].trim_end() == &"COMMIT" => {
+            b'C' if text[s..end].trim_end() == "COMMIT" => {
                 if let Some(t) = self.cur.take() {
                     self.finish_table(t);
                 } else {
@@ -2788,13 +2791,13 @@ fn icmp_type(v: &str, v6: bool) -> Option<IcmpType> {
         code_lo: c,
         code_hi: c,
     };
-    if let Some(first) = v.bytes().next() {
-        if first.is_ascii_digit() {
-            return match v.split_once('/') {
-                Some((t, c)) => Some(one(t.parse().ok()?, c.parse().ok()?)),
-                None => Some(all(v.parse().ok()?)),
-            };
-        }
+    if let Some(first) = v.bytes().next()
+        && first.is_ascii_digit()
+    {
+        return match v.split_once('/') {
+            Some((t, c)) => Some(one(t.parse().ok()?, c.parse().ok()?)),
+            None => Some(all(v.parse().ok()?)),
+        };
     }
     if v == "any" {
         return Some(all(255));

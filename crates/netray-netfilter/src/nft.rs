@@ -370,18 +370,12 @@ impl NftRuleset {
                     continue;
                 };
                 let base = match c.get("hook").and_then(|h| h.as_str()) {
-                    Some(h) => match Hook::parse(h) {
-                        Some(hook) => Some(BaseChain {
-                            hook,
-                            prio: c["prio"].as_i64().unwrap_or(0) as i32,
-                            kind: c["type"].as_str().unwrap_or("filter").to_string(),
-                            accept: c["policy"].as_str() != Some("drop"),
-                        }),
-                        None => {
-                            // ingress/egress etc.: not on the IP hooks we model.
-                            None
-                        }
-                    },
+                    Some(h) => Hook::parse(h).map(|hook| BaseChain {
+                        hook,
+                        prio: c["prio"].as_i64().unwrap_or(0) as i32,
+                        kind: c["type"].as_str().unwrap_or("filter").to_string(),
+                        accept: c["policy"].as_str() != Some("drop"),
+                    }),
                     None => None,
                 };
                 rs.tables[ti].chains.push(NftChain {
@@ -1351,10 +1345,10 @@ fn pat_typed(j: &J, kinds: &[Kind]) -> Option<Pat> {
         }
         return Some(Pat::Set(ps));
     }
-    if let J::String(s) = j {
-        if let Some(n) = s.strip_prefix('@') {
-            return Some(Pat::Ref(n.to_string()));
-        }
+    if let J::String(s) = j
+        && let Some(n) = s.strip_prefix('@')
+    {
+        return Some(Pat::Ref(n.to_string()));
     }
     if let J::Array(a) = j {
         // Flag list (`ct state { established, related }` as ["established","related"]).
