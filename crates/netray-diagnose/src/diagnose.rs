@@ -227,6 +227,8 @@ fn explaining_codes(d: Disposition) -> &'static [&'static str] {
             "stale-vxlan-neighbor",
             "stale-vxlan-fdb",
             "missing-vxlan-fdb",
+            "no-route",
+            "pod-no-default-route",
             "neighbor-unreachable",
         ],
         Disposition::NoRoute => &[
@@ -402,17 +404,29 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
             let node = last.map(|h| h.node.clone()).unwrap_or_default();
             let netns = last.map(|h| h.netns.clone()).unwrap_or_default();
             // A scan finding on the node where it died that explains this disposition.
+            // A finding that explains the disposition, on the node where the branch died or,
+            // failing that, on the nodes it crossed before (latest first): a frame dropped at
+            // decapsulation was addressed wrongly by the node that encapsulated it.
             let explaining = explaining_codes(b.disposition);
-            let support = explaining.iter().find_map(|code| {
-                findings
-                    .iter()
-                    .find(|x| x.code == *code && (x.node == node || x.node == "-"))
+            let mut nodes_crossed: Vec<&str> = Vec::new();
+            for h in b.hops.iter().rev() {
+                if !nodes_crossed.contains(&h.node.as_str()) {
+                    nodes_crossed.push(&h.node);
+                }
+            }
+            let support = nodes_crossed.iter().find_map(|n| {
+                explaining.iter().find_map(|code| {
+                    findings
+                        .iter()
+                        .find(|x| x.code == *code && (x.node == *n || x.node == "-"))
+                })
             });
-            let branch_code = b
-                .cause
-                .as_deref()
-                .and_then(|c| crate::catalog::known_code(c))
-                .unwrap_or_else(|| default_code(b));
+            // The walk's own cause code, unless the rules show a NetworkPolicy at work.
+            let walk_code = default_code(b);
+            let branch_code = match b.cause.as_deref().and_then(crate::catalog::known_code) {
+                Some(c) if walk_code != "network-policy-drop" => c,
+                _ => walk_code,
+            };
             let mut evidence = evidence_of(b);
             let cause = match support {
                 Some(s) => {
@@ -420,8 +434,16 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                     Finding {
                         code: s.code,
                         severity: Severity::Critical,
-                        node: s.node.clone(),
-                        netns: s.netns.clone(),
+                        node: if s.node == "-" {
+                            node.clone()
+                        } else {
+                            s.node.clone()
+                        },
+                        netns: if s.node == "-" {
+                            netns.clone()
+                        } else {
+                            s.netns.clone()
+                        },
                         evidence,
                         explanation: format!("{} {}", b.reason, s.explanation),
                         fix: s.fix.clone(),

@@ -50,17 +50,6 @@ impl<'a> Ns<'a> {
             fix,
         }
     }
-
-    /// Whether this namespace looks like a workload (pod, VM, container): not the host, with
-    /// at least one global address. A lab switch or an empty namespace is not.
-    pub fn is_workload(&self) -> bool {
-        self.ns.role != NetnsRole::Host
-            && self
-                .ns
-                .addresses
-                .iter()
-                .any(|a| a.scope == "global" && a.dev != "lo")
-    }
 }
 
 /// Everything the checks read, indexed once.
@@ -130,9 +119,42 @@ impl<'a> ScanInput<'a> {
             .filter(|n| n.ns.role == NetnsRole::Host)
     }
 
+    /// Whether a namespace is a workload (pod, VM, container): not a host namespace, with a
+    /// global address, and either holding a pod IP of the cluster view or plugged into a
+    /// bridge of its node's host namespace. A lab switch or a router on a plain veth is not.
+    pub fn is_workload(&self, n: &Ns) -> bool {
+        if n.ns.role == NetnsRole::Host {
+            return false;
+        }
+        let addrs: Vec<IpAddr> =
+            n.ns.addresses
+                .iter()
+                .filter(|a| a.scope == "global" && a.dev != "lo")
+                .map(|a| a.addr.addr())
+                .collect();
+        if addrs.is_empty() {
+            return false;
+        }
+        let pod_ip = self.cluster.is_some_and(|c| {
+            c.pods
+                .iter()
+                .any(|p| !p.host_network && p.ips.iter().any(|ip| addrs.contains(ip)))
+        });
+        let on_bridge = n.node.host().is_some_and(|h| {
+            h.links.iter().any(|l| {
+                l.master.is_some()
+                    && matches!(l.kind, LinkKind::Veth { peer_netns: Some(p), .. } if p == n.ns.id.inode)
+            })
+        });
+        pod_ip || on_bridge
+    }
+
     /// Workload namespaces (pods, VMs).
     pub fn workloads(&self) -> impl Iterator<Item = Ns<'a>> + '_ {
-        self.namespaces.iter().copied().filter(|n| n.is_workload())
+        self.namespaces
+            .iter()
+            .copied()
+            .filter(|n| self.is_workload(n))
     }
 
     /// The namespace owning `ip` as an interface address.
@@ -1039,7 +1061,7 @@ pub(crate) fn pod_mtu(input: &ScanInput, out: &mut Vec<Finding>) {
 
 pub(crate) fn interfaces_down(input: &ScanInput, out: &mut Vec<Finding>) {
     for n in &input.namespaces {
-        if n.ns.role != NetnsRole::Host && !n.is_workload() {
+        if n.ns.role != NetnsRole::Host && !input.is_workload(n) {
             continue;
         }
         for l in &n.ns.links {
@@ -1103,7 +1125,7 @@ pub(crate) fn bridge_ports(input: &ScanInput, out: &mut Vec<Finding>) {
                 ));
             }
             let to_workload = matches!(l.kind, LinkKind::Veth { peer_netns: Some(p), .. }
-                if input.namespaces.iter().any(|n| n.ns.id.inode == p && n.is_workload()));
+                if input.namespaces.iter().any(|n| n.ns.id.inode == p && input.is_workload(n)));
             if to_workload && !bp.hairpin && input.cluster.is_some_and(|c| !c.services.is_empty()) {
                 out.push(h.finding(
                     "hairpin-disabled",

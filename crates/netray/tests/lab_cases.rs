@@ -1,0 +1,361 @@
+//! The field cases, end to end against the real kernel: a lab is built with a fault, the
+//! failure is confirmed with real probes, `netray collect` runs inside every node, and
+//! `netray scan` and `netray diagnose` over the collected bundle must name the right code on
+//! the right node. The healthy lab must be clean.
+
+use std::path::Path;
+use std::process::Command;
+
+use netray_lab::spec::{ClusterSpec, EXTERNAL_IP, WEB_LB_HEALTH_PORT, WEB_LB_IP, node_ip};
+use netray_lab::{Agent, Fault, Lab, Probe, Proto, require_root};
+use serde_json::Value;
+
+const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
+
+fn can_run(test: &str) -> bool {
+    match require_root() {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: {why} (CI=true: lab tests must run)")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
+/// The standard 3-node lab (2 `web` pods per node) without the deliberately empty Service.
+fn spec() -> ClusterSpec {
+    let mut s = ClusterSpec::standard(3, 2);
+    s.services.retain(|svc| svc.name != "empty");
+    s
+}
+
+fn lab(faults: &[&str], keep_empty_service: bool) -> Lab {
+    let spec = if keep_empty_service {
+        ClusterSpec::standard(3, 2)
+    } else {
+        spec()
+    };
+    let agent = Agent::subcommand(NETRAY, &["lab", "agent"]);
+    let mut lab = Lab::up(&spec, &agent).expect("lab up");
+    for f in faults {
+        lab.apply(&f.parse::<Fault>().expect("fault name"))
+            .expect("apply fault");
+    }
+    lab
+}
+
+struct Run {
+    code: i32,
+    json: Value,
+    stderr: String,
+}
+
+fn netray(args: &[&str]) -> Run {
+    let out = Command::new(NETRAY)
+        .args(args)
+        .output()
+        .expect("run netray");
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    Run {
+        code: out.status.code().unwrap_or(-1),
+        json: serde_json::from_str(&stdout).unwrap_or_else(|e| {
+            panic!(
+                "netray {args:?} did not print JSON ({e}): {stdout}\n{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        }),
+        stderr: String::from_utf8_lossy(&out.stderr).to_string(),
+    }
+}
+
+fn bundle(lab: &Lab) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().expect("tempdir");
+    lab.collect_bundle(Path::new(NETRAY), dir.path())
+        .expect("collect bundle");
+    dir
+}
+
+fn scan(dir: &Path) -> Run {
+    netray(&["scan", "--bundle", dir.to_str().unwrap(), "-o", "json"])
+}
+
+fn diagnose(dir: &Path, from: &str, to: &str, extra: &[&str]) -> Run {
+    let mut args = vec![
+        "diagnose",
+        "--bundle",
+        dir.to_str().unwrap(),
+        "--from",
+        from,
+        "--to",
+        to,
+        "-o",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    netray(&args)
+}
+
+/// (code, node) of every finding or cause.
+fn codes(list: &Value) -> Vec<(String, String)> {
+    list.as_array()
+        .map(|a| {
+            a.iter()
+                .map(|f| {
+                    (
+                        f["code"].as_str().unwrap_or("").to_string(),
+                        f["node"].as_str().unwrap_or("").to_string(),
+                    )
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn assert_finding(scan: &Run, code: &str, node: &str) {
+    let found = codes(&scan.json["findings"]);
+    assert!(
+        found.iter().any(|(c, n)| c == code && n == node),
+        "scan should report {code} on {node}; got {found:?}"
+    );
+    assert_eq!(scan.code, 1, "scan exit code with findings");
+}
+
+fn assert_cause(d: &Run, verdict: &str, code: &str, node: &str) {
+    let causes = codes(&d.json["causes"]);
+    assert_eq!(
+        d.json["verdict"], verdict,
+        "verdict; causes {causes:?}; summary {}; stderr {}",
+        d.json["summary"], d.stderr
+    );
+    assert!(
+        causes.iter().any(|(c, n)| c == code && n == node),
+        "diagnose should name {code} on {node}; got {causes:?}: {}",
+        serde_json::to_string_pretty(&d.json["causes"]).unwrap()
+    );
+    assert_eq!(d.code, 1, "exit code of a failing diagnosis");
+    // Every cause quotes evidence and says how to fix it.
+    for c in d.json["causes"].as_array().unwrap() {
+        assert!(!c["evidence"].as_array().unwrap().is_empty(), "{c}");
+        assert!(!c["fix"].as_str().unwrap().is_empty(), "{c}");
+    }
+}
+
+#[test]
+fn healthy_lab_is_clean_and_reachable() {
+    if !can_run("healthy_lab_is_clean_and_reachable") {
+        return;
+    }
+    let lab = lab(&[], false);
+    assert!(
+        lab.probe(&lab.service_probe("web-0", "web", Proto::Tcp).unwrap())
+            .ok
+    );
+    let dir = bundle(&lab);
+    let s = scan(dir.path());
+    let serious: Vec<_> = s.json["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["severity"] != "info")
+        .collect();
+    assert!(serious.is_empty(), "healthy lab has findings: {serious:#?}");
+    assert_eq!(s.code, 0);
+    for (from, to) in [
+        ("pod/default/web-0", "svc/default/web:80"),
+        ("pod/default/web-0", "svc/default/web:53/udp"),
+        ("pod/default/web-0", "pod/default/web-5:8080"),
+        ("node/node1", "svc/default/web:80"),
+    ] {
+        let d = diagnose(dir.path(), from, to, &[]);
+        assert_eq!(
+            d.json["verdict"],
+            "reachable",
+            "{from} → {to}: {}",
+            serde_json::to_string_pretty(&d.json["causes"]).unwrap()
+        );
+        assert_eq!(d.code, 0);
+    }
+}
+
+#[test]
+fn seed_003_forward_policy_drop() {
+    if !can_run("seed_003_forward_policy_drop") {
+        return;
+    }
+    let lab = lab(&["forward-drop:node1"], false);
+    assert!(
+        !lab.probe(&lab.pod_probe("web-0", "web-2", Proto::Tcp).unwrap())
+            .ok
+    );
+    let dir = bundle(&lab);
+    assert_finding(&scan(dir.path()), "forward-policy-drop", "node1");
+    let d = diagnose(dir.path(), "node/node0", "svc/default/web:80", &[]);
+    assert_cause(&d, "partial", "forward-policy-drop", "node1");
+}
+
+#[test]
+fn seed_002_stale_vxlan_neighbour() {
+    if !can_run("seed_002_stale_vxlan_neighbour") {
+        return;
+    }
+    let lab = lab(&["stale-vtep:node0:node2"], false);
+    assert!(
+        !lab.probe(&lab.pod_probe("web-0", "web-4", Proto::Udp).unwrap())
+            .ok
+    );
+    let dir = bundle(&lab);
+    assert_finding(&scan(dir.path()), "stale-vxlan-neighbor", "node2");
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "svc/default/web:53/udp",
+        &[],
+    );
+    assert_cause(&d, "partial", "stale-vxlan-neighbor", "node2");
+}
+
+#[test]
+fn seed_001_ip_forward_off() {
+    if !can_run("seed_001_ip_forward_off") {
+        return;
+    }
+    let lab = lab(&["ip-forward-off:node1"], false);
+    let dir = bundle(&lab);
+    assert_finding(&scan(dir.path()), "ip-forward-disabled", "node1");
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "pod/default/web-2:8080",
+        &[],
+    );
+    assert_cause(&d, "unreachable", "ip-forward-disabled", "node1");
+}
+
+#[test]
+fn seed_001_rp_filter_asymmetric() {
+    if !can_run("seed_001_rp_filter_asymmetric") {
+        return;
+    }
+    let lab = lab(&["rp-filter-asymmetric:node1"], false);
+    assert!(
+        !lab.probe(&Probe::tcp(
+            "ext",
+            node_ip(1),
+            netray_lab::spec::WEB_NODE_PORTS.0
+        ))
+        .ok
+    );
+    let dir = bundle(&lab);
+    assert_finding(&scan(dir.path()), "rp-filter-strict-asymmetric", "node1");
+    let to = format!("{}:{}", node_ip(1), netray_lab::spec::WEB_NODE_PORTS.0);
+    let d = diagnose(dir.path(), &format!("external/{EXTERNAL_IP}"), &to, &[]);
+    assert_cause(&d, "unreachable", "rp-filter-strict-asymmetric", "node1");
+}
+
+#[test]
+fn seed_001_missing_route_and_default_route() {
+    if !can_run("seed_001_missing_route_and_default_route") {
+        return;
+    }
+    let lab = lab(
+        &["missing-route:node0:node1", "pod-no-default-route:web-4"],
+        false,
+    );
+    let dir = bundle(&lab);
+    let s = scan(dir.path());
+    assert_finding(&s, "no-route", "node0");
+    assert_finding(&s, "pod-no-default-route", "node2");
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "pod/default/web-2:8080",
+        &[],
+    );
+    assert_cause(&d, "unreachable", "no-route", "node0");
+    let d = diagnose(dir.path(), "pod/default/web-4", "svc/default/web:80", &[]);
+    assert_cause(&d, "unreachable", "pod-no-default-route", "node2");
+}
+
+#[test]
+fn network_policy_drop() {
+    if !can_run("network_policy_drop") {
+        return;
+    }
+    let lab = lab(&["policy-drop:web-2"], false);
+    let dir = bundle(&lab);
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "pod/default/web-2:8080",
+        &[],
+    );
+    assert_cause(&d, "unreachable", "network-policy-drop", "node1");
+}
+
+#[test]
+fn overlay_mtu_blackhole() {
+    if !can_run("overlay_mtu_blackhole") {
+        return;
+    }
+    let lab = lab(&["overlay-mtu"], false);
+    let dir = bundle(&lab);
+    assert_finding(&scan(dir.path()), "mtu-blackhole", "node0");
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "pod/default/web-2",
+        &["--proto", "icmp", "--size", "1420"],
+    );
+    assert_cause(&d, "unreachable", "mtu-blackhole", "node0");
+}
+
+#[test]
+fn seed_000_bridge_nf_masquerade() {
+    if !can_run("seed_000_bridge_nf_masquerade") {
+        return;
+    }
+    let lab = lab(&["bridge-nf-masq:node0"], false);
+    let dir = bundle(&lab);
+    assert_finding(&scan(dir.path()), "bridge-nf-snat-conflict", "node0");
+    let d = diagnose(dir.path(), "node/node0", "svc/default/vm:80", &[]);
+    assert_cause(&d, "unreachable", "bridge-nf-snat-conflict", "node0");
+}
+
+#[test]
+fn seed_004_lb_ip_in_local_table() {
+    if !can_run("seed_004_lb_ip_in_local_table") {
+        return;
+    }
+    let lab = lab(&["local-service-ip:node0"], false);
+    let dir = bundle(&lab);
+    assert_finding(&scan(dir.path()), "lb-ip-in-local-table", "node0");
+    let d = diagnose(
+        dir.path(),
+        &format!("external/{WEB_LB_IP}"),
+        &format!("{}:{WEB_LB_HEALTH_PORT}", node_ip(0)),
+        &[],
+    );
+    assert_cause(&d, "unreachable", "lb-ip-in-local-table", "node0");
+}
+
+#[test]
+fn service_without_endpoints_rejects() {
+    if !can_run("service_without_endpoints_rejects") {
+        return;
+    }
+    let lab = lab(&[], true);
+    let dir = bundle(&lab);
+    let s = scan(dir.path());
+    assert!(
+        codes(&s.json["findings"])
+            .iter()
+            .any(|(c, _)| c == "no-endpoints"),
+        "{:?}",
+        codes(&s.json["findings"])
+    );
+    let d = diagnose(dir.path(), "pod/default/web-0", "svc/default/empty:80", &[]);
+    assert_cause(&d, "unreachable", "no-endpoints", "node0");
+}
