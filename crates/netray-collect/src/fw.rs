@@ -203,8 +203,33 @@ fn nfproto_name(f: u8) -> Option<&'static str> {
     })
 }
 
-/// `ipset save` of the current thread's namespace.
+/// Whether the namespace holds any ipset, asked over nfnetlink (`IPSET_CMD_LIST` with
+/// `LIST_SETNAME`: names only). `None` when the kernel did not answer the question.
+pub fn ipset_any() -> Option<bool> {
+    let mut sock = Socket::open(NETLINK_NETFILTER).ok()?;
+    // nfgenmsg (NFPROTO_IPV4, v0), IPSET_ATTR_PROTOCOL = 7, IPSET_ATTR_FLAGS = LIST_SETNAME.
+    let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
+    crate::nl::push_attr(&mut body, 1, &[7]);
+    crate::nl::push_attr(&mut body, 6 | 0x4000, &(1u32 << 1).to_be_bytes());
+    let mut any = false;
+    sock.dump((6 << 8) | 7, &body, &mut |m| {
+        if let Some(m) = m
+            && m.ty == (6 << 8) | 7
+        {
+            any = true;
+        }
+        Ok(())
+    })
+    .ok()?;
+    Some(any)
+}
+
+/// `ipset save` of the current thread's namespace; `Ok("")` without spawning when the
+/// kernel says the namespace has no set.
 pub fn ipset() -> Result<String, String> {
+    if ipset_any() == Some(false) {
+        return Ok(String::new());
+    }
     run("ipset", &["save"])
 }
 

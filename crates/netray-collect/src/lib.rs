@@ -345,7 +345,18 @@ fn collect_here(
     }
 
     let mut ctp = Vec::new();
-    match ct::dump(opts.conntrack_limit, &mut ctp) {
+    // A ctnetlink dump walks the kernel's global conntrack hash (milliseconds per
+    // namespace): skip it when this namespace's own count says it is empty.
+    let ct_empty = snap
+        .sysctls
+        .get("net.netfilter.nf_conntrack_count")
+        .is_some_and(|c| c.trim() == "0");
+    let dumped = if ct_empty {
+        Ok((Vec::new(), 0))
+    } else {
+        ct::dump(opts.conntrack_limit, &mut ctp)
+    };
+    match dumped {
         Ok((entries, total)) => {
             let stats = std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")
                 .ok()
