@@ -442,7 +442,17 @@ fn resolve_start(
     } else {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     };
-    let link = facing(flow.src)
+    // An interface whose subnet holds the source (the client is on-link there) first.
+    let onlink = v
+        .snap
+        .addresses
+        .iter()
+        .filter(|a| a.addr.prefix_len() < if a.addr.addr().is_ipv4() { 32 } else { 128 })
+        .filter(|a| a.addr.contains(&flow.src) && a.addr.addr() != flow.src)
+        .max_by_key(|a| a.addr.prefix_len())
+        .and_then(|a| v.link(&a.dev));
+    let link = onlink
+        .or_else(|| facing(flow.src))
         .or_else(|| facing(any))
         .or_else(|| {
             v.snap
@@ -2245,6 +2255,24 @@ impl<'w, 'a> Walker<'w, 'a> {
             );
             return Ok(Some(mac));
         }
+        if st.leg == Leg::Reply
+            && self.client_ns.is_none()
+            && nh == self.orig_pkt.src
+            && !entry.is_some_and(|n| n.state.iter().any(|s| s == "FAILED"))
+        {
+            // The external client sent the request, so it answers ARP for itself.
+            self.hop(
+                st,
+                ns,
+                None,
+                Some(link),
+                Step::Transmit {
+                    to: format!("the external client {nh} on {lname} (not collected)"),
+                    dst_mac: None,
+                },
+            );
+            return Err(self.exits(st));
+        }
         let l = self.link(ns, link);
         let is_vxlan = l.is_some_and(|l| matches!(l.kind, LinkKind::Vxlan { .. }));
         if !is_vxlan
@@ -2528,15 +2556,17 @@ impl<'w, 'a> Walker<'w, 'a> {
         match &l.kind {
             LinkKind::Veth { .. } => {
                 let Some((pns, pl)) = v.peer.get(link).copied().flatten() else {
-                    return Err(end(
-                        Disposition::Unknown,
-                        format!(
-                            "the peer of veth {} in {} was not collected",
-                            l.name,
-                            v.label()
-                        ),
-                        Some("uncollected-peer"),
-                    ));
+                    self.hop(
+                        st,
+                        ns,
+                        None,
+                        Some(link),
+                        Step::Transmit {
+                            to: format!("the peer of veth {} (namespace not collected)", l.name),
+                            dst_mac: mac,
+                        },
+                    );
+                    return Err(self.exits(st));
                 };
                 let to = format!(
                     "{}/{}",
