@@ -125,7 +125,21 @@ fn evidence_of(b: &Branch) -> Vec<String> {
         return vec![];
     };
     let mut ev = Vec::new();
-    for h in b
+    // The routing decision is evidence only for routing dispositions, and then only the last
+    // one (earlier lookups, such as the local-table hit of an arriving underlay packet, are
+    // noise). Accepting firewall hooks are not evidence.
+    let routing_matters = matches!(
+        b.disposition,
+        Disposition::NoRoute
+            | Disposition::NeighborUnreachable
+            | Disposition::ExitsCluster
+            | Disposition::RpFilter
+            | Disposition::MartianSource
+            | Disposition::Loop
+            | Disposition::MtuExceeded
+            | Disposition::ForwardingDisabled
+    );
+    let tail: Vec<&Hop> = b
         .hops
         .iter()
         .rev()
@@ -133,8 +147,13 @@ fn evidence_of(b: &Branch) -> Vec<String> {
         .collect::<Vec<_>>()
         .into_iter()
         .rev()
-    {
+        .collect();
+    let last_route = tail
+        .iter()
+        .rposition(|h| matches!(h.step, Step::Route { .. }));
+    for (i, h) in tail.iter().enumerate() {
         match &h.step {
+            Step::Route { .. } if !routing_matters || Some(i) != last_route => {}
             Step::Route {
                 rule, table, route, ..
             } => {
@@ -148,7 +167,7 @@ fn evidence_of(b: &Branch) -> Vec<String> {
                 bridged,
                 verdict,
                 rules,
-            } if verdict != "accept" || h.leg == Leg::Reply => {
+            } if verdict != "accept" => {
                 for r in rules {
                     let counters = match (r.packets, r.bytes) {
                         (Some(p), Some(by)) => format!(" [{p} pkts, {by} bytes]"),
@@ -210,6 +229,21 @@ fn evidence_of(b: &Branch) -> Vec<String> {
         ev.push(b.reason.clone());
     }
     ev
+}
+
+/// `text` ending with a full stop.
+fn sentence(text: &str) -> String {
+    let t = text.trim_end();
+    let mut out: String = t
+        .chars()
+        .take(1)
+        .flat_map(char::to_uppercase)
+        .chain(t.chars().skip(1))
+        .collect();
+    if !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
 }
 
 /// Scan codes that explain a disposition when found on the node where a branch died.
@@ -445,7 +479,7 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                             s.netns.clone()
                         },
                         evidence,
-                        explanation: format!("{} {}", b.reason, s.explanation),
+                        explanation: format!("{} {}", sentence(&b.reason), s.explanation),
                         fix: s.fix.clone(),
                     }
                 }
@@ -455,7 +489,7 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                     node: node.clone(),
                     netns: netns.clone(),
                     evidence,
-                    explanation: b.reason.clone(),
+                    explanation: sentence(&b.reason),
                     fix: default_fix(branch_code, b),
                 },
             };

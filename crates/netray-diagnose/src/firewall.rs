@@ -92,6 +92,8 @@ pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
             .find(|c| c.addr().is_ipv4());
         let Some(remote) = remote else { continue };
         let src = nth_host(remote.network(), 2);
+        let pod_net =
+            covering(cidrs.values().flatten().filter(|c| c.addr().is_ipv4())).unwrap_or(*remote);
         let in_dev =
             n.ns.links
                 .iter()
@@ -146,12 +148,29 @@ pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
                     "on {me}: iptables -I FORWARD -s {} -j ACCEPT && iptables -I FORWARD -d {} -j \
                      ACCEPT (or iptables -P FORWARD ACCEPT; with Docker: rules in DOCKER-USER), \
                      made persistent",
-                    remote.supernet().unwrap_or(*remote),
-                    remote.supernet().unwrap_or(*remote)
+                    pod_net, pod_net
                 ),
             ));
         }
     }
+}
+
+/// The smallest prefix covering every network in `nets` (the pod network from the per-node
+/// pod CIDRs).
+fn covering<'a>(nets: impl Iterator<Item = &'a ipnet::IpNet>) -> Option<ipnet::IpNet> {
+    let mut acc: Option<ipnet::IpNet> = None;
+    for n in nets {
+        acc = Some(match acc {
+            None => *n,
+            Some(mut a) => {
+                while !a.contains(n) {
+                    a = a.supernet()?;
+                }
+                a
+            }
+        });
+    }
+    acc
 }
 
 fn nth_host(net: IpAddr, n: u32) -> IpAddr {
