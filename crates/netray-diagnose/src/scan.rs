@@ -120,8 +120,8 @@ impl<'a> ScanInput<'a> {
     }
 
     /// Whether a namespace is a workload (pod, VM, container): not a host namespace, with a
-    /// global address, and either holding a pod IP of the cluster view or plugged into a
-    /// bridge of its node's host namespace. A lab switch or a router on a plain veth is not.
+    /// global address, holding a pod IP of the cluster view — or, without a cluster view,
+    /// plugged into a bridge of its node's host namespace. A lab switch or router is not.
     pub fn is_workload(&self, n: &Ns) -> bool {
         if n.ns.role == NetnsRole::Host {
             return false;
@@ -146,7 +146,10 @@ impl<'a> ScanInput<'a> {
                     && matches!(l.kind, LinkKind::Veth { peer_netns: Some(p), .. } if p == n.ns.id.inode)
             })
         });
-        pod_ip || on_bridge
+        match self.cluster {
+            Some(c) if !c.pods.is_empty() => pod_ip,
+            _ => on_bridge,
+        }
     }
 
     /// Workload namespaces (pods, VMs).
@@ -376,51 +379,61 @@ pub(crate) fn rp_filter_asymmetric(input: &ScanInput, out: &mut Vec<Finding>) {
         if !asymmetric {
             continue;
         }
-        for l in &n.ns.links {
-            if l.kind == LinkKind::Loopback || !route_devs.contains_key(l.name.as_str()) {
-                continue;
-            }
-            if conf_max(n.ns, &l.name, "rp_filter") != Some(1) {
-                continue;
-            }
-            let mut evidence = vec![];
-            evidence.extend(sysctl_line(n.ns, "net.ipv4.conf.all.rp_filter"));
-            evidence.extend(sysctl_line(
-                n.ns,
-                &format!("net.ipv4.conf.{}.rp_filter", l.name),
-            ));
-            evidence.extend(
-                n.ns.routes
-                    .iter()
-                    .filter(|r| r.table == 254 && r.gateway.is_some() && r.dst.addr().is_ipv4())
-                    .filter(|r| r.dev.as_deref().is_some_and(|d| gateway_devs.contains(d)))
-                    .map(route_text),
-            );
-            evidence.extend(policy_rules.iter().map(|r| {
-                format!(
-                    "ip rule {}: {}lookup {}",
-                    r.priority,
-                    r.src.map(|s| format!("from {s} ")).unwrap_or_default(),
-                    r.table.map(|t| t.to_string()).unwrap_or_default()
-                )
-            }));
-            out.push(n.finding(
-                "rp-filter-strict-asymmetric",
-                Severity::Warning,
-                evidence,
-                format!(
-                    "Strict reverse-path filtering (effective rp_filter = max(all, {}) = 1) is on \
-                     while this namespace routes asymmetrically (gateway routes through several \
-                     interfaces, several default routes, ECMP or policy rules): a packet arriving on {} from a source that the routing table \
-                     would reach through another interface is dropped silently.",
-                    l.name, l.name
-                ),
-                format!(
-                    "use loose mode: sysctl -w net.ipv4.conf.all.rp_filter=2 net.ipv4.conf.{}.rp_filter=2",
-                    l.name
-                ),
-            ));
+        // Only the interfaces packets can arrive on from elsewhere: those with gateway
+        // routes (or every routed one when policy rules or ECMP make any path possible).
+        let strict: Vec<&str> = n
+            .ns
+            .links
+            .iter()
+            .filter(|l| l.kind != LinkKind::Loopback && route_devs.contains_key(l.name.as_str()))
+            .filter(|l| gateway_devs.contains(l.name.as_str()) || !policy_rules.is_empty() || ecmp)
+            .filter(|l| conf_max(n.ns, &l.name, "rp_filter") == Some(1))
+            .map(|l| l.name.as_str())
+            .collect();
+        if strict.is_empty() {
+            continue;
         }
+        let mut evidence = vec![];
+        evidence.extend(sysctl_line(n.ns, "net.ipv4.conf.all.rp_filter"));
+        for dev in &strict {
+            evidence.extend(sysctl_line(n.ns, &format!("net.ipv4.conf.{dev}.rp_filter")));
+        }
+        evidence.extend(
+            n.ns.routes
+                .iter()
+                .filter(|r| r.table == 254 && r.gateway.is_some() && r.dst.addr().is_ipv4())
+                .filter(|r| r.dev.as_deref().is_some_and(|d| gateway_devs.contains(d)))
+                .map(route_text),
+        );
+        evidence.extend(policy_rules.iter().map(|r| {
+            format!(
+                "ip rule {}: {}lookup {}",
+                r.priority,
+                r.src.map(|s| format!("from {s} ")).unwrap_or_default(),
+                r.table.map(|t| t.to_string()).unwrap_or_default()
+            )
+        }));
+        let list = strict.join(", ");
+        out.push(n.finding(
+            "rp-filter-strict-asymmetric",
+            Severity::Warning,
+            evidence,
+            format!(
+                "Strict reverse-path filtering (effective rp_filter = max(all, IFACE) = 1 on \
+                 {list}) is on while this namespace routes asymmetrically (gateway routes through \
+                 several interfaces, several default routes, ECMP or policy rules): a packet \
+                 arriving on one interface from a source that the routing table reaches through \
+                 another is dropped silently."
+            ),
+            format!(
+                "use loose mode: sysctl -w net.ipv4.conf.all.rp_filter=2 {}",
+                strict
+                    .iter()
+                    .map(|d| format!("net.ipv4.conf.{d}.rp_filter=2"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ),
+        ));
     }
 }
 
@@ -1031,10 +1044,22 @@ pub(crate) fn pod_mtu(input: &ScanInput, out: &mut Vec<Finding>) {
                 .map(move |l| (h.node.node.name.as_str(), (l.name.as_str(), l.mtu)))
         })
         .collect();
+    let cidrs = input.pod_cidrs();
     for w in input.workloads() {
         let Some((vdev, vmtu)) = overlay.get(w.node.node.name.as_str()) else {
             continue;
         };
+        // Only pods addressed from the node's pod CIDR use the overlay (not a VM on another
+        // bridge routed elsewhere).
+        let node_cidrs = cidrs.get(&w.node.node.name).cloned().unwrap_or_default();
+        if !w
+            .ns
+            .addresses
+            .iter()
+            .any(|a| node_cidrs.iter().any(|c| c.contains(&a.addr.addr())))
+        {
+            continue;
+        }
         for l in &w.ns.links {
             if matches!(l.kind, LinkKind::Veth { .. }) && l.mtu > *vmtu {
                 out.push(w.finding(
@@ -1065,6 +1090,10 @@ pub(crate) fn interfaces_down(input: &ScanInput, out: &mut Vec<Finding>) {
             continue;
         }
         for l in &n.ns.links {
+            // kube-proxy's IPVS device is down by design: its addresses only need to be local.
+            if l.name == "kube-ipvs0" {
+                continue;
+            }
             let used =
                 n.ns.routes
                     .iter()
