@@ -2277,7 +2277,7 @@ impl<'w, 'a> Walker<'w, 'a> {
         let is_vxlan = l.is_some_and(|l| matches!(l.kind, LinkKind::Vxlan { .. }));
         if !is_vxlan
             && let Some((ons, ol)) =
-                self.segment_owner(ns, link, |w, n, i| w.ns[n].owns(nh) == Some(i))
+                self.segment_owner(ns, link, |w, n, i| arp_answers(w, n, i, nh))
         {
             let mac = self.link(ons, ol).and_then(|l| l.mac.clone());
             let how = match entry {
@@ -2332,6 +2332,32 @@ impl<'w, 'a> Walker<'w, 'a> {
                 Some(link),
                 Step::Transmit {
                     to: format!("next hop {nh} via {lname}, outside the collected snapshots"),
+                    dst_mac: None,
+                },
+            );
+            return Err(self.exits(st));
+        }
+        if !is_vxlan
+            && entry.is_none()
+            && let Some((un, ul)) = self.segment_owner(ns, link, |w, n, i| {
+                matches!(
+                    w.ns[n].snap.links.get(i).map(|l| &l.kind),
+                    Some(LinkKind::Veth { .. })
+                ) && w.ns[n].peer.get(i).is_some_and(|p| p.is_none())
+            })
+        {
+            // Whoever owns the next hop may sit behind a namespace that was not collected.
+            self.hop(
+                st,
+                ns,
+                None,
+                Some(link),
+                Step::Transmit {
+                    to: format!(
+                        "next hop {nh}: not in the collected namespaces; the segment continues behind {}/{} (peer not collected)",
+                        self.world.ns[un].label(),
+                        self.world.ns[un].link_name(ul)
+                    ),
                     dst_mac: None,
                 },
             );
@@ -2502,6 +2528,22 @@ impl<'w, 'a> Walker<'w, 'a> {
         };
         let mut outp = Vec::new();
         for p in ports {
+            if let Some(pl) = self.link(ns, p)
+                && pl.mtu > 0
+                && st.pkt.len > pl.mtu + 4
+            {
+                return Err(end(
+                    Disposition::MtuExceeded,
+                    format!(
+                        "bridge {bname} in {}: a {}-byte packet does not fit the MTU {} of port {}: dropped, silently",
+                        v.label(),
+                        st.pkt.len,
+                        pl.mtu,
+                        pl.name
+                    ),
+                    Some("mtu-blackhole"),
+                ));
+            }
             if Some(p) == in_port {
                 let hair = self
                     .link(ns, p)
@@ -2568,6 +2610,23 @@ impl<'w, 'a> Walker<'w, 'a> {
                     );
                     return Err(self.exits(st));
                 };
+                if let Some(p) = self.link(pns, pl)
+                    && p.mtu > 0
+                    && st.pkt.len > p.mtu + 4
+                {
+                    return Err(end(
+                        Disposition::MtuExceeded,
+                        format!(
+                            "a {}-byte packet does not fit the MTU {} of {} in {}, the peer of {}: dropped on receive, silently",
+                            st.pkt.len,
+                            p.mtu,
+                            p.name,
+                            self.world.ns[pns].label(),
+                            l.name
+                        ),
+                        Some("mtu-blackhole"),
+                    ));
+                }
                 let to = format!(
                     "{}/{}",
                     self.world.ns[pns].label(),
@@ -2925,6 +2984,29 @@ impl<'w, 'a> Walker<'w, 'a> {
         };
         Ok(())
     }
+}
+
+/// Would interface `i` of namespace `n` answer ARP for `ip`? Linux answers for any local
+/// address on any interface (weak host model) unless `arp_ignore` >= 1, which requires the
+/// address to be configured on the receiving interface.
+fn arp_answers(w: &World<'_>, n: NsIdx, i: usize, ip: IpAddr) -> bool {
+    let v = &w.ns[n];
+    let Some(owner) = v.owns(ip) else {
+        return false;
+    };
+    let name = v.link_name(i);
+    let ignore = sysctl_or(v, "net.ipv4.conf.all.arp_ignore", 0).max(sysctl_or(
+        v,
+        &format!("net.ipv4.conf.{name}.arp_ignore"),
+        0,
+    ));
+    owner == i
+        || (ignore == 0
+            && !v
+                .snap
+                .links
+                .get(i)
+                .is_some_and(|l| l.flags.iter().any(|f| f == "NOARP")))
 }
 
 /// `IP:PORT` (or `IP` for ICMP) of a packet's destination: the endpoint a branch reaches.
