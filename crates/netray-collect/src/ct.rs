@@ -224,3 +224,31 @@ pub fn stats(text: &str) -> Option<BTreeMap<String, u64>> {
     }
     Some(out)
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn stats_sum_cpus_but_not_entries() {
+        let t = "entries  found insert_failed drop\n00000005  00000001 00000002 00000000\n00000005  00000003 00000000 0000000a\n";
+        let s = super::stats(t).expect("parses");
+        assert_eq!(s["entries"], 5);
+        assert_eq!(s["found"], 4);
+        assert_eq!(s["insert_failed"], 2);
+        assert_eq!(s["drop"], 10);
+    }
+
+    #[test]
+    fn odd_entries_never_panic() {
+        let mut x: u64 = 88172645463325252;
+        for _ in 0..20_000 {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            let len = (x % 200) as usize;
+            let buf: Vec<u8> = (0..len)
+                .map(|i| (x.rotate_left(i as u32 % 64) & 0xff) as u8)
+                .collect();
+            let _ = super::parse_entry(&buf);
+        }
+    }
+}

@@ -989,3 +989,44 @@ pub fn nsid_of(sock: &mut Socket, fd: i32) -> io::Result<Option<i32>> {
     }
     Ok(None)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Bounded random inputs: no parser may panic on odd kernel data.
+    #[test]
+    fn parsers_never_panic() {
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let names: HashMap<u32, String> = [(1, "lo".to_string())].into();
+        for _ in 0..20_000 {
+            let len = (next() % 160) as usize;
+            let mut buf: Vec<u8> = (0..len).map(|_| next() as u8).collect();
+            // Make some attribute headers plausible so nested parsing is exercised.
+            if len > 20 {
+                let alen = (next() % (len as u64 - 16)) as u16 + 4;
+                buf[16..18].copy_from_slice(&alen.to_ne_bytes());
+            }
+            let _ = parse_link(&buf);
+            let _ = parse_route(&buf, AF_INET, &names);
+            let _ = parse_route(&buf, AF_INET6, &names);
+            let _ = parse_rule(&buf, "inet");
+            let _ = crate::ct::stats(&String::from_utf8_lossy(&buf));
+        }
+    }
+
+    #[test]
+    fn flags_in_ip_order() {
+        assert_eq!(
+            link_flags(0x1 | 0x2 | 0x40 | 0x1000 | 0x10000),
+            ["BROADCAST", "MULTICAST", "UP", "LOWER_UP"]
+        );
+        assert_eq!(link_flags(0x1 | 0x2), ["NO-CARRIER", "BROADCAST", "UP"]);
+    }
+}
