@@ -202,6 +202,12 @@ impl<'a> ScanInput<'a> {
     }
 }
 
+/// The sysctl name of a per-interface IPv4 setting, as `sysctl` prints it (dots in interface
+/// names become slashes: `net.ipv4.conf.flannel/1.forwarding`).
+pub fn conf_key(iface: &str, key: &str) -> String {
+    format!("net.ipv4.conf.{}.{key}", iface.replace('.', "/"))
+}
+
 /// The effective value of an integer per-interface IPv4 sysctl as the kernel combines it:
 /// `max(all, IFACE)` for rp_filter, arp_ignore, and the like.
 pub fn conf_max(ns: &NetnsSnapshot, iface: &str, key: &str) -> Option<u32> {
@@ -209,8 +215,7 @@ pub fn conf_max(ns: &NetnsSnapshot, iface: &str, key: &str) -> Option<u32> {
         .sysctl(&format!("net.ipv4.conf.all.{key}"))
         .and_then(|v| v.trim().parse::<u32>().ok());
     let dev = ns
-        .sysctl(&format!("net.ipv4.conf.{}.{key}", iface.replace('.', "/")))
-        .or_else(|| ns.sysctl(&format!("net.ipv4.conf.{iface}.{key}")))
+        .sysctl(&conf_key(iface, key))
         .and_then(|v| v.trim().parse::<u32>().ok());
     match (all, dev) {
         (Some(a), Some(d)) => Some(a.max(d)),
@@ -323,7 +328,7 @@ pub(crate) fn iface_forwarding(input: &ScanInput, out: &mut Vec<Finding>) {
             if l.kind == LinkKind::Loopback {
                 continue;
             }
-            let key = format!("net.ipv4.conf.{}.forwarding", l.name);
+            let key = conf_key(&l.name, "forwarding");
             if h.ns.sysctl(&key).map(str::trim) == Some("0") {
                 out.push(h.finding(
                     "forwarding-disabled-iface",
@@ -396,7 +401,7 @@ pub(crate) fn rp_filter_asymmetric(input: &ScanInput, out: &mut Vec<Finding>) {
         let mut evidence = vec![];
         evidence.extend(sysctl_line(n.ns, "net.ipv4.conf.all.rp_filter"));
         for dev in &strict {
-            evidence.extend(sysctl_line(n.ns, &format!("net.ipv4.conf.{dev}.rp_filter")));
+            evidence.extend(sysctl_line(n.ns, &conf_key(dev, "rp_filter")));
         }
         evidence.extend(
             n.ns.routes
@@ -429,7 +434,7 @@ pub(crate) fn rp_filter_asymmetric(input: &ScanInput, out: &mut Vec<Finding>) {
                 "use loose mode: sysctl -w net.ipv4.conf.all.rp_filter=2 {}",
                 strict
                     .iter()
-                    .map(|d| format!("net.ipv4.conf.{d}.rp_filter=2"))
+                    .map(|d| format!("{}=2", conf_key(d, "rp_filter")))
                     .collect::<Vec<_>>()
                     .join(" ")
             ),

@@ -207,7 +207,9 @@ fn seed_002_stale_vxlan_neighbour() {
             .ok
     );
     let dir = bundle(&lab);
-    assert_finding(&scan(dir.path()), "stale-vxlan-neighbor", "node2");
+    let s = scan(dir.path());
+    assert_finding(&s, "stale-vxlan-neighbor", "node2");
+    assert_finding(&s, "stale-vxlan-fdb", "node2");
     let d = diagnose(
         dir.path(),
         "pod/default/web-0",
