@@ -30,6 +30,9 @@ enum Command {
     Diagnose(cmd::diagnose::Args),
     /// Check every node and namespace of a bundle for known-bad state (the check catalog).
     Scan(cmd::scan::Args),
+    /// Write the cluster view's objects, listed live from the Kubernetes API, as a bundle's
+    /// cluster.json (a List of Nodes, Pods, Services, EndpointSlices and ConfigMaps).
+    Cluster(cmd::cluster::Args),
     /// One-host trace over firewall rules only (iptables-save / nft dumps someone pasted).
     #[command(subcommand)]
     Rules(cmd::rules::RulesCommand),
@@ -45,6 +48,7 @@ fn main() -> ExitCode {
         Command::Trace(a) => cmd::trace::run(a),
         Command::Diagnose(a) => cmd::diagnose::run(a),
         Command::Scan(a) => cmd::scan::run(a),
+        Command::Cluster(a) => cmd::cluster::run(a),
         Command::Rules(c) => cmd::rules::run(c),
         Command::Lab(c) => cmd::lab::run(c),
     };

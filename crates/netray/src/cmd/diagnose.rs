@@ -6,7 +6,7 @@ use netray_datapath::{Options, RulesetEngine, World, trace};
 use netray_diagnose::diagnose::{Diagnosis, TracedFlow, Verdict, diagnose};
 use netray_diagnose::scan::scan;
 
-use super::{CmdResult, Format, load_bundle};
+use super::{ClusterArgs, CmdResult, Format, load_bundle};
 use crate::flow::FlowArgs;
 use crate::resolve::resolve;
 
@@ -19,6 +19,9 @@ pub struct Args {
     /// The flow.
     #[command(flatten)]
     pub flow: FlowArgs,
+    /// Where the cluster view comes from (cluster.json or `--kube`).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Output format (JSON schema: schemas/diagnose.schema.json).
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Format,
@@ -29,7 +32,7 @@ pub struct Args {
 
 /// Run `netray diagnose`. Exit 0 reachable, 1 not (fully) reachable or uncertain.
 pub fn run(args: Args) -> CmdResult {
-    let (bundle, cluster) = load_bundle(&args.bundle)?;
+    let (bundle, cluster) = load_bundle(&args.bundle, &args.cluster)?;
     let flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
     let world = World::new(&bundle);
     let engine = RulesetEngine::new(&world);

@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes `Args`/`*Command` (clap) and `run`.
 
+pub mod cluster;
 pub mod collect;
 pub mod diagnose;
 pub mod lab;
@@ -22,17 +23,81 @@ pub enum Format {
     Json,
 }
 
-/// Load a bundle (directory or .tar.gz) and its cluster view, if any.
+/// How to reach the Kubernetes API: `netray cluster`, and the bundle commands with `--kube`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct KubeArgs {
+    /// Kubeconfig file [default: $KUBECONFIG, then ~/.kube/config, then the in-cluster service
+    /// account].
+    #[arg(long, value_name = "FILE")]
+    pub kubeconfig: Option<std::path::PathBuf>,
+    /// Kubeconfig context [default: the kubeconfig's current context].
+    #[arg(long, value_name = "NAME")]
+    pub context: Option<String>,
+}
+
+/// Where a bundle command's cluster view comes from: the bundle's `cluster.json`, or (`--kube`)
+/// live from the Kubernetes API. Flattened into `diagnose`, `scan` and `trace`.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct ClusterArgs {
+    /// Read the cluster view (nodes, pods, services, endpointslices, kube-proxy and flannel
+    /// ConfigMaps) live from the Kubernetes API instead of the bundle's cluster.json; implied by
+    /// --kubeconfig and --context.
+    #[arg(long)]
+    pub kube: bool,
+    /// The API to read.
+    #[command(flatten)]
+    pub api: KubeArgs,
+}
+
+impl ClusterArgs {
+    /// Whether the cluster view comes from the API.
+    pub fn live(&self) -> bool {
+        self.kube || self.api.kubeconfig.is_some() || self.api.context.is_some()
+    }
+}
+
+/// Load a bundle (directory or .tar.gz) and its cluster view, if any: the bundle's
+/// `cluster.json`, or with `--kube` the live cluster (which then replaces it).
 pub fn load_bundle(
     path: &std::path::Path,
+    cluster: &ClusterArgs,
 ) -> Result<(netray_snapshot::Bundle, Option<netray_kube::ClusterView>), CmdError> {
     let bundle = netray_snapshot::Bundle::load(path)?;
-    let cluster = match &bundle.cluster {
+    if cluster.live() {
+        let list = live_list(&cluster.api)?;
+        let view = netray_kube::ClusterView::from_value("the live cluster", &list)?;
+        return Ok((bundle, Some(view)));
+    }
+    let view = match &bundle.cluster {
         Some(v) => Some(netray_kube::ClusterView::from_value(
             &format!("{}/cluster.json", path.display()),
             v,
         )?),
         None => None,
     };
-    Ok((bundle, cluster))
+    Ok((bundle, view))
+}
+
+/// The live cluster as one Kubernetes `List` (the shape of a bundle's `cluster.json`); warnings
+/// (an unreadable optional ConfigMap) go to standard error.
+#[cfg(feature = "live")]
+pub fn live_list(api: &KubeArgs) -> Result<serde_json::Value, CmdError> {
+    let live = netray_kube_live::fetch_list(&netray_kube_live::Source {
+        kubeconfig: api.kubeconfig.clone(),
+        context: api.context.clone(),
+    })?;
+    for w in &live.warnings {
+        eprintln!("netray: warning: {w}");
+    }
+    Ok(live.list)
+}
+
+/// The live cluster: unavailable in a build without the `live` feature.
+#[cfg(not(feature = "live"))]
+pub fn live_list(_api: &KubeArgs) -> Result<serde_json::Value, CmdError> {
+    Err(
+        "this netray was built without the `live` feature (the Kubernetes API client); \
+         use a bundle's cluster.json, or rebuild with `--features live`"
+            .into(),
+    )
 }

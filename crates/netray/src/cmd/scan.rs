@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use netray_diagnose::{Finding, Severity, catalog::CATALOG, scan::scan};
 
-use super::{CmdResult, Format, load_bundle};
+use super::{ClusterArgs, CmdResult, Format, load_bundle};
 
 /// Options of `netray scan`.
 #[derive(clap::Args)]
@@ -16,6 +16,9 @@ pub struct Args {
         required_unless_present = "list_checks"
     )]
     pub bundle: Option<std::path::PathBuf>,
+    /// Where the cluster view comes from (cluster.json or `--kube`).
+    #[command(flatten)]
+    pub cluster: ClusterArgs,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Format,
@@ -46,7 +49,7 @@ pub fn run(args: Args) -> CmdResult {
         return Ok(ExitCode::SUCCESS);
     }
     let path = args.bundle.expect("clap requires --bundle");
-    let (bundle, cluster) = load_bundle(&path)?;
+    let (bundle, cluster) = load_bundle(&path, &args.cluster)?;
     let findings = scan(&bundle, cluster.as_ref());
     match args.output {
         Format::Json => {

@@ -25,6 +25,9 @@ pub struct Args {
     /// The flow.
     #[command(flatten)]
     pub flow: FlowArgs,
+    /// Where the cluster view comes from (cluster.json or `--kube`).
+    #[command(flatten)]
+    pub cluster: super::ClusterArgs,
     /// Output format.
     #[arg(short = 'o', long = "output", value_enum, default_value = "text")]
     pub output: Format,
@@ -92,7 +95,7 @@ pub fn to_flow(f: &FlowArgs) -> Result<netray_datapath::Flow, String> {
 /// Run `netray trace`.
 pub fn run(args: Args) -> CmdResult {
     let flow = to_flow(&args.flow)?;
-    let bundle = netray_snapshot::Bundle::load(&args.bundle)?;
+    let (bundle, _cluster) = super::load_bundle(&args.bundle, &args.cluster)?;
     let world = netray_datapath::World::new(&bundle);
     let engine = netray_datapath::RulesetEngine::new(&world);
     for (ns, d) in engine.diagnostics() {
