@@ -136,6 +136,11 @@ pub const CATALOG: &[Check] = &[
         run: firewall::mixed_backends,
     },
     Check {
+        codes: &["missing-snat"],
+        title: "pod traffic to outside the cluster leaving without SNAT/MASQUERADE",
+        run: firewall::missing_snat,
+    },
+    Check {
         codes: &["bridge-nf-snat-conflict"],
         title: "bridge-nf-call-iptables with masquerade of host-originated Service traffic",
         run: firewall::bridge_nf_snat_conflict,

@@ -411,3 +411,77 @@ pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>)
         }
     }
 }
+
+/// Pod traffic leaving the cluster without SNAT/MASQUERADE (seed 001: "wrong or missing SNAT"):
+/// replies to a pod address would have to find their way back from outside, which they do
+/// not.
+pub(crate) fn missing_snat(input: &ScanInput, out: &mut Vec<Finding>) {
+    // A documentation address (RFC 5737): outside any cluster.
+    let outside: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1));
+    for (i, h) in input.namespaces.iter().enumerate() {
+        if h.ns.role != netray_snapshot::NetnsRole::Host {
+            continue;
+        }
+        let Ok(rs) = &input.firewalls[i].ruleset else {
+            continue;
+        };
+        let Some(default) = h.ns.routes.iter().find(|r| {
+            r.table == 254 && r.dst.prefix_len() == 0 && r.dst.addr().is_ipv4() && r.dev.is_some()
+        }) else {
+            continue;
+        };
+        let cidrs = input.pod_cidrs();
+        let node_cidrs = cidrs.get(&h.node.node.name).cloned().unwrap_or_default();
+        let Some(pod_ip) = input
+            .workloads()
+            .filter(|w| std::ptr::eq(w.node, h.node))
+            .flat_map(|w| w.ns.addresses.iter().map(|a| a.addr.addr()))
+            .find(|a| node_cidrs.iter().any(|c| c.contains(a)))
+        else {
+            continue;
+        };
+        let mut pkt = Packet::new(pod_ip, outside, 6, Some(40000), Some(443));
+        pkt.oif = default.dev.clone();
+        pkt.ct.state = CtState::New;
+        let outcomes = rs.evaluate(
+            Hook::Postrouting,
+            &pkt,
+            &host_context(h.ns),
+            &EvalOptions::default(),
+        );
+        let snat = outcomes.iter().any(|o| {
+            matches!(
+                o.nat,
+                Some(
+                    netray_netfilter::NatAction::Snat { .. }
+                        | netray_netfilter::NatAction::Masquerade { .. }
+                )
+            )
+        });
+        let unknown = outcomes
+            .iter()
+            .any(|o| matches!(o.verdict, Verdict::Unknown { .. }));
+        if !snat && !unknown {
+            out.push(h.finding(
+                "missing-snat",
+                Severity::Warning,
+                vec![
+                    format!("route: {}", crate::scan::route_text(default)),
+                    format!(
+                        "nat POSTROUTING: no SNAT/MASQUERADE for {pod_ip} → {outside} out {}",
+                        default.dev.as_deref().unwrap_or("?")
+                    ),
+                ],
+                format!(
+                    "Pod traffic leaving node {} for addresses outside the cluster keeps its pod \
+                     source address: the outside cannot route replies to the pod network, so \
+                     connections from pods to the internet or to other hosts time out.",
+                    h.node.node.name
+                ),
+                "restore the CNI's masquerade rule (flannel: FLANNEL-POSTRTG, ip-masq-agent, or \
+                 iptables -t nat -A POSTROUTING -s POD_CIDR ! -d CLUSTER_CIDR -j MASQUERADE)"
+                    .into(),
+            ));
+        }
+    }
+}

@@ -93,13 +93,15 @@ fn every_check_fires_on_real_state() {
         &format!("ip link set {v3} down; bridge link set dev {v2} hairpin off"),
     );
 
-    // node2: a route whose gateway never answers ARP, a duplicated address, a server gone.
+    // node2: a route whose gateway never answers ARP, a duplicated address, a server gone,
+    // flannel's masquerade rules flushed.
     sh(
         &lab,
         "web-4",
         "ip route add 10.99.0.0/24 via 10.244.2.250; ping -c1 -W1 10.99.0.1 || true",
     );
     sh(&lab, "web-5", "ip addr add 10.244.2.2/32 dev eth0");
+    sh(&lab, "node2", "iptables -w -t nat -F FLANNEL-POSTRTG");
     let web5 = lab.ns("web-5").unwrap().name().to_string();
     let pids = Command::new("ip")
         .args(["netns", "pids", &web5])
@@ -172,6 +174,7 @@ fn every_check_fires_on_real_state() {
         ("neighbor-unreachable", "node2"),
         ("duplicate-address", "node2"),
         ("port-not-listening", "node2"),
+        ("missing-snat", "node2"),
         ("no-endpoints", "-"),
         ("cluster-cidr-mismatch", "-"),
     ];
