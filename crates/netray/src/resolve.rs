@@ -157,6 +157,10 @@ fn resolve_destination(
     let proto = args.protocol()?;
     let one = |ip: IpAddr, label: String| -> Result<Vec<Dest>, String> {
         let port = number(&ep.port)?;
+        let label = match port {
+            Some(p) if proto != Proto::Icmp => format!("{label} port {p}/{proto}"),
+            _ => format!("{label} {proto}"),
+        };
         Ok(vec![(ip, port, proto, label)])
     };
     match &ep.target {
