@@ -588,3 +588,29 @@ fn no_configuration_exits_2() {
     assert_eq!(o.status.code(), Some(2));
     assert!(stderr(&o).contains("nosuch"), "{}", stderr(&o));
 }
+
+#[test]
+fn a_bad_live_object_names_the_context_and_its_path() {
+    let mut items = healthy_items();
+    let pod = items.iter_mut().find(|i| i["kind"] == "Pod").unwrap();
+    pod["status"]["podIP"] = json!("not-an-ip");
+    pod["status"]["podIPs"] = json!([{"ip": "not-an-ip"}]);
+    let api = api_serving(items, &[]);
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = kubeconfig(tmp.path(), &api.url(), &closed_port_url(), "live");
+    let o = netray(
+        &["cluster", "--kubeconfig", kc.to_str().unwrap()],
+        tmp.path(),
+        None,
+    );
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        o.stdout.is_empty(),
+        "nothing written when the view does not load"
+    );
+    let e = stderr(&o);
+    assert!(
+        e.contains("context \"live\"") && e.contains(".status.pod"),
+        "{e}"
+    );
+}

@@ -24,9 +24,9 @@ pub struct Args {
 
 /// Run `netray cluster`.
 pub fn run(args: Args) -> CmdResult {
-    let list = live_list(&args.api)?;
+    let (list, target) = live_list(&args.api)?;
     // The same parser as for a bundle: what is written is known to load.
-    let view = netray_kube::ClusterView::from_value("the live cluster", &list)?;
+    let view = netray_kube::ClusterView::from_value(&target, &list)?;
     let mut text = serde_json::to_string_pretty(&list)?;
     text.push('\n');
     match &args.output {
@@ -35,7 +35,7 @@ pub fn run(args: Args) -> CmdResult {
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }
     eprintln!(
-        "netray: {} nodes, {} pods, {} services, {} endpointslices{}{}{}",
+        "netray: {target}: {} nodes, {} pods, {} services, {} endpointslices{}{}{}",
         view.nodes.len(),
         view.pods.len(),
         view.services.len(),

@@ -64,8 +64,8 @@ pub fn load_bundle(
 ) -> Result<(netray_snapshot::Bundle, Option<netray_kube::ClusterView>), CmdError> {
     let bundle = netray_snapshot::Bundle::load(path)?;
     if cluster.live() {
-        let list = live_list(&cluster.api)?;
-        let view = netray_kube::ClusterView::from_value("the live cluster", &list)?;
+        let (list, target) = live_list(&cluster.api)?;
+        let view = netray_kube::ClusterView::from_value(&target, &list)?;
         return Ok((bundle, Some(view)));
     }
     let view = match &bundle.cluster {
@@ -78,10 +78,11 @@ pub fn load_bundle(
     Ok((bundle, view))
 }
 
-/// The live cluster as one Kubernetes `List` (the shape of a bundle's `cluster.json`); warnings
-/// (an unreadable optional ConfigMap) go to standard error.
+/// The live cluster as one Kubernetes `List` (the shape of a bundle's `cluster.json`) and the
+/// context and server it came from; warnings (an unreadable optional ConfigMap) go to standard
+/// error.
 #[cfg(feature = "live")]
-pub fn live_list(api: &KubeArgs) -> Result<serde_json::Value, CmdError> {
+pub fn live_list(api: &KubeArgs) -> Result<(serde_json::Value, String), CmdError> {
     let live = netray_kube_live::fetch_list(&netray_kube_live::Source {
         kubeconfig: api.kubeconfig.clone(),
         context: api.context.clone(),
@@ -89,12 +90,12 @@ pub fn live_list(api: &KubeArgs) -> Result<serde_json::Value, CmdError> {
     for w in &live.warnings {
         eprintln!("netray: warning: {w}");
     }
-    Ok(live.list)
+    Ok((live.list, live.target))
 }
 
 /// The live cluster: unavailable in a build without the `live` feature.
 #[cfg(not(feature = "live"))]
-pub fn live_list(_api: &KubeArgs) -> Result<serde_json::Value, CmdError> {
+pub fn live_list(_api: &KubeArgs) -> Result<(serde_json::Value, String), CmdError> {
     Err(
         "this netray was built without the `live` feature (the Kubernetes API client); \
          use a bundle's cluster.json, or rebuild with `--features live`"
