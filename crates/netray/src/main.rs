@@ -42,6 +42,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    // Die quietly on a closed pipe (`netray … | head`) like other Unix tools, instead of
+    // panicking in `println!`.
+    // SAFETY: setting a signal disposition to SIG_DFL before any thread is started.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Collect(a) => cmd::collect::run(a),
