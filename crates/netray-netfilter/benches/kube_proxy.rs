@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BatchSize, Criterion, criterion_group, criterion_main};
 use netray_netfilter::{
     EvalOptions, Hook, HostContext, IpFamily, IptablesBackend, Packet, Ruleset, synth,
 };

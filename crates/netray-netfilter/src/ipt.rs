@@ -18,6 +18,46 @@ use crate::{
     Text, Tproxy,
 };
 
+/// FxHash (rustc's): fast for short keys such as chain names and addresses.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct FxHasher(u64);
+
+impl std::hash::Hasher for FxHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.write_u64(u64::from_le_bytes(b));
+        }
+    }
+    fn write_u8(&mut self, i: u8) {
+        self.write_u64(i as u64);
+    }
+    fn write_u16(&mut self, i: u16) {
+        self.write_u64(i as u64);
+    }
+    fn write_u32(&mut self, i: u32) {
+        self.write_u64(i as u64);
+    }
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0.rotate_left(5) ^ i).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+    }
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+    fn finish(&self) -> u64 {
+        // Final avalanche: hashbrown takes bucket bits from the low end.
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+}
+
+/// `HashMap` with [`FxHasher`].
+pub(crate) type FxMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<FxHasher>>;
+
 /// Byte range into the dump's text. Compares always equal: positions are not semantics.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Span {
@@ -579,7 +619,7 @@ pub struct Chain {
     pub decl: Span,
     /// Rules in order.
     pub rules: Vec<Rule>,
-    pub(crate) index: Option<ChainIndex>,
+    pub(crate) index: Option<Box<ChainIndex>>,
 }
 
 impl PartialEq for Chain {
@@ -595,7 +635,7 @@ pub struct Table {
     pub name: Arc<str>,
     /// Chains in declaration order.
     pub chains: Vec<Chain>,
-    pub(crate) by_name: HashMap<Arc<str>, u32>,
+    pub(crate) by_name: FxMap<Arc<str>, u32>,
 }
 
 impl PartialEq for Table {
@@ -698,8 +738,8 @@ pub(crate) const INDEX_MIN_RULES: usize = 32;
 
 #[derive(Debug, Clone, Default)]
 pub(crate) struct ChainIndex {
-    pub(crate) by_dst: HashMap<IpAddr, Vec<u32>>,
-    pub(crate) by_port: HashMap<(u8, u16), Vec<u32>>,
+    pub(crate) by_dst: FxMap<IpAddr, Vec<u32>>,
+    pub(crate) by_port: FxMap<(u8, u16), Vec<u32>>,
     pub(crate) rest: Vec<u32>,
 }
 
@@ -799,6 +839,7 @@ pub fn parse_dump(backend: IptablesBackend, family: IpFamily, text: Arc<str>) ->
         diags: Vec::new(),
         toks: Vec::with_capacity(32),
         cur: None,
+        last_chain: None,
     };
     p.run();
     Dump {
@@ -818,6 +859,7 @@ struct Parser {
     diags: Vec<Diagnostic>,
     toks: Vec<(u32, u32)>,
     cur: Option<usize>,
+    last_chain: Option<(usize, u32)>,
 }
 
 /// A parse error inside a line: message and the token span concerned.
@@ -905,7 +947,7 @@ impl Parser {
                         let mut t = Table {
                             name: Arc::from(name),
                             chains: Vec::new(),
-                            by_name: HashMap::new(),
+                            by_name: FxMap::default(),
                         };
                         // Restore-style input may omit built-in chain declarations.
                         for c in builtin_chains(name) {
@@ -1043,7 +1085,9 @@ impl Parser {
             }
         }
         for c in &mut table.chains {
-            c.index = (c.rules.len() >= INDEX_MIN_RULES).then(|| ChainIndex::build(&c.rules));
+            c.rules.shrink_to_fit();
+            c.index =
+                (c.rules.len() >= INDEX_MIN_RULES).then(|| Box::new(ChainIndex::build(&c.rules)));
         }
     }
 
@@ -1086,7 +1130,7 @@ impl Parser {
                     self.toks = toks;
                     return;
                 };
-                let chain = text[chain_t.0 as usize..chain_t.1 as usize].to_string();
+                let chain = &text[chain_t.0 as usize..chain_t.1 as usize];
                 let mut k = i + 2;
                 let mut insert_at = None;
                 if cmd == "-I" || cmd == "--insert" {
@@ -1099,8 +1143,14 @@ impl Parser {
                         k += 1;
                     }
                 }
-                let chain_id = match self.tables[t].by_name.get(chain.as_str()) {
-                    Some(&c) => c,
+                let cached = self
+                    .last_chain
+                    .filter(|&(lt, lc)| {
+                        lt == t && &*self.tables[t].chains[lc as usize].name == chain
+                    })
+                    .map(|(_, lc)| lc);
+                let chain_id = match cached.or_else(|| self.tables[t].by_name.get(chain).copied()) {
+                    Some(c) => c,
                     None => {
                         self.diag(
                             lineno,
@@ -1110,7 +1160,7 @@ impl Parser {
                             format!("chain `{chain}` is not declared"),
                         );
                         let table = &mut self.tables[t];
-                        add_chain(table, &chain, None, None, Span::default())
+                        add_chain(table, chain, None, None, Span::default())
                     }
                 };
                 let span = Span {
@@ -1131,6 +1181,23 @@ impl Parser {
                         error_rule(lineno, span, counters, &e.msg)
                     }
                 };
+                // Rules of one chain are usually contiguous: give back the spare capacity of
+                // the previous chain when moving on (keeps peak memory near the final size).
+                if let Some((pt, pc)) = self.last_chain {
+                    if (pt, pc) != (t, chain_id) {
+                        // Only small chains: a big chain interleaved with others (KUBE-SERVICES)
+                        // would be copied again on every regrowth.
+                        if let Some(c) = self
+                            .tables
+                            .get_mut(pt)
+                            .and_then(|tb| tb.chains.get_mut(pc as usize))
+                            && c.rules.len() < 64
+                        {
+                            c.rules.shrink_to_fit();
+                        }
+                    }
+                }
+                self.last_chain = Some((t, chain_id));
                 let rules = &mut self.tables[t].chains[chain_id as usize].rules;
                 match insert_at {
                     Some(n) => rules.insert(n.min(rules.len()), rule),
@@ -1470,9 +1537,7 @@ impl<'a> RuleParser<'a> {
             }
         }
         self.finish(&mut cur, &mut r);
-        if let Building::Opaque { .. } = cur {
-            unreachable!()
-        }
+        r.matches.shrink_to_fit();
         Ok(r)
     }
 
@@ -2581,21 +2646,25 @@ impl<'a> RuleParser<'a> {
 
     /// `[addr[-addr]][:port[-port]]`, v6 as `[a]:p`.
     fn nat_range(&self, v: &str) -> PResult<(Option<AddrRange>, Option<PortRange>)> {
-        let (a, p) = if let Some(rest) = v.strip_prefix('[') {
+        let (a, p): (&str, Option<&str>) = if let Some(rest) = v.strip_prefix('[') {
             // [v6]:port or [v6]-[v6]:port
             match rest.rsplit_once("]:") {
-                Some((a, p)) => (a.to_string(), Some(p)),
-                None => (rest.trim_end_matches(']').to_string(), None),
+                Some((a, p)) => (a, Some(p)),
+                None => (rest.trim_end_matches(']'), None),
             }
         } else if v.matches(':').count() > 1 {
-            (v.to_string(), None)
+            (v, None)
         } else {
             match v.split_once(':') {
-                Some((a, p)) => (a.to_string(), Some(p)),
-                None => (v.to_string(), None),
+                Some((a, p)) => (a, Some(p)),
+                None => (v, None),
             }
         };
-        let a = a.replace(['[', ']'], "");
+        let a: std::borrow::Cow<'_, str> = if a.contains(['[', ']']) {
+            a.replace(['[', ']'], "").into()
+        } else {
+            a.into()
+        };
         let addr = if a.is_empty() {
             None
         } else {
@@ -2648,7 +2717,10 @@ pub(crate) fn parse_u32(v: &str) -> Option<u32> {
 
 /// Protocol name or number (`all` = 0).
 pub fn proto_number(v: &str) -> Option<u8> {
-    Some(match v.to_ascii_lowercase().as_str() {
+    if v.bytes().any(|b| b.is_ascii_uppercase()) {
+        return proto_number(&v.to_ascii_lowercase());
+    }
+    Some(match v {
         "all" => 0,
         "icmp" => 1,
         "igmp" => 2,
