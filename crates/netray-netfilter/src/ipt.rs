@@ -1183,19 +1183,14 @@ impl Parser {
                 };
                 // Rules of one chain are usually contiguous: give back the spare capacity of
                 // the previous chain when moving on (keeps peak memory near the final size).
-                if let Some((pt, pc)) = self.last_chain {
-                    if (pt, pc) != (t, chain_id) {
-                        // Only small chains: a big chain interleaved with others (KUBE-SERVICES)
-                        // would be copied again on every regrowth.
-                        if let Some(c) = self
-                            .tables
-                            .get_mut(pt)
-                            .and_then(|tb| tb.chains.get_mut(pc as usize))
-                            && c.rules.len() < 64
-                        {
-                            c.rules.shrink_to_fit();
-                        }
-                    }
+                if let Some((pt, pc)) = self.last_chain
+                    && (pt, pc) != (t, chain_id)
+                    // Only small chains: a big chain interleaved with others (KUBE-SERVICES)
+                    // would be copied again on every regrowth.
+                    && let Some(c) = self.tables.get_mut(pt).and_then(|tb| tb.chains.get_mut(pc as usize))
+                    && c.rules.len() < 64
+                {
+                    c.rules.shrink_to_fit();
                 }
                 self.last_chain = Some((t, chain_id));
                 let rules = &mut self.tables[t].chains[chain_id as usize].rules;
