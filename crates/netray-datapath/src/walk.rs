@@ -625,8 +625,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                 }
                 match self.route_out(&mut st, ns, oif) {
                     Ok(sels) => {
-                        for (p, sel, step) in sels {
-                            let mut s = st.clone();
+                        let n = sels.len();
+                        for ((p, sel, step), mut s) in sels.into_iter().zip(fork(st, n)) {
                             s.prob *= p;
                             s.route = Some(sel);
                             if !sel.local && s.pkt.src.is_unspecified() {
@@ -739,8 +739,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                 }
                 match self.route_in(&mut st, ns, link) {
                     Ok(sels) => {
-                        for (p, sel) in sels {
-                            let mut s = st.clone();
+                        let n = sels.len();
+                        for ((p, sel), mut s) in sels.into_iter().zip(fork(st, n)) {
                             s.prob *= p;
                             s.route = Some(sel);
                             s.pos = if sel.local {
@@ -786,7 +786,8 @@ impl<'w, 'a> Walker<'w, 'a> {
             },
             Pos::FrameOut { ns, link, mac, nh } => {
                 match self.frame_out(&mut st, ns, link, mac, nh) {
-                    Ok(v) => out.extend(v.into_iter().map(Next::Go)),
+                    Ok(Some(v)) => out.extend(v.into_iter().map(Next::Go)),
+                    Ok(None) => out.push(Next::Go(st)),
                     Err(e) => fail!(e),
                 }
             }
@@ -913,8 +914,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                 }
                 match self.bridge_ports(&mut st, ns, br, Some(port), &mac) {
                     Ok(ports) => {
-                        for o in ports {
-                            let mut s = st.clone();
+                        let n = ports.len();
+                        for (o, mut s) in ports.into_iter().zip(fork(st, n)) {
                             s.pos = if brnf {
                                 Pos::BrFwd {
                                     ns,
@@ -1584,8 +1585,19 @@ impl<'w, 'a> Walker<'w, 'a> {
         let outcomes = self.nf.evaluate(ns, hook, &nfp, nat_allowed);
         let total: f64 = outcomes.iter().map(|o| o.probability).sum();
         let mut alive = Vec::new();
-        for o in outcomes {
-            let mut s = st.clone();
+        let n = outcomes.len();
+        let mut pending = Some(st);
+        for (k, o) in outcomes.into_iter().enumerate() {
+            // Clone the state for every outcome but the last, which takes it.
+            let mut s = match (k + 1 == n, pending.take()) {
+                (true, Some(p)) => p,
+                (_, Some(p)) => {
+                    let c = p.clone();
+                    pending = Some(p);
+                    c
+                }
+                (_, None) => break,
+            };
             if total > 0.0 {
                 s.prob *= o.probability / total.max(1.0);
             }
@@ -2576,6 +2588,8 @@ impl<'w, 'a> Walker<'w, 'a> {
         Ok(outp)
     }
 
+    /// A frame leaves `link`: `Ok(None)` when `st` itself continues (updated in place),
+    /// `Ok(Some(states))` when it forks.
     fn frame_out(
         &self,
         st: &mut St,
@@ -2583,7 +2597,7 @@ impl<'w, 'a> Walker<'w, 'a> {
         link: usize,
         mac: Option<String>,
         nh: IpAddr,
-    ) -> Result<Vec<St>, End> {
+    ) -> Result<Option<Vec<St>>, End> {
         let v = &self.world.ns[ns];
         let Some(l) = self.link(ns, link) else {
             return Err(end(Disposition::Unknown, "internal: bad link", None));
@@ -2652,7 +2666,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                     link: pl,
                     mac,
                 };
-                Ok(vec![st.clone()])
+                Ok(None)
             }
             LinkKind::Bridge { .. } => {
                 let Some(m) = mac else {
@@ -2663,19 +2677,21 @@ impl<'w, 'a> Walker<'w, 'a> {
                     ));
                 };
                 let ports = self.bridge_ports(st, ns, link, None, &m)?;
-                Ok(ports
-                    .into_iter()
-                    .map(|p| {
-                        let mut s = st.clone();
-                        s.pos = Pos::FrameOut {
-                            ns,
-                            link: p,
-                            mac: Some(m.clone()),
-                            nh,
-                        };
-                        s
-                    })
-                    .collect())
+                Ok(Some(
+                    ports
+                        .into_iter()
+                        .map(|p| {
+                            let mut s = st.clone();
+                            s.pos = Pos::FrameOut {
+                                ns,
+                                link: p,
+                                mac: Some(m.clone()),
+                                nh,
+                            };
+                            s
+                        })
+                        .collect(),
+                ))
             }
             LinkKind::Vxlan {
                 vni,
@@ -2786,7 +2802,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                     };
                     outv.push(s);
                 }
-                Ok(outv)
+                Ok(Some(outv))
             }
             LinkKind::Device => {
                 // A physical wire: whoever owns the destination MAC receives it.
@@ -2824,7 +2840,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                             link: tl,
                             mac,
                         };
-                        Ok(vec![st.clone()])
+                        Ok(None)
                     }
                     None => {
                         if !self.world.owners_of(nh).is_empty() {
@@ -2868,7 +2884,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                     skip_pre: false,
                     from_lo: true,
                 };
-                Ok(vec![st.clone()])
+                Ok(None)
             }
             other => {
                 let kind = match other {
@@ -3007,6 +3023,18 @@ fn arp_answers(w: &World<'_>, n: NsIdx, i: usize, ip: IpAddr) -> bool {
                 .links
                 .get(i)
                 .is_some_and(|l| l.flags.iter().any(|f| f == "NOARP")))
+}
+
+/// `n` copies of `st`, the last one being `st` itself.
+fn fork(st: St, n: usize) -> Vec<St> {
+    let mut v = Vec::with_capacity(n);
+    for _ in 1..n {
+        v.push(st.clone());
+    }
+    if n > 0 {
+        v.push(st);
+    }
+    v
 }
 
 /// `IP:PORT` (or `IP` for ICMP) of a packet's destination: the endpoint a branch reaches.
