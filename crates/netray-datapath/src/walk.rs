@@ -1690,22 +1690,29 @@ impl<'w, 'a> Walker<'w, 'a> {
         alive
     }
 
+    /// The rewrites the reply went through so far (evidence for a reply mismatch).
     fn last_nat_hop(&self, st: &St) -> String {
-        st.hops
+        let nats: Vec<String> = st
+            .hops
             .iter()
-            .rev()
-            .find_map(|h| match &h.step {
+            .filter(|h| h.leg == Leg::Reply)
+            .filter_map(|h| match &h.step {
                 Step::Nat {
                     kind,
                     before,
                     after,
-                } if h.leg == Leg::Reply => Some(format!(
-                    " (rewritten earlier by {kind} in {}/{}: {before} -> {after})",
+                } => Some(format!(
+                    "{kind} in {}/{}: {before} -> {after}",
                     h.node, h.netns
                 )),
                 _ => None,
             })
-            .unwrap_or_default()
+            .collect();
+        if nats.is_empty() {
+            String::new()
+        } else {
+            format!(" (the reply was rewritten earlier: {})", nats.join("; "))
+        }
     }
 
     #[allow(clippy::too_many_arguments)]

@@ -659,3 +659,83 @@ fn json_roundtrip() {
     assert_eq!(back, t);
     assert!(j.contains("\"disposition\":\"delivered\""));
 }
+
+#[test]
+fn veth_peer_mtu_drops_silently() {
+    let mut k = routed();
+    k.ns("r:server")
+        .links
+        .iter_mut()
+        .find(|l| l.name == "eth0")
+        .unwrap()
+        .mtu = 1400;
+    // 1450 fits the router's vs (1500) but not the server's end of the pair.
+    let t = run(&k, "10.0.1.2", "10.0.2.2", 1, None, Some(1450), Start::Auto);
+    assert_eq!(only(&t), Disposition::MtuExceeded);
+    assert!(t.branches[0].reason.contains("dropped on receive"));
+}
+
+#[test]
+fn weak_host_arp_unless_arp_ignore() {
+    // The router's gateway address for the client lives on vs, not vc: with arp_ignore=0 the
+    // router still answers ARP on vc.
+    let mut k = routed();
+    k.ns("r:client").routes.retain(|r| r.dst.prefix_len() != 0);
+    k.route("r:client", "default via 10.0.2.1 dev eth0 onlink");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::Delivered
+    );
+    k.sysctl("r", "net.ipv4.conf.all.arp_ignore", "1");
+    assert_eq!(
+        only(&tcp(&k, "10.0.1.2", "10.0.2.2", 80)),
+        Disposition::NeighborUnreachable
+    );
+}
+
+#[test]
+fn bridged_reply_de_snat_breaks_the_handshake_seed_000() {
+    // Host h reaches a VM on bridge br-vm through a ClusterIP; kube-proxy masquerades with
+    // --random-fully; the VM's gateway is router g, reached *through* br-vm. With
+    // bridge-nf-call-iptables=1 the VM's reply is de-NATed inside the bridge, so what
+    // reaches g no longer matches g's conntrack entry (the handshake dies).
+    let mut k = Kit::new();
+    k.node("h").netns("h", "vm").netns("h", "g");
+    k.bridge("h", "br-vm");
+    k.veth("h:vm", "eth0", "h", "vm-port")
+        .enslave("h", "vm-port", "br-vm", false);
+    k.veth("h:g", "eth-vm", "h", "uplink")
+        .enslave("h", "uplink", "br-vm", false);
+    k.veth("h", "eth0", "h:g", "eth0");
+    k.addr("h", "eth0", "192.168.50.10/24")
+        .route("h", "default via 192.168.50.1 dev eth0");
+    k.addr("h:g", "eth0", "192.168.50.1/24")
+        .addr("h:g", "eth-vm", "10.50.0.1/24");
+    k.sysctl("h:g", "net.ipv4.ip_forward", "1");
+    k.addr("h:vm", "eth0", "10.50.0.10/24")
+        .route("h:vm", "default via 10.50.0.1 dev eth0")
+        .listen("h:vm", SocketProto::Tcp, "0.0.0.0", 8080);
+    k.sysctl("h", "net.bridge.bridge-nf-call-iptables", "1");
+    k.iptables(
+        "h",
+        "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -d 10.96.0.150/32 -p tcp --dport 80 -j MARK --set-xmark 0x4000/0x4000\n-A OUTPUT -d 10.96.0.150/32 -p tcp --dport 80 -j DNAT --to-destination 10.50.0.10:8080\n-A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE --random-fully\nCOMMIT\n",
+    );
+    let t = tcp(&k, "192.168.50.10", "10.96.0.150", 80);
+    assert_eq!(only(&t), Disposition::ReplyMismatch);
+    let r = &t.branches[0].reason;
+    assert!(r.contains("inside the bridge"), "{r}");
+    assert!(
+        r.contains("de-snat"),
+        "the early de-SNAT (port rewrite) is named: {r}"
+    );
+    // Direct to the VM (no NAT) works; without br_netfilter the ClusterIP works too.
+    assert_eq!(
+        only(&tcp(&k, "192.168.50.10", "10.50.0.10", 8080)),
+        Disposition::Delivered
+    );
+    k.sysctl("h", "net.bridge.bridge-nf-call-iptables", "0");
+    assert_eq!(
+        only(&tcp(&k, "192.168.50.10", "10.96.0.150", 80)),
+        Disposition::Delivered
+    );
+}
