@@ -361,3 +361,37 @@ fn service_without_endpoints_rejects() {
     let d = diagnose(dir.path(), "pod/default/web-0", "svc/default/empty:80", &[]);
     assert_cause(&d, "unreachable", "no-endpoints", "node0");
 }
+
+#[test]
+fn live_mode_collects_the_host_it_runs_on() {
+    if !can_run("live_mode_collects_the_host_it_runs_on") {
+        return;
+    }
+    let lab = lab(&["policy-drop:web-1"], false);
+    // Same node: web-0 → web-1 is dropped by the policy, web-0 → web-0's own node host works.
+    assert!(
+        !lab.probe(&lab.pod_probe("web-0", "web-1", Proto::Tcp).unwrap())
+            .ok
+    );
+    let node0 = lab.ns("node0").unwrap().name().to_string();
+    let run = |to: &str| -> Value {
+        let out = Command::new("ip")
+            .args(["netns", "exec", &node0, NETRAY, "diagnose", "--live"])
+            .args(["--from", "10.244.0.2", "--to", to, "-o", "json"])
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stderr)))
+    };
+    let d = run("10.244.0.3:8080");
+    assert_eq!(d["verdict"], "unreachable", "{d:#}");
+    assert_eq!(d["causes"][0]["code"], "network-policy-drop", "{d:#}");
+    // node0's host has no server on port 22: refused for real, and netray says why.
+    assert!(
+        !lab.probe(&Probe::tcp("web-0", "10.244.0.1".parse().unwrap(), 22))
+            .ok
+    );
+    let d = run("10.244.0.1:22");
+    assert_eq!(d["verdict"], "unreachable", "{d:#}");
+    assert_eq!(d["causes"][0]["code"], "port-not-listening", "{d:#}");
+}

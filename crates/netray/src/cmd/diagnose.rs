@@ -13,9 +13,9 @@ use crate::resolve::resolve;
 /// Options of `netray diagnose`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Bundle directory or .tar.gz (cluster.json + nodes/*.json).
-    #[arg(long, value_name = "DIR|FILE.tar.gz")]
-    pub bundle: std::path::PathBuf,
+    /// The snapshots: `--bundle` or `--live`.
+    #[command(flatten)]
+    pub source: super::BundleArgs,
     /// The flow.
     #[command(flatten)]
     pub flow: FlowArgs,
@@ -32,7 +32,7 @@ pub struct Args {
 
 /// Run `netray diagnose`. Exit 0 reachable, 1 not (fully) reachable or uncertain.
 pub fn run(args: Args) -> CmdResult {
-    let (bundle, cluster) = load_bundle(&args.bundle, &args.cluster)?;
+    let (bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
     let flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
     let world = World::new(&bundle);
     let engine = RulesetEngine::new(&world);

@@ -56,13 +56,57 @@ impl ClusterArgs {
     }
 }
 
+/// Where the node snapshots come from: a bundle, or this host collected now.
+#[derive(Debug, Clone, clap::Args)]
+#[group(multiple = false)]
+pub struct BundleArgs {
+    /// Bundle directory or .tar.gz (cluster.json + nodes/*.json).
+    #[arg(long, value_name = "DIR|FILE.tar.gz")]
+    pub bundle: Option<std::path::PathBuf>,
+    /// Collect this host now (as `netray collect` does; needs root) and use it as a one-node
+    /// bundle.
+    #[arg(long)]
+    pub live: bool,
+}
+
+impl BundleArgs {
+    /// How to name the source in reports.
+    pub fn describe(&self) -> String {
+        match &self.bundle {
+            Some(p) => p.display().to_string(),
+            None => "live".to_string(),
+        }
+    }
+}
+
 /// Load a bundle (directory or .tar.gz) and its cluster view, if any: the bundle's
 /// `cluster.json`, or with `--kube` the live cluster (which then replaces it).
 pub fn load_bundle(
-    path: &std::path::Path,
+    source: &BundleArgs,
     cluster: &ClusterArgs,
 ) -> Result<(netray_snapshot::Bundle, Option<netray_kube::ClusterView>), CmdError> {
-    let bundle = netray_snapshot::Bundle::load(path)?;
+    let (bundle, path) = match &source.bundle {
+        Some(path) => (netray_snapshot::Bundle::load(path)?, path.clone()),
+        None if !source.live => {
+            return Err(
+                "give the snapshots: --bundle DIR|FILE.tar.gz, or --live to collect this host now"
+                    .into(),
+            );
+        }
+        None => {
+            // `--live`: this host, collected now, as a one-node bundle.
+            let snap = netray_collect::collect(&netray_collect::Options::default())?;
+            snap.validate("live snapshot")?;
+            let path = std::path::PathBuf::from(format!("live:{}", snap.node.name));
+            let bundle = netray_snapshot::Bundle {
+                source: path.clone(),
+                cluster: None,
+                nodes: vec![snap],
+            };
+            (bundle, path)
+        }
+    };
+    let path = path.as_path();
     if cluster.live() {
         let (list, target) = live_list(&cluster.api)?;
         let view = netray_kube::ClusterView::from_value(&target, &list)?;

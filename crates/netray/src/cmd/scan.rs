@@ -9,13 +9,9 @@ use super::{ClusterArgs, CmdResult, Format, load_bundle};
 /// Options of `netray scan`.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Bundle directory or .tar.gz (cluster.json + nodes/*.json).
-    #[arg(
-        long,
-        value_name = "DIR|FILE.tar.gz",
-        required_unless_present = "list_checks"
-    )]
-    pub bundle: Option<std::path::PathBuf>,
+    /// The snapshots: `--bundle` or `--live`.
+    #[command(flatten)]
+    pub source: super::BundleArgs,
     /// Where the cluster view comes from (cluster.json or `--kube`).
     #[command(flatten)]
     pub cluster: ClusterArgs,
@@ -48,14 +44,13 @@ pub fn run(args: Args) -> CmdResult {
         }
         return Ok(ExitCode::SUCCESS);
     }
-    let path = args.bundle.expect("clap requires --bundle");
-    let (bundle, cluster) = load_bundle(&path, &args.cluster)?;
+    let (bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
     let findings = scan(&bundle, cluster.as_ref());
     match args.output {
         Format::Json => {
             let report = ScanReport {
                 schema: "netray.scan/v1",
-                bundle: path.display().to_string(),
+                bundle: args.source.describe(),
                 nodes: bundle.nodes.iter().map(|n| n.node.name.as_str()).collect(),
                 findings: &findings,
             };

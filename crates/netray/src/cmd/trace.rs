@@ -11,9 +11,9 @@ use crate::resolve::resolve;
 /// errors.
 #[derive(clap::Args)]
 pub struct Args {
-    /// Bundle directory or .tar.gz (cluster.json + nodes/*.json).
-    #[arg(long, value_name = "DIR|FILE.tar.gz")]
-    pub bundle: std::path::PathBuf,
+    /// The snapshots: `--bundle` or `--live`.
+    #[command(flatten)]
+    pub source: super::BundleArgs,
     /// The flow.
     #[command(flatten)]
     pub flow: FlowArgs,
@@ -30,7 +30,7 @@ pub struct Args {
 
 /// Run `netray trace`.
 pub fn run(args: Args) -> CmdResult {
-    let (bundle, cluster) = super::load_bundle(&args.bundle, &args.cluster)?;
+    let (bundle, cluster) = super::load_bundle(&args.source, &args.cluster)?;
     let mut flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
     if flows.len() > 1 {
         let ports: Vec<&str> = flows.iter().map(|f| f.to_label.as_str()).collect();
