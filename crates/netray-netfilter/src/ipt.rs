@@ -88,13 +88,38 @@ impl PartialEq for Str {
     }
 }
 
-fn fnv(bytes: impl IntoIterator<Item = u8>) -> u64 {
-    let mut h: u64 = 0xcbf29ce484222325;
-    for b in bytes {
-        h ^= b as u64;
-        h = h.wrapping_mul(0x100000001b3);
+/// Hash of a string's bytes, eight at a time (length mixed in, final avalanche).
+fn str_hash(b: &[u8]) -> u64 {
+    const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+    let mut h = (b.len() as u64).wrapping_mul(K);
+    let mut chunks = b.chunks_exact(8);
+    for c in &mut chunks {
+        let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
     }
+    let rest = chunks.remainder();
+    if !rest.is_empty() {
+        let mut last = [0u8; 8];
+        last[..rest.len()].copy_from_slice(rest);
+        h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
     h
+}
+
+/// [`str_hash`] of the unquoted content of a raw token.
+fn unquoted_hash(raw: &str) -> u64 {
+    let b = raw.as_bytes();
+    if b.len() >= 2 && (b[0] == b'"' || b[0] == b'\'') && b[b.len() - 1] == b[0] {
+        let inner = &b[1..b.len() - 1];
+        if memchr::memchr(b'\\', inner).is_none() {
+            return str_hash(inner);
+        }
+        return str_hash(unquote(raw).as_bytes());
+    }
+    str_hash(b)
 }
 
 /// Unquote an iptables-save token (`"a b"`, `'a'`, `\"` escapes).
@@ -838,6 +863,8 @@ pub fn parse_dump(backend: IptablesBackend, family: IpFamily, text: Arc<str>) ->
         tables: Vec::new(),
         diags: Vec::new(),
         toks: Vec::with_capacity(32),
+        matches: Vec::with_capacity(8),
+        pending: Vec::new(),
         cur: None,
         last_chain: None,
     };
@@ -858,6 +885,9 @@ struct Parser {
     tables: Vec<Table>,
     diags: Vec<Diagnostic>,
     toks: Vec<(u32, u32)>,
+    matches: Vec<Match>,
+    /// Per table: rules with a jump/goto still to resolve at COMMIT.
+    pending: Vec<bool>,
     cur: Option<usize>,
     last_chain: Option<(usize, u32)>,
 }
@@ -884,6 +914,7 @@ fn builtin_chains(table: &str) -> &'static [&'static str] {
 impl Parser {
     fn run(&mut self) {
         let text = self.text.clone();
+        let text: &str = &text;
         let bytes = text.as_bytes();
         let mut pos = 0usize;
         let mut lineno = 0u32;
@@ -894,7 +925,7 @@ impl Parser {
             if line_end > pos && bytes[line_end - 1] == b'\r' {
                 line_end -= 1;
             }
-            self.line(lineno, pos, line_end);
+            self.line(text, lineno, pos, line_end);
             pos = end + 1;
         }
         if let Some(t) = self.cur.take() {
@@ -912,8 +943,7 @@ impl Parser {
         });
     }
 
-    fn line(&mut self, lineno: u32, start: usize, end: usize) {
-        let text = self.text.clone();
+    fn line(&mut self, text: &str, lineno: u32, start: usize, end: usize) {
         let b = &text.as_bytes()[start..end];
         // Trim leading whitespace.
         let mut s = start;
@@ -970,7 +1000,7 @@ impl Parser {
                     );
                     return;
                 };
-                if let Err(e) = self.chain_decl(t, s, end) {
+                if let Err(e) = self.chain_decl(text, t, s, end) {
                     self.diag(lineno, start, end, e.at.0 as usize, e.msg);
                 }
             }
@@ -992,14 +1022,13 @@ impl Parser {
                     );
                     return;
                 };
-                self.rule_line(t, lineno, start, s, end);
+                self.rule_line(text, t, lineno, start, s, end);
             }
         }
     }
 
-    fn chain_decl(&mut self, t: usize, s: usize, end: usize) -> PResult<()> {
-        let text = self.text.clone();
-        tokenize(&text, s + 1, end, &mut self.toks).map_err(|at| PErr {
+    fn chain_decl(&mut self, text: &str, t: usize, s: usize, end: usize) -> PResult<()> {
+        tokenize(text, s + 1, end, &mut self.toks).map_err(|at| PErr {
             msg: "unterminated quote".into(),
             at: (at as u32, end as u32),
         })?;
@@ -1043,10 +1072,22 @@ impl Parser {
     }
 
     fn finish_table(&mut self, t: usize) {
+        if self.pending.get(t).copied().unwrap_or(false) {
+            self.resolve_jumps(t);
+        }
+        for c in &mut self.tables[t].chains {
+            c.rules.shrink_to_fit();
+            c.index =
+                (c.rules.len() >= INDEX_MIN_RULES).then(|| Box::new(ChainIndex::build(&c.rules)));
+        }
+    }
+
+    /// Resolve jumps to chains declared after the rule (restore-style input).
+    fn resolve_jumps(&mut self, t: usize) {
+        let mut still = false;
         let table = &mut self.tables[t];
-        // Resolve jumps to chains declared after the rule (restore-style input).
-        let names = table.by_name.clone();
-        let text = self.text.clone();
+        let names = &table.by_name;
+        let text = &self.text;
         for c in &mut table.chains {
             for r in &mut c.rules {
                 let (cr, is_jump) = match &r.target {
@@ -1072,6 +1113,7 @@ impl Parser {
                         r.target = Target::Unknown(cr.name);
                     }
                     None => {
+                        still = true;
                         r.error = Some(format!("jump to undeclared chain {n}").into());
                         self.diags.push(Diagnostic {
                             source: self.source.clone(),
@@ -1084,16 +1126,19 @@ impl Parser {
                 }
             }
         }
-        for c in &mut table.chains {
-            c.rules.shrink_to_fit();
-            c.index =
-                (c.rules.len() >= INDEX_MIN_RULES).then(|| Box::new(ChainIndex::build(&c.rules)));
-        }
+        self.pending[t] = still;
     }
 
-    fn rule_line(&mut self, t: usize, lineno: u32, line_start: usize, s: usize, end: usize) {
-        let text = self.text.clone();
-        if let Err(at) = tokenize(&text, s, end, &mut self.toks) {
+    fn rule_line(
+        &mut self,
+        text: &str,
+        t: usize,
+        lineno: u32,
+        line_start: usize,
+        s: usize,
+        end: usize,
+    ) {
+        if let Err(at) = tokenize(text, s, end, &mut self.toks) {
             self.diag(lineno, line_start, end, at, "unterminated quote".into());
             self.error_rule(t, lineno, s, end, None, "unterminated quote");
             return;
@@ -1168,12 +1213,14 @@ impl Parser {
                     end: end as u32,
                 };
                 let mut rp = RuleParser {
-                    text: &text,
+                    text,
                     toks: &toks,
                     k,
                     family: self.family,
                     table: &self.tables[t],
+                    matches: &mut self.matches,
                 };
+                rp.matches.clear();
                 let rule = match rp.parse(lineno, span, counters) {
                     Ok(r) => r,
                     Err(e) => {
@@ -1193,6 +1240,14 @@ impl Parser {
                     c.rules.shrink_to_fit();
                 }
                 self.last_chain = Some((t, chain_id));
+                if let Target::Jump(ChainRef { id: u32::MAX, .. })
+                | Target::Goto(ChainRef { id: u32::MAX, .. }) = rule.target
+                {
+                    if self.pending.len() <= t {
+                        self.pending.resize(t + 1, false);
+                    }
+                    self.pending[t] = true;
+                }
                 let rules = &mut self.tables[t].chains[chain_id as usize].rules;
                 match insert_at {
                     Some(n) => rules.insert(n.min(rules.len()), rule),
@@ -1334,9 +1389,9 @@ fn parse_counters(s: &str) -> Option<(u64, u64)> {
 /// Err(offset) on an unterminated quote.
 fn tokenize(text: &str, s: usize, end: usize, out: &mut Vec<(u32, u32)>) -> Result<(), usize> {
     out.clear();
-    let b = text.as_bytes();
+    let b = &text.as_bytes()[..end];
     let mut i = s;
-    while i < end {
+    loop {
         while i < end && (b[i] == b' ' || b[i] == b'\t') {
             i += 1;
         }
@@ -1344,27 +1399,51 @@ fn tokenize(text: &str, s: usize, end: usize, out: &mut Vec<(u32, u32)>) -> Resu
             break;
         }
         let st = i;
-        if b[i] == b'"' || b[i] == b'\'' {
-            let q = b[i];
+        let c = b[i];
+        if c == b'"' || c == b'\'' {
             i += 1;
-            while i < end && b[i] != q {
-                if b[i] == b'\\' {
-                    i += 1;
+            loop {
+                match memchr::memchr2(c, b'\\', &b[i..]) {
+                    None => return Err(st),
+                    Some(n) if b[i + n] == c => {
+                        i += n + 1;
+                        break;
+                    }
+                    // A backslash escapes the next byte (which may be the end of the line).
+                    Some(n) => i += n + 2,
                 }
-                i += 1;
+                if i >= end {
+                    return Err(st);
+                }
             }
-            if i >= end {
-                return Err(st);
-            }
-            i += 1;
         } else {
-            while i < end && b[i] != b' ' && b[i] != b'\t' {
-                i += 1;
-            }
+            i = token_end(b, i + 1);
         }
         out.push((st as u32, i as u32));
     }
     Ok(())
+}
+
+/// First offset ≥ `i` in `b` holding a space or a tab (or `b.len()`), eight bytes at a time.
+#[inline]
+fn token_end(b: &[u8], mut i: usize) -> usize {
+    const LO: u64 = 0x0101_0101_0101_0101;
+    const HI: u64 = 0x8080_8080_8080_8080;
+    while let Some(w) = b.get(i..i + 8) {
+        let w = u64::from_le_bytes(w.try_into().unwrap_or([0; 8]));
+        let sp = w ^ (LO * b' ' as u64);
+        let tab = w ^ (LO * b'\t' as u64);
+        // Zero-byte detection: exact for the lowest zero byte.
+        let m = (sp.wrapping_sub(LO) & !sp & HI) | (tab.wrapping_sub(LO) & !tab & HI);
+        if m != 0 {
+            return i + (m.trailing_zeros() / 8) as usize;
+        }
+        i += 8;
+    }
+    while i < b.len() && b[i] != b' ' && b[i] != b'\t' {
+        i += 1;
+    }
+    i
 }
 
 /// Parses the options of one rule.
@@ -1374,6 +1453,8 @@ struct RuleParser<'a> {
     k: usize,
     family: IpFamily,
     table: &'a Table,
+    /// Matches of the rule being parsed (scratch, reused across rules).
+    matches: &'a mut Vec<Match>,
 }
 
 /// A match module being built while its options are read.
@@ -1429,7 +1510,7 @@ impl<'a> RuleParser<'a> {
         let raw = &self.text[a as usize..b as usize];
         Str {
             span: Span { start: a, end: b },
-            hash: fnv(unquote(raw).bytes()),
+            hash: unquoted_hash(raw),
         }
     }
 
@@ -1532,15 +1613,16 @@ impl<'a> RuleParser<'a> {
             }
         }
         self.finish(&mut cur, &mut r);
-        r.matches.shrink_to_fit();
+        // One exact allocation per rule.
+        r.matches = self.matches.drain(..).collect();
         Ok(r)
     }
 
-    fn finish(&mut self, cur: &mut Building, r: &mut Rule) {
+    fn finish(&mut self, cur: &mut Building, _r: &mut Rule) {
         match std::mem::replace(cur, Building::None) {
             Building::None => {}
-            Building::M(m) => r.matches.push(m),
-            Building::Opaque { name, start, end } => r.matches.push(Match::Opaque {
+            Building::M(m) => self.matches.push(m),
+            Building::Opaque { name, start, end } => self.matches.push(Match::Opaque {
                 module: name,
                 span: Span { start, end },
             }),
@@ -2546,7 +2628,7 @@ impl<'a> RuleParser<'a> {
             Some((a, l)) => (a, Some(l)),
             None => (v, None),
         };
-        let addr: IpAddr = a.parse().map_err(|_| bad())?;
+        let addr: IpAddr = parse_ip(a).ok_or_else(bad)?;
         if matches!(
             (addr, self.family),
             (IpAddr::V4(_), IpFamily::Ipv6) | (IpAddr::V6(_), IpFamily::Ipv4)
@@ -2576,7 +2658,7 @@ impl<'a> RuleParser<'a> {
 
     fn addr(&self, v: &str) -> PResult<IpAddr> {
         let v = v.trim_start_matches('[').trim_end_matches(']');
-        v.parse().map_err(|_| PErr {
+        parse_ip(v).ok_or_else(|| PErr {
             msg: format!("bad address `{v}`"),
             at: self.at(self.k - 1),
         })
@@ -2647,15 +2729,14 @@ impl<'a> RuleParser<'a> {
                 Some((a, p)) => (a, Some(p)),
                 None => (rest.trim_end_matches(']'), None),
             }
-        } else if v.matches(':').count() > 1 {
-            (v, None)
         } else {
-            match v.split_once(':') {
-                Some((a, p)) => (a, Some(p)),
+            match memchr::memchr(b':', v.as_bytes()) {
+                Some(i) if memchr::memchr(b':', &v.as_bytes()[i + 1..]).is_some() => (v, None),
+                Some(i) => (&v[..i], Some(&v[i + 1..])),
                 None => (v, None),
             }
         };
-        let a: std::borrow::Cow<'_, str> = if a.contains(['[', ']']) {
+        let a: std::borrow::Cow<'_, str> = if memchr::memchr2(b'[', b']', a.as_bytes()).is_some() {
             a.replace(['[', ']'], "").into()
         } else {
             a.into()
@@ -2663,11 +2744,16 @@ impl<'a> RuleParser<'a> {
         let addr = if a.is_empty() {
             None
         } else {
-            let (lo, hi) = a.split_once('-').unwrap_or((&a, &a));
-            Some(AddrRange {
-                lo: self.addr(lo)?,
-                hi: self.addr(hi)?,
-            })
+            match a.split_once('-') {
+                Some((lo, hi)) => Some(AddrRange {
+                    lo: self.addr(lo)?,
+                    hi: self.addr(hi)?,
+                }),
+                None => {
+                    let x = self.addr(&a)?;
+                    Some(AddrRange { lo: x, hi: x })
+                }
+            }
         };
         let ports = match p {
             Some(p) if !p.is_empty() => {
@@ -2698,6 +2784,43 @@ impl<'a> RuleParser<'a> {
             };
         }
         Ok(bits)
+    }
+}
+
+/// Dotted-quad IPv4 the way `Ipv4Addr::from_str` reads it (no leading zeros, 0..=255);
+/// `None` for anything else (the caller then asks the standard parser).
+#[inline]
+fn fast_ipv4(v: &[u8]) -> Option<std::net::Ipv4Addr> {
+    let mut out = [0u8; 4];
+    let mut i = 0;
+    for (n, o) in out.iter_mut().enumerate() {
+        if n > 0 {
+            if v.get(i) != Some(&b'.') {
+                return None;
+            }
+            i += 1;
+        }
+        let st = i;
+        let mut x: u32 = 0;
+        while i < v.len() && v[i].is_ascii_digit() && i - st < 3 {
+            x = x * 10 + (v[i] - b'0') as u32;
+            i += 1;
+        }
+        let len = i - st;
+        if len == 0 || x > 255 || (len > 1 && v[st] == b'0') {
+            return None;
+        }
+        *o = x as u8;
+    }
+    (i == v.len()).then_some(std::net::Ipv4Addr::from(out))
+}
+
+/// An IPv4 or IPv6 address, as `IpAddr::from_str`.
+#[inline]
+fn parse_ip(v: &str) -> Option<IpAddr> {
+    match fast_ipv4(v.as_bytes()) {
+        Some(a) => Some(IpAddr::V4(a)),
+        None => v.parse().ok(),
     }
 }
 
