@@ -15,7 +15,7 @@ use std::process::{Command, Stdio};
 
 use netray_snapshot::{Firewall, IpFamily, IptablesBackend, IptablesDump};
 
-use crate::nl::{NETLINK_NETFILTER, Socket, attrs, string};
+use crate::nl::{Conn, Event, NETLINK_NETFILTER, RawMsg, attrs};
 
 /// `(NFNL_SUBSYS_NFTABLES << 8) | NFT_MSG_GETTABLE`.
 const NFT_GETTABLE: u16 = (10 << 8) | 1;
@@ -23,22 +23,28 @@ const NFT_NEWTABLE: u16 = 10 << 8;
 
 /// nf_tables tables of the namespace as (family, name); family is `NFPROTO_*`.
 pub fn nft_tables() -> io::Result<Vec<(u8, String)>> {
-    let mut sock = Socket::open(NETLINK_NETFILTER)?;
+    let mut conn = Conn::open(NETLINK_NETFILTER)?;
     let mut out = Vec::new();
-    sock.dump(NFT_GETTABLE, &[0u8, 0, 0, 0], &mut |m| {
-        let Some(m) = m else {
-            return Ok(());
+    let req = RawMsg {
+        ty: NFT_GETTABLE,
+        body: vec![0u8; 4],
+    };
+    conn.dump(req, &mut |ev| {
+        let Event::Msg(m) = ev else {
+            return;
         };
-        if m.ty != NFT_NEWTABLE || m.payload.len() < 4 {
-            return Ok(());
+        if m.ty != NFT_NEWTABLE || m.body.len() < 4 {
+            return;
         }
-        let fam = m.payload[0];
-        let name = attrs(&m.payload[4..])
+        let fam = m.body[0];
+        let name = attrs(&m.body[4..])
             .find(|(t, _)| *t == 1)
-            .map(|(_, v)| string(v))
+            .map(|(_, v)| {
+                let end = v.iter().position(|&c| c == 0).unwrap_or(v.len());
+                String::from_utf8_lossy(&v[..end]).into_owned()
+            })
             .unwrap_or_default();
         out.push((fam, name));
-        Ok(())
     })?;
     out.sort();
     out.dedup();
@@ -206,19 +212,22 @@ fn nfproto_name(f: u8) -> Option<&'static str> {
 /// Whether the namespace holds any ipset, asked over nfnetlink (`IPSET_CMD_LIST` with
 /// `LIST_SETNAME`: names only). `None` when the kernel did not answer the question.
 pub fn ipset_any() -> Option<bool> {
-    let mut sock = Socket::open(NETLINK_NETFILTER).ok()?;
+    let mut conn = Conn::open(NETLINK_NETFILTER).ok()?;
     // nfgenmsg (NFPROTO_IPV4, v0), IPSET_ATTR_PROTOCOL = 7, IPSET_ATTR_FLAGS = LIST_SETNAME.
     let mut body = vec![libc::AF_INET as u8, 0, 0, 0];
     crate::nl::push_attr(&mut body, 1, &[7]);
     crate::nl::push_attr(&mut body, 6 | 0x4000, &(1u32 << 1).to_be_bytes());
     let mut any = false;
-    sock.dump((6 << 8) | 7, &body, &mut |m| {
-        if let Some(m) = m
+    let req = RawMsg {
+        ty: (6 << 8) | 7,
+        body,
+    };
+    conn.dump(req, &mut |ev| {
+        if let Event::Msg(m) = ev
             && m.ty == (6 << 8) | 7
         {
             any = true;
         }
-        Ok(())
     })
     .ok()?;
     Some(any)

@@ -193,7 +193,7 @@ struct NsidMap<'a> {
 }
 
 impl NsidMap<'_> {
-    fn resolve(&mut self, sock: &mut nl::Socket, nsid: i32) -> Option<u64> {
+    fn resolve(&mut self, sock: &mut nl::Conn, nsid: i32) -> Option<u64> {
         while !self.known.contains_key(&nsid) && self.next < self.cands.list.len() {
             let c = &self.cands.list[self.next];
             self.next += 1;
@@ -207,7 +207,7 @@ impl NsidMap<'_> {
 
 /// Links of the current thread's namespace with veth peers resolved to namespace inodes.
 fn links_with_peers(
-    sock: &mut nl::Socket,
+    sock: &mut nl::Conn,
     cands: &Candidates,
     self_ino: u64,
     problems: &mut Vec<(String, String)>,
@@ -268,7 +268,7 @@ fn collect_here(
         conntrack: None,
         sockets: Vec::new(),
     };
-    match nl::Socket::open(nl::NETLINK_ROUTE) {
+    match nl::Conn::open(nl::NETLINK_ROUTE) {
         Err(e) => problems.push(("rtnetlink".into(), e.to_string())),
         Ok(mut sock) => {
             match links_with_peers(&mut sock, cands, ino, &mut problems) {
@@ -445,7 +445,7 @@ pub fn collect(opts: &Options) -> Result<NodeSnapshot, CollectError> {
     let mut jobs: Vec<(u64, NetnsRole)> = vec![(host.1, NetnsRole::Host)];
     let mut extra_files: Vec<Candidate> = Vec::new();
     {
-        let mut sock = nl::Socket::open(nl::NETLINK_ROUTE).map_err(io("rtnetlink"))?;
+        let mut sock = nl::Conn::open(nl::NETLINK_ROUTE).map_err(io("rtnetlink"))?;
         let mut p = Vec::new();
         let links = links_with_peers(&mut sock, &cands, host.1, &mut p).map_err(io("links"))?;
         for l in links {
