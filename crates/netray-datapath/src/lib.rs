@@ -13,13 +13,15 @@
 //! namespace with NAT decided on the first packet only and applied from the entry afterwards;
 //! veth (a new receive in the peer namespace), bridges (FDB, flood, hairpin, br_netfilter with
 //! `physdev`), VXLAN (neighbour → inner MAC → FDB → VTEP → underlay UDP → decapsulation by VNI
-//! and port → inner MAC check), neighbours, MTU. Every delivered branch is followed by its
+//! and port → inner MAC check), neighbours, MTU, IPVS virtual services (`ip_vs_in` at
+//! LOCAL_IN/LOCAL_OUT scheduling to real servers, `ip_vs_out` de-NATing replies). Every delivered branch is followed by its
 //! reply, which must reach the client with the exact tuple it expects.
 //!
 //! The result ([`Trace`]) is serializable; its JSON is documented in the crate README.
 
 pub mod engine;
 pub mod fib;
+pub mod ipvs;
 pub mod nf;
 pub mod result;
 pub mod testkit;

@@ -250,6 +250,17 @@ pub enum Step {
         /// VNI.
         vni: u32,
     },
+    /// An IPVS decision (`ip_vs_in` scheduling a new connection to a real server).
+    Ipvs {
+        /// Hook where IPVS ran (`INPUT` for LOCAL_IN, `OUTPUT` for LOCAL_OUT).
+        hook: String,
+        /// The virtual service's `-A` line.
+        service: String,
+        /// The chosen real server's `-a` line, if one was chosen.
+        real_server: Option<String>,
+        /// Scheduler, share and forwarding method (or why nothing was chosen).
+        detail: String,
+    },
     /// Local delivery.
     Deliver {
         /// The socket, when the snapshot lists sockets.

@@ -608,6 +608,27 @@ impl Kit {
         self
     }
 
+    /// `ipset save` text.
+    pub fn ipset(&mut self, at: &str, text: &str) -> &mut Kit {
+        self.ns(at).firewall.ipset = Some(text.into());
+        self
+    }
+
+    /// `ipvsadm -Sn` text.
+    pub fn ipvs(&mut self, at: &str, text: &str) -> &mut Kit {
+        self.ns(at).firewall.ipvs = Some(text.into());
+        self
+    }
+
+    /// Set a link administratively down (like kube-proxy's `kube-ipvs0` dummy).
+    pub fn down(&mut self, at: &str, dev: &str) -> &mut Kit {
+        if let Some(l) = self.ns(at).links.iter_mut().find(|l| l.name == dev) {
+            l.operstate = "down".into();
+            l.flags.retain(|f| f != "UP" && f != "LOWER_UP");
+        }
+        self
+    }
+
     /// A listening socket.
     pub fn listen(&mut self, at: &str, proto: SocketProto, addr: &str, port: u16) -> &mut Kit {
         let a = addr.parse().unwrap_or_else(|e| panic!("{addr}: {e}"));

@@ -162,6 +162,15 @@ pub fn hop_line(h: &Hop) -> String {
             "VXLAN encap on {dev}: VNI {vni}, inner dst MAC {inner_dst_mac} -> VTEP {remote}:{port} [fdb {fdb}]"
         ),
         Step::Decap { dev, vni } => format!("VXLAN decap on {dev} (VNI {vni}): {}", h.packet),
+        Step::Ipvs {
+            hook,
+            service,
+            real_server,
+            detail,
+        } => match real_server {
+            Some(r) => format!("IPVS ({hook}){io}: `{service}` -> `{r}`  [{detail}]"),
+            None => format!("IPVS ({hook}){io}: `{service}`  [{detail}]"),
+        },
         Step::Deliver { socket } => match socket {
             Some(s) => format!("delivered locally{io} to {s}"),
             None => format!("delivered locally{io}"),

@@ -6,6 +6,7 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use netray_snapshot::{LinkKind, RouteType, RuleAction};
 
 use crate::fib::{self, FibResult, FlowKey};
+use crate::ipvs::Forward;
 use crate::nf::{
     CtDir, CtEntry, CtState, Manip, NatAction, Netfilter, NfHook, NfPacket, NfVerdict, Tuple,
     proto_name,
@@ -257,6 +258,37 @@ struct St {
     seen: HashSet<(Pos, Pkt, Leg, usize)>,
     fwd_disp: Option<Disposition>,
     endpoint: Option<String>,
+    /// IPVS connections created on this branch (per namespace), for `ip_vs_out`.
+    ipvs: Vec<IpvsConn>,
+    /// The skb left IPVS untracked (`net.ipv4.vs.conntrack=0`) in this namespace.
+    untracked_ns: Option<NsIdx>,
+}
+
+/// An IPVS connection entry: client → virtual service, sent to a real server.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct IpvsConn {
+    ns: NsIdx,
+    proto: u8,
+    client: (IpAddr, u16),
+    vip: (IpAddr, u16),
+    rs: (IpAddr, u16),
+    forward: Forward,
+}
+
+impl IpvsConn {
+    fn text(&self) -> String {
+        format!(
+            "{} client {}:{} vip {}:{} rs {}:{} {}",
+            proto_name(self.proto),
+            self.client.0,
+            self.client.1,
+            self.vip.0,
+            self.vip.1,
+            self.rs.0,
+            self.rs.1,
+            self.forward.name()
+        )
+    }
 }
 
 enum Next {
@@ -357,6 +389,8 @@ pub fn trace(
         seen: HashSet::new(),
         fwd_disp: None,
         endpoint: None,
+        ipvs: Vec::new(),
+        untracked_ns: None,
     };
     let (branches, truncated) = w.run(st);
     let mut shares = std::collections::BTreeMap::new();
@@ -644,6 +678,12 @@ impl<'w, 'a> Walker<'w, 'a> {
                 let dev = st.route.map(|r| r.dev);
                 let before = (st.pkt.dst, st.pkt.mark);
                 for mut s in go(self.hook(st, ns, NfHook::Output, None, dev, None), out) {
+                    // IPVS at LOCAL_OUT: `ip_vs_local_reply4` (de-NAT of replies from a
+                    // local real server), then `ip_vs_local_request4` (scheduling).
+                    self.ipvs_out(&mut s, ns, NfHook::Output, None, dev);
+                    let Some(mut s) = self.ipvs_in(s, ns, NfHook::Output, None, out) else {
+                        continue;
+                    };
                     if (s.pkt.dst, s.pkt.mark) != before {
                         // Reroute after OUTPUT changed the destination or the mark.
                         match self.route_out(&mut s, ns, oif) {
@@ -712,6 +752,9 @@ impl<'w, 'a> Walker<'w, 'a> {
                 }
                 if !from_lo {
                     st.skb_ct = st.skb_ct.filter(|_| skip_pre);
+                    if !skip_pre {
+                        st.untracked_ns = None;
+                    }
                     if st.hops.is_empty()
                         || !matches!(st.hops.last().map(|h| &h.step), Some(Step::Receive))
                     {
@@ -755,11 +798,16 @@ impl<'w, 'a> Walker<'w, 'a> {
                 }
             }
             Pos::Input { ns, link } => {
-                for s in go(
+                for mut s in go(
                     self.hook(st, ns, NfHook::Input, Some(link), None, None),
                     out,
                 ) {
-                    out.push(self.deliver(s, ns, link));
+                    // IPVS at LOCAL_IN, after filter INPUT: `ip_vs_reply4` (de-NAT of
+                    // replies), then `ip_vs_remote_request4` (scheduling).
+                    self.ipvs_out(&mut s, ns, NfHook::Input, Some(link), None);
+                    if let Some(s) = self.ipvs_in(s, ns, NfHook::Input, Some(link), out) {
+                        out.push(self.deliver(s, ns, link));
+                    }
                 }
             }
             Pos::Fwd { ns, link } => {
@@ -773,6 +821,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                     self.hook(st, ns, NfHook::Forward, Some(link), Some(sel.dev), None),
                     out,
                 ) {
+                    // `ip_vs_reply4` at FORWARD: replies of IPVS/NAT connections.
+                    self.ipvs_out(&mut s, ns, NfHook::Forward, Some(link), Some(sel.dev));
                     s.pos = Pos::Post {
                         ns,
                         iif: Some(link),
@@ -956,6 +1006,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                     ),
                     out,
                 ) {
+                    // br_netfilter runs the IPv4 FORWARD hook, IPVS's `ip_vs_reply4` included.
+                    self.ipvs_out(&mut s, ns, NfHook::Forward, Some(br), Some(br));
                     s.pos = Pos::BrPost {
                         ns,
                         br,
@@ -1457,7 +1509,10 @@ impl<'w, 'a> Walker<'w, 'a> {
     ) -> Vec<Next> {
         let v = &self.world.ns[ns];
         // Conntrack lookup at PREROUTING and OUTPUT, unless the skb is already associated.
-        if matches!(hook, NfHook::Prerouting | NfHook::Output) && st.skb_ct.is_none() {
+        if matches!(hook, NfHook::Prerouting | NfHook::Output)
+            && st.skb_ct.is_none()
+            && st.untracked_ns != Some(ns)
+        {
             let t = st.pkt.tuple();
             let found = st.cts.iter().enumerate().find_map(|(i, e)| {
                 (e.ns == ns && e.proto == st.pkt.proto).then_some(())?;
@@ -1910,6 +1965,360 @@ impl<'w, 'a> Walker<'w, 'a> {
         Ok(())
     }
 
+    /// `ip_vs_out`: a reply of an IPVS/NAT connection of this namespace gets the virtual
+    /// service's address and port back as its source, from IPVS's own connection table.
+    fn ipvs_out(
+        &self,
+        st: &mut St,
+        ns: NsIdx,
+        hook: NfHook,
+        iif: Option<usize>,
+        oif: Option<usize>,
+    ) {
+        if st.ipvs.is_empty() || !st.pkt.has_ports() {
+            return;
+        }
+        let p = &st.pkt;
+        let Some(c) = st
+            .ipvs
+            .iter()
+            .find(|c| {
+                c.ns == ns
+                    && c.forward == Forward::Masq
+                    && c.proto == p.proto
+                    && (p.src, p.sport) == c.rs
+                    && (p.dst, p.dport) == c.client
+            })
+            .cloned()
+        else {
+            return;
+        };
+        let before = st.pkt.view().to_string();
+        st.pkt.set_src(c.vip.0, c.vip.1);
+        let after = st.pkt.view().to_string();
+        self.hop(
+            st,
+            ns,
+            iif,
+            oif,
+            Step::Nat {
+                kind: format!(
+                    "ipvs de-dnat in {} (ip_vs_out, IPVS connection {})",
+                    hook.name(),
+                    c.text()
+                ),
+                before,
+                after,
+            },
+        );
+    }
+
+    /// `ip_vs_in` at LOCAL_IN (after filter INPUT) or LOCAL_OUT: a new connection to a
+    /// virtual service is scheduled to its real servers (one branch each). Returns the state
+    /// when IPVS lets the packet continue (no service, or a real server on this host).
+    fn ipvs_in(
+        &self,
+        st: St,
+        ns: NsIdx,
+        hook: NfHook,
+        link: Option<usize>,
+        out: &mut Vec<Next>,
+    ) -> Option<St> {
+        let v = &self.world.ns[ns];
+        let Some(table) = &v.ipvs else {
+            return Some(st);
+        };
+        // IPVS schedules TCP, UDP and SCTP; replies are not new connections.
+        if st.leg != Leg::Forward || !st.pkt.has_ports() {
+            return Some(st);
+        }
+        let p = &st.pkt;
+        // A packet IPVS already sent (`skb->ipvs_property`) is not scheduled again.
+        if st.ipvs.iter().any(|c| {
+            c.ns == ns
+                && c.proto == p.proto
+                && (p.src, p.sport) == c.client
+                && ((p.dst, p.dport) == c.rs || (p.dst, p.dport) == c.vip)
+        }) {
+            return Some(st);
+        }
+        let hname = hook.name();
+        let (iif, oif) = match hook {
+            NfHook::Output => (None, st.route.map(|r| r.dev)),
+            _ => (link, None),
+        };
+        let Some(svc) = table.find(p.proto, p.dst, p.dport, p.mark) else {
+            if !table.unattributed.is_empty() {
+                let lines: Vec<String> = table.unattributed.iter().map(|d| d.to_string()).collect();
+                out.push(Next::Stop(
+                    st,
+                    end(
+                        Disposition::Unknown,
+                        format!(
+                            "IPVS in {}: {}; a line that cannot be read might be a virtual service for this packet",
+                            v.label(),
+                            lines.join("; ")
+                        ),
+                        Some("ipvs-unparsed"),
+                    ),
+                ));
+                return None;
+            }
+            return Some(st);
+        };
+        let mut st = st;
+        if !svc.unknown.is_empty() {
+            let lines: Vec<String> = svc.unknown.iter().map(|d| d.to_string()).collect();
+            self.hop(
+                &mut st,
+                ns,
+                iif,
+                oif,
+                Step::Ipvs {
+                    hook: hname.into(),
+                    service: svc.text.clone(),
+                    real_server: None,
+                    detail: "malformed line(s) for this service".into(),
+                },
+            );
+            out.push(Next::Stop(
+                st,
+                end(
+                    Disposition::Unknown,
+                    format!(
+                        "IPVS virtual service {} in {}: {}",
+                        svc.key,
+                        v.label(),
+                        lines.join("; ")
+                    ),
+                    Some("ipvs-unparsed"),
+                ),
+            ));
+            return None;
+        }
+        let (choices, note) = svc.schedule();
+        if choices.is_empty() {
+            self.hop(
+                &mut st,
+                ns,
+                iif,
+                oif,
+                Step::Ipvs {
+                    hook: hname.into(),
+                    service: svc.text.clone(),
+                    real_server: None,
+                    detail: format!(
+                        "no real server with weight > 0 ({} configured)",
+                        svc.reals.len()
+                    ),
+                },
+            );
+            out.push(Next::Stop(
+                st,
+                end(
+                    Disposition::Rejected,
+                    format!(
+                        "IPVS virtual service `{}` in {} has no real server with weight > 0: the kernel (ip_vs_leave) answers ICMP port unreachable and drops the packet",
+                        svc.text,
+                        v.label()
+                    ),
+                    Some("ipvs-no-destination"),
+                ),
+            ));
+            return None;
+        }
+        let ct_sysctl = v.sysctl_int("net.ipv4.vs.conntrack");
+        let ct_on = ct_sysctl.unwrap_or(1) != 0;
+        let persist = svc
+            .persistent
+            .map(|p| format!("; persistent {p} s: later connections of this client stick to it"))
+            .unwrap_or_default();
+        let n = choices.len();
+        for ((rs, share), mut s) in choices.into_iter().zip(fork(st, n)) {
+            s.prob *= share;
+            let port = if rs.port == 0 { s.pkt.dport } else { rs.port };
+            self.hop(
+                &mut s,
+                ns,
+                iif,
+                oif,
+                Step::Ipvs {
+                    hook: hname.into(),
+                    service: svc.text.clone(),
+                    real_server: Some(rs.text.clone()),
+                    detail: format!(
+                        "{note}; this server {:.1}% (weight {}){persist}; {}",
+                        share * 100.0,
+                        rs.weight,
+                        rs.forward.name()
+                    ),
+                },
+            );
+            if rs.forward == Forward::Tunnel {
+                out.push(Next::Stop(
+                    s,
+                    end(
+                        Disposition::Unknown,
+                        format!(
+                            "IPVS virtual service `{}` in {} sends to real server {} by IPIP tunnel (-i), which the walk does not model",
+                            svc.text,
+                            v.label(),
+                            rs.addr
+                        ),
+                        Some("ipvs-unmodelled-forwarding"),
+                    ),
+                ));
+                continue;
+            }
+            let conn = IpvsConn {
+                ns,
+                proto: s.pkt.proto,
+                client: (s.pkt.src, s.pkt.sport),
+                vip: (s.pkt.dst, s.pkt.dport),
+                rs: (rs.addr, port),
+                forward: rs.forward,
+            };
+            if rs.forward == Forward::Masq {
+                let before = s.pkt.view().to_string();
+                s.pkt.set_dst(rs.addr, port);
+                let after = s.pkt.view().to_string();
+                self.hop(
+                    &mut s,
+                    ns,
+                    iif,
+                    oif,
+                    Step::Nat {
+                        kind: format!("ipvs dnat ({}) in {hname}", rs.forward.name()),
+                        before,
+                        after,
+                    },
+                );
+                s.endpoint = Some(endpoint_of(&s.pkt));
+            }
+            // Conntrack: with net.ipv4.vs.conntrack=1 the entry stays and its reply tuple is
+            // altered to the real server (`ip_vs_update_conntrack`); with 0 the skb leaves
+            // IPVS untracked, so no netfilter NAT applies after this.
+            match s.skb_ct {
+                Some((i, CtDir::Orig, new)) if !ct_on => {
+                    s.skb_ct = None;
+                    if new {
+                        s.cts.remove(i);
+                    }
+                    s.untracked_ns = Some(ns);
+                    self.hop(
+                        &mut s,
+                        ns,
+                        iif,
+                        oif,
+                        Step::Check {
+                            check: "ipvs-conntrack".into(),
+                            detail: "net.ipv4.vs.conntrack=0: the packet leaves IPVS untracked (no MASQUERADE after this)".into(),
+                        },
+                    );
+                }
+                Some((i, CtDir::Orig, _)) if rs.forward == Forward::Masq => {
+                    let t = s.pkt.tuple();
+                    let e = &mut s.cts[i];
+                    e.reply.src = t.dst;
+                    e.reply.sport = t.dport;
+                    let assumed = if ct_sysctl.is_none() {
+                        "net.ipv4.vs.conntrack not in the snapshot: assumed 1, as kube-proxy sets it"
+                    } else {
+                        "net.ipv4.vs.conntrack=1"
+                    };
+                    let text = format!("{} (reply tuple altered by IPVS; {assumed})", e.text());
+                    self.hop(
+                        &mut s,
+                        ns,
+                        iif,
+                        oif,
+                        Step::Conntrack {
+                            state: "new".into(),
+                            entry: text,
+                        },
+                    );
+                }
+                _ => {}
+            }
+            // IPVS (priority 99 at LOCAL_IN) takes the packet before nat INPUT (100): the
+            // source manipulation is still to be decided, at POSTROUTING.
+            if hook == NfHook::Input
+                && let Some((i, CtDir::Orig, true)) = s.skb_ct
+            {
+                s.cts[i].nat_done_src = false;
+            }
+            let dr_nh = (rs.forward == Forward::Route).then_some(rs.addr);
+            s.ipvs.push(conn);
+            self.ipvs_send(s, ns, hook, link, rs.addr, dr_nh, out);
+        }
+        None
+    }
+
+    /// IPVS transmits to a real server: route to it (`__ip_vs_get_out_rt`, no source, no
+    /// mark); a real server on this host continues locally, others go out through LOCAL_OUT
+    /// and POSTROUTING (`ip_vs_nat_send_or_cont` / `ip_vs_send_or_cont`). Direct routing
+    /// keeps the IP header and uses the real server as the next hop.
+    #[allow(clippy::too_many_arguments)]
+    fn ipvs_send(
+        &self,
+        s: St,
+        ns: NsIdx,
+        hook: NfHook,
+        link: Option<usize>,
+        target: IpAddr,
+        dr_nh: Option<IpAddr>,
+        out: &mut Vec<Next>,
+    ) {
+        let v = &self.world.ns[ns];
+        let key = FlowKey {
+            src: None,
+            dst: target,
+            iif: None,
+            oif: None,
+            mark: 0,
+            tos: 0,
+            proto: s.pkt.proto,
+            sport: Some(s.pkt.sport),
+            dport: Some(s.pkt.dport),
+        };
+        let sels = match self.selections(ns, fib::lookup(v, &key), target, None) {
+            Ok(x) => x,
+            Err(e) => {
+                out.push(Next::Stop(s, e));
+                return;
+            }
+        };
+        let n = sels.len();
+        for ((p, sel, step), mut t) in sels.into_iter().zip(fork(s, n)) {
+            t.prob *= p;
+            self.hop(&mut t, ns, None, (!sel.local).then_some(sel.dev), step);
+            if sel.local {
+                // The real server is this host: IPVS returns NF_ACCEPT and delivery goes on.
+                match (hook, link) {
+                    (NfHook::Input, Some(l)) => out.push(self.deliver(t, ns, l)),
+                    _ => {
+                        t.route = Some(sel);
+                        t.pos = Pos::Post { ns, iif: None };
+                        out.push(Next::Go(t));
+                    }
+                }
+                continue;
+            }
+            t.route = Some(RouteSel {
+                nh: dr_nh.unwrap_or(sel.nh),
+                ..sel
+            });
+            // Sent through LOCAL_OUT again; from OUTPUT with an unchanged header (direct
+            // routing) straight to POSTROUTING (the second OUTPUT pass is not repeated).
+            t.pos = if hook == NfHook::Output && dr_nh.is_some() {
+                Pos::Post { ns, iif: None }
+            } else {
+                Pos::OutHook { ns, oif: None }
+            };
+            out.push(Next::Go(t));
+        }
+    }
+
     fn primary_addr(&self, ns: NsIdx, link: usize, v4: bool) -> Option<IpAddr> {
         let v = &self.world.ns[ns];
         let name = v.link_name(link);
@@ -2068,6 +2477,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                 };
                 st.pkt = reply;
                 st.leg = Leg::Reply;
+                st.untracked_ns = None;
                 st.route = None;
                 st.pos = Pos::Out { ns, oif: None };
                 self.hop(&mut st, ns, None, None, Step::Originate);

@@ -32,6 +32,8 @@ pub struct NsView<'a> {
     pub rules: Vec<&'a netray_snapshot::Rule>,
     /// True when the snapshot listed sockets (an empty list then means "nothing listens").
     pub sockets_known: bool,
+    /// IPVS virtual services (`ipvsadm -Sn`), when the snapshot has any.
+    pub ipvs: Option<crate::ipvs::IpvsTable>,
 }
 
 impl<'a> NsView<'a> {
@@ -153,6 +155,17 @@ impl<'a> World<'a> {
         }
     }
 
+    /// Malformed `ipvsadm -Sn` lines per namespace (each evaluates as unknown in the walk).
+    pub fn ipvs_diagnostics(&self) -> Vec<(NsIdx, String)> {
+        let mut out = Vec::new();
+        for (i, v) in self.ns.iter().enumerate() {
+            if let Some(t) = &v.ipvs {
+                out.extend(t.diagnostics.iter().map(|d| (i, d.to_string())));
+            }
+        }
+        out
+    }
+
     /// Namespaces owning `ip`.
     pub fn owners_of(&self, ip: IpAddr) -> &[(NsIdx, usize)] {
         self.owners.get(&ip).map(Vec::as_slice).unwrap_or(&[])
@@ -217,5 +230,11 @@ fn view<'a>(node: &'a NodeSnapshot, snap: &'a NetnsSnapshot) -> NsView<'a> {
         tables,
         rules,
         sockets_known,
+        ipvs: snap
+            .firewall
+            .ipvs
+            .as_deref()
+            .filter(|t| !t.trim().is_empty())
+            .map(crate::ipvs::IpvsTable::parse),
     }
 }
