@@ -316,6 +316,18 @@ impl IpvsTable {
     /// Parse `ipvsadm -Sn` output. Never fails: bad lines become diagnostics.
     pub fn parse(text: &str) -> IpvsTable {
         let mut t = IpvsTable::default();
+        if let Some(first) = text.lines().find(|l| !l.trim().is_empty())
+            && first.starts_with("IP Virtual Server")
+        {
+            let d = IpvsDiagnostic {
+                line: 1,
+                text: first.trim().to_string(),
+                message: "this is /proc/net/ip_vs, not `ipvsadm -Sn` output: not parsed".into(),
+            };
+            t.diagnostics.push(d.clone());
+            t.unattributed.push(d);
+            return t;
+        }
         for (n, raw) in text.lines().enumerate() {
             let line = raw.trim();
             if line.is_empty() || line.starts_with('#') {
@@ -527,6 +539,16 @@ garbage here\n";
         assert_eq!(t.unattributed[0].line, 11);
         assert_eq!(t.diagnostics.len(), 2);
         assert!(t.diagnostics[0].to_string().contains("line 9"));
+    }
+
+    #[test]
+    fn proc_format_is_one_diagnostic() {
+        let t = IpvsTable::parse(
+            "IP Virtual Server version 1.2.1 (size=4096)\nProt LocalAddress:Port Scheduler Flags\nTCP  0A600001:01BB rr\n",
+        );
+        assert!(t.services.is_empty());
+        assert_eq!(t.diagnostics.len(), 1);
+        assert_eq!(t.unattributed.len(), 1);
     }
 
     #[test]

@@ -2048,7 +2048,10 @@ impl<'w, 'a> Walker<'w, 'a> {
             _ => (link, None),
         };
         let Some(svc) = table.find(p.proto, p.dst, p.dport, p.mark) else {
-            if !table.unattributed.is_empty() {
+            // An unreadable line might be a service for this packet (to a local address:
+            // a VIP or the node's own).
+            let to_local = hook == NfHook::Input || st.route.is_some_and(|r| r.local);
+            if to_local && !table.unattributed.is_empty() {
                 let lines: Vec<String> = table.unattributed.iter().map(|d| d.to_string()).collect();
                 out.push(Next::Stop(
                     st,
