@@ -23,6 +23,6 @@ pub mod spec;
 
 pub use fault::Fault;
 pub use lab::{Agent, Lab, Spread, down, labs_on_host};
-pub use netns::{LAB_PREFIX, LabError, Netns, lab_tag, require_root};
+pub use netns::{LAB_PREFIX, LabError, Netns, lab_tag, lab_tests_can_run, require_root};
 pub use probe::{Probe, ProbeKind, ProbeResult};
 pub use spec::{ClusterSpec, Proto};

@@ -59,6 +59,21 @@ pub fn require_root() -> Result<(), String> {
     }
 }
 
+/// Whether a lab test named `test` can run here. Without root it is skipped with a message on
+/// standard error — except under `CI=true`, where lab tests must run, so this panics.
+pub fn lab_tests_can_run(test: &str) -> bool {
+    match require_root() {
+        Ok(()) => true,
+        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
+            panic!("{test}: {why} (CI=true: lab tests must run)")
+        }
+        Err(why) => {
+            eprintln!("SKIPPED {test}: {why}");
+            false
+        }
+    }
+}
+
 /// Run a command, failing with its stderr.
 pub fn run(cmd: &mut Command) -> Result<Output, LabError> {
     let shown = format!("{cmd:?}").replace('"', "");

@@ -7,22 +7,14 @@ use std::path::Path;
 use std::process::Command;
 
 use netray_lab::spec::{ClusterSpec, EXTERNAL_IP, WEB_LB_HEALTH_PORT, WEB_LB_IP, node_ip};
-use netray_lab::{Agent, Fault, Lab, Probe, Proto, require_root};
+use netray_lab::{Agent, Fault, Lab, Probe, Proto};
 use serde_json::Value;
 
 const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
 
+/// Whether the lab test can run (skips without root, fails under `CI=true`).
 fn can_run(test: &str) -> bool {
-    match require_root() {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: {why} (CI=true: lab tests must run)")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
+    netray_lab::lab_tests_can_run(test)
 }
 
 /// The standard 3-node lab (2 `web` pods per node) without the deliberately empty Service.

@@ -8,22 +8,14 @@ use std::path::Path;
 use std::process::Command;
 
 use netray_lab::spec::{ClusterSpec, node_ip};
-use netray_lab::{Agent, Lab, Probe, require_root};
+use netray_lab::{Agent, Lab, Probe};
 use serde_json::{Value, json};
 
 const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
 
+/// Whether the lab test can run (skips without root, fails under `CI=true`).
 fn can_run(test: &str) -> bool {
-    match require_root() {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: {why} (CI=true: lab tests must run)")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
+    netray_lab::lab_tests_can_run(test)
 }
 
 fn sh(lab: &Lab, member: &str, script: &str) -> String {

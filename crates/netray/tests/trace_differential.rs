@@ -19,22 +19,13 @@ use netray_lab::spec::{
     ClusterSpec, EMPTY_CLUSTER_IP, EXTERNAL_IP, POD_TCP_PORT, POD_UDP_PORT, WEB_CLUSTER_IP,
     WEB_LB_HEALTH_PORT, WEB_LB_IP, WEB_NODE_PORTS, node_ip,
 };
-use netray_lab::{Agent, Fault, Lab, Probe, require_root};
+use netray_lab::{Agent, Fault, Lab, Probe};
 
 const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
 const SPREAD_TRIES: usize = 24;
 
 fn can_run() -> bool {
-    match require_root() {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("trace_differential: {why} (CI=true: lab tests must run)")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED trace_differential: {why}");
-            false
-        }
-    }
+    netray_lab::lab_tests_can_run("trace_differential")
 }
 
 /// A flow: how to probe it for real and how netray traces it.

@@ -5,26 +5,16 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 
 use netray_lab::spec::{ClusterSpec, POD_TCP_PORT};
-use netray_lab::{Agent, Lab, Probe, ProbeResult, require_root};
+use netray_lab::{Agent, Lab, Probe, ProbeResult};
 
 /// The agent binary cargo built for these tests.
 pub fn agent() -> Agent {
     Agent::binary(env!("CARGO_BIN_EXE_nrl-agent"))
 }
 
-/// Whether lab tests can run here. Without root they are skipped with a message, except under
-/// `CI=true`, where that is a failure.
+/// Whether the lab test can run (skips without root, fails under `CI=true`).
 pub fn can_run(test: &str) -> bool {
-    match require_root() {
-        Ok(()) => true,
-        Err(why) if std::env::var("CI").as_deref() == Ok("true") => {
-            panic!("{test}: {why} (CI=true: lab tests must run)")
-        }
-        Err(why) => {
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
+    netray_lab::lab_tests_can_run(test)
 }
 
 /// The standard 3-node lab, 2 pods per node (web-0,1 on node0; web-2,3 on node1; web-4,5 on

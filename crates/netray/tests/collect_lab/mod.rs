@@ -10,7 +10,7 @@
 
 use std::process::Command;
 
-use netray_lab::{Netns, lab_tag, require_root};
+use netray_lab::{Netns, lab_tag};
 use serde_json::Value;
 
 /// The lab's namespaces (dropped, i.e. deleted, together).
@@ -23,18 +23,9 @@ pub struct Lab {
     pub ul: Netns,
 }
 
-/// Whether the test can run. Not root: skip with a message, unless `CI=true` (then fail).
+/// Whether the lab test can run (skips without root, fails under `CI=true`).
 pub fn root_or_skip(test: &str) -> bool {
-    match require_root() {
-        Ok(()) => true,
-        Err(why) => {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{test}: {why} (CI=true: lab tests must run)");
-            }
-            eprintln!("SKIPPED {test}: {why}");
-            false
-        }
-    }
+    netray_lab::lab_tests_can_run(test)
 }
 
 fn sh(ns: &Netns, script: &str) {
