@@ -12,6 +12,7 @@ use netray_snapshot::{Bundle, LinkKind, NetnsRole, NetnsSnapshot, NodeSnapshot, 
 
 use crate::finding::{Finding, Severity};
 use crate::firewall::FirewallView;
+pub use netray_datapath::fib::route_text;
 
 /// A namespace of the bundle with the node it was collected on.
 #[derive(Clone, Copy)]
@@ -225,50 +226,6 @@ pub fn conf_max(ns: &NetnsSnapshot, iface: &str, key: &str) -> Option<u32> {
 
 fn sysctl_line(ns: &NetnsSnapshot, key: &str) -> Option<String> {
     ns.sysctl(key).map(|v| format!("{key} = {}", v.trim()))
-}
-
-/// Render a route the way `ip route` prints it (for evidence).
-pub fn route_text(r: &Route) -> String {
-    let mut s = String::new();
-    if r.route_type != RouteType::Unicast {
-        s.push_str(&format!("{:?} ", r.route_type).to_lowercase());
-    }
-    if r.dst.prefix_len() == 0 {
-        s.push_str("default");
-    } else {
-        s.push_str(&r.dst.to_string());
-    }
-    if let Some(g) = r.gateway {
-        s.push_str(&format!(" via {g}"));
-    }
-    if let Some(d) = &r.dev {
-        s.push_str(&format!(" dev {d}"));
-    }
-    for nh in &r.multipath {
-        s.push_str(" nexthop");
-        if let Some(g) = nh.gateway {
-            s.push_str(&format!(" via {g}"));
-        }
-        if let Some(d) = &nh.dev {
-            s.push_str(&format!(" dev {d}"));
-        }
-        s.push_str(&format!(" weight {}", nh.weight));
-    }
-    if let Some(p) = r.prefsrc {
-        s.push_str(&format!(" src {p}"));
-    }
-    if r.metric != 0 {
-        s.push_str(&format!(" metric {}", r.metric));
-    }
-    for f in &r.flags {
-        s.push_str(&format!(" {f}"));
-    }
-    match r.table {
-        254 => {}
-        255 => s.push_str(" table local"),
-        t => s.push_str(&format!(" table {t}")),
-    }
-    s
 }
 
 fn has_default_route(ns: &NetnsSnapshot, v4: bool) -> bool {
