@@ -974,10 +974,14 @@ impl Parser {
                 let idx = match self.tables.iter().position(|t| &*t.name == name) {
                     Some(i) => i,
                     None => {
+                        // Room for the chain declarations that follow (up to the first rule).
+                        let rest = &text.as_bytes()[end..];
+                        let decls = memchr::memmem::find(rest, b"\n-A").unwrap_or(rest.len());
+                        let n = memchr::memchr_iter(b'\n', &rest[..decls]).count() + 8;
                         let mut t = Table {
                             name: Arc::from(name),
-                            chains: Vec::new(),
-                            by_name: FxMap::default(),
+                            chains: Vec::with_capacity(n),
+                            by_name: FxMap::with_capacity_and_hasher(n, Default::default()),
                         };
                         // Restore-style input may omit built-in chain declarations.
                         for c in builtin_chains(name) {
@@ -1249,6 +1253,11 @@ impl Parser {
                     self.pending[t] = true;
                 }
                 let rules = &mut self.tables[t].chains[chain_id as usize].rules;
+                if rules.capacity() == 0 && rule_start == s {
+                    // First rule of the chain: size it for the run of lines that follow with
+                    // the same `-A CHAIN ` prefix (no regrowth, no spare capacity).
+                    rules.reserve_exact(1 + same_prefix_lines(text, end, chain_t.1 as usize, s));
+                }
                 match insert_at {
                     Some(n) => rules.insert(n.min(rules.len()), rule),
                     None => rules.push(rule),
@@ -1330,6 +1339,27 @@ impl Parser {
     }
 }
 
+/// Number of lines after the one ending at `end` that start with `text[s..name_end]` and a
+/// space (the rules of the same chain in a row). A capacity hint only.
+fn same_prefix_lines(text: &str, end: usize, name_end: usize, s: usize) -> usize {
+    let b = text.as_bytes();
+    let prefix = &b[s..name_end];
+    let mut p = end;
+    let mut n = 0;
+    loop {
+        match memchr::memchr(b'\n', &b[p.min(b.len())..]) {
+            Some(i) => p += i + 1,
+            None => return n,
+        }
+        let line = &b[p..];
+        if line.len() > prefix.len() && line.starts_with(prefix) && line[prefix.len()] == b' ' {
+            n += 1;
+        } else {
+            return n;
+        }
+    }
+}
+
 fn error_rule(lineno: u32, span: Span, counters: Option<(u64, u64)>, msg: &str) -> Rule {
     Rule {
         line: Lineno(lineno),
@@ -1354,7 +1384,13 @@ fn add_chain(
     counters: Option<(u64, u64)>,
     decl: Span,
 ) -> u32 {
-    if let Some(&id) = t.by_name.get(name) {
+    let name: Arc<str> = Arc::from(name);
+    let next = t.chains.len() as u32;
+    let id = match t.by_name.entry(name.clone()) {
+        std::collections::hash_map::Entry::Occupied(e) => *e.get(),
+        std::collections::hash_map::Entry::Vacant(e) => *e.insert(next),
+    };
+    if id != next {
         let c = &mut t.chains[id as usize];
         if policy.is_some() {
             c.policy = policy;
@@ -1365,9 +1401,6 @@ fn add_chain(
         c.decl = decl;
         return id;
     }
-    let id = t.chains.len() as u32;
-    let name: Arc<str> = Arc::from(name);
-    t.by_name.insert(name.clone(), id);
     t.chains.push(Chain {
         name,
         policy,
@@ -2657,7 +2690,11 @@ impl<'a> RuleParser<'a> {
     }
 
     fn addr(&self, v: &str) -> PResult<IpAddr> {
-        let v = v.trim_start_matches('[').trim_end_matches(']');
+        // `trim_start_matches('[').trim_end_matches(']')`, on bytes.
+        let vb = v.as_bytes();
+        let start = vb.iter().take_while(|&&c| c == b'[').count();
+        let end = vb.len() - vb[start..].iter().rev().take_while(|&&c| c == b']').count();
+        let v = &v[start..end];
         parse_ip(v).ok_or_else(|| PErr {
             msg: format!("bad address `{v}`"),
             at: self.at(self.k - 1),
@@ -2723,6 +2760,29 @@ impl<'a> RuleParser<'a> {
 
     /// `[addr[-addr]][:port[-port]]`, v6 as `[a]:p`.
     fn nat_range(&self, v: &str) -> PResult<(Option<AddrRange>, Option<PortRange>)> {
+        let vb = v.as_bytes();
+        if !vb.iter().any(|&c| matches!(c, b'[' | b']' | b'-' | b'/')) {
+            // Common shape `addr[:port]` (no ranges, brackets or masks): same result as below.
+            let (a, p) = match vb.iter().position(|&c| c == b':') {
+                Some(i) if vb[i + 1..].contains(&b':') => (v, None),
+                Some(i) => (&v[..i], Some(&v[i + 1..])),
+                None => (v, None),
+            };
+            let addr = if a.is_empty() {
+                None
+            } else {
+                let x = self.addr(a)?;
+                Some(AddrRange { lo: x, hi: x })
+            };
+            let ports = match p {
+                Some(p) if !p.is_empty() => {
+                    let x = self.port(p)?;
+                    Some(PortRange { lo: x, hi: x })
+                }
+                _ => None,
+            };
+            return Ok((addr, ports));
+        }
         let (a, p): (&str, Option<&str>) = if let Some(rest) = v.strip_prefix('[') {
             // [v6]:port or [v6]-[v6]:port
             match rest.rsplit_once("]:") {
