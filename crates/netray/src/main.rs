@@ -23,12 +23,24 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Snapshot this host's network state (host namespace and every pod namespace) as JSON.
+    #[command(
+        after_help = "Examples:\n  sudo netray collect --node node-a -o node-a.json\n  sudo ip netns exec NODE netray collect --node NODE -o nodes/NODE.json\n\nA bundle is a directory with nodes/*.json and an optional cluster.json (netray cluster).\nStrictly read-only: nothing on the host is changed."
+    )]
     Collect(cmd::collect::Args),
     /// Trace a flow through the bundle's nodes hop by hop: every branch, forward and reply.
+    #[command(
+        after_help = "Examples:\n  netray trace --bundle examples/003-forward-drop --from node/node0 --to svc/default/web:80\n  netray trace --bundle b --from 192.168.50.100@node/node1 --to 192.168.50.11:30080\n  netray trace --bundle b --from pod/default/web-0 --to pod/default/web-2 --proto icmp --size 1450\n\nExit codes: 0 every branch delivered, 1 otherwise, 2 usage or input error."
+    )]
     Trace(cmd::trace::Args),
     /// Answer "does A reach B, and if not, why": verdict, per-endpoint outcome, root causes, fixes.
+    #[command(
+        after_help = "Examples:\n  netray diagnose --bundle examples/002-stale-vtep --from pod/default/web-0 --to svc/default/web:53/udp\n  netray diagnose --bundle b.tar.gz --from node/node-a --to svc/default/web:http -o json\n  sudo netray diagnose --live --from 10.244.0.5 --to 10.244.0.7:8080\n\nExit codes: 0 reachable, 1 unreachable / partial / uncertain, 2 usage or input error."
+    )]
     Diagnose(cmd::diagnose::Args),
     /// Check every node and namespace of a bundle for known-bad state (the check catalog).
+    #[command(
+        after_help = "Examples:\n  netray scan --bundle examples/001-checklist\n  netray scan --bundle b.tar.gz -o json\n  netray scan --list-checks\n\nExit codes: 0 clean (info findings only), 1 findings, 2 usage or input error."
+    )]
     Scan(cmd::scan::Args),
     /// Write the cluster view's objects, listed live from the Kubernetes API, as a bundle's
     /// cluster.json (a List of Nodes, Pods, Services, EndpointSlices and ConfigMaps).
