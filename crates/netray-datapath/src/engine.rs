@@ -174,7 +174,7 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
         nfl::Verdict::Queue { .. } => NfVerdict::Queue,
         nfl::Verdict::Unknown { reason } => NfVerdict::Unknown(reason.clone()),
     };
-    let mut rules: Vec<RuleRef> = o
+    let rules: Vec<RuleRef> = o
         .matched_rules()
         .map(|h| RuleRef {
             table: h.table.to_string(),
@@ -185,12 +185,11 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
             bytes: h.counters.map(|c| c.1),
         })
         .collect();
-    for a in &o.assumptions {
-        rules.push(RuleRef {
-            table: String::new(),
-            chain: String::new(),
-            index: None,
-            text: format!(
+    let assumptions = o
+        .assumptions
+        .iter()
+        .map(|a| {
+            format!(
                 "assumed {} {} ({} is not modelled)",
                 a.rule,
                 if a.matched {
@@ -199,11 +198,9 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
                     "does not match"
                 },
                 a.what
-            ),
-            packets: None,
-            bytes: None,
-        });
-    }
+            )
+        })
+        .collect();
     NfOutcome {
         probability: o.probability,
         verdict,
@@ -212,6 +209,7 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
         nat: o.nat.as_ref().map(nat_of),
         notrack: o.ct.notrack,
         rules,
+        assumptions,
     }
 }
 

@@ -178,6 +178,9 @@ pub struct NfOutcome {
     pub notrack: bool,
     /// Rules matched, in order.
     pub rules: Vec<RuleRef>,
+    /// Unknown matches this outcome assumes the result of (`table/chain#N matches (-m recent
+    /// is not modelled)`); empty when the outcome is certain.
+    pub assumptions: Vec<String>,
 }
 
 impl NfOutcome {
@@ -191,6 +194,7 @@ impl NfOutcome {
             nat: None,
             notrack: false,
             rules: Vec::new(),
+            assumptions: Vec::new(),
         }
     }
 }

@@ -309,6 +309,10 @@ pub struct Branch {
     pub reason: String,
     /// Which leg it ended on.
     pub ended_on: Leg,
+    /// What this branch assumes about constructs netray does not model (unknown matches,
+    /// explored both ways); empty when the branch is certain.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub assumptions: Vec<String>,
     /// Every hop.
     pub hops: Vec<Hop>,
 }

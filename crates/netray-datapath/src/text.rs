@@ -46,6 +46,9 @@ pub fn render_branch(n: usize, b: &Branch) -> String {
     if let Some(c) = &b.cause {
         let _ = writeln!(s, "  cause: {c}");
     }
+    for a in &b.assumptions {
+        let _ = writeln!(s, "  UNCERTAIN: {a}");
+    }
     let mut leg = None;
     let mut place = String::new();
     for h in &b.hops {

@@ -262,6 +262,8 @@ struct St {
     ipvs: Vec<IpvsConn>,
     /// The skb left IPVS untracked (`net.ipv4.vs.conntrack=0`) in this namespace.
     untracked_ns: Option<NsIdx>,
+    /// Assumptions about unmodelled rule matches this branch rests on.
+    assumptions: Vec<String>,
 }
 
 /// An IPVS connection entry: client → virtual service, sent to a real server.
@@ -391,6 +393,7 @@ pub fn trace(
         endpoint: None,
         ipvs: Vec::new(),
         untracked_ns: None,
+        assumptions: Vec::new(),
     };
     let (branches, truncated) = w.run(st);
     let mut shares = std::collections::BTreeMap::new();
@@ -596,12 +599,12 @@ impl<'w, 'a> Walker<'w, 'a> {
             cause: e.cause.map(str::to_string),
             reason: e.reason,
             ended_on: st.leg,
+            assumptions: st.assumptions,
             hops: st.hops,
         };
-        if let Some(prev) = done
-            .iter_mut()
-            .find(|p| p.disposition == b.disposition && p.hops == b.hops)
-        {
+        if let Some(prev) = done.iter_mut().find(|p| {
+            p.disposition == b.disposition && p.hops == b.hops && p.assumptions == b.assumptions
+        }) {
             prev.probability += b.probability;
         } else {
             done.push(b);
@@ -1659,6 +1662,12 @@ impl<'w, 'a> Walker<'w, 'a> {
             s.pkt.mark = o.mark;
             if let Some((i, _, _)) = s.skb_ct {
                 s.cts[i].mark = o.ctmark;
+            }
+            for a in &o.assumptions {
+                let a = format!("{a} in {} {}", v.label(), hook.name());
+                if !s.assumptions.contains(&a) {
+                    s.assumptions.push(a);
+                }
             }
             let verdict = match &o.verdict {
                 NfVerdict::Accept => "accept",

@@ -68,6 +68,8 @@ pub struct BranchReport {
     pub probability: f64,
     /// The walk's reason.
     pub reason: String,
+    /// Assumptions about unmodelled constructs this branch rests on.
+    pub assumptions: Vec<String>,
     /// Every hop, forward and reply.
     pub hops: Vec<Hop>,
 }
@@ -429,6 +431,7 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                 reachable: ok,
                 probability: b.probability,
                 reason: b.reason.clone(),
+                assumptions: b.assumptions.clone(),
                 hops: b.hops.clone(),
             });
             if ok {
@@ -462,6 +465,19 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                 _ => walk_code,
             };
             let mut evidence = evidence_of(b);
+            // A failure that rests on an assumption about an unmodelled match is uncertain:
+            // name the rule, whatever the walk's own code says.
+            let support = if b.assumptions.is_empty() {
+                support
+            } else {
+                None
+            };
+            let branch_code = if b.assumptions.is_empty() {
+                branch_code
+            } else {
+                evidence.splice(0..0, b.assumptions.iter().cloned());
+                "uncertain-rule"
+            };
             let cause = match support {
                 Some(s) => {
                     evidence.extend(s.evidence.iter().cloned());
@@ -483,6 +499,20 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                         fix: s.fix.clone(),
                     }
                 }
+                None if !b.assumptions.is_empty() => Finding {
+                    code: branch_code,
+                    severity: Severity::Warning,
+                    node: node.clone(),
+                    netns: netns.clone(),
+                    evidence,
+                    explanation: format!(
+                        "This branch fails ({}) only if the assumption above holds: netray does \
+                         not model that match, so it explores both outcomes. {}",
+                        b.disposition.as_str(),
+                        sentence(&b.reason)
+                    ),
+                    fix: default_fix(branch_code, b),
+                },
                 None => Finding {
                     code: branch_code,
                     severity: severity_of(b.disposition),
@@ -515,17 +545,16 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
         .collect();
     let n = endpoints.len();
     let k = endpoints.iter().filter(|e| e.reachable).count();
-    let any_unknown = branches
-        .iter()
-        .any(|b| b.disposition == Disposition::Unknown);
-    let any_failed_known = branches
-        .iter()
-        .any(|b| !b.reachable && b.disposition != Disposition::Unknown);
+    // A branch is uncertain when it ends on something unmodelled or rests on an assumption.
+    let uncertain =
+        |b: &BranchReport| b.disposition == Disposition::Unknown || !b.assumptions.is_empty();
+    let any_failed_known = branches.iter().any(|b| !b.reachable && !uncertain(b));
     let verdict = if branches.is_empty() {
         Verdict::Uncertain
-    } else if k == n && !any_unknown {
+    } else if branches.iter().all(|b| b.reachable) {
         Verdict::Reachable
-    } else if any_unknown && !any_failed_known {
+    } else if !any_failed_known {
+        // Every failure rests on something netray does not model.
         Verdict::Uncertain
     } else if k == 0 {
         Verdict::Unreachable

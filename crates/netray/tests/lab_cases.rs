@@ -387,3 +387,48 @@ fn live_mode_collects_the_host_it_runs_on() {
     assert_eq!(d["verdict"], "unreachable", "{d:#}");
     assert_eq!(d["causes"][0]["code"], "port-not-listening", "{d:#}");
 }
+
+#[test]
+fn unmodelled_match_is_uncertain_and_named() {
+    if !can_run("unmodelled_match_is_uncertain_and_named") {
+        return;
+    }
+    let lab = lab(&[], false);
+    // `-m recent` is not modelled: whether this DROP matches depends on the recent list.
+    lab.sh(
+        "node1",
+        "iptables -w -I FORWARD 1 -d 10.244.1.2 -p tcp --dport 8080 \
+         -m recent --rcheck --name blocked -j DROP",
+    )
+    .unwrap();
+    // The kernel's list is empty: the connection works for real.
+    assert!(
+        lab.probe(&lab.pod_probe("web-0", "web-2", Proto::Tcp).unwrap())
+            .ok
+    );
+    let dir = bundle(&lab);
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "pod/default/web-2:8080",
+        &[],
+    );
+    assert_eq!(d.json["verdict"], "uncertain", "{:#}", d.json["causes"]);
+    assert_eq!(d.code, 1);
+    let c = &d.json["causes"][0];
+    assert_eq!(c["code"], "uncertain-rule", "{c:#}");
+    assert_eq!(c["node"], "node1");
+    let ev = c["evidence"].to_string();
+    assert!(ev.contains("recent") && ev.contains("FORWARD"), "{ev}");
+    // Both outcomes are explored: one branch delivers, one is dropped by that rule.
+    let disp: Vec<&str> = d.json["branches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|b| b["disposition"].as_str().unwrap())
+        .collect();
+    assert!(
+        disp.contains(&"delivered") && disp.contains(&"dropped"),
+        "{disp:?}"
+    );
+}

@@ -36,6 +36,7 @@ pub fn run(args: Args) -> CmdResult {
     let flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
     let world = World::new(&bundle);
     let engine = RulesetEngine::new(&world);
+    super::warn_input_problems(&world, &engine);
     let mut traced = Vec::new();
     for f in &flows {
         let t = trace(&world, &engine, &f.flow, Options::default())?;

@@ -146,3 +146,17 @@ pub fn live_list(_api: &KubeArgs) -> Result<(serde_json::Value, String), CmdErro
             .into(),
     )
 }
+
+/// Print what could not be read from the snapshots' firewall and IPVS state: the affected
+/// rules evaluate as unknown, and the user should know why a verdict may say "uncertain".
+pub fn warn_input_problems(
+    world: &netray_datapath::World<'_>,
+    engine: &netray_datapath::RulesetEngine,
+) {
+    for (ns, d) in engine.diagnostics() {
+        eprintln!("netray: warning: {}: firewall: {d}", world.ns[ns].label());
+    }
+    for (ns, d) in world.ipvs_diagnostics() {
+        eprintln!("netray: warning: {}: ipvs: {d}", world.ns[ns].label());
+    }
+}

@@ -44,9 +44,7 @@ pub fn run(args: Args) -> CmdResult {
     let flow = flows.remove(0).flow;
     let world = netray_datapath::World::new(&bundle);
     let engine = netray_datapath::RulesetEngine::new(&world);
-    for (ns, d) in engine.diagnostics() {
-        eprintln!("netray: warning: {}: firewall: {d}", world.ns[ns].label());
-    }
+    super::warn_input_problems(&world, &engine);
     let opts = netray_datapath::Options {
         max_branches: args.max_branches,
         ..netray_datapath::Options::default()
