@@ -141,6 +141,11 @@ pub const CATALOG: &[Check] = &[
         run: firewall::missing_snat,
     },
     Check {
+        codes: &["firewall-unreadable", "uncertain-rule"],
+        title: "firewall input netray cannot read or does not model (uncertain verdicts)",
+        run: firewall::unreadable_rules,
+    },
+    Check {
         codes: &["bridge-nf-snat-conflict"],
         title: "bridge-nf-call-iptables with masquerade of host-originated Service traffic",
         run: firewall::bridge_nf_snat_conflict,
@@ -175,6 +180,7 @@ pub const WALK_CODES: &[&str] = &[
     "forward-policy-drop",
     "bridge-nf-snat-conflict",
     "mixed-iptables-backends",
+    "firewall-unreadable",
 ];
 
 /// The static code equal to `code`, if it is one netray documents.

@@ -485,3 +485,44 @@ pub(crate) fn missing_snat(input: &ScanInput, out: &mut Vec<Finding>) {
         }
     }
 }
+
+/// Firewall input netray could not read: a source that does not parse at all, or lines that
+/// became unknown items. Checks that evaluate rules are blind or uncertain there, and the user
+/// must know.
+pub(crate) fn unreadable_rules(input: &ScanInput, out: &mut Vec<Finding>) {
+    for (i, n) in input.namespaces.iter().enumerate() {
+        match &input.firewalls[i].ruleset {
+            Err(e) => out.push(
+                n.finding(
+                    "firewall-unreadable",
+                    Severity::Warning,
+                    vec![e.clone()],
+                    "netray could not read this namespace's firewall at all, so no check or trace \
+                 can evaluate its rules here: every verdict through it is uncertain."
+                        .into(),
+                    "re-collect the snapshot (netray collect) or report the input that fails"
+                        .into(),
+                ),
+            ),
+            Ok(rs) if !rs.diagnostics().is_empty() => {
+                let d = rs.diagnostics();
+                let mut evidence: Vec<String> = d.iter().take(5).map(|d| d.to_string()).collect();
+                if d.len() > 5 {
+                    evidence.push(format!("… and {} more", d.len() - 5));
+                }
+                out.push(n.finding(
+                    "uncertain-rule",
+                    Severity::Info,
+                    evidence,
+                    format!(
+                        "{} firewall item(s) use constructs netray does not model or could not \
+                         parse; traces through them explore both outcomes and say 'uncertain'.",
+                        d.len()
+                    ),
+                    "check those rules by hand (iptables -nvL counters, nft monitor trace)".into(),
+                ));
+            }
+            Ok(_) => {}
+        }
+    }
+}

@@ -71,3 +71,22 @@ fn conntrack_table_full_and_drops() {
         "{found:?}"
     );
 }
+
+#[test]
+fn unreadable_or_unparsed_firewall_input_is_reported() {
+    let mut b = healthy();
+    let h = host_mut(&mut b, 0);
+    let dump = &mut h.firewall.iptables[0].text;
+    let at = dump.find("COMMIT").unwrap();
+    dump.insert_str(at, "-A FORWARD -s 10.0.0.300/8 -j DROP\n");
+    host_mut(&mut b, 1).firewall.nft_json = Some("{ not json".into());
+    let found = codes(&b);
+    assert!(
+        found.contains(&("uncertain-rule", "node0".into())),
+        "{found:?}"
+    );
+    assert!(
+        found.contains(&("firewall-unreadable", "node1".into())),
+        "{found:?}"
+    );
+}
