@@ -1,8 +1,8 @@
 //! The check catalog: every check `netray scan` runs, with its stable code.
 
+use crate::checks::{firewall, links, overlay, routing, services, sysctl};
 use crate::finding::Finding;
 use crate::scan::ScanInput;
-use crate::{firewall, scan};
 
 /// One check of the catalog.
 pub struct Check {
@@ -19,52 +19,52 @@ pub const CATALOG: &[Check] = &[
     Check {
         codes: &["ip-forward-disabled"],
         title: "net.ipv4.ip_forward is 0 on a node",
-        run: scan::ip_forward,
+        run: sysctl::ip_forward,
     },
     Check {
         codes: &["forwarding-disabled-iface"],
         title: "per-interface forwarding is 0 on a node interface",
-        run: scan::iface_forwarding,
+        run: sysctl::iface_forwarding,
     },
     Check {
         codes: &["rp-filter-strict-asymmetric"],
         title: "strict rp_filter where routing is asymmetric (several defaults, ECMP, policy rules)",
-        run: scan::rp_filter_asymmetric,
+        run: sysctl::rp_filter_asymmetric,
     },
     Check {
         codes: &["tcp-tw-recycle"],
         title: "tcp_tw_recycle enabled (breaks clients behind NAT)",
-        run: scan::tw_recycle,
+        run: sysctl::tw_recycle,
     },
     Check {
         codes: &["conntrack-table-full", "conntrack-drops"],
         title: "conntrack table near nf_conntrack_max; insert_failed / drop counters",
-        run: scan::conntrack_pressure,
+        run: sysctl::conntrack_pressure,
     },
     Check {
         codes: &["pod-no-default-route"],
         title: "workload namespace without an IPv4 default route",
-        run: scan::pod_default_route,
+        run: routing::pod_default_route,
     },
     Check {
         codes: &["no-route"],
         title: "node without a route to another node's pod CIDR",
-        run: scan::pod_cidr_routes,
+        run: routing::pod_cidr_routes,
     },
     Check {
         codes: &["blackhole-route"],
         title: "blackhole / unreachable / prohibit routes over pod CIDRs or default",
-        run: scan::blackhole_routes,
+        run: routing::blackhole_routes,
     },
     Check {
         codes: &["ip-rule-diverts"],
         title: "ip rules that send traffic to other tables or discard it",
-        run: scan::policy_rules,
+        run: routing::policy_rules,
     },
     Check {
         codes: &["neighbor-unreachable"],
         title: "route gateways whose neighbour entry is FAILED / INCOMPLETE",
-        run: scan::gateway_neighbours,
+        run: routing::gateway_neighbours,
     },
     Check {
         codes: &[
@@ -73,52 +73,52 @@ pub const CATALOG: &[Check] = &[
             "missing-vxlan-fdb",
         ],
         title: "VXLAN neighbour and FDB entries against the peers' real VTEP MAC and address",
-        run: scan::vxlan_consistency,
+        run: overlay::vxlan_consistency,
     },
     Check {
         codes: &["mtu-blackhole"],
         title: "overlay MTU plus encapsulation above the underlay MTU",
-        run: scan::overlay_mtu,
+        run: overlay::overlay_mtu,
     },
     Check {
         codes: &["pod-mtu-exceeds-overlay"],
         title: "workload MTU above the node's overlay MTU",
-        run: scan::pod_mtu,
+        run: overlay::pod_mtu,
     },
     Check {
         codes: &["interface-down"],
         title: "interfaces carrying addresses, routes or bridge ports that are down",
-        run: scan::interfaces_down,
+        run: links::interfaces_down,
     },
     Check {
         codes: &["bridge-port-blocked", "hairpin-disabled"],
         title: "bridge ports not forwarding; hairpin off for pods",
-        run: scan::bridge_ports,
+        run: links::bridge_ports,
     },
     Check {
         codes: &["duplicate-address"],
         title: "one address configured in several namespaces",
-        run: scan::duplicate_addresses,
+        run: links::duplicate_addresses,
     },
     Check {
         codes: &["no-endpoints"],
         title: "Services without ready endpoints",
-        run: scan::services_without_endpoints,
+        run: services::services_without_endpoints,
     },
     Check {
         codes: &["lb-ip-in-local-table"],
         title: "LoadBalancer / external IPs in a node's local table (martian health checks)",
-        run: scan::lb_ip_in_local_table,
+        run: services::lb_ip_in_local_table,
     },
     Check {
         codes: &["cluster-cidr-mismatch"],
         title: "kube-proxy clusterCIDR against the pods' real addresses",
-        run: scan::cluster_cidr,
+        run: services::cluster_cidr,
     },
     Check {
         codes: &["port-not-listening"],
         title: "ready endpoints with nothing listening on the target port",
-        run: scan::endpoints_listening,
+        run: services::endpoints_listening,
     },
     Check {
         codes: &["forward-policy-drop"],

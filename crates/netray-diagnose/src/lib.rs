@@ -3,9 +3,9 @@
 //! - [`scan::scan`] runs the check [`catalog::CATALOG`] over a whole bundle.
 
 pub mod catalog;
+pub mod checks;
 pub mod diagnose;
 pub mod finding;
-pub mod firewall;
 pub mod scan;
 
 pub use finding::{Finding, Severity};
