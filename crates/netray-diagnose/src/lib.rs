@@ -1,6 +1,9 @@
 //! Root causes and scans: from traces and state to findings with evidence and fixes.
 //!
-//! - [`scan::scan`] runs the check [`catalog::CATALOG`] over a whole bundle.
+//! - [`scan::scan`] runs the check [`catalog::CATALOG`] (implemented in [`checks`]) over a
+//!   whole bundle: state alone, no flow.
+//! - [`diagnose::diagnose`] turns the walks of one flow (netray-datapath) into a verdict, the
+//!   outcome per endpoint and root causes, using the scan's findings as supporting evidence.
 
 pub mod catalog;
 pub mod checks;
