@@ -152,6 +152,34 @@ pub const CATALOG: &[Check] = &[
     },
 ];
 
+/// The root-cause codes of `netray diagnose` (a cause found by the scan keeps its own code
+/// only when it is one of these; otherwise the walk's code names it, with the scan's evidence).
+pub const ROOT_CAUSE_CODES: &[&str] = &[
+    "forward-policy-drop",
+    "iptables-drop-rule",
+    "iptables-reject-rule",
+    "nft-drop-rule",
+    "no-endpoints",
+    "ip-forward-disabled",
+    "rp-filter-drop",
+    "martian-source",
+    "stale-vxlan-neighbor",
+    "stale-vxlan-fdb",
+    "missing-vxlan-fdb",
+    "no-route",
+    "blackhole-route",
+    "neighbor-unreachable",
+    "pod-no-default-route",
+    "bridge-nf-snat-conflict",
+    "nat-reply-mismatch",
+    "mtu-blackhole",
+    "port-not-listening",
+    "interface-down",
+    "network-policy-drop",
+    "mixed-iptables-backends",
+    "uncertain-rule",
+];
+
 /// Codes that only `netray diagnose` reports (from a walk, not from state alone).
 pub const WALK_CODES: &[&str] = &[
     "iptables-drop-rule",

@@ -482,7 +482,13 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                 Some(s) => {
                     evidence.extend(s.evidence.iter().cloned());
                     Finding {
-                        code: s.code,
+                        // The flow-level root-cause vocabulary wins over a scan-only code
+                        // (`rp-filter-strict-asymmetric` explains an `rp-filter-drop`).
+                        code: if crate::catalog::ROOT_CAUSE_CODES.contains(&s.code) {
+                            s.code
+                        } else {
+                            branch_code
+                        },
                         severity: Severity::Critical,
                         node: if s.node == "-" {
                             node.clone()

@@ -135,6 +135,15 @@ fn assert_cause(d: &Run, verdict: &str, code: &str, node: &str) {
     }
 }
 
+/// The first cause quotes state containing `needle`.
+fn assert_evidence(d: &Run, needle: &str) {
+    let ev = d.json["causes"][0]["evidence"].to_string();
+    assert!(
+        ev.contains(needle),
+        "evidence should quote `{needle}`: {ev}"
+    );
+}
+
 #[test]
 fn healthy_lab_is_clean_and_reachable() {
     if !can_run("healthy_lab_is_clean_and_reachable") {
@@ -186,6 +195,7 @@ fn seed_003_forward_policy_drop() {
     assert_finding(&scan(dir.path()), "forward-policy-drop", "node1");
     let d = diagnose(dir.path(), "node/node0", "svc/default/web:80", &[]);
     assert_cause(&d, "partial", "forward-policy-drop", "node1");
+    assert_evidence(&d, ":FORWARD DROP");
 }
 
 #[test]
@@ -209,6 +219,7 @@ fn seed_002_stale_vxlan_neighbour() {
         &[],
     );
     assert_cause(&d, "partial", "stale-vxlan-neighbor", "node2");
+    assert_evidence(&d, "10.244.0.0 dev flannel.1 lladdr");
 }
 
 #[test]
@@ -226,6 +237,7 @@ fn seed_001_ip_forward_off() {
         &[],
     );
     assert_cause(&d, "unreachable", "ip-forward-disabled", "node1");
+    assert_evidence(&d, "net.ipv4.ip_forward = 0");
 }
 
 #[test]
@@ -246,7 +258,8 @@ fn seed_001_rp_filter_asymmetric() {
     assert_finding(&scan(dir.path()), "rp-filter-strict-asymmetric", "node1");
     let to = format!("{}:{}", node_ip(1), netray_lab::spec::WEB_NODE_PORTS.0);
     let d = diagnose(dir.path(), &format!("external/{EXTERNAL_IP}"), &to, &[]);
-    assert_cause(&d, "unreachable", "rp-filter-strict-asymmetric", "node1");
+    assert_cause(&d, "unreachable", "rp-filter-drop", "node1");
+    assert_evidence(&d, "rp_filter");
 }
 
 #[test]
@@ -287,6 +300,7 @@ fn network_policy_drop() {
         &[],
     );
     assert_cause(&d, "unreachable", "network-policy-drop", "node1");
+    assert_evidence(&d, "KUBE-POD-FW");
 }
 
 #[test]
@@ -304,6 +318,7 @@ fn overlay_mtu_blackhole() {
         &["--proto", "icmp", "--size", "1420"],
     );
     assert_cause(&d, "unreachable", "mtu-blackhole", "node0");
+    assert_evidence(&d, "mtu 1400");
 }
 
 #[test]
@@ -316,6 +331,7 @@ fn seed_000_bridge_nf_masquerade() {
     assert_finding(&scan(dir.path()), "bridge-nf-snat-conflict", "node0");
     let d = diagnose(dir.path(), "node/node0", "svc/default/vm:80", &[]);
     assert_cause(&d, "unreachable", "bridge-nf-snat-conflict", "node0");
+    assert_evidence(&d, "bridge-nf-call-iptables = 1");
 }
 
 #[test]
@@ -332,7 +348,8 @@ fn seed_004_lb_ip_in_local_table() {
         &format!("{}:{WEB_LB_HEALTH_PORT}", node_ip(0)),
         &[],
     );
-    assert_cause(&d, "unreachable", "lb-ip-in-local-table", "node0");
+    assert_cause(&d, "unreachable", "martian-source", "node0");
+    assert_evidence(&d, "table local");
 }
 
 #[test]
@@ -352,6 +369,7 @@ fn service_without_endpoints_rejects() {
     );
     let d = diagnose(dir.path(), "pod/default/web-0", "svc/default/empty:80", &[]);
     assert_cause(&d, "unreachable", "no-endpoints", "node0");
+    assert_evidence(&d, "has no endpoints");
 }
 
 #[test]
