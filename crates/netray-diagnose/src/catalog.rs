@@ -209,6 +209,20 @@ pub const WALK_CODES: &[&str] = &[
     "bridge-nf-snat-conflict",
     "mixed-iptables-backends",
     "firewall-unreadable",
+    "bridge-no-fdb",
+    "bridge-port-blocked",
+    "dummy-device",
+    "hairpin-off",
+    "icmp-echo-ignored",
+    "ipvs-no-destination",
+    "ipvs-unmodelled-forwarding",
+    "ipvs-unparsed",
+    "masquerade-no-address",
+    "stale-neighbor",
+    "unmodelled-interface",
+    "unmodelled-route-type",
+    "vxlan-mismatch",
+    "chain-policy-drop",
 ];
 
 /// The static code equal to `code`, if it is one netray documents.
