@@ -1,0 +1,264 @@
+//! The receive path's checks (`ip_route_input_slow`): martian sources and destinations, the
+//! input route, forwarding per input interface, `fib_validate_source` (local source from
+//! outside, rp_filter); and the MTU check on the way out (`ip_forward` / `ip_finish_output`).
+
+use std::net::IpAddr;
+
+use netray_snapshot::{LinkKind, RouteType};
+
+use crate::fib::{self, FibResult, FlowKey};
+use crate::result::{Disposition, Step};
+use crate::world::NsIdx;
+
+use super::Walker;
+use super::state::{End, RouteSel, St, end, sysctl_or};
+
+impl<'w, 'a> Walker<'w, 'a> {
+    /// Input checks and input route.
+    pub(super) fn route_in(
+        &self,
+        st: &mut St,
+        ns: NsIdx,
+        link: usize,
+    ) -> Result<Vec<(f64, RouteSel)>, End> {
+        let v = &self.world.ns[ns];
+        let iname = v.link_name(link);
+        let conf = |k: &str| {
+            (
+                sysctl_or(v, &format!("net.ipv4.conf.all.{k}"), 0),
+                v.sysctl_int(&format!("net.ipv4.conf.{iname}.{k}"))
+                    .unwrap_or(0),
+            )
+        };
+        let src = st.pkt.src;
+        let dst = st.pkt.dst;
+        if let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) {
+            let localnet = {
+                let (a, i) = conf("route_localnet");
+                a != 0 || i != 0
+            };
+            if s.is_multicast() || s.is_broadcast() || s.octets()[0] == 0 {
+                return Err(end(
+                    Disposition::MartianSource,
+                    format!("martian source {s} on {iname} (multicast, broadcast or 0.0.0.0/8)"),
+                    Some("martian-source"),
+                ));
+            }
+            if d.octets()[0] == 0 {
+                return Err(end(
+                    Disposition::MartianSource,
+                    format!("martian destination {d} on {iname}"),
+                    Some("martian-source"),
+                ));
+            }
+            if (s.is_loopback() || d.is_loopback()) && !localnet {
+                return Err(end(
+                    Disposition::MartianSource,
+                    format!(
+                        "127.0.0.0/8 address ({s} > {d}) received on {iname} and route_localnet is 0"
+                    ),
+                    Some("martian-source"),
+                ));
+            }
+        }
+        let mut key = self.key(st, Some(link));
+        key.iif = Some(iname);
+        let res = fib::lookup(v, &key);
+        let sels = self.selections(ns, res, dst, Some(link))?;
+        let mut r = Vec::new();
+        for (p, sel, step) in sels {
+            self.hop(st, ns, Some(link), (!sel.local).then_some(sel.dev), step);
+            if !sel.local && dst.is_ipv4() {
+                let fwd = v
+                    .sysctl_int(&format!("net.ipv4.conf.{iname}.forwarding"))
+                    .or_else(|| v.sysctl_int("net.ipv4.ip_forward"))
+                    .or_else(|| v.sysctl_int("net.ipv4.conf.all.forwarding"))
+                    .unwrap_or(0);
+                if fwd == 0 {
+                    return Err(end(
+                        Disposition::ForwardingDisabled,
+                        format!(
+                            "forwarding is disabled on {iname} in {} (net.ipv4.conf.{iname}.forwarding / net.ipv4.ip_forward = 0)",
+                            v.label()
+                        ),
+                        Some("ip-forward-disabled"),
+                    ));
+                }
+            }
+            if dst.is_ipv4() {
+                self.validate_source(st, ns, link, &conf)?;
+            }
+            r.push((p, sel));
+        }
+        Ok(r)
+    }
+
+    /// `fib_validate_source`: local source from outside (martian) and reverse path filter.
+    fn validate_source(
+        &self,
+        st: &mut St,
+        ns: NsIdx,
+        link: usize,
+        conf: &dyn Fn(&str) -> (i64, i64),
+    ) -> Result<(), End> {
+        let v = &self.world.ns[ns];
+        let iname = v.link_name(link);
+        let (ra, ri) = conf("rp_filter");
+        let rp = ra.max(ri);
+        let (aa, ai) = conf("accept_local");
+        let accept_local = aa != 0 || ai != 0;
+        let src = st.pkt.src;
+        if rp == 0 {
+            if !accept_local && v.owns(src).is_some() {
+                return Err(end(
+                    Disposition::MartianSource,
+                    format!(
+                        "source {src} is a local address of {} and arrives on {iname} from outside (accept_local=0)",
+                        v.label()
+                    ),
+                    Some("martian-source"),
+                ));
+            }
+            return Ok(());
+        }
+        let key = FlowKey {
+            src: Some(st.pkt.dst),
+            dst: src,
+            iif: None,
+            oif: None,
+            mark: if sysctl_or(v, "net.ipv4.conf.all.src_valid_mark", 0) != 0 {
+                st.pkt.mark
+            } else {
+                0
+            },
+            tos: 0,
+            proto: st.pkt.proto,
+            sport: None,
+            dport: None,
+        };
+        let mode = if rp == 1 { "strict" } else { "loose" };
+        let rpf_vals = format!("rp_filter={rp} ({mode}; all={ra}, {iname}={ri})");
+        match fib::lookup(v, &key) {
+            FibResult::Route { route, .. } => match route.route_type {
+                RouteType::Local if !accept_local => Err(end(
+                    Disposition::MartianSource,
+                    format!(
+                        "source {src} is a local address of {} and arrives on {iname} from outside (accept_local=0)",
+                        v.label()
+                    ),
+                    Some("martian-source"),
+                )),
+                RouteType::Local => Ok(()),
+                RouteType::Unicast => {
+                    let via_iif = route.dev.as_deref() == Some(iname)
+                        || route
+                            .multipath
+                            .iter()
+                            .any(|n| n.dev.as_deref() == Some(iname));
+                    if rp == 1 && !via_iif {
+                        let back = route.dev.clone().unwrap_or_default();
+                        Err(end(
+                            Disposition::RpFilter,
+                            format!(
+                                "reverse path filter: {rpf_vals}; the route back to {src} is `{}` (via {back}), not {iname}",
+                                fib::route_text(route)
+                            ),
+                            Some("rp-filter-drop"),
+                        ))
+                    } else {
+                        self.hop(
+                            st,
+                            ns,
+                            Some(link),
+                            None,
+                            Step::Check {
+                                check: "rp_filter".into(),
+                                detail: format!(
+                                    "{rpf_vals}: route back to {src} is `{}`: ok",
+                                    fib::route_text(route)
+                                ),
+                            },
+                        );
+                        Ok(())
+                    }
+                }
+                _ => Err(end(
+                    Disposition::MartianSource,
+                    format!(
+                        "source {src}: the route back is `{}` (not unicast)",
+                        fib::route_text(route)
+                    ),
+                    Some("martian-source"),
+                )),
+            },
+            _ => Err(end(
+                Disposition::RpFilter,
+                format!("reverse path filter: {rpf_vals}; no route back to {src}"),
+                Some("rp-filter-drop"),
+            )),
+        }
+    }
+
+    pub(super) fn mtu_check(
+        &self,
+        st: &mut St,
+        ns: NsIdx,
+        link: usize,
+        route_mtu: Option<u32>,
+    ) -> Result<(), End> {
+        let Some(l) = self.link(ns, link) else {
+            return Ok(());
+        };
+        if matches!(l.kind, LinkKind::Loopback) {
+            return Ok(());
+        }
+        let mtu = route_mtu.filter(|m| *m > 0).unwrap_or(l.mtu);
+        if mtu == 0 || st.pkt.len <= mtu {
+            return Ok(());
+        }
+        let v = &self.world.ns[ns];
+        if let Some(inner) = st.encap.last() {
+            if inner.pkt.df {
+                return Err(end(
+                    Disposition::MtuExceeded,
+                    format!(
+                        "inner packet of {} bytes + {} bytes of VXLAN overhead = {} > MTU {} of {} in {} (DF set)",
+                        inner.pkt.len,
+                        st.pkt.len - inner.pkt.len,
+                        st.pkt.len,
+                        mtu,
+                        l.name,
+                        v.label()
+                    ),
+                    Some("mtu-blackhole"),
+                ));
+            }
+        } else if st.pkt.df {
+            return Err(end(
+                Disposition::MtuExceeded,
+                format!(
+                    "packet of {} bytes > MTU {} of {} in {} and DF is set",
+                    st.pkt.len,
+                    mtu,
+                    l.name,
+                    v.label()
+                ),
+                Some("mtu-blackhole"),
+            ));
+        }
+        self.hop(
+            st,
+            ns,
+            None,
+            Some(link),
+            Step::Check {
+                check: "mtu".into(),
+                detail: format!(
+                    "{} bytes > MTU {mtu} of {}: fragmented (DF not set)",
+                    st.pkt.len, l.name
+                ),
+            },
+        );
+        Ok(())
+    }
+}
