@@ -223,6 +223,7 @@ pub const WALK_CODES: &[&str] = &[
     "unmodelled-route-type",
     "vxlan-mismatch",
     "chain-policy-drop",
+    "blackhole-rule",
 ];
 
 /// The static code equal to `code`, if it is one netray documents.
