@@ -178,7 +178,7 @@ pub(crate) fn stages(rs: &Ruleset, hook: Hook, pkt: &Packet, opts: &EvalOptions)
             if nat && !opts.nat {
                 continue;
             }
-            let Some(&base) = t.by_name.get(hook.chain_name()) else {
+            let Some(base) = t.chain_id(hook.chain_name()) else {
                 continue;
             };
             out.push(Stage {

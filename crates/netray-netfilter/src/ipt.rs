@@ -583,6 +583,9 @@ pub enum Target {
     Unknown(Str),
 }
 
+/// The match modules of a rule; derefs to `[Match]`.
+pub type Matches = smallvec::SmallVec<[Match; 2]>;
+
 /// One `-A` rule, or an error item for a line that could not be parsed.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Rule {
@@ -604,8 +607,8 @@ pub struct Rule {
     pub proto: Option<Neg<u8>>,
     /// `-f` (true) / `! -f` (false).
     pub frag: Option<bool>,
-    /// Match modules in order.
-    pub matches: Vec<Match>,
+    /// Match modules in order (up to two kept inline: most rules have one or two).
+    pub matches: Matches,
     /// Target.
     pub target: Target,
     /// Set on an error item: the parse error (the rule evaluates as unknown).
@@ -660,7 +663,111 @@ pub struct Table {
     pub name: Arc<str>,
     /// Chains in declaration order.
     pub chains: Vec<Chain>,
-    pub(crate) by_name: FxMap<Arc<str>, u32>,
+    pub(crate) by_name: ChainNames,
+}
+
+/// Chain name → chain id: open addressing over `(hash of the name, id)` slots, so a probe
+/// touches one small slot; the name itself is compared only on a hash hit (against the
+/// chain, or during the parse against a compact copy of the names).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct ChainNames {
+    slots: Vec<NameSlot>,
+    len: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct NameSlot {
+    hash: u64,
+    /// Chain id; `u32::MAX`: empty.
+    id: u32,
+    /// Offset of the name in the parser's name arena (meaningful during the parse only).
+    at: u32,
+}
+
+const EMPTY_SLOT: NameSlot = NameSlot {
+    hash: 0,
+    id: u32::MAX,
+    at: 0,
+};
+
+impl ChainNames {
+    fn with_capacity(n: usize) -> ChainNames {
+        let cap = (n + n / 3 + 1).next_power_of_two().max(16);
+        ChainNames {
+            slots: vec![EMPTY_SLOT; cap],
+            len: 0,
+        }
+    }
+
+    /// The id of the first slot with `hash` for which `eq(slot)` holds.
+    #[inline]
+    fn find(&self, hash: u64, mut eq: impl FnMut(u32, u32) -> bool) -> Option<u32> {
+        if self.slots.is_empty() {
+            return None;
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        loop {
+            let s = self.slots[i];
+            if s.id == u32::MAX {
+                return None;
+            }
+            if s.hash == hash && eq(s.id, s.at) {
+                return Some(s.id);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Add an entry (the caller checked the name is not present).
+    fn insert(&mut self, hash: u64, id: u32, at: u32) {
+        if (self.len + 1) * 4 > self.slots.len() * 3 {
+            let cap = (self.slots.len() * 2).max(16);
+            let old = std::mem::replace(&mut self.slots, vec![EMPTY_SLOT; cap]);
+            self.len = 0;
+            for s in old.into_iter().filter(|s| s.id != u32::MAX) {
+                self.insert(s.hash, s.id, s.at);
+            }
+        }
+        let mask = self.slots.len() - 1;
+        let mut i = hash as usize & mask;
+        while self.slots[i].id != u32::MAX {
+            i = (i + 1) & mask;
+        }
+        self.slots[i] = NameSlot { hash, id, at };
+        self.len += 1;
+    }
+
+    /// Chain id of `name` among `chains`.
+    fn get(&self, chains: &[Chain], name: &str) -> Option<u32> {
+        self.find(str_hash(name.as_bytes()), |id, _| {
+            &*chains[id as usize].name == name
+        })
+    }
+}
+
+/// Chain names of one table during the parse: each as `[len: u32 LE][bytes]`, in declaration
+/// order (a hash hit in [`ChainNames`] is confirmed here with one nearby read).
+#[derive(Debug, Default)]
+struct NameArena(Vec<u8>);
+
+impl NameArena {
+    fn push(&mut self, name: &[u8]) -> u32 {
+        let at = self.0.len() as u32;
+        self.0.extend_from_slice(&(name.len() as u32).to_le_bytes());
+        self.0.extend_from_slice(name);
+        at
+    }
+
+    #[inline]
+    fn is(&self, at: u32, name: &[u8]) -> bool {
+        let at = at as usize;
+        let Some(l) = self.0.get(at..at + 4) else {
+            return false;
+        };
+        let len = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
+        len == name.len() && self.0.get(at + 4..at + 4 + len) == Some(name)
+    }
 }
 
 impl PartialEq for Table {
@@ -678,7 +785,12 @@ impl PartialEq for Table {
 impl Table {
     /// The chain called `name`.
     pub fn chain(&self, name: &str) -> Option<&Chain> {
-        self.by_name.get(name).map(|&i| &self.chains[i as usize])
+        self.chain_id(name).map(|i| &self.chains[i as usize])
+    }
+
+    /// Index in [`Table::chains`] of the chain called `name`.
+    pub fn chain_id(&self, name: &str) -> Option<u32> {
+        self.by_name.get(&self.chains, name)
     }
 }
 
@@ -861,6 +973,7 @@ pub fn parse_dump(backend: IptablesBackend, family: IpFamily, text: Arc<str>) ->
         family,
         source: source_name(backend, family),
         tables: Vec::new(),
+        names: Vec::new(),
         diags: Vec::new(),
         toks: Vec::with_capacity(32),
         matches: Vec::with_capacity(8),
@@ -883,6 +996,8 @@ struct Parser {
     family: IpFamily,
     source: String,
     tables: Vec<Table>,
+    /// Per table: its chain names, for [`ChainNames`] lookups during the parse.
+    names: Vec<NameArena>,
     diags: Vec<Diagnostic>,
     toks: Vec<(u32, u32)>,
     matches: Vec<Match>,
@@ -981,13 +1096,22 @@ impl Parser {
                         let mut t = Table {
                             name: Arc::from(name),
                             chains: Vec::with_capacity(n),
-                            by_name: FxMap::with_capacity_and_hasher(n, Default::default()),
+                            by_name: ChainNames::with_capacity(n),
                         };
+                        let mut names = NameArena(Vec::with_capacity(n * 32));
                         // Restore-style input may omit built-in chain declarations.
                         for c in builtin_chains(name) {
-                            add_chain(&mut t, c, Some(Policy::Accept), None, Span::default());
+                            add_chain(
+                                &mut t,
+                                &mut names,
+                                c,
+                                Some(Policy::Accept),
+                                None,
+                                Span::default(),
+                            );
                         }
                         self.tables.push(t);
+                        self.names.push(names);
                         self.tables.len() - 1
                     }
                 };
@@ -1063,12 +1187,18 @@ impl Parser {
                 }
                 None => None,
             };
-            let table = &mut self.tables[t];
             let span = Span {
                 start: s as u32,
                 end: end as u32,
             };
-            add_chain(table, name, policy, counters, span);
+            add_chain(
+                &mut self.tables[t],
+                &mut self.names[t],
+                name,
+                policy,
+                counters,
+                span,
+            );
             Ok(())
         })();
         self.toks = toks;
@@ -1090,7 +1220,8 @@ impl Parser {
     fn resolve_jumps(&mut self, t: usize) {
         let mut still = false;
         let table = &mut self.tables[t];
-        let names = &table.by_name;
+        let names = &self.names[t];
+        let by_name = &table.by_name;
         let text = &self.text;
         for c in &mut table.chains {
             for r in &mut c.rules {
@@ -1100,8 +1231,8 @@ impl Parser {
                     _ => continue,
                 };
                 let n = unquote(&text[cr.name.span.start as usize..cr.name.span.end as usize]);
-                match names.get(&*n) {
-                    Some(&id) => {
+                match lookup(by_name, names, n.as_bytes()) {
+                    Some(id) => {
                         let cr = ChainRef { id, name: cr.name };
                         r.target = if is_jump {
                             Target::Jump(cr)
@@ -1198,7 +1329,9 @@ impl Parser {
                         lt == t && &*self.tables[t].chains[lc as usize].name == chain
                     })
                     .map(|(_, lc)| lc);
-                let chain_id = match cached.or_else(|| self.tables[t].by_name.get(chain).copied()) {
+                let chain_id = match cached
+                    .or_else(|| lookup(&self.tables[t].by_name, &self.names[t], chain.as_bytes()))
+                {
                     Some(c) => c,
                     None => {
                         self.diag(
@@ -1208,8 +1341,14 @@ impl Parser {
                             chain_t.0 as usize,
                             format!("chain `{chain}` is not declared"),
                         );
-                        let table = &mut self.tables[t];
-                        add_chain(table, chain, None, None, Span::default())
+                        add_chain(
+                            &mut self.tables[t],
+                            &mut self.names[t],
+                            chain,
+                            None,
+                            None,
+                            Span::default(),
+                        )
                     }
                 };
                 let span = Span {
@@ -1222,6 +1361,7 @@ impl Parser {
                     k,
                     family: self.family,
                     table: &self.tables[t],
+                    names: &self.names[t],
                     matches: &mut self.matches,
                 };
                 rp.matches.clear();
@@ -1269,6 +1409,7 @@ impl Parser {
                     let name = text[a as usize..b as usize].to_string();
                     add_chain(
                         &mut self.tables[t],
+                        &mut self.names[t],
                         &name,
                         None,
                         None,
@@ -1289,7 +1430,10 @@ impl Parser {
                         "DROP" => Some(Policy::Drop),
                         _ => None,
                     };
-                    match (self.tables[t].by_name.get(name).copied(), pol) {
+                    match (
+                        lookup(&self.tables[t].by_name, &self.names[t], name.as_bytes()),
+                        pol,
+                    ) {
                         (Some(id), Some(p)) => {
                             self.tables[t].chains[id as usize].policy = Some(p);
                             Ok(())
@@ -1304,7 +1448,9 @@ impl Parser {
                 match toks.get(i + 1) {
                     Some(&(a, b)) => {
                         let name = &text[a as usize..b as usize];
-                        if let Some(&id) = self.tables[t].by_name.get(name) {
+                        if let Some(id) =
+                            lookup(&self.tables[t].by_name, &self.names[t], name.as_bytes())
+                        {
                             self.tables[t].chains[id as usize].rules.clear();
                         }
                     }
@@ -1371,25 +1517,42 @@ fn error_rule(lineno: u32, span: Span, counters: Option<(u64, u64)>, msg: &str) 
         oif: None,
         proto: None,
         frag: None,
-        matches: Vec::new(),
+        matches: Matches::new(),
         target: Target::None,
         error: Some(msg.into()),
     }
 }
 
+/// Chain id of `name` during the parse.
+#[inline]
+fn lookup(by_name: &ChainNames, names: &NameArena, name: &[u8]) -> Option<u32> {
+    lookup_hashed(by_name, names, name, str_hash(name))
+}
+
+#[inline]
+fn lookup_hashed(by_name: &ChainNames, names: &NameArena, name: &[u8], hash: u64) -> Option<u32> {
+    by_name.find(hash, |_, at| names.is(at, name))
+}
+
 fn add_chain(
     t: &mut Table,
+    names: &mut NameArena,
     name: &str,
     policy: Option<Policy>,
     counters: Option<(u64, u64)>,
     decl: Span,
 ) -> u32 {
-    let name: Arc<str> = Arc::from(name);
+    let hash = str_hash(name.as_bytes());
     let next = t.chains.len() as u32;
-    let id = match t.by_name.entry(name.clone()) {
-        std::collections::hash_map::Entry::Occupied(e) => *e.get(),
-        std::collections::hash_map::Entry::Vacant(e) => *e.insert(next),
+    let id = match lookup_hashed(&t.by_name, names, name.as_bytes(), hash) {
+        Some(id) => id,
+        None => {
+            let at = names.push(name.as_bytes());
+            t.by_name.insert(hash, next, at);
+            next
+        }
     };
+    let name: Arc<str> = Arc::from(name);
     if id != next {
         let c = &mut t.chains[id as usize];
         if policy.is_some() {
@@ -1486,6 +1649,7 @@ struct RuleParser<'a> {
     k: usize,
     family: IpFamily,
     table: &'a Table,
+    names: &'a NameArena,
     /// Matches of the rule being parsed (scratch, reused across rules).
     matches: &'a mut Vec<Match>,
 }
@@ -1558,7 +1722,7 @@ impl<'a> RuleParser<'a> {
             oif: None,
             proto: None,
             frag: None,
-            matches: Vec::new(),
+            matches: Matches::new(),
             target: Target::None,
             error: None,
         };
@@ -1646,7 +1810,7 @@ impl<'a> RuleParser<'a> {
             }
         }
         self.finish(&mut cur, &mut r);
-        // One exact allocation per rule.
+        // Inline (no allocation) for up to two matches.
         r.matches = self.matches.drain(..).collect();
         Ok(r)
     }
@@ -2316,10 +2480,23 @@ impl<'a> RuleParser<'a> {
     }
 
     fn target(&mut self, name: &'a str, name_k: usize, goto: bool) -> PResult<Target> {
-        if let Some(&id) = self.table.by_name.get(name) {
+        let (a, b) = self.toks[name_k];
+        let hash = unquoted_hash(name);
+        // A quoted name never matches here (chains are looked up by the raw token), so the
+        // hash of an unquoted token doubles as the lookup key.
+        let quoted = name.starts_with(['"', '\'']);
+        let id = if quoted {
+            lookup(&self.table.by_name, self.names, name.as_bytes())
+        } else {
+            lookup_hashed(&self.table.by_name, self.names, name.as_bytes(), hash)
+        };
+        if let Some(id) = id {
             let cr = ChainRef {
                 id,
-                name: self.str_at(name_k),
+                name: Str {
+                    span: Span { start: a, end: b },
+                    hash,
+                },
             };
             self.no_more_options()?;
             return Ok(if goto {
