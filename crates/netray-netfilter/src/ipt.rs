@@ -968,7 +968,19 @@ impl Iterator for Candidates<'_> {
 
 /// Parse one dump. Never fails: problems become diagnostics and error items.
 pub fn parse_dump(backend: IptablesBackend, family: IpFamily, text: Arc<str>) -> Dump {
+    parse_dump_with(backend, family, text, true)
+}
+
+/// [`parse_dump`] without the fast path for common kube-proxy rule shapes (every line through
+/// the general tokenizer and option parser): for differential tests of the fast path.
+#[doc(hidden)]
+pub fn parse_dump_general(backend: IptablesBackend, family: IpFamily, text: Arc<str>) -> Dump {
+    parse_dump_with(backend, family, text, false)
+}
+
+fn parse_dump_with(backend: IptablesBackend, family: IpFamily, text: Arc<str>, fast: bool) -> Dump {
     let mut p = Parser {
+        fast,
         text: text.clone(),
         family,
         source: source_name(backend, family),
@@ -1005,6 +1017,8 @@ struct Parser {
     pending: Vec<bool>,
     cur: Option<usize>,
     last_chain: Option<(usize, u32)>,
+    /// Use the fast path for common rule shapes ([`Parser::fast_rule_line`]).
+    fast: bool,
 }
 
 /// A parse error inside a line: message and the token span concerned.
@@ -1273,6 +1287,9 @@ impl Parser {
         s: usize,
         end: usize,
     ) {
+        if self.fast_rule_line(text, t, lineno, s, end) {
+            return;
+        }
         if let Err(at) = tokenize(text, s, end, &mut self.toks) {
             self.diag(lineno, line_start, end, at, "unterminated quote".into());
             self.error_rule(t, lineno, s, end, None, "unterminated quote");
@@ -1372,36 +1389,16 @@ impl Parser {
                         error_rule(lineno, span, counters, &e.msg)
                     }
                 };
-                // Rules of one chain are usually contiguous: give back the spare capacity of
-                // the previous chain when moving on (keeps peak memory near the final size).
-                if let Some((pt, pc)) = self.last_chain
-                    && (pt, pc) != (t, chain_id)
-                    // Only small chains: a big chain interleaved with others (KUBE-SERVICES)
-                    // would be copied again on every regrowth.
-                    && let Some(c) = self.tables.get_mut(pt).and_then(|tb| tb.chains.get_mut(pc as usize))
-                    && c.rules.len() < 64
-                {
-                    c.rules.shrink_to_fit();
-                }
-                self.last_chain = Some((t, chain_id));
-                if let Target::Jump(ChainRef { id: u32::MAX, .. })
-                | Target::Goto(ChainRef { id: u32::MAX, .. }) = rule.target
-                {
-                    if self.pending.len() <= t {
-                        self.pending.resize(t + 1, false);
-                    }
-                    self.pending[t] = true;
-                }
-                let rules = &mut self.tables[t].chains[chain_id as usize].rules;
-                if rules.capacity() == 0 && rule_start == s {
-                    // First rule of the chain: size it for the run of lines that follow with
-                    // the same `-A CHAIN ` prefix (no regrowth, no spare capacity).
-                    rules.reserve_exact(1 + same_prefix_lines(text, end, chain_t.1 as usize, s));
-                }
-                match insert_at {
-                    Some(n) => rules.insert(n.min(rules.len()), rule),
-                    None => rules.push(rule),
-                }
+                self.add_rule(
+                    text,
+                    t,
+                    chain_id,
+                    chain_t.1 as usize,
+                    s,
+                    end,
+                    insert_at,
+                    rule,
+                );
                 Ok(())
             }
             "-N" | "--new-chain" => match toks.get(i + 1) {
@@ -1469,6 +1466,96 @@ impl Parser {
             self.diag(lineno, line_start, end, rule_start, msg);
         }
         self.toks = toks;
+    }
+
+    /// Append (or insert) a parsed rule to chain `chain_id` of table `t`.
+    #[allow(clippy::too_many_arguments)]
+    fn add_rule(
+        &mut self,
+        text: &str,
+        t: usize,
+        chain_id: u32,
+        chain_end: usize,
+        s: usize,
+        end: usize,
+        insert_at: Option<usize>,
+        rule: Rule,
+    ) {
+        // Rules of one chain are usually contiguous: give back the spare capacity of
+        // the previous chain when moving on (keeps peak memory near the final size).
+        if let Some((pt, pc)) = self.last_chain
+            && (pt, pc) != (t, chain_id)
+            // Only small chains: a big chain interleaved with others (KUBE-SERVICES)
+            // would be copied again on every regrowth.
+            && let Some(c) = self.tables.get_mut(pt).and_then(|tb| tb.chains.get_mut(pc as usize))
+            && c.rules.len() < 64
+        {
+            c.rules.shrink_to_fit();
+        }
+        self.last_chain = Some((t, chain_id));
+        if let Target::Jump(ChainRef { id: u32::MAX, .. })
+        | Target::Goto(ChainRef { id: u32::MAX, .. }) = rule.target
+        {
+            if self.pending.len() <= t {
+                self.pending.resize(t + 1, false);
+            }
+            self.pending[t] = true;
+        }
+        let rules = &mut self.tables[t].chains[chain_id as usize].rules;
+        if rules.capacity() == 0 && rule.span.start as usize == s {
+            // First rule of the chain: size it for the run of lines that follow with
+            // the same `-A CHAIN ` prefix (no regrowth, no spare capacity).
+            rules.reserve_exact(1 + same_prefix_lines(text, end, chain_end, s));
+        }
+        match insert_at {
+            Some(n) => rules.insert(n.min(rules.len()), rule),
+            None => rules.push(rule),
+        }
+    }
+
+    /// The common kube-proxy rule shapes without the general tokenizer and option parser.
+    /// `false`: not handled (nothing was changed; the general path parses the line and gives
+    /// the same model for every line accepted here).
+    fn fast_rule_line(&mut self, text: &str, t: usize, lineno: u32, s: usize, end: usize) -> bool {
+        if !self.fast {
+            return false;
+        }
+        let b = &text.as_bytes()[..end];
+        if !b[s..].starts_with(b"-A ") {
+            return false;
+        }
+        let mut c = Cursor { b, pos: s + 3 };
+        let Some((ca, cb)) = c.plain() else {
+            return false;
+        };
+        let chain = &text[ca..cb];
+        let mut rp = RuleParser {
+            text,
+            toks: &[(0, 0)],
+            k: 1,
+            family: self.family,
+            table: &self.tables[t],
+            names: &self.names[t],
+            matches: &mut self.matches,
+        };
+        let span = Span {
+            start: s as u32,
+            end: end as u32,
+        };
+        let Some(rule) = rp.fast(lineno, span, c) else {
+            return false;
+        };
+        let cached = self
+            .last_chain
+            .filter(|&(lt, lc)| lt == t && &*self.tables[t].chains[lc as usize].name == chain)
+            .map(|(_, lc)| lc);
+        let Some(chain_id) =
+            cached.or_else(|| lookup(&self.tables[t].by_name, &self.names[t], chain.as_bytes()))
+        else {
+            return false;
+        };
+        self.add_rule(text, t, chain_id, cb, s, end, None, rule);
+        true
     }
 
     fn error_rule(
@@ -1642,6 +1729,65 @@ fn token_end(b: &[u8], mut i: usize) -> usize {
     i
 }
 
+/// Reads the tokens of a line the way [`tokenize`] splits them, for the fast path: only
+/// single spaces between tokens, no tabs, no quotes outside [`Cursor::value_quoted`].
+#[derive(Clone, Copy)]
+struct Cursor<'a> {
+    /// The text up to the end of the line.
+    b: &'a [u8],
+    pos: usize,
+}
+
+impl Cursor<'_> {
+    fn at_end(&self) -> bool {
+        self.pos >= self.b.len()
+    }
+
+    /// Step over the separator after a token ending at `e`; `None` if it is not exactly one
+    /// space followed by another token (or the end of the line).
+    #[inline]
+    fn advance(&mut self, e: usize) -> Option<()> {
+        if e < self.b.len() {
+            if self.b[e] != b' ' || matches!(self.b.get(e + 1), None | Some(b' ' | b'\t')) {
+                return None;
+            }
+            self.pos = e + 1;
+        } else {
+            self.pos = e;
+        }
+        Some(())
+    }
+
+    /// Next token, unquoted.
+    #[inline]
+    fn plain(&mut self) -> Option<(usize, usize)> {
+        let st = self.pos;
+        match self.b.get(st) {
+            None | Some(b'"' | b'\'' | b' ' | b'\t') => return None,
+            _ => {}
+        }
+        let e = token_end(self.b, st + 1);
+        self.advance(e)?;
+        Some((st, e))
+    }
+
+    /// Next token, which may be a `"..."` string without backslashes.
+    #[inline]
+    fn value_quoted(&mut self) -> Option<(usize, usize)> {
+        if self.b.get(self.pos) != Some(&b'"') {
+            return self.plain();
+        }
+        let st = self.pos;
+        let n = memchr::memchr2(b'"', b'\\', &self.b[st + 1..])?;
+        let q = st + 1 + n;
+        if self.b[q] != b'"' {
+            return None;
+        }
+        self.advance(q + 1)?;
+        Some((st, q + 1))
+    }
+}
+
 /// Parses the options of one rule.
 struct RuleParser<'a> {
     text: &'a str,
@@ -1813,6 +1959,183 @@ impl<'a> RuleParser<'a> {
         // Inline (no allocation) for up to two matches.
         r.matches = self.matches.drain(..).collect();
         Ok(r)
+    }
+
+    /// The fast path: the options after `-A CHAIN ` when they are only `[!] -s/-d NET`,
+    /// `-p PROTO`, `-m comment --comment C`, `-m tcp|udp [--dport P] [--sport P]`,
+    /// `-m statistic --mode random --probability P` and a final `-j` to a declared chain, DNAT
+    /// `--to-destination A[:P]`, ACCEPT, DROP or RETURN. `None` for anything else, including
+    /// anything the general path would report as an error. Only reads `self` (no diagnostics).
+    fn fast(&mut self, lineno: u32, span: Span, mut c: Cursor<'_>) -> Option<Rule> {
+        let text = self.text;
+        let t = |(a, b): (usize, usize)| &text[a..b];
+        let mut r = Rule {
+            line: Lineno(lineno),
+            span,
+            counters: None,
+            src: None,
+            dst: None,
+            iif: None,
+            oif: None,
+            proto: None,
+            frag: None,
+            matches: Matches::new(),
+            target: Target::None,
+            error: None,
+        };
+        loop {
+            let mut opt = t(c.plain()?);
+            let mut neg = false;
+            if opt == "!" {
+                neg = true;
+                opt = t(c.plain()?);
+                if !matches!(opt, "-s" | "-d" | "-p") {
+                    return None;
+                }
+            }
+            match opt {
+                "-s" | "-d" => {
+                    let v = t(c.plain()?);
+                    if v == "!" {
+                        return None;
+                    }
+                    let n = Some(Neg {
+                        v: self.net(v).ok()?,
+                        neg,
+                    });
+                    if opt == "-s" { r.src = n } else { r.dst = n }
+                }
+                "-p" => {
+                    let v = t(c.plain()?);
+                    if v == "!" {
+                        return None;
+                    }
+                    r.proto = Some(Neg {
+                        v: proto_number(v)?,
+                        neg,
+                    });
+                }
+                "-m" => match t(c.plain()?) {
+                    "comment" => {
+                        if t(c.plain()?) != "--comment" {
+                            return None;
+                        }
+                        let (a, b) = c.value_quoted()?;
+                        if &text[a..b] == "!" {
+                            return None;
+                        }
+                        r.matches.push(Match::Comment(Str {
+                            span: Span {
+                                start: a as u32,
+                                end: b as u32,
+                            },
+                            hash: unquoted_hash(&text[a..b]),
+                        }));
+                    }
+                    m @ ("tcp" | "udp") => {
+                        let (mut sport, mut dport) = (None, None);
+                        loop {
+                            let mut peek = c;
+                            let o = match peek.plain() {
+                                Some(x) => t(x),
+                                None => break,
+                            };
+                            if o != "--dport" && o != "--sport" {
+                                break;
+                            }
+                            let v = t(peek.plain()?);
+                            if v.contains(':') || v == "!" {
+                                return None;
+                            }
+                            let p = Some(Neg {
+                                v: PortRange::one(v.parse::<u16>().ok()?),
+                                neg: false,
+                            });
+                            if o == "--dport" {
+                                dport = p
+                            } else {
+                                sport = p
+                            }
+                            c = peek;
+                        }
+                        r.matches.push(if m == "tcp" {
+                            Match::Tcp {
+                                sport,
+                                dport,
+                                flags: None,
+                                option: None,
+                            }
+                        } else {
+                            Match::Udp { sport, dport }
+                        });
+                    }
+                    "statistic" => {
+                        if t(c.plain()?) != "--mode"
+                            || t(c.plain()?) != "random"
+                            || t(c.plain()?) != "--probability"
+                        {
+                            return None;
+                        }
+                        let p: f64 = t(c.plain()?)
+                            .parse()
+                            .ok()
+                            .filter(|p: &f64| (0.0..=1.0).contains(p))?;
+                        r.matches.push(Match::Statistic(Neg {
+                            v: Stat::Random((p * 2147483648.0).round() / 2147483648.0),
+                            neg: false,
+                        }));
+                    }
+                    _ => return None,
+                },
+                "-j" => {
+                    let (a, b) = c.plain()?;
+                    let name = &text[a..b];
+                    let hash = str_hash(name.as_bytes());
+                    let target =
+                        match lookup_hashed(&self.table.by_name, self.names, name.as_bytes(), hash)
+                        {
+                            Some(id) => Target::Jump(ChainRef {
+                                id,
+                                name: Str {
+                                    span: Span {
+                                        start: a as u32,
+                                        end: b as u32,
+                                    },
+                                    hash,
+                                },
+                            }),
+                            None => match name {
+                                "ACCEPT" => Target::Accept,
+                                "DROP" => Target::Drop,
+                                "RETURN" => Target::Return,
+                                "DNAT" => {
+                                    if t(c.plain()?) != "--to-destination" {
+                                        return None;
+                                    }
+                                    let v = t(c.plain()?);
+                                    if v == "!" {
+                                        return None;
+                                    }
+                                    let (addr, ports) = self.nat_range(v).ok()?;
+                                    Target::Nat(Box::new(NatAction::Dnat {
+                                        addr,
+                                        ports,
+                                        random: false,
+                                        persistent: false,
+                                    }))
+                                }
+                                _ => return None,
+                            },
+                        };
+                    if !c.at_end() {
+                        return None;
+                    }
+                    r.target = target;
+                    return Some(r);
+                }
+                _ => return None,
+            }
+        }
     }
 
     fn finish(&mut self, cur: &mut Building, _r: &mut Rule) {
