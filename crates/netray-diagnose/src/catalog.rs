@@ -146,6 +146,11 @@ pub const CATALOG: &[Check] = &[
         run: firewall::unreadable_rules,
     },
     Check {
+        codes: &["stale-conntrack-entry"],
+        title: "conntrack entries still DNATing Service traffic to backends that are no longer ready",
+        run: services::stale_conntrack,
+    },
+    Check {
         codes: &["bridge-nf-snat-conflict"],
         title: "bridge-nf-call-iptables with masquerade of host-originated Service traffic",
         run: firewall::bridge_nf_snat_conflict,

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use netray_lab::spec::{ClusterSpec, node_ip};
-use netray_lab::{Agent, Lab, Probe};
+use netray_lab::{Agent, Lab, Probe, Proto};
 use serde_json::{Value, json};
 
 const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
@@ -103,6 +103,10 @@ fn every_check_fires_on_real_state() {
         let _ = Command::new("kill").args(["-9", pid]).status();
     }
 
+    // A UDP flow to the `web` Service from a pod on node0: node0's conntrack DNATs it to one
+    // backend (the cluster.json edited below then says `web` has no ready endpoint left).
+    let _ = lab.probe(&lab.service_probe("web-0", "web", Proto::Udp).unwrap());
+
     // Last: STP on node1's cni0 puts every port in `listening` for the forward delay.
     sh(
         &lab,
@@ -118,7 +122,8 @@ fn every_check_fires_on_real_state() {
         .expect("collect");
     drop(lab);
 
-    // cluster.json: a kube-proxy ConfigMap whose clusterCIDR misses node2's pods.
+    // cluster.json: a kube-proxy ConfigMap whose clusterCIDR misses node2's pods, and the `web`
+    // Service scaled to nothing (its conntrack entries become stale).
     let cj = dir.path().join("cluster.json");
     let mut c: Value = serde_json::from_str(&std::fs::read_to_string(&cj).unwrap()).unwrap();
     c["items"].as_array_mut().unwrap().push(json!({
@@ -126,6 +131,13 @@ fn every_check_fires_on_real_state() {
         "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
         "data": {"config.conf": "mode: iptables\nclusterCIDR: 10.244.0.0/23\n"}
     }));
+    for item in c["items"].as_array_mut().unwrap() {
+        if item["kind"] == "EndpointSlice"
+            && item["metadata"]["labels"]["kubernetes.io/service-name"] == "web"
+        {
+            item["endpoints"] = json!([]);
+        }
+    }
     std::fs::write(&cj, c.to_string()).unwrap();
 
     let out = Command::new(NETRAY)
@@ -167,6 +179,7 @@ fn every_check_fires_on_real_state() {
         ("duplicate-address", "node2"),
         ("port-not-listening", "node2"),
         ("missing-snat", "node2"),
+        ("stale-conntrack-entry", "node0"),
         ("no-endpoints", "-"),
         ("cluster-cidr-mismatch", "-"),
     ];

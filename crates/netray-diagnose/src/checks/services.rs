@@ -213,3 +213,99 @@ pub(crate) fn endpoints_listening(input: &ScanInput, out: &mut Vec<Finding>) {
         }
     }
 }
+
+/// Conntrack entries that still DNAT a Service address to a backend that is no longer a ready
+/// endpoint: later packets of that flow (UDP above all: DNS clients reuse their source port)
+/// keep going to the old backend until the entry expires, whatever kube-proxy's rules say now.
+pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
+    let Some(c) = input.cluster else { return };
+    for n in &input.namespaces {
+        let Some(ct) = &n.ns.conntrack else { continue };
+        let mut stale: Vec<String> = Vec::new();
+        let mut vips: Vec<String> = Vec::new();
+        for e in &ct.entries {
+            if !e.status.iter().any(|s| s == "DST_NAT") {
+                continue;
+            }
+            let (Some(dport), Some(backend_port)) = (e.orig.dport, e.reply.sport) else {
+                continue;
+            };
+            let proto = match e.proto {
+                6 => "TCP",
+                17 => "UDP",
+                132 => "SCTP",
+                _ => continue,
+            };
+            // The Service whose ClusterIP (or external address) and port the client used.
+            let Some((svc, port)) = c.services.iter().find_map(|s| {
+                let addressed = s.cluster_ips.contains(&e.orig.dst)
+                    || s.external_ips.contains(&e.orig.dst)
+                    || s.lb_ingress.contains(&e.orig.dst);
+                let p = s
+                    .ports
+                    .iter()
+                    .find(|p| p.port == dport && p.protocol.eq_ignore_ascii_case(proto))?;
+                addressed.then_some((s, p))
+            }) else {
+                continue;
+            };
+            let ready = c.ready_endpoints(svc, port);
+            if ready.contains(&(e.reply.src, backend_port)) {
+                continue;
+            }
+            stale.push(format!(
+                "{} src={} dst={} sport={} dport={} → backend {}:{} ({}; svc/{}/{} ready: {})",
+                proto.to_ascii_lowercase(),
+                e.orig.src,
+                e.orig.dst,
+                e.orig.sport.unwrap_or(0),
+                dport,
+                e.reply.src,
+                backend_port,
+                e.status.join(","),
+                svc.namespace,
+                svc.name,
+                if ready.is_empty() {
+                    "none".to_string()
+                } else {
+                    ready
+                        .iter()
+                        .map(|(a, p)| format!("{a}:{p}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                }
+            ));
+            let v = format!("{}/{}", e.orig.dst, proto.to_ascii_lowercase());
+            if !vips.contains(&v) {
+                vips.push(v);
+            }
+        }
+        if stale.is_empty() {
+            continue;
+        }
+        let count = stale.len();
+        stale.truncate(8);
+        out.push(n.finding(
+            "stale-conntrack-entry",
+            Severity::Warning,
+            stale,
+            format!(
+                "{count} conntrack entr{} still send Service traffic to backends that are no \
+                 longer ready endpoints. Packets of those flows skip the nat table and follow the \
+                 entry until it expires — the classic \"DNS fails after a pod was replaced\" \
+                 (UDP clients keep their source port).",
+                if count == 1 { "y" } else { "ies" }
+            ),
+            format!(
+                "delete them: {} (kube-proxy normally does this when an endpoint goes away)",
+                vips.iter()
+                    .map(|v| {
+                        let (ip, p) = v.split_once('/').unwrap_or((v, "udp"));
+                        format!("conntrack -D -p {p} --orig-dst {ip}")
+                    })
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            ),
+        ));
+    }
+}
