@@ -1377,7 +1377,7 @@ impl Parser {
                     toks: &toks,
                     k,
                     family: self.family,
-                    table: &self.tables[t],
+                    by_name: &self.tables[t].by_name,
                     names: &self.names[t],
                     matches: &mut self.matches,
                 };
@@ -1481,6 +1481,47 @@ impl Parser {
         insert_at: Option<usize>,
         rule: Rule,
     ) {
+        if rule.span.start as usize == s {
+            self.before_rule(text, t, chain_id, chain_end, s, end);
+        } else {
+            self.shrink_previous(t, chain_id);
+        }
+        if let Target::Jump(ChainRef { id: u32::MAX, .. })
+        | Target::Goto(ChainRef { id: u32::MAX, .. }) = rule.target
+        {
+            if self.pending.len() <= t {
+                self.pending.resize(t + 1, false);
+            }
+            self.pending[t] = true;
+        }
+        let rules = &mut self.tables[t].chains[chain_id as usize].rules;
+        match insert_at {
+            Some(n) => rules.insert(n.min(rules.len()), rule),
+            None => rules.push(rule),
+        }
+    }
+
+    /// Before a rule is added to chain `chain_id` (its text starting at `s`): the previous
+    /// chain gives back spare capacity, and a chain's first rule sizes the chain.
+    fn before_rule(
+        &mut self,
+        text: &str,
+        t: usize,
+        chain_id: u32,
+        chain_end: usize,
+        s: usize,
+        end: usize,
+    ) {
+        self.shrink_previous(t, chain_id);
+        let rules = &mut self.tables[t].chains[chain_id as usize].rules;
+        if rules.capacity() == 0 {
+            // First rule of the chain: size it for the run of lines that follow with
+            // the same `-A CHAIN ` prefix (no regrowth, no spare capacity).
+            rules.reserve_exact(1 + same_prefix_lines(text, end, chain_end, s));
+        }
+    }
+
+    fn shrink_previous(&mut self, t: usize, chain_id: u32) {
         // Rules of one chain are usually contiguous: give back the spare capacity of
         // the previous chain when moving on (keeps peak memory near the final size).
         if let Some((pt, pc)) = self.last_chain
@@ -1493,29 +1534,11 @@ impl Parser {
             c.rules.shrink_to_fit();
         }
         self.last_chain = Some((t, chain_id));
-        if let Target::Jump(ChainRef { id: u32::MAX, .. })
-        | Target::Goto(ChainRef { id: u32::MAX, .. }) = rule.target
-        {
-            if self.pending.len() <= t {
-                self.pending.resize(t + 1, false);
-            }
-            self.pending[t] = true;
-        }
-        let rules = &mut self.tables[t].chains[chain_id as usize].rules;
-        if rules.capacity() == 0 && rule.span.start as usize == s {
-            // First rule of the chain: size it for the run of lines that follow with
-            // the same `-A CHAIN ` prefix (no regrowth, no spare capacity).
-            rules.reserve_exact(1 + same_prefix_lines(text, end, chain_end, s));
-        }
-        match insert_at {
-            Some(n) => rules.insert(n.min(rules.len()), rule),
-            None => rules.push(rule),
-        }
     }
 
     /// The common kube-proxy rule shapes without the general tokenizer and option parser.
-    /// `false`: not handled (nothing was changed; the general path parses the line and gives
-    /// the same model for every line accepted here).
+    /// `false`: not handled (the model is as before; the general path parses the line and
+    /// gives the same model for every line accepted here).
     fn fast_rule_line(&mut self, text: &str, t: usize, lineno: u32, s: usize, end: usize) -> bool {
         if !self.fast {
             return false;
@@ -1529,22 +1552,6 @@ impl Parser {
             return false;
         };
         let chain = &text[ca..cb];
-        let mut rp = RuleParser {
-            text,
-            toks: &[(0, 0)],
-            k: 1,
-            family: self.family,
-            table: &self.tables[t],
-            names: &self.names[t],
-            matches: &mut self.matches,
-        };
-        let span = Span {
-            start: s as u32,
-            end: end as u32,
-        };
-        let Some(rule) = rp.fast(lineno, span, c) else {
-            return false;
-        };
         let cached = self
             .last_chain
             .filter(|&(lt, lc)| lt == t && &*self.tables[t].chains[lc as usize].name == chain)
@@ -1554,7 +1561,47 @@ impl Parser {
         else {
             return false;
         };
-        self.add_rule(text, t, chain_id, cb, s, end, None, rule);
+        // Capacity bookkeeping as for any rule of this chain (harmless if the line then goes
+        // to the general path, which finds it done).
+        self.before_rule(text, t, chain_id, cb, s, end);
+        let Table {
+            chains, by_name, ..
+        } = &mut self.tables[t];
+        let mut rp = RuleParser {
+            text,
+            toks: &[(0, 0)],
+            k: 1,
+            family: self.family,
+            by_name,
+            names: &self.names[t],
+            matches: &mut self.matches,
+        };
+        // Parsed in place at the end of the chain (a rule is a few hundred bytes).
+        let rules = &mut chains[chain_id as usize].rules;
+        rules.push(Rule {
+            line: Lineno(lineno),
+            span: Span {
+                start: s as u32,
+                end: end as u32,
+            },
+            counters: None,
+            src: None,
+            dst: None,
+            iif: None,
+            oif: None,
+            proto: None,
+            frag: None,
+            matches: Matches::new(),
+            target: Target::None,
+            error: None,
+        });
+        let Some(r) = rules.last_mut() else {
+            return false;
+        };
+        if rp.fast(r, c).is_none() {
+            rules.pop();
+            return false;
+        }
         true
     }
 
@@ -1794,7 +1841,7 @@ struct RuleParser<'a> {
     toks: &'a [(u32, u32)],
     k: usize,
     family: IpFamily,
-    table: &'a Table,
+    by_name: &'a ChainNames,
     names: &'a NameArena,
     /// Matches of the rule being parsed (scratch, reused across rules).
     matches: &'a mut Vec<Match>,
@@ -1966,23 +2013,10 @@ impl<'a> RuleParser<'a> {
     /// `-m statistic --mode random --probability P` and a final `-j` to a declared chain, DNAT
     /// `--to-destination A[:P]`, ACCEPT, DROP or RETURN. `None` for anything else, including
     /// anything the general path would report as an error. Only reads `self` (no diagnostics).
-    fn fast(&mut self, lineno: u32, span: Span, mut c: Cursor<'_>) -> Option<Rule> {
+    /// `r` is a fresh rule (line and span set); it is filled in.
+    fn fast(&mut self, r: &mut Rule, mut c: Cursor<'_>) -> Option<()> {
         let text = self.text;
         let t = |(a, b): (usize, usize)| &text[a..b];
-        let mut r = Rule {
-            line: Lineno(lineno),
-            span,
-            counters: None,
-            src: None,
-            dst: None,
-            iif: None,
-            oif: None,
-            proto: None,
-            frag: None,
-            matches: Matches::new(),
-            target: Target::None,
-            error: None,
-        };
         loop {
             let mut opt = t(c.plain()?);
             let mut neg = false;
@@ -2000,7 +2034,10 @@ impl<'a> RuleParser<'a> {
                         return None;
                     }
                     let n = Some(Neg {
-                        v: self.net(v).ok()?,
+                        v: match fast_net_v4(v.as_bytes(), self.family) {
+                            Some(n) => n,
+                            None => self.net(v).ok()?,
+                        },
                         neg,
                     });
                     if opt == "-s" { r.src = n } else { r.dst = n }
@@ -2021,15 +2058,22 @@ impl<'a> RuleParser<'a> {
                             return None;
                         }
                         let (a, b) = c.value_quoted()?;
-                        if &text[a..b] == "!" {
+                        let raw = &text.as_bytes()[a..b];
+                        if raw == b"!" {
                             return None;
                         }
+                        let hash = if raw.len() >= 2 && raw[0] == b'"' {
+                            // `value_quoted`: no backslash inside, closing quote last.
+                            str_hash(&raw[1..raw.len() - 1])
+                        } else {
+                            unquoted_hash(&text[a..b])
+                        };
                         r.matches.push(Match::Comment(Str {
                             span: Span {
                                 start: a as u32,
                                 end: b as u32,
                             },
-                            hash: unquoted_hash(&text[a..b]),
+                            hash,
                         }));
                     }
                     m @ ("tcp" | "udp") => {
@@ -2092,8 +2136,7 @@ impl<'a> RuleParser<'a> {
                     let name = &text[a..b];
                     let hash = str_hash(name.as_bytes());
                     let target =
-                        match lookup_hashed(&self.table.by_name, self.names, name.as_bytes(), hash)
-                        {
+                        match lookup_hashed(self.by_name, self.names, name.as_bytes(), hash) {
                             Some(id) => Target::Jump(ChainRef {
                                 id,
                                 name: Str {
@@ -2116,7 +2159,10 @@ impl<'a> RuleParser<'a> {
                                     if v == "!" {
                                         return None;
                                     }
-                                    let (addr, ports) = self.nat_range(v).ok()?;
+                                    let (addr, ports) = match fast_addr_port(v) {
+                                        Some(x) => x,
+                                        None => self.nat_range(v).ok()?,
+                                    };
                                     Target::Nat(Box::new(NatAction::Dnat {
                                         addr,
                                         ports,
@@ -2131,7 +2177,7 @@ impl<'a> RuleParser<'a> {
                         return None;
                     }
                     r.target = target;
-                    return Some(r);
+                    return Some(());
                 }
                 _ => return None,
             }
@@ -2809,9 +2855,9 @@ impl<'a> RuleParser<'a> {
         // hash of an unquoted token doubles as the lookup key.
         let quoted = name.starts_with(['"', '\'']);
         let id = if quoted {
-            lookup(&self.table.by_name, self.names, name.as_bytes())
+            lookup(self.by_name, self.names, name.as_bytes())
         } else {
-            lookup_hashed(&self.table.by_name, self.names, name.as_bytes(), hash)
+            lookup_hashed(self.by_name, self.names, name.as_bytes(), hash)
         };
         if let Some(id) = id {
             let cr = ChainRef {
@@ -3345,6 +3391,49 @@ impl<'a> RuleParser<'a> {
         }
         Ok(bits)
     }
+}
+
+/// `A.B.C.D[/N]` (N one or two digits) in an IPv4 dump as [`RuleParser::net`] reads it;
+/// `None`: another form (the caller then asks `net`).
+#[inline]
+fn fast_net_v4(v: &[u8], family: IpFamily) -> Option<IpNet> {
+    if family != IpFamily::Ipv4 {
+        return None;
+    }
+    let (a, plen) = match memchr::memchr(b'/', v) {
+        None => (v, 32),
+        Some(i) => {
+            let l = &v[i + 1..];
+            let n = match *l {
+                [d] if d.is_ascii_digit() => d - b'0',
+                [d, e] if d.is_ascii_digit() && e.is_ascii_digit() => (d - b'0') * 10 + (e - b'0'),
+                _ => return None,
+            };
+            if n > 32 {
+                return None;
+            }
+            (&v[..i], n)
+        }
+    };
+    let addr = fast_ipv4(a)?;
+    Some(IpNet::V4(ipnet::Ipv4Net::new(addr, plen).ok()?.trunc()))
+}
+
+/// `A.B.C.D:PORT` (decimal port) as [`RuleParser::nat_range`] reads it; `None`: another form.
+#[inline]
+fn fast_addr_port(v: &str) -> Option<(Option<AddrRange>, Option<PortRange>)> {
+    let vb = v.as_bytes();
+    let i = memchr::memchr(b':', vb)?;
+    let addr = IpAddr::V4(fast_ipv4(&vb[..i])?);
+    let p = &vb[i + 1..];
+    if p.is_empty() || p.len() > 5 || !p.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let port = v[i + 1..].parse::<u16>().ok()?;
+    Some((
+        Some(AddrRange { lo: addr, hi: addr }),
+        Some(PortRange { lo: port, hi: port }),
+    ))
 }
 
 /// Dotted-quad IPv4 the way `Ipv4Addr::from_str` reads it (no leading zeros, 0..=255);
