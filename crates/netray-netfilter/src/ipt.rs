@@ -748,25 +748,51 @@ impl ChainNames {
 
 /// Chain names of one table during the parse: each as `[len: u32 LE][bytes]`, in declaration
 /// order (a hash hit in [`ChainNames`] is confirmed here with one nearby read).
+/// Also `(hash, offset)` by chain id, to try likely chain ids first ([`NameArena::near`]).
 #[derive(Debug, Default)]
-struct NameArena(Vec<u8>);
+struct NameArena {
+    bytes: Vec<u8>,
+    keys: Vec<(u64, u32)>,
+}
 
 impl NameArena {
-    fn push(&mut self, name: &[u8]) -> u32 {
-        let at = self.0.len() as u32;
-        self.0.extend_from_slice(&(name.len() as u32).to_le_bytes());
-        self.0.extend_from_slice(name);
+    fn with_capacity(n: usize) -> NameArena {
+        NameArena {
+            bytes: Vec::with_capacity(n * 32),
+            keys: Vec::with_capacity(n),
+        }
+    }
+
+    /// Add the name of the next chain id.
+    fn push(&mut self, name: &[u8], hash: u64) -> u32 {
+        let at = self.bytes.len() as u32;
+        self.bytes
+            .extend_from_slice(&(name.len() as u32).to_le_bytes());
+        self.bytes.extend_from_slice(name);
+        self.keys.push((hash, at));
         at
     }
 
     #[inline]
     fn is(&self, at: u32, name: &[u8]) -> bool {
         let at = at as usize;
-        let Some(l) = self.0.get(at..at + 4) else {
+        let Some(l) = self.bytes.get(at..at + 4) else {
             return false;
         };
         let len = u32::from_le_bytes([l[0], l[1], l[2], l[3]]) as usize;
-        len == name.len() && self.0.get(at + 4..at + 4 + len) == Some(name)
+        len == name.len() && self.bytes.get(at + 4..at + 4 + len) == Some(name)
+    }
+
+    /// The chain id among `ids` (tried in order) called `name`, if any: chains are mostly
+    /// declared in the order their rules and the jumps to them appear, so the caller's guesses
+    /// usually hit without a probe of the hash table.
+    #[inline]
+    fn near(&self, ids: impl IntoIterator<Item = u32>, name: &[u8], hash: u64) -> Option<u32> {
+        ids.into_iter().find(|&id| {
+            self.keys
+                .get(id as usize)
+                .is_some_and(|&(h, at)| h == hash && self.is(at, name))
+        })
     }
 }
 
@@ -992,6 +1018,7 @@ fn parse_dump_with(backend: IptablesBackend, family: IpFamily, text: Arc<str>, f
         pending: Vec::new(),
         cur: None,
         last_chain: None,
+        near: (usize::MAX, 0, 0),
     };
     p.run();
     Dump {
@@ -1017,6 +1044,9 @@ struct Parser {
     pending: Vec<bool>,
     cur: Option<usize>,
     last_chain: Option<(usize, u32)>,
+    /// Guesses for chain lookups in the fast path: (table, highest chain id that got a rule,
+    /// last jump target).
+    near: (usize, u32, u32),
     /// Use the fast path for common rule shapes ([`Parser::fast_rule_line`]).
     fast: bool,
 }
@@ -1112,7 +1142,7 @@ impl Parser {
                             chains: Vec::with_capacity(n),
                             by_name: ChainNames::with_capacity(n),
                         };
-                        let mut names = NameArena(Vec::with_capacity(n * 32));
+                        let mut names = NameArena::with_capacity(n);
                         // Restore-style input may omit built-in chain declarations.
                         for c in builtin_chains(name) {
                             add_chain(
@@ -1551,13 +1581,21 @@ impl Parser {
         let Some((ca, cb)) = c.plain() else {
             return false;
         };
-        let chain = &text[ca..cb];
-        let cached = self
-            .last_chain
-            .filter(|&(lt, lc)| lt == t && &*self.tables[t].chains[lc as usize].name == chain)
-            .map(|(_, lc)| lc);
-        let Some(chain_id) =
-            cached.or_else(|| lookup(&self.tables[t].by_name, &self.names[t], chain.as_bytes()))
+        let chain = &text.as_bytes()[ca..cb];
+        if self.near.0 != t {
+            self.near = (t, 0, u32::MAX);
+        }
+        let (_, frontier, last_target) = self.near;
+        let names = &self.names[t];
+        let hash = str_hash(chain);
+        let last = self.last_chain.filter(|&(lt, _)| lt == t).map(|(_, lc)| lc);
+        let Some(chain_id) = names
+            .near(
+                [last.unwrap_or(u32::MAX), frontier.wrapping_add(1)],
+                chain,
+                hash,
+            )
+            .or_else(|| lookup_hashed(&self.tables[t].by_name, names, chain, hash))
         else {
             return false;
         };
@@ -1576,6 +1614,16 @@ impl Parser {
             names: &self.names[t],
             matches: &mut self.matches,
         };
+        let c1 = chain_id.wrapping_add(1);
+        let near = [
+            last_target,
+            c1,
+            c1.wrapping_add(1),
+            c1.wrapping_add(2),
+            c1.wrapping_add(3),
+            c1.wrapping_add(4),
+            frontier.max(chain_id).wrapping_add(1),
+        ];
         // Parsed in place at the end of the chain (a rule is a few hundred bytes).
         let rules = &mut chains[chain_id as usize].rules;
         rules.push(Rule {
@@ -1598,10 +1646,14 @@ impl Parser {
         let Some(r) = rules.last_mut() else {
             return false;
         };
-        if rp.fast(r, c).is_none() {
+        if rp.fast(r, c, near).is_none() {
             rules.pop();
             return false;
         }
+        if let Target::Jump(ChainRef { id, .. }) = r.target {
+            self.near.2 = id;
+        }
+        self.near.1 = frontier.max(chain_id);
         true
     }
 
@@ -1681,7 +1733,7 @@ fn add_chain(
     let id = match lookup_hashed(&t.by_name, names, name.as_bytes(), hash) {
         Some(id) => id,
         None => {
-            let at = names.push(name.as_bytes());
+            let at = names.push(name.as_bytes(), hash);
             t.by_name.insert(hash, next, at);
             next
         }
@@ -2014,7 +2066,8 @@ impl<'a> RuleParser<'a> {
     /// `--to-destination A[:P]`, ACCEPT, DROP or RETURN. `None` for anything else, including
     /// anything the general path would report as an error. Only reads `self` (no diagnostics).
     /// `r` is a fresh rule (line and span set); it is filled in.
-    fn fast(&mut self, r: &mut Rule, mut c: Cursor<'_>) -> Option<()> {
+    /// `near`: chain ids to try first for a jump target.
+    fn fast(&mut self, r: &mut Rule, mut c: Cursor<'_>, near: [u32; 7]) -> Option<()> {
         let text = self.text;
         let t = |(a, b): (usize, usize)| &text[a..b];
         loop {
@@ -2135,44 +2188,47 @@ impl<'a> RuleParser<'a> {
                     let (a, b) = c.plain()?;
                     let name = &text[a..b];
                     let hash = str_hash(name.as_bytes());
-                    let target =
-                        match lookup_hashed(self.by_name, self.names, name.as_bytes(), hash) {
-                            Some(id) => Target::Jump(ChainRef {
-                                id,
-                                name: Str {
-                                    span: Span {
-                                        start: a as u32,
-                                        end: b as u32,
-                                    },
-                                    hash,
+                    let id = self
+                        .names
+                        .near(near, name.as_bytes(), hash)
+                        .or_else(|| lookup_hashed(self.by_name, self.names, name.as_bytes(), hash));
+                    let target = match id {
+                        Some(id) => Target::Jump(ChainRef {
+                            id,
+                            name: Str {
+                                span: Span {
+                                    start: a as u32,
+                                    end: b as u32,
                                 },
-                            }),
-                            None => match name {
-                                "ACCEPT" => Target::Accept,
-                                "DROP" => Target::Drop,
-                                "RETURN" => Target::Return,
-                                "DNAT" => {
-                                    if t(c.plain()?) != "--to-destination" {
-                                        return None;
-                                    }
-                                    let v = t(c.plain()?);
-                                    if v == "!" {
-                                        return None;
-                                    }
-                                    let (addr, ports) = match fast_addr_port(v) {
-                                        Some(x) => x,
-                                        None => self.nat_range(v).ok()?,
-                                    };
-                                    Target::Nat(Box::new(NatAction::Dnat {
-                                        addr,
-                                        ports,
-                                        random: false,
-                                        persistent: false,
-                                    }))
-                                }
-                                _ => return None,
+                                hash,
                             },
-                        };
+                        }),
+                        None => match name {
+                            "ACCEPT" => Target::Accept,
+                            "DROP" => Target::Drop,
+                            "RETURN" => Target::Return,
+                            "DNAT" => {
+                                if t(c.plain()?) != "--to-destination" {
+                                    return None;
+                                }
+                                let v = t(c.plain()?);
+                                if v == "!" {
+                                    return None;
+                                }
+                                let (addr, ports) = match fast_addr_port(v) {
+                                    Some(x) => x,
+                                    None => self.nat_range(v).ok()?,
+                                };
+                                Target::Nat(Box::new(NatAction::Dnat {
+                                    addr,
+                                    ports,
+                                    random: false,
+                                    persistent: false,
+                                }))
+                            }
+                            _ => return None,
+                        },
+                    };
                     if !c.at_end() {
                         return None;
                     }
