@@ -1172,6 +1172,9 @@ impl Parser {
                     );
                     return;
                 };
+                if self.fast && self.fast_chain_decl(text, t, s, end) {
+                    return;
+                }
                 if let Err(e) = self.chain_decl(text, t, s, end) {
                     self.diag(lineno, start, end, e.at.0 as usize, e.msg);
                 }
@@ -1197,6 +1200,46 @@ impl Parser {
                 self.rule_line(text, t, lineno, start, s, end);
             }
         }
+    }
+
+    /// `:NAME POLICY [p:b]` (single spaces, no quotes) as [`Parser::chain_decl`] reads it;
+    /// `false`: another form, nothing done.
+    fn fast_chain_decl(&mut self, text: &str, t: usize, s: usize, end: usize) -> bool {
+        let mut c = Cursor {
+            b: &text.as_bytes()[..end],
+            pos: s + 1,
+        };
+        let (Some(n), Some(p), Some(k)) = (c.plain(), c.plain(), c.plain()) else {
+            return false;
+        };
+        if !c.at_end() {
+            return false;
+        }
+        let policy = match &text[p.0..p.1] {
+            "ACCEPT" => Some(Policy::Accept),
+            "DROP" => Some(Policy::Drop),
+            "-" => None,
+            _ => return false,
+        };
+        let counters = match &text[k.0..k.1] {
+            "[0:0]" => Some((0, 0)),
+            k => match parse_counters(k) {
+                Some(x) => Some(x),
+                None => return false,
+            },
+        };
+        add_chain(
+            &mut self.tables[t],
+            &mut self.names[t],
+            &text[n.0..n.1],
+            policy,
+            counters,
+            Span {
+                start: s as u32,
+                end: end as u32,
+            },
+        );
+        true
     }
 
     fn chain_decl(&mut self, text: &str, t: usize, s: usize, end: usize) -> PResult<()> {

@@ -58,7 +58,8 @@ const CORPUS: &str = "*nat\n:PREROUTING ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\
 -A UNDECLARED -j ACCEPT\n\
 -A POSTROUTING -m mark ! --mark 0x4000/0x4000 -j RETURN\n\
 -A POSTROUTING -o eth+ -j MASQUERADE --random-fully\n\
-:LATER - [0:0]\nCOMMIT\n\
+:LATER - [0:0]\n: SPACED - [0:0]\n:\"Q\" - [0:0]\n:TAB\t- [0:0]\n:NOCOUNT -\n:BADPOL MAYBE [0:0]\n\
+:BADCOUNT - [x:0]\n:EXTRA - [1:2] more\n:LATER DROP [5:6]\n:SVC - [0:0] \nCOMMIT\n\
 *filter\n:INPUT DROP [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:A - [0:0]\n\
 -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT\n\
 -A INPUT -p tcp -m multiport --dports 22,80:90 -g A\n\
@@ -138,13 +139,13 @@ const TOKENS: &[&str] = &[
     "",
 ];
 
-/// Rule lines of a small kube-proxy dump, and the dump around them.
+/// Rule and chain declaration lines of a small kube-proxy dump, and the dump around them.
 fn small() -> (String, Vec<(usize, usize)>) {
     let text = synth::kube_proxy_dump(2, 2);
     let mut lines = Vec::new();
     let mut pos = 0;
     for l in text.split_inclusive('\n') {
-        if l.starts_with("-A ") {
+        if l.starts_with("-A ") || l.starts_with(':') {
             lines.push((pos, pos + l.len() - 1));
         }
         pos += l.len();
