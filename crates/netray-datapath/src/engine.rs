@@ -15,6 +15,17 @@ pub struct RulesetEngine {
 }
 
 impl RulesetEngine {
+    /// The parsed firewall of namespace `ns`: `None` when it holds no rules at all, an error
+    /// message when a source could not be read.
+    pub fn ruleset(&self, ns: NsIdx) -> Option<&Result<nfl::Ruleset, String>> {
+        self.rulesets.get(ns).and_then(Option::as_ref)
+    }
+
+    /// The host context (local addresses, sockets, interface groups) of namespace `ns`.
+    pub fn context(&self, ns: NsIdx) -> Option<&nfl::HostContext> {
+        self.contexts.get(ns)
+    }
+
     /// Parse every namespace's firewall. Namespaces without any rules accept everything.
     pub fn new(world: &World<'_>) -> RulesetEngine {
         let mut rulesets = Vec::with_capacity(world.ns.len());

@@ -3,14 +3,17 @@
 //! Each check reads the snapshots (and the cluster view when there is one) and reports
 //! findings with quoted evidence. Checks are independent; [`scan`] runs them all.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
+use netray_datapath::world::NsIdx;
+use netray_datapath::{RulesetEngine, World};
 use netray_kube::ClusterView;
+use netray_netfilter::ipt::Dump;
+use netray_netfilter::{HostContext, Ruleset};
 use netray_snapshot::{Bundle, LinkKind, NetnsRole, NetnsSnapshot, NodeSnapshot, Route, RouteType};
 
-use crate::checks::firewall::FirewallView;
 use crate::finding::{Finding, Severity};
 pub use netray_datapath::fib::route_text;
 
@@ -21,6 +24,8 @@ pub struct Ns<'a> {
     pub node: &'a NodeSnapshot,
     /// The namespace.
     pub ns: &'a NetnsSnapshot,
+    /// Its index in the datapath's [`World`] (and [`RulesetEngine`]).
+    pub idx: NsIdx,
 }
 
 impl<'a> Ns<'a> {
@@ -33,6 +38,7 @@ impl<'a> Ns<'a> {
         }
     }
 
+    /// A finding about this namespace.
     pub fn finding(
         &self,
         code: &'static str,
@@ -53,51 +59,67 @@ impl<'a> Ns<'a> {
     }
 }
 
-/// Everything the checks read, indexed once.
+/// Everything the checks read, indexed once: the datapath's [`World`] (one entry per
+/// namespace, a namespace seen from several nodes of one kernel counted once) and its parsed
+/// firewalls, so a `diagnose` that also walks flows parses each ruleset once.
 pub struct ScanInput<'a> {
     /// The bundle.
     pub bundle: &'a Bundle,
     /// The cluster view, when the bundle has one.
     pub cluster: Option<&'a ClusterView>,
-    /// Every namespace once (a namespace seen from two nodes of one kernel counts once).
+    /// Every namespace once, host namespaces first.
     pub namespaces: Vec<Ns<'a>>,
-    /// Parsed firewall of each namespace, in `namespaces` order.
-    pub firewalls: Vec<FirewallView>,
+    /// The parsed firewalls, by [`Ns::idx`].
+    pub engine: &'a RulesetEngine,
 }
 
 impl<'a> ScanInput<'a> {
-    /// Index a bundle.
-    pub fn new(bundle: &'a Bundle, cluster: Option<&'a ClusterView>) -> ScanInput<'a> {
-        let mut seen = BTreeSet::new();
-        let mut namespaces = Vec::new();
-        // Host namespaces first so a namespace shared by nodes is attributed to a host
-        // namespace's node only when it is that node's host.
-        for node in &bundle.nodes {
-            for ns in &node.namespaces {
-                if ns.role == NetnsRole::Host
-                    && seen.insert((node.node.boot_id.clone(), ns.id.inode))
-                {
-                    namespaces.push(Ns { node, ns });
-                }
-            }
-        }
-        for node in &bundle.nodes {
-            for ns in &node.namespaces {
-                if seen.insert((node.node.boot_id.clone(), ns.id.inode)) {
-                    namespaces.push(Ns { node, ns });
-                }
-            }
-        }
-        let firewalls = namespaces
+    /// Index the namespaces of `world`, whose firewalls `engine` parsed.
+    pub fn new(
+        world: &World<'a>,
+        engine: &'a RulesetEngine,
+        cluster: Option<&'a ClusterView>,
+    ) -> ScanInput<'a> {
+        let bundle = world.bundle;
+        let mut namespaces: Vec<Ns<'a>> = world
+            .ns
             .iter()
-            .map(|n| FirewallView::new(&n.ns.firewall))
+            .enumerate()
+            .filter_map(|(idx, v)| {
+                let node = bundle.nodes.iter().find(|n| n.node.name == v.node)?;
+                Some(Ns {
+                    node,
+                    ns: v.snap,
+                    idx,
+                })
+            })
             .collect();
+        namespaces.sort_by_key(|n| n.ns.role != NetnsRole::Host);
         ScanInput {
             bundle,
             cluster,
             namespaces,
-            firewalls,
+            engine,
         }
+    }
+
+    /// The parsed firewall of a namespace: `None` when it holds no rules, an error message when
+    /// a source could not be read.
+    pub fn ruleset(&self, n: &Ns) -> Option<&'a Result<Ruleset, String>> {
+        self.engine.ruleset(n.idx)
+    }
+
+    /// The parsed `iptables-save` dumps of a namespace (none when unreadable or empty).
+    pub fn dumps(&self, n: &Ns) -> &'a [Dump] {
+        match self.ruleset(n) {
+            Some(Ok(r)) => r.iptables(),
+            _ => &[],
+        }
+    }
+
+    /// The host context netfilter matches need (addrtype, masquerade source).
+    pub fn host_context(&self, n: &Ns) -> HostContext {
+        self.engine.context(n.idx).cloned().unwrap_or_default()
     }
 
     /// Whether a host namespace must route for others: it is a Kubernetes node of the
@@ -245,9 +267,20 @@ pub fn lookup(ns: &NetnsSnapshot, table: u32, dst: IpAddr) -> Option<&Route> {
         .max_by_key(|r| (r.dst.prefix_len(), std::cmp::Reverse(r.metric)))
 }
 
-/// Run every check; findings sorted most severe first.
+/// Run every check over a bundle; findings sorted most severe first.
 pub fn scan(bundle: &Bundle, cluster: Option<&ClusterView>) -> Vec<Finding> {
-    let input = ScanInput::new(bundle, cluster);
+    let world = World::new(bundle);
+    let engine = RulesetEngine::new(&world);
+    scan_world(&world, &engine, cluster)
+}
+
+/// Run every check over an indexed world whose firewalls are already parsed.
+pub fn scan_world(
+    world: &World<'_>,
+    engine: &RulesetEngine,
+    cluster: Option<&ClusterView>,
+) -> Vec<Finding> {
+    let input = ScanInput::new(world, engine, cluster);
     let mut out = Vec::new();
     for check in crate::catalog::CATALOG {
         (check.run)(&input, &mut out);

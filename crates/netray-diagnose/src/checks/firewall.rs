@@ -4,66 +4,33 @@
 use std::net::IpAddr;
 
 use netray_netfilter::ipt::{Dump, Policy, Target};
-use netray_netfilter::{
-    CtState, EvalOptions, Hook, HostContext, LocalAddr, Matched, Packet, Ruleset, Verdict,
-};
-use netray_snapshot::{Firewall, IptablesBackend, LinkKind, NetnsSnapshot, RouteType};
+use netray_netfilter::{CtState, EvalOptions, Hook, Matched, NatAction, Packet, Verdict};
+use netray_snapshot::{IptablesBackend, LinkKind, RouteType};
 
 use crate::finding::{Finding, Severity};
 use crate::scan::ScanInput;
 
-/// A namespace's firewall, parsed once for all checks.
-pub struct FirewallView {
-    /// The parsed rules, or why they could not be parsed.
-    pub ruleset: Result<Ruleset, String>,
-}
-
-impl FirewallView {
-    /// Parse a namespace's firewall.
-    pub fn new(fw: &Firewall) -> FirewallView {
-        FirewallView {
-            ruleset: Ruleset::from_firewall(fw).map_err(|e| e.to_string()),
+fn is_masquerade(r: &netray_netfilter::ipt::Rule) -> bool {
+    match &r.target {
+        Target::Nat(n) => {
+            let n: &NatAction = n;
+            matches!(n, NatAction::Masquerade { .. })
         }
-    }
-
-    fn dumps(&self) -> &[Dump] {
-        match &self.ruleset {
-            Ok(r) => r.iptables(),
-            Err(_) => &[],
-        }
-    }
-}
-
-/// The host context netfilter matches need (addrtype, masquerade source), from a namespace.
-pub fn host_context(ns: &NetnsSnapshot) -> HostContext {
-    HostContext {
-        addresses: ns
-            .addresses
-            .iter()
-            .map(|a| LocalAddr {
-                iface: a.dev.clone(),
-                addr: a.addr.addr(),
-                prefix_len: a.addr.prefix_len(),
-                broadcast: match a.addr {
-                    ipnet::IpNet::V4(n) if n.prefix_len() < 31 => Some(IpAddr::V4(n.broadcast())),
-                    _ => None,
-                },
-            })
-            .collect(),
-        ..HostContext::default()
+        _ => false,
     }
 }
 
 /// `filter FORWARD` policy DROP that drops cross-node pod traffic (seed 003).
 pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
     let cidrs = input.pod_cidrs();
-    for (i, n) in input.namespaces.iter().enumerate() {
+    for n in &input.namespaces {
         if n.ns.role != netray_snapshot::NetnsRole::Host {
             continue;
         }
-        let fw = &input.firewalls[i];
-        let Ok(rs) = &fw.ruleset else { continue };
-        let policy_drop = fw.dumps().iter().find_map(|d| {
+        let Some(Ok(rs)) = input.ruleset(n) else {
+            continue;
+        };
+        let policy_drop = input.dumps(n).iter().find_map(|d| {
             let t = d.table("filter")?;
             let c = t.chains.iter().find(|c| &*c.name == "FORWARD")?;
             (c.policy == Some(Policy::Drop)).then_some((d, c))
@@ -116,7 +83,7 @@ pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
         let outcomes = rs.evaluate(
             Hook::Forward,
             &pkt,
-            &host_context(n.ns),
+            &input.host_context(n),
             &EvalOptions {
                 nat: false,
                 ..EvalOptions::default()
@@ -182,8 +149,8 @@ fn nth_host(net: IpAddr, n: u32) -> IpAddr {
 
 /// DROP / REJECT rules that have counted packets (seed 001: "DROP rules with growing counters").
 pub(crate) fn counted_drop_rules(input: &ScanInput, out: &mut Vec<Finding>) {
-    for (i, n) in input.namespaces.iter().enumerate() {
-        for d in input.firewalls[i].dumps() {
+    for n in &input.namespaces {
+        for d in input.dumps(n) {
             for t in &d.tables {
                 for c in &t.chains {
                     // kube-proxy's own bookkeeping drops (ctstate INVALID) and its no-endpoint
@@ -254,8 +221,8 @@ fn holds_rules(d: &Dump) -> bool {
 
 /// iptables-legacy and iptables-nft both holding rules (kube rules especially).
 pub(crate) fn mixed_backends(input: &ScanInput, out: &mut Vec<Finding>) {
-    for (i, n) in input.namespaces.iter().enumerate() {
-        let dumps = input.firewalls[i].dumps();
+    for n in &input.namespaces {
+        let dumps = input.dumps(n);
         let with_rules =
             |b: IptablesBackend| dumps.iter().filter(|d| d.backend == b).any(holds_rules);
         let with_kube = |b: IptablesBackend| {
@@ -300,7 +267,7 @@ pub(crate) fn mixed_backends(input: &ScanInput, out: &mut Vec<Finding>) {
 /// Seed 000: br_netfilter on a bridge that carries Service backends whose replies are bridged
 /// onwards, together with masquerade (`--random-fully`) of host-originated Service traffic.
 pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>) {
-    for (i, h) in input.namespaces.iter().enumerate() {
+    for h in &input.namespaces {
         if h.ns.role != netray_snapshot::NetnsRole::Host
             || h.ns
                 .sysctl("net.bridge.bridge-nf-call-iptables")
@@ -309,23 +276,16 @@ pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>)
         {
             continue;
         }
-        let masq: Vec<String> = input.firewalls[i]
-            .dumps()
+        let masq: Vec<String> = input
+            .dumps(h)
             .iter()
             .flat_map(|d| {
                 d.table("nat").into_iter().flat_map(move |t| {
                     t.chains.iter().flat_map(move |c| {
-                        c.rules.iter().filter_map(move |r| match &r.target {
-                            Target::Nat(n)
-                                if matches!(
-                                    **n,
-                                    netray_netfilter::NatAction::Masquerade { .. }
-                                ) =>
-                            {
-                                Some(format!("nat {}: {}", c.name, d.slice(r.span)))
-                            }
-                            _ => None,
-                        })
+                        c.rules
+                            .iter()
+                            .filter(|r| is_masquerade(r))
+                            .map(move |r| format!("nat {}: {}", c.name, d.slice(r.span)))
                     })
                 })
             })
@@ -418,11 +378,11 @@ pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>)
 pub(crate) fn missing_snat(input: &ScanInput, out: &mut Vec<Finding>) {
     // A documentation address (RFC 5737): outside any cluster.
     let outside: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1));
-    for (i, h) in input.namespaces.iter().enumerate() {
+    for h in &input.namespaces {
         if h.ns.role != netray_snapshot::NetnsRole::Host {
             continue;
         }
-        let Ok(rs) = &input.firewalls[i].ruleset else {
+        let Some(Ok(rs)) = input.ruleset(h) else {
             continue;
         };
         let Some(default) = h.ns.routes.iter().find(|r| {
@@ -446,7 +406,7 @@ pub(crate) fn missing_snat(input: &ScanInput, out: &mut Vec<Finding>) {
         let outcomes = rs.evaluate(
             Hook::Postrouting,
             &pkt,
-            &host_context(h.ns),
+            &input.host_context(h),
             &EvalOptions::default(),
         );
         let snat = outcomes.iter().any(|o| {
@@ -490,9 +450,9 @@ pub(crate) fn missing_snat(input: &ScanInput, out: &mut Vec<Finding>) {
 /// became unknown items. Checks that evaluate rules are blind or uncertain there, and the user
 /// must know.
 pub(crate) fn unreadable_rules(input: &ScanInput, out: &mut Vec<Finding>) {
-    for (i, n) in input.namespaces.iter().enumerate() {
-        match &input.firewalls[i].ruleset {
-            Err(e) => out.push(
+    for n in &input.namespaces {
+        match input.ruleset(n) {
+            Some(Err(e)) => out.push(
                 n.finding(
                     "firewall-unreadable",
                     Severity::Warning,
@@ -504,7 +464,7 @@ pub(crate) fn unreadable_rules(input: &ScanInput, out: &mut Vec<Finding>) {
                         .into(),
                 ),
             ),
-            Ok(rs) if !rs.diagnostics().is_empty() => {
+            Some(Ok(rs)) if !rs.diagnostics().is_empty() => {
                 let d = rs.diagnostics();
                 let mut evidence: Vec<String> = d.iter().take(5).map(|d| d.to_string()).collect();
                 if d.len() > 5 {
@@ -522,7 +482,7 @@ pub(crate) fn unreadable_rules(input: &ScanInput, out: &mut Vec<Finding>) {
                     "check those rules by hand (iptables -nvL counters, nft monitor trace)".into(),
                 ));
             }
-            Ok(_) => {}
+            _ => {}
         }
     }
 }

@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use netray_datapath::{Options, RulesetEngine, World, trace};
 use netray_diagnose::diagnose::{Diagnosis, TracedFlow, Verdict, diagnose};
-use netray_diagnose::scan::scan;
+use netray_diagnose::scan::scan_world;
 
 use super::{ClusterArgs, CmdResult, Format, load_bundle};
 use crate::flow::FlowArgs;
@@ -46,7 +46,7 @@ pub fn run(args: Args) -> CmdResult {
             trace: t,
         });
     }
-    let findings = scan(&bundle, cluster.as_ref());
+    let findings = scan_world(&world, &engine, cluster.as_ref());
     let from = flows
         .first()
         .map(|f| f.from_label.clone())
