@@ -1067,13 +1067,14 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
                 None => Tri::unknown(format!("ipset {sname}")),
             }
         }
-        Match::Physdev {
-            phys_in,
-            phys_out,
-            is_in,
-            is_out,
-            is_bridged,
-        } => {
+        Match::Physdev(p) => {
+            let ipt::PhysdevMatch {
+                phys_in,
+                phys_out,
+                is_in,
+                is_out,
+                is_bridged,
+            } = &**p;
             let bridged = pkt.bridged || cx.opts.bridged;
             if !bridged {
                 let positive = is_bridged == &Some(true)

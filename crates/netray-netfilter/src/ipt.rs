@@ -426,19 +426,8 @@ pub enum Match {
         /// `--return-nomatch`.
         return_nomatch: bool,
     },
-    /// `-m physdev`.
-    Physdev {
-        /// `--physdev-in`.
-        phys_in: Option<Neg<IfName>>,
-        /// `--physdev-out`.
-        phys_out: Option<Neg<IfName>>,
-        /// `--physdev-is-in`.
-        is_in: Option<bool>,
-        /// `--physdev-is-out`.
-        is_out: Option<bool>,
-        /// `--physdev-is-bridged`.
-        is_bridged: Option<bool>,
-    },
+    /// `-m physdev` (boxed: the largest match, rare; keeps [`Match`] at 32 bytes).
+    Physdev(Box<PhysdevMatch>),
     /// `-m iprange`.
     Iprange(Box<(IpRangeSpec, IpRangeSpec)>),
     /// `-m length --length lo:hi`.
@@ -499,6 +488,23 @@ pub enum Match {
         span: Span,
     },
 }
+
+/// `-m physdev` options.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct PhysdevMatch {
+    /// `--physdev-in`.
+    pub phys_in: Option<Neg<IfName>>,
+    /// `--physdev-out`.
+    pub phys_out: Option<Neg<IfName>>,
+    /// `--physdev-is-in`.
+    pub is_in: Option<bool>,
+    /// `--physdev-is-out`.
+    pub is_out: Option<bool>,
+    /// `--physdev-is-bridged`.
+    pub is_bridged: Option<bool>,
+}
+
+const _: () = assert!(std::mem::size_of::<Match>() <= 32);
 
 /// CONNMARK operation (new mark computed as in the kernel).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -2349,13 +2355,7 @@ impl<'a> RuleParser<'a> {
                 neg: false,
                 return_nomatch: false,
             },
-            "physdev" => Match::Physdev {
-                phys_in: None,
-                phys_out: None,
-                is_in: None,
-                is_out: None,
-                is_bridged: None,
-            },
+            "physdev" => Match::Physdev(Box::default()),
             "iprange" => Match::Iprange(Box::new((None, None))),
             "length" => Match::Length(Neg {
                 v: (0, u32::MAX),
@@ -2765,30 +2765,24 @@ impl<'a> RuleParser<'a> {
                 }
                 _ => return Ok(false),
             },
-            Match::Physdev {
-                phys_in,
-                phys_out,
-                is_in,
-                is_out,
-                is_bridged,
-            } => match o {
+            Match::Physdev(p) => match o {
                 "--physdev-in" => {
                     let v = self.value(&mut neg)?;
-                    *phys_in = Some(Neg {
+                    p.phys_in = Some(Neg {
                         v: self.ifname(v)?,
                         neg,
                     });
                 }
                 "--physdev-out" => {
                     let v = self.value(&mut neg)?;
-                    *phys_out = Some(Neg {
+                    p.phys_out = Some(Neg {
                         v: self.ifname(v)?,
                         neg,
                     });
                 }
-                "--physdev-is-in" => *is_in = Some(!neg),
-                "--physdev-is-out" => *is_out = Some(!neg),
-                "--physdev-is-bridged" => *is_bridged = Some(!neg),
+                "--physdev-is-in" => p.is_in = Some(!neg),
+                "--physdev-is-out" => p.is_out = Some(!neg),
+                "--physdev-is-bridged" => p.is_bridged = Some(!neg),
                 _ => return Ok(false),
             },
             Match::Iprange(b) => match o {
