@@ -34,18 +34,22 @@ fn main() {
     let services: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(10_000);
     let iters: usize = args.next().and_then(|s| s.parse().ok()).unwrap_or(1);
     let text: Arc<str> = Arc::from(synth::kube_proxy_dump(services, 3));
-    let mut best = f64::MAX;
+    let mut times = Vec::with_capacity(iters);
     for _ in 0..iters {
         let t = Instant::now();
         let d = ipt::parse_dump(IptablesBackend::Legacy, IpFamily::Ipv4, text.clone());
         let el = t.elapsed().as_secs_f64() * 1e3;
-        best = best.min(el);
+        times.push(el);
         assert!(d.diagnostics.is_empty());
         std::hint::black_box(&d);
         drop(d);
     }
+    times.sort_by(f64::total_cmp);
+    let best = times.first().copied().unwrap_or(0.0);
+    let median = times.get(times.len() / 2).copied().unwrap_or(0.0);
+    let mean = times.iter().sum::<f64>() / times.len().max(1) as f64;
     eprintln!(
-        "{services} services, {} bytes: best {best:.2} ms",
+        "{services} services, {} bytes: best {best:.2} ms, median {median:.2} ms, mean {mean:.2} ms",
         text.len()
     );
 }
