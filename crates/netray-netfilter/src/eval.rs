@@ -601,7 +601,7 @@ fn ipt_step(
         };
         let r = &c.rules[idx as usize];
         let next = idx + 1;
-        let res = if let Some(e) = &r.error {
+        let res = if let Some(e) = r.error() {
             Tri::unknown(format!("unparsed rule: {e}"))
         } else {
             ipt_rule_matches(cx, d, r, &st.v, &st.ct)
@@ -632,7 +632,7 @@ fn ipt_step(
                 return Step::Act(next, ipt_target(cx, d, t, r, st));
             }
             Tri::Maybe { p, unknown } => {
-                let harmless = r.error.is_none()
+                let harmless = r.error().is_none()
                     && matches!(r.target, Target::None | Target::Log(_) | Target::Noop(_));
                 if let Some(what) = &unknown {
                     if harmless {
@@ -661,13 +661,13 @@ fn ipt_step(
                     st.assume(label, what.clone(), true);
                     if p >= 1.0 {
                         st.trail.push(hit(Matched::AssumedYes));
-                        if r.error.is_some() {
+                        if r.error().is_some() {
                             return Step::Act(
                                 next,
                                 Act::Unknown(format!(
                                     "line {} could not be parsed: {}",
                                     r.line.0,
-                                    r.error.as_deref().unwrap_or("")
+                                    r.error().unwrap_or("")
                                 )),
                             );
                         }
@@ -675,7 +675,7 @@ fn ipt_step(
                     }
                 }
                 // Random split (not worth a branch when the target changes nothing).
-                if harmless && r.error.is_none() {
+                if harmless && r.error().is_none() {
                     st.trail.push(hit(Matched::Random));
                     if let Some(f) = st.stack.last_mut() {
                         f.pos = next;
@@ -854,12 +854,12 @@ fn ipt_rule_matches(cx: &Cx, d: &ipt::Dump, r: &ipt::Rule, v: &View, ct: &CtEffe
             return Tri::No;
         }
     }
-    if let Some(Neg { v: i, neg: n }) = &r.iif
+    if let Some(Neg { v: i, neg: n }) = r.iif()
         && i.matches(pkt.iif.as_deref().unwrap_or("")) == *n
     {
         return Tri::No;
     }
-    if let Some(Neg { v: i, neg: n }) = &r.oif
+    if let Some(Neg { v: i, neg: n }) = r.oif()
         && i.matches(pkt.oif.as_deref().unwrap_or("")) == *n
     {
         return Tri::No;

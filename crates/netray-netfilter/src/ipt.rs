@@ -605,10 +605,6 @@ pub struct Rule {
     pub src: Option<Neg<IpNet>>,
     /// `-d`.
     pub dst: Option<Neg<IpNet>>,
-    /// `-i`.
-    pub iif: Option<Neg<IfName>>,
-    /// `-o`.
-    pub oif: Option<Neg<IfName>>,
     /// `-p` (0 = all).
     pub proto: Option<Neg<u8>>,
     /// `-f` (true) / `! -f` (false).
@@ -617,8 +613,86 @@ pub struct Rule {
     pub matches: Matches,
     /// Target.
     pub target: Target,
+    /// Rarely set fields (`-i`, `-o`, the parse error), boxed so a rule is smaller; `None`
+    /// when all of them are unset ([`Rule::iif`], [`Rule::oif`], [`Rule::error`]).
+    rare: Option<Box<RuleRare>>,
+}
+
+/// The rarely set fields of a [`Rule`].
+#[derive(Debug, Clone, Default, PartialEq)]
+struct RuleRare {
+    iif: Option<Neg<IfName>>,
+    oif: Option<Neg<IfName>>,
+    error: Option<Box<str>>,
+}
+
+impl Rule {
+    /// A rule of line `line` with text `span` and nothing else set.
+    pub(crate) fn empty(line: u32, span: Span, counters: Option<(u64, u64)>) -> Rule {
+        Rule {
+            line: Lineno(line),
+            span,
+            counters,
+            src: None,
+            dst: None,
+            proto: None,
+            frag: None,
+            matches: Matches::new(),
+            target: Target::None,
+            rare: None,
+        }
+    }
+
+    /// `-i`.
+    #[inline]
+    pub fn iif(&self) -> Option<&Neg<IfName>> {
+        self.rare.as_ref().and_then(|r| r.iif.as_ref())
+    }
+
+    /// `-o`.
+    #[inline]
+    pub fn oif(&self) -> Option<&Neg<IfName>> {
+        self.rare.as_ref().and_then(|r| r.oif.as_ref())
+    }
+
     /// Set on an error item: the parse error (the rule evaluates as unknown).
-    pub error: Option<Box<str>>,
+    #[inline]
+    pub fn error(&self) -> Option<&str> {
+        self.rare.as_ref().and_then(|r| r.error.as_deref())
+    }
+
+    /// Set `-i`.
+    pub fn set_iif(&mut self, v: Option<Neg<IfName>>) {
+        self.rare_mut().iif = v;
+        self.tidy_rare();
+    }
+
+    /// Set `-o`.
+    pub fn set_oif(&mut self, v: Option<Neg<IfName>>) {
+        self.rare_mut().oif = v;
+        self.tidy_rare();
+    }
+
+    /// Set (or clear) the parse error.
+    pub fn set_error(&mut self, v: Option<Box<str>>) {
+        self.rare_mut().error = v;
+        self.tidy_rare();
+    }
+
+    fn rare_mut(&mut self) -> &mut RuleRare {
+        self.rare.get_or_insert_with(Box::default)
+    }
+
+    /// Keep `rare` `None` when nothing in it is set (so equal rules compare equal).
+    fn tidy_rare(&mut self) {
+        if self
+            .rare
+            .as_deref()
+            .is_some_and(|r| *r == RuleRare::default())
+        {
+            self.rare = None;
+        }
+    }
 }
 
 /// A line number that compares always equal (positions are not semantics).
@@ -917,7 +991,7 @@ impl ChainIndex {
         let mut ix = ChainIndex::default();
         for (i, r) in rules.iter().enumerate() {
             let i = i as u32;
-            if r.error.is_none() {
+            if r.error().is_none() {
                 if let Some(Neg { v: net, neg: false }) = r.dst
                     && net.prefix_len() == net.max_prefix_len()
                 {
@@ -1342,7 +1416,7 @@ impl Parser {
                     }
                     None => {
                         still = true;
-                        r.error = Some(format!("jump to undeclared chain {n}").into());
+                        r.set_error(Some(format!("jump to undeclared chain {n}").into()));
                         self.diags.push(Diagnostic {
                             source: self.source.clone(),
                             line: r.line.0,
@@ -1675,23 +1749,14 @@ impl Parser {
         ];
         // Parsed in place at the end of the chain (a rule is a few hundred bytes).
         let rules = &mut chains[chain_id as usize].rules;
-        rules.push(Rule {
-            line: Lineno(lineno),
-            span: Span {
+        rules.push(Rule::empty(
+            lineno,
+            Span {
                 start: s as u32,
                 end: end as u32,
             },
-            counters: None,
-            src: None,
-            dst: None,
-            iif: None,
-            oif: None,
-            proto: None,
-            frag: None,
-            matches: Matches::new(),
-            target: Target::None,
-            error: None,
-        });
+            None,
+        ));
         let Some(r) = rules.last_mut() else {
             return false;
         };
@@ -1742,20 +1807,9 @@ fn same_prefix_lines(text: &str, end: usize, name_end: usize, s: usize) -> usize
 }
 
 fn error_rule(lineno: u32, span: Span, counters: Option<(u64, u64)>, msg: &str) -> Rule {
-    Rule {
-        line: Lineno(lineno),
-        span,
-        counters,
-        src: None,
-        dst: None,
-        iif: None,
-        oif: None,
-        proto: None,
-        frag: None,
-        matches: Matches::new(),
-        target: Target::None,
-        error: Some(msg.into()),
-    }
+    let mut r = Rule::empty(lineno, span, counters);
+    r.set_error(Some(msg.into()));
+    r
 }
 
 /// Chain id of `name` during the parse.
@@ -2006,20 +2060,7 @@ impl<'a> RuleParser<'a> {
     }
 
     fn parse(&mut self, lineno: u32, span: Span, counters: Option<(u64, u64)>) -> PResult<Rule> {
-        let mut r = Rule {
-            line: Lineno(lineno),
-            span,
-            counters,
-            src: None,
-            dst: None,
-            iif: None,
-            oif: None,
-            proto: None,
-            frag: None,
-            matches: Matches::new(),
-            target: Target::None,
-            error: None,
-        };
+        let mut r = Rule::empty(lineno, span, counters);
         let mut cur = Building::None;
         let mut target_set = false;
         while self.k < self.toks.len() {
@@ -2052,17 +2093,17 @@ impl<'a> RuleParser<'a> {
                 }
                 "-i" | "--in-interface" => {
                     let v = self.value(&mut neg)?;
-                    r.iif = Some(Neg {
+                    r.set_iif(Some(Neg {
                         v: self.ifname(v)?,
                         neg,
-                    });
+                    }));
                 }
                 "-o" | "--out-interface" => {
                     let v = self.value(&mut neg)?;
-                    r.oif = Some(Neg {
+                    r.set_oif(Some(Neg {
                         v: self.ifname(v)?,
                         neg,
-                    });
+                    }));
                 }
                 "-p" | "--protocol" => {
                     let v = self.value(&mut neg)?;
