@@ -1099,6 +1099,8 @@ fn parse_dump_with(backend: IptablesBackend, family: IpFamily, text: Arc<str>, f
         cur: None,
         last_chain: None,
         near: (usize::MAX, 0, 0),
+        ahead: Vec::new(),
+        ahead_i: 0,
     };
     p.run();
     Dump {
@@ -1129,6 +1131,11 @@ struct Parser {
     near: (usize, u32, u32),
     /// Use the fast path for common rule shapes ([`Parser::fast_rule_line`]).
     fast: bool,
+    /// Ends (`\n` offsets) of the lines after the current one, found by the look-ahead that
+    /// sizes a chain ([`same_prefix_lines`]); [`Parser::run`] takes them from `ahead_i` on
+    /// instead of searching for them again.
+    ahead: Vec<u32>,
+    ahead_i: usize,
 }
 
 /// A parse error inside a line: message and the token span concerned.
@@ -1159,7 +1166,13 @@ impl Parser {
         let mut lineno = 0u32;
         while pos < bytes.len() {
             lineno += 1;
-            let end = memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i);
+            let end = match self.ahead.get(self.ahead_i) {
+                Some(&e) => {
+                    self.ahead_i += 1;
+                    e as usize
+                }
+                None => memchr::memchr(b'\n', &bytes[pos..]).map_or(bytes.len(), |i| pos + i),
+            };
             let mut line_end = end;
             if line_end > pos && bytes[line_end - 1] == b'\r' {
                 line_end -= 1;
@@ -1670,7 +1683,12 @@ impl Parser {
         if rules.capacity() == 0 {
             // First rule of the chain: size it for the run of lines that follow with
             // the same `-A CHAIN ` prefix (no regrowth, no spare capacity).
-            rules.reserve_exact(1 + same_prefix_lines(text, end, chain_end, s));
+            self.ahead.clear();
+            self.ahead_i = 0;
+            let n = same_prefix_lines(text, end, chain_end, s, &mut self.ahead);
+            self.tables[t].chains[chain_id as usize]
+                .rules
+                .reserve_exact(1 + n);
         }
     }
 
@@ -1786,17 +1804,31 @@ impl Parser {
 }
 
 /// Number of lines after the one ending at `end` that start with `text[s..name_end]` and a
-/// space (the rules of the same chain in a row). A capacity hint only.
-fn same_prefix_lines(text: &str, end: usize, name_end: usize, s: usize) -> usize {
+/// space (the rules of the same chain in a row). A capacity hint only. The ends (`\n`
+/// offsets) of those lines are pushed to `ends`.
+fn same_prefix_lines(
+    text: &str,
+    end: usize,
+    name_end: usize,
+    s: usize,
+    ends: &mut Vec<u32>,
+) -> usize {
     let b = text.as_bytes();
     let prefix = &b[s..name_end];
     let mut p = end;
     let mut n = 0;
+    let mut first = true;
     loop {
-        match memchr::memchr(b'\n', &b[p.min(b.len())..]) {
-            Some(i) => p += i + 1,
-            None => return n,
+        let Some(i) = memchr::memchr(b'\n', &b[p.min(b.len())..]) else {
+            return n;
+        };
+        let nl = p + i;
+        // The first one ends the current line (the caller knows it).
+        if !first {
+            ends.push(nl as u32);
         }
+        first = false;
+        p = nl + 1;
         let line = &b[p..];
         if line.len() > prefix.len() && line.starts_with(prefix) && line[prefix.len()] == b' ' {
             n += 1;
