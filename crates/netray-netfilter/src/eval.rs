@@ -365,7 +365,7 @@ fn policy(cx: &Cx, stage: Stage, st: &mut St) -> Option<Verdict> {
                 backend: ipt_backend(d.backend),
                 family: ipt_family(d.family),
                 table: t.name.clone(),
-                chain: c.name.clone(),
+                chain: c.name_arc(),
                 index: 0,
                 handle: None,
                 text: if c.decl.end > c.decl.start {
@@ -610,7 +610,7 @@ fn ipt_step(
             backend: ipt_backend(d.backend),
             family: ipt_family(d.family),
             table: t.name.clone(),
-            chain: c.name.clone(),
+            chain: c.name_arc(),
             index: idx + 1,
             handle: None,
             text: d.text_of(r.span),

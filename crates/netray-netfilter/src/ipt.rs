@@ -717,8 +717,10 @@ pub enum Policy {
 /// A chain.
 #[derive(Debug, Clone)]
 pub struct Chain {
-    /// Name.
-    pub name: Arc<str>,
+    /// Name (a slice of the dump's text when declared there: no allocation per chain).
+    pub name: Text,
+    /// The name as an `Arc<str>` for [`crate::RuleHit`], made on first use.
+    name_arc: std::sync::OnceLock<Arc<str>>,
     /// Policy of a built-in chain (`-` for user chains: `None`).
     pub policy: Option<Policy>,
     /// Declaration counters.
@@ -728,6 +730,13 @@ pub struct Chain {
     /// Rules in order.
     pub rules: Vec<Rule>,
     pub(crate) index: Option<Box<ChainIndex>>,
+}
+
+impl Chain {
+    /// The name as an `Arc<str>` (made once, then shared).
+    pub(crate) fn name_arc(&self) -> Arc<str> {
+        self.name_arc.get_or_init(|| Arc::from(&*self.name)).clone()
+    }
 }
 
 impl PartialEq for Chain {
@@ -1241,6 +1250,7 @@ impl Parser {
                             add_chain(
                                 &mut t,
                                 &mut names,
+                                &self.text,
                                 c,
                                 Some(Policy::Accept),
                                 None,
@@ -1324,6 +1334,7 @@ impl Parser {
         add_chain(
             &mut self.tables[t],
             &mut self.names[t],
+            &self.text,
             &text[n.0..n.1],
             policy,
             counters,
@@ -1374,6 +1385,7 @@ impl Parser {
             add_chain(
                 &mut self.tables[t],
                 &mut self.names[t],
+                &self.text,
                 name,
                 policy,
                 counters,
@@ -1527,6 +1539,7 @@ impl Parser {
                         add_chain(
                             &mut self.tables[t],
                             &mut self.names[t],
+                            &self.text,
                             chain,
                             None,
                             None,
@@ -1573,6 +1586,7 @@ impl Parser {
                     add_chain(
                         &mut self.tables[t],
                         &mut self.names[t],
+                        &self.text,
                         &name,
                         None,
                         None,
@@ -1858,6 +1872,7 @@ fn lookup_hashed(by_name: &ChainNames, names: &NameArena, name: &[u8], hash: u64
 fn add_chain(
     t: &mut Table,
     names: &mut NameArena,
+    src: &Arc<str>,
     name: &str,
     policy: Option<Policy>,
     counters: Option<(u64, u64)>,
@@ -1873,7 +1888,6 @@ fn add_chain(
             next
         }
     };
-    let name: Arc<str> = Arc::from(name);
     if id != next {
         let c = &mut t.chains[id as usize];
         if policy.is_some() {
@@ -1885,8 +1899,17 @@ fn add_chain(
         c.decl = decl;
         return id;
     }
+    // A slice of the dump's text when `name` is one (the usual case), else its own copy.
+    let base = src.as_ptr() as usize;
+    let at = (name.as_ptr() as usize).wrapping_sub(base);
+    let name = if at <= src.len() && name.len() <= src.len() - at {
+        Text::new(src, at, at + name.len())
+    } else {
+        Text::owned(name)
+    };
     t.chains.push(Chain {
         name,
+        name_arc: std::sync::OnceLock::new(),
         policy,
         counters,
         decl,
