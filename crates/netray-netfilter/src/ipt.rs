@@ -97,16 +97,34 @@ fn str_hash(b: &[u8]) -> u64 {
         let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
         h = (h.rotate_left(5) ^ w).wrapping_mul(K);
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        let mut last = [0u8; 8];
-        last[..rest.len()].copy_from_slice(rest);
-        h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+    let r = chunks.remainder().len();
+    if r != 0 {
+        // The last `r` bytes as a little-endian word (zero-padded), read with whole loads
+        // rather than a copy into a stack buffer (which stalls the load that follows it).
+        let n = b.len();
+        let w = if n >= 8 {
+            u64::from_le_bytes(word(&b[n - 8..])) >> (8 * (8 - r))
+        } else if n >= 4 {
+            let lo = u64::from(u32::from_le_bytes([b[0], b[1], b[2], b[3]]));
+            let hi = u64::from(u32::from_le_bytes([b[n - 4], b[n - 3], b[n - 2], b[n - 1]]));
+            lo | hi << (8 * (n - 4))
+        } else {
+            u64::from(b[0])
+                | u64::from(b[n / 2]) << (8 * (n / 2))
+                | u64::from(b[n - 1]) << (8 * (n - 1))
+        };
+        h = (h.rotate_left(5) ^ w).wrapping_mul(K);
     }
     h ^= h >> 33;
     h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
     h ^= h >> 33;
     h
+}
+
+/// The first eight bytes of `b` (which has at least eight).
+#[inline]
+fn word(b: &[u8]) -> [u8; 8] {
+    [b[0], b[1], b[2], b[3], b[4], b[5], b[6], b[7]]
 }
 
 /// [`str_hash`] of the unquoted content of a raw token.
@@ -3901,4 +3919,43 @@ fn icmp_type(v: &str, v6: bool) -> Option<IcmpType> {
             _ => return None,
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::str_hash;
+
+    /// The hash as first written (tail copied into a zero-padded buffer).
+    fn str_hash_reference(b: &[u8]) -> u64 {
+        const K: u64 = 0x51_7c_c1_b7_27_22_0a_95;
+        let mut h = (b.len() as u64).wrapping_mul(K);
+        let mut chunks = b.chunks_exact(8);
+        for c in &mut chunks {
+            let w = u64::from_le_bytes(c.try_into().unwrap_or([0; 8]));
+            h = (h.rotate_left(5) ^ w).wrapping_mul(K);
+        }
+        let rest = chunks.remainder();
+        if !rest.is_empty() {
+            let mut last = [0u8; 8];
+            last[..rest.len()].copy_from_slice(rest);
+            h = (h.rotate_left(5) ^ u64::from_le_bytes(last)).wrapping_mul(K);
+        }
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h
+    }
+
+    #[test]
+    fn str_hash_tail_loads() {
+        let bytes: Vec<u8> = (0..64u32)
+            .map(|i| (i.wrapping_mul(0x9e37_79b9) >> 13) as u8)
+            .collect();
+        for start in 0..8 {
+            for len in 0..=(bytes.len() - start) {
+                let b = &bytes[start..start + len];
+                assert_eq!(str_hash(b), str_hash_reference(b), "len {len}");
+            }
+        }
+    }
 }
