@@ -180,7 +180,8 @@ pub enum Step {
     },
     /// Conntrack lookup or creation.
     Conntrack {
-        /// `new`, `established` (original direction) or `reply`.
+        /// `new`, `established` (original direction) or `reply`; [`CT_COLLECTED_ORIG`] or
+        /// [`CT_COLLECTED_REPLY`] when the entry is one collected in the snapshot.
         state: String,
         /// The entry as `conntrack -L` would show the tuples.
         entry: String,
@@ -325,6 +326,12 @@ pub struct FlowView {
     /// Where it starts (`node/netns`, and the interface when it enters from outside).
     pub start: String,
 }
+
+/// [`Step::Conntrack`] state of a packet that follows an entry of the collected conntrack
+/// table (original direction): a flow given with its real source port.
+pub const CT_COLLECTED_ORIG: &str = "established (collected entry)";
+/// Same, the packet matching the collected entry's reply tuple.
+pub const CT_COLLECTED_REPLY: &str = "reply (collected entry)";
 
 /// A full trace.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

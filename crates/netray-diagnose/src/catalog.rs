@@ -182,6 +182,7 @@ pub const ROOT_CAUSE_CODES: &[&str] = &[
     "interface-down",
     "network-policy-drop",
     "mixed-iptables-backends",
+    "stale-conntrack-entry",
     "uncertain-rule",
 ];
 

@@ -7,7 +7,7 @@
 
 use std::collections::BTreeMap;
 
-use netray_datapath::result::{Branch, Disposition, Hop, Leg, Step, Trace};
+use netray_datapath::result::{Branch, CT_COLLECTED_ORIG, Disposition, Hop, Leg, Step, Trace};
 use serde::Serialize;
 
 use crate::finding::{Finding, Severity};
@@ -51,6 +51,27 @@ pub struct EndpointOutcome {
     pub share: f64,
     /// Dispositions of its branches.
     pub dispositions: Vec<String>,
+    /// Where its failing branches ended, one entry per distinct place and cause.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<FailurePoint>,
+}
+
+/// Where and why one endpoint's branch failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailurePoint {
+    /// The branch's disposition.
+    pub disposition: Disposition,
+    /// Whether the request or the reply was lost.
+    pub leg: Leg,
+    /// Node where the packet was lost.
+    pub node: String,
+    /// Namespace where the packet was lost.
+    pub netns: String,
+    /// The root cause's code (see `causes[]`).
+    pub code: String,
+    /// Node the root cause is on (may differ from `node`: a stale VTEP entry on the sender
+    /// drops the frame at the receiver).
+    pub cause_node: String,
 }
 
 /// One branch, for the report.
@@ -284,6 +305,34 @@ fn explaining_codes(d: Disposition) -> &'static [&'static str] {
     }
 }
 
+/// The `stale-conntrack-entry` finding, when `b`'s request followed a collected conntrack
+/// entry (a flow given with its real source port) that the scan found stale: same node, same
+/// original tuple.
+/// Its evidence is narrowed to this flow's entry.
+fn stale_entry_followed(b: &Branch, findings: &[Finding]) -> Option<Finding> {
+    b.hops
+        .iter()
+        .filter(|h| h.leg == Leg::Forward)
+        .find_map(|h| match &h.step {
+            Step::Conntrack { state, entry }
+                if state == CT_COLLECTED_ORIG && entry.contains("[DST_NAT]") =>
+            {
+                // `udp src=A dst=B sport=P dport=Q src=...`: protocol and original tuple.
+                let orig: Vec<&str> = entry.split_whitespace().take(5).collect();
+                let orig = orig.join(" ");
+                let f = findings.iter().find(|f| {
+                    f.code == "stale-conntrack-entry"
+                        && f.node == h.node
+                        && f.evidence.iter().any(|e| e.starts_with(&orig))
+                })?;
+                let mut f = f.clone();
+                f.evidence.retain(|e| e.starts_with(&orig));
+                Some(f)
+            }
+            _ => None,
+        })
+}
+
 /// A rule generated from a Kubernetes NetworkPolicy (kube-router, Calico layouts, or a
 /// comment saying so).
 fn is_network_policy(r: &netray_datapath::result::RuleRef) -> bool {
@@ -407,6 +456,7 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
     let mut branches = Vec::new();
     let mut per_endpoint: BTreeMap<String, (bool, f64, Vec<String>)> = BTreeMap::new();
     let mut causes: BTreeMap<CauseKey, CauseTally> = BTreeMap::new();
+    let mut failures: BTreeMap<String, Vec<FailurePoint>> = BTreeMap::new();
     let total_mass: f64 = flows
         .iter()
         .map(|f| f.trace.branches.iter().map(|b| b.probability).sum::<f64>())
@@ -451,11 +501,16 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                     nodes_crossed.push(&h.node);
                 }
             }
-            let support = nodes_crossed.iter().find_map(|n| {
-                explaining.iter().find_map(|code| {
-                    findings
-                        .iter()
-                        .find(|x| x.code == *code && (x.node == *n || x.node == "-"))
+            // A packet that followed a collected conntrack entry to a backend that is no
+            // longer an endpoint failed because of that entry, whatever happened next.
+            let support: Option<Finding> = stale_entry_followed(b, findings).or_else(|| {
+                nodes_crossed.iter().find_map(|n| {
+                    explaining.iter().find_map(|code| {
+                        findings
+                            .iter()
+                            .find(|x| x.code == *code && (x.node == *n || x.node == "-"))
+                            .cloned()
+                    })
                 })
             });
             // The walk's own cause code, unless the rules show a NetworkPolicy at work.
@@ -480,6 +535,12 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
             };
             let cause = match support {
                 Some(s) => {
+                    // The walk's own observation is already quoted as evidence.
+                    let explanation = if evidence.contains(&b.reason) {
+                        s.explanation.clone()
+                    } else {
+                        format!("{} {}", sentence(&b.reason), s.explanation)
+                    };
                     evidence.extend(s.evidence.iter().cloned());
                     Finding {
                         // The flow-level root-cause vocabulary wins over a scan-only code
@@ -501,7 +562,7 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                             s.netns.clone()
                         },
                         evidence,
-                        explanation: format!("{} {}", sentence(&b.reason), s.explanation),
+                        explanation,
                         fix: s.fix.clone(),
                     }
                 }
@@ -529,6 +590,18 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
                     fix: default_fix(branch_code, b),
                 },
             };
+            let point = FailurePoint {
+                disposition: b.disposition,
+                leg: b.ended_on,
+                node: node.clone(),
+                netns: netns.clone(),
+                code: cause.code.to_string(),
+                cause_node: cause.node.clone(),
+            };
+            let points = failures.entry(endpoint.clone()).or_default();
+            if !points.contains(&point) {
+                points.push(point);
+            }
             let key = (cause.code, cause.node.clone(), cause.netns.clone());
             let entry = causes.entry(key).or_insert((cause, 0, 0.0, Vec::new()));
             entry.1 += 1;
@@ -542,6 +615,7 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
         .into_iter()
         .map(
             |(endpoint, (reachable, share, dispositions))| EndpointOutcome {
+                failures: failures.remove(&endpoint).unwrap_or_default(),
                 endpoint,
                 reachable,
                 share,

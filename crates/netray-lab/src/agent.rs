@@ -11,7 +11,7 @@ use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// Usage of the agent program.
-pub const USAGE: &str = "usage:\n  serve --name NAME [--tcp PORT]... [--udp PORT]...\n  probe tcp|udp IP:PORT [--timeout-ms MS] [--bind IP] [--token T]";
+pub const USAGE: &str = "usage:\n  serve --name NAME [--tcp PORT]... [--udp PORT]...\n  probe tcp|udp IP:PORT [--timeout-ms MS] [--bind IP] [--sport PORT (udp)] [--token T]";
 
 /// Run the agent with its arguments (without the program name); returns the exit code:
 /// 0 success, 1 probe failed, 2 usage error.
@@ -117,6 +117,7 @@ fn probe_args(args: &[String]) -> Result<Result<String, String>, String> {
         .map_err(|e| format!("IP:PORT: {e}"))?;
     let mut timeout = Duration::from_millis(1500);
     let mut bind = None;
+    let mut sport = 0;
     let mut token = format!("t{}", std::process::id());
     let mut it = args[2..].iter();
     while let Some(a) = it.next() {
@@ -126,13 +127,16 @@ fn probe_args(args: &[String]) -> Result<Result<String, String>, String> {
                 timeout = Duration::from_millis(v.parse().map_err(|e| format!("{a}: {e}"))?)
             }
             "--bind" => bind = Some(v.parse::<IpAddr>().map_err(|e| format!("{a}: {e}"))?),
+            "--sport" if proto == "udp" => {
+                sport = v.parse::<u16>().map_err(|e| format!("{a}: {e}"))?
+            }
             "--token" => token = v.clone(),
             _ => return Err(format!("unknown option {a}")),
         }
     }
     Ok(match proto.as_str() {
         "tcp" => probe_tcp(target, bind, &token, timeout),
-        "udp" => probe_udp(target, bind, &token, timeout),
+        "udp" => probe_udp(target, bind, sport, &token, timeout),
         p => return Err(format!("unknown protocol {p}")),
     })
 }
@@ -184,15 +188,17 @@ fn connect_from(src: IpAddr, target: SocketAddr, timeout: Duration) -> Result<Tc
     sock::connect_from(src, target, timeout)
 }
 
-/// One UDP request/response; returns the answering server's name.
+/// One UDP request/response from source port `sport` (0: any); returns the answering server's
+/// name.
 pub fn probe_udp(
     target: SocketAddr,
     bind: Option<IpAddr>,
+    sport: u16,
     token: &str,
     timeout: Duration,
 ) -> Result<String, String> {
     let src = bind.unwrap_or(IpAddr::from([0, 0, 0, 0]));
-    let s = UdpSocket::bind((src, 0)).map_err(|e| format!("bind: {e}"))?;
+    let s = UdpSocket::bind((src, sport)).map_err(|e| format!("bind: {e}"))?;
     s.connect(target).map_err(|e| format!("connect: {e}"))?;
     s.set_read_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;

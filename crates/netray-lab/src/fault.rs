@@ -74,6 +74,13 @@ pub enum Fault {
         /// Service.
         service: String,
     },
+    /// The pod is deleted as a CNI deletes it (its veth, hence its IP, disappears) and
+    /// kube-proxy drops its endpoint; conntrack entries that DNAT to it are left in place, as
+    /// when kube-proxy's UDP conntrack cleanup misses them.
+    PodGone {
+        /// Pod.
+        pod: String,
+    },
 }
 
 impl Fault {
@@ -90,6 +97,7 @@ impl Fault {
         "bridge-nf-masq:NODE",
         "local-service-ip:NODE",
         "no-endpoints:SERVICE",
+        "pod-gone:POD",
     ];
 
     /// The fault's name (`forward-drop`, …).
@@ -106,6 +114,7 @@ impl Fault {
             Fault::BridgeNfMasq { .. } => "bridge-nf-masq",
             Fault::LocalServiceIp { .. } => "local-service-ip",
             Fault::NoEndpoints { .. } => "no-endpoints",
+            Fault::PodGone { .. } => "pod-gone",
         }
     }
 }
@@ -122,7 +131,9 @@ impl fmt::Display for Fault {
             Fault::StaleVtep { node, stale_on } if stale_on.is_empty() => write!(f, ":{node}"),
             Fault::StaleVtep { node, stale_on } => write!(f, ":{node}:{}", stale_on.join("+")),
             Fault::MissingRoute { node, peer } => write!(f, ":{node}:{peer}"),
-            Fault::PodNoDefaultRoute { pod } | Fault::PolicyDrop { pod } => write!(f, ":{pod}"),
+            Fault::PodNoDefaultRoute { pod }
+            | Fault::PolicyDrop { pod }
+            | Fault::PodGone { pod } => write!(f, ":{pod}"),
             Fault::NoEndpoints { service } => write!(f, ":{service}"),
             Fault::OverlayMtu => Ok(()),
         }
@@ -181,6 +192,7 @@ impl FromStr for Fault {
             "bridge-nf-masq" => Fault::BridgeNfMasq { node: arg(1)? },
             "local-service-ip" => Fault::LocalServiceIp { node: arg(1)? },
             "no-endpoints" => Fault::NoEndpoints { service: arg(1)? },
+            "pod-gone" => Fault::PodGone { pod: arg(1)? },
             other => {
                 return Err(format!(
                     "unknown fault `{other}`; expected one of {}",
@@ -204,6 +216,7 @@ mod tests {
             "missing-route:node0:node1",
             "overlay-mtu",
             "no-endpoints:web",
+            "pod-gone:web-3",
             "local-service-ip:node0",
         ] {
             let f: Fault = s.parse().unwrap();

@@ -453,7 +453,7 @@ impl Lab {
         };
         let timeout = PROBE_TIMEOUT.as_millis().to_string();
         let cmd = match &probe.kind {
-            ProbeKind::Tcp { dst, src } | ProbeKind::Udp { dst, src } => {
+            ProbeKind::Tcp { dst, src } | ProbeKind::Udp { dst, src, .. } => {
                 let proto = if matches!(probe.kind, ProbeKind::Tcp { .. }) {
                     "tcp"
                 } else {
@@ -468,6 +468,9 @@ impl Lab {
                 ];
                 if let Some(s) = src {
                     args.extend(["--bind".to_string(), s.to_string()]);
+                }
+                if let ProbeKind::Udp { sport: Some(p), .. } = &probe.kind {
+                    args.extend(["--sport".to_string(), p.to_string()]);
                 }
                 self.agent.command_in(&ns, &args)
             }
@@ -732,6 +735,19 @@ impl Lab {
                     .find(|s| &s.name == service)
                     .ok_or_else(|| unknown("service", service))?;
                 s.selector_app = format!("{}-scaled-to-zero", s.selector_app);
+                self.sync_kube_proxy()?;
+            }
+            Fault::PodGone { pod } => {
+                let at = self
+                    .spec
+                    .pods
+                    .iter()
+                    .position(|p| &p.name == pod)
+                    .ok_or_else(|| unknown("pod", pod))?;
+                // Deleting the pod's end of the veth deletes the pair (and the pod's address);
+                // the namespace itself stays a lab member and is torn down with the lab.
+                self.ns(pod)?.ip(&["link", "del", "eth0"])?;
+                self.spec.pods.remove(at);
                 self.sync_kube_proxy()?;
             }
         }

@@ -27,6 +27,8 @@ pub enum ProbeKind {
         dst: SocketAddrV4,
         /// Source address to bind, if any.
         src: Option<Ipv4Addr>,
+        /// Source port to bind (a client that keeps its port, as DNS resolvers may), if any.
+        sport: Option<u16>,
     },
     /// `ping -c1 -W1 -M do -s SIZE DST` (don't fragment).
     Ping {
@@ -42,7 +44,11 @@ impl ProbeKind {
     pub fn l4(proto: Proto, dst: SocketAddrV4) -> ProbeKind {
         match proto {
             Proto::Tcp => ProbeKind::Tcp { dst, src: None },
-            Proto::Udp => ProbeKind::Udp { dst, src: None },
+            Proto::Udp => ProbeKind::Udp {
+                dst,
+                src: None,
+                sport: None,
+            },
         }
     }
 }
@@ -74,6 +80,7 @@ impl Probe {
             kind: ProbeKind::Udp {
                 dst: SocketAddrV4::new(ip, port),
                 src: None,
+                sport: None,
             },
         }
     }
@@ -94,6 +101,16 @@ impl Probe {
     }
 }
 
+impl Probe {
+    /// Same UDP probe from a fixed source port (no effect on TCP and ping).
+    pub fn from_port(mut self, port: u16) -> Probe {
+        if let ProbeKind::Udp { sport, .. } = &mut self.kind {
+            *sport = Some(port);
+        }
+        self
+    }
+}
+
 impl std::fmt::Display for Probe {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.kind {
@@ -107,6 +124,9 @@ impl std::fmt::Display for Probe {
             &self.kind
         {
             write!(f, " (from {s})")?;
+        }
+        if let ProbeKind::Udp { sport: Some(p), .. } = &self.kind {
+            write!(f, " (source port {p})")?;
         }
         Ok(())
     }

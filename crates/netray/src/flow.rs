@@ -278,7 +278,9 @@ pub struct FlowArgs {
     /// IP packet size in bytes (headers included), for MTU checks.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(20..))]
     pub size: Option<u16>,
-    /// Source port (default: an ephemeral port, 40000).
+    /// Source port (default: an ephemeral port, 40000). Given explicitly it is taken as the
+    /// client's real port: a UDP packet whose tuple the collected conntrack table already holds
+    /// follows that entry (its DNAT, no new load-balancing), as the kernel would.
     #[arg(long, value_name = "PORT")]
     pub sport: Option<u16>,
 }
@@ -300,6 +302,15 @@ impl FlowArgs {
     /// Source port in force.
     pub fn source_port(&self) -> u16 {
         self.sport.unwrap_or(40000)
+    }
+
+    /// Walk options for this flow: the collected conntrack tables are consulted only for a
+    /// source port the user gave (an invented one would only meet accidental clashes).
+    pub fn walk_options(&self) -> netray_datapath::Options {
+        netray_datapath::Options {
+            collected_conntrack: self.sport.is_some(),
+            ..netray_datapath::Options::default()
+        }
     }
 }
 

@@ -39,7 +39,7 @@ enum Command {
     Diagnose(cmd::diagnose::Args),
     /// Check every node and namespace of a bundle for known-bad state (the check catalog).
     #[command(
-        after_help = "Examples:\n  netray scan --bundle examples/001-checklist\n  netray scan --bundle b.tar.gz -o json\n  netray scan --list-checks\n\nExit codes: 0 clean (info findings only), 1 findings, 2 usage or input error."
+        after_help = "Examples:\n  netray scan --bundle examples/001-checklist\n  netray scan --bundle b.tar.gz -o json\n  netray scan --bundle examples/healthy --fail-on critical\n  netray scan --list-checks\n\nExit codes: 0 clean (nothing at or above --fail-on, default warning), 1 findings, 2 usage or input error."
     )]
     Scan(cmd::scan::Args),
     /// Write the cluster view's objects, listed live from the Kubernetes API, as a bundle's

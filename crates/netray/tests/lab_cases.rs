@@ -450,3 +450,63 @@ fn unmodelled_match_is_uncertain_and_named() {
         "{disp:?}"
     );
 }
+
+/// A UDP client that keeps its source port (as DNS resolvers may) after its backend pod was
+/// deleted: the kernel follows node0's old conntrack entry to the vanished address, while a new
+/// source port is balanced over the remaining endpoints. `diagnose --sport` must walk the
+/// collected entry and name it; without `--sport` the Service is reachable.
+#[test]
+fn stale_udp_conntrack_entry_after_pod_deletion() {
+    if !can_run("stale_udp_conntrack_entry_after_pod_deletion") {
+        return;
+    }
+    let mut lab = lab(&[], false);
+    let svc = lab.service_probe("web-0", "web", Proto::Udp).unwrap();
+    // A source port whose request node0 balances to some pod other than the client itself.
+    let (sport, backend) = (5300..5340)
+        .find_map(|p| {
+            let r = lab.probe(&svc.clone().from_port(p));
+            let by = r.answered_by.filter(|b| b != "web-0")?;
+            Some((p, by))
+        })
+        .expect("some source port reaches another pod");
+    lab.apply(&Fault::PodGone {
+        pod: backend.clone(),
+    })
+    .expect("delete the backend pod");
+    // The kernel: the old port still goes to the deleted pod, new ports work.
+    let r = lab.probe(&svc.clone().from_port(sport));
+    assert!(
+        !r.ok,
+        "source port {sport} should follow the stale entry: {r:?}"
+    );
+    let s = lab.spread(&svc, 6);
+    assert_eq!(s.failed, 0, "new source ports avoid the deleted pod: {s:?}");
+    // Refresh the entry right before collecting (UDP entries live 30 s).
+    assert!(!lab.probe(&svc.clone().from_port(sport)).ok);
+    let dir = bundle(&lab);
+    drop(lab);
+
+    let port = sport.to_string();
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "svc/default/web:53/udp",
+        &["--sport", &port],
+    );
+    assert_cause(&d, "unreachable", "stale-conntrack-entry", "node0");
+    assert_evidence(&d, &format!("sport={sport} dport=53"));
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "svc/default/web:53/udp",
+        &[],
+    );
+    assert_eq!(
+        d.json["verdict"], "reachable",
+        "a new source port: {}",
+        d.json["summary"]
+    );
+    let s = scan(dir.path());
+    assert_finding(&s, "stale-conntrack-entry", "node0");
+}

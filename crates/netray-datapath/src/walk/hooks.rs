@@ -5,7 +5,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 use crate::nf::{CtDir, CtEntry, CtState, Manip, NatAction, NfHook, NfPacket, NfVerdict, Tuple};
-use crate::result::{Disposition, Leg, RuleRef, Step};
+use crate::result::{CT_COLLECTED_ORIG, CT_COLLECTED_REPLY, Disposition, Leg, RuleRef, Step};
 use crate::world::NsIdx;
 
 use super::Walker;
@@ -30,7 +30,8 @@ impl<'w, 'a> Walker<'w, 'a> {
             && st.untracked_ns != Some(ns)
         {
             let t = st.pkt.tuple();
-            let found = st.cts.iter().enumerate().find_map(|(i, e)| {
+            let mut collected = false;
+            let mut found = st.cts.iter().enumerate().find_map(|(i, e)| {
                 (e.ns == ns && e.proto == st.pkt.proto).then_some(())?;
                 if e.orig == t {
                     Some((i, CtDir::Orig))
@@ -40,14 +41,24 @@ impl<'w, 'a> Walker<'w, 'a> {
                     None
                 }
             });
+            if found.is_none()
+                && self.opts.collected_conntrack
+                && st.leg == Leg::Forward
+                && let Some((e, dir)) = collected_entry(v.snap, ns, st.pkt.proto, t)
+            {
+                st.cts.push(e);
+                found = Some((st.cts.len() - 1, dir));
+                collected = true;
+            }
             match found {
                 Some((i, dir)) => {
                     st.skb_ct = Some((i, dir, false));
                     let text = st.cts[i].text();
-                    let state = if dir == CtDir::Orig {
-                        "established"
-                    } else {
-                        "reply"
+                    let state = match (dir, collected) {
+                        (CtDir::Orig, false) => "established",
+                        (CtDir::Reply, false) => "reply",
+                        (CtDir::Orig, true) => CT_COLLECTED_ORIG,
+                        (CtDir::Reply, true) => CT_COLLECTED_REPLY,
                     };
                     self.hop(
                         &mut st,
@@ -451,6 +462,11 @@ impl<'w, 'a> Walker<'w, 'a> {
                     Manip::Dst => s.pkt.set_dst(ip, port),
                     Manip::Src => s.pkt.set_src(ip, port),
                 }
+                // A forward packet DNATed by an existing (collected) entry reaches the endpoint
+                // that entry chose.
+                if manip == Manip::Dst && dir == CtDir::Orig && s.endpoint.is_none() {
+                    s.endpoint = Some(endpoint_of(&s.pkt));
+                }
                 kind = Some(k.into());
             }
         }
@@ -514,4 +530,51 @@ fn drop_cause(hook: NfHook, r: Option<&RuleRef>) -> &'static str {
         Some(r) if r.index.is_none() => "chain-policy-drop",
         _ => "iptables-drop-rule",
     }
+}
+
+/// A UDP entry of namespace `ns`'s collected conntrack table (zone 0) holding tuple `t`, as a
+/// confirmed entry whose NAT bindings are decided, and the direction `t` has in it.
+fn collected_entry(
+    snap: &netray_snapshot::NetnsSnapshot,
+    ns: NsIdx,
+    proto: u8,
+    t: Tuple,
+) -> Option<(CtEntry, CtDir)> {
+    // TCP and SCTP entries have their own state machines (a SYN meeting an ESTABLISHED entry
+    // is not simply "established"); only UDP is followed.
+    if proto != 17 {
+        return None;
+    }
+    let tuple = |c: &netray_snapshot::ConntrackTuple| Tuple {
+        src: c.src,
+        dst: c.dst,
+        sport: c.sport.unwrap_or(0),
+        dport: c.dport.unwrap_or(0),
+    };
+    snap.conntrack.as_ref()?.entries.iter().find_map(|e| {
+        if e.proto != proto || e.zone != 0 {
+            return None;
+        }
+        let (orig, reply) = (tuple(&e.orig), tuple(&e.reply));
+        let dir = if orig == t {
+            CtDir::Orig
+        } else if reply == t {
+            CtDir::Reply
+        } else {
+            return None;
+        };
+        let status = |s: &str| e.status.iter().any(|x| x == s);
+        let entry = CtEntry {
+            ns,
+            proto,
+            orig,
+            reply,
+            snat: status("SRC_NAT"),
+            dnat: status("DST_NAT"),
+            nat_done_dst: true,
+            nat_done_src: true,
+            mark: e.mark,
+        };
+        Some((entry, dir))
+    })
 }

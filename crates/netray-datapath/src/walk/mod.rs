@@ -78,6 +78,11 @@ pub struct Options {
     pub max_branches: usize,
     /// Steps per branch before it is declared a loop.
     pub max_steps: usize,
+    /// Start from the conntrack tables collected in the snapshots: a UDP packet whose tuple
+    /// an entry there already holds follows that entry (its NAT mapping, no nat table), as
+    /// the kernel does. Meaningful when the flow's source port is the client's real one
+    /// (`--sport`); with an invented ephemeral port it would only find accidental clashes.
+    pub collected_conntrack: bool,
 }
 
 impl Default for Options {
@@ -85,6 +90,7 @@ impl Default for Options {
         Options {
             max_branches: 4096,
             max_steps: 400,
+            collected_conntrack: false,
         }
     }
 }

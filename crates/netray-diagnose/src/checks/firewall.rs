@@ -362,9 +362,17 @@ pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>)
                     format!(
                         "sysctl -w net.bridge.bridge-nf-call-iptables=0 on this node if the CNI does \
                          not need it, or make kube-proxy not masquerade host traffic (empty \
-                         clusterCIDR / --detect-local-mode), or route {} via {}",
-                        w.label(),
-                        bridge_addrs.first().map(|a| a.to_string()).unwrap_or_else(|| l.name.clone())
+                         clusterCIDR / --detect-local-mode), or {}",
+                        match bridge_addrs.iter().find(|a| a.is_ipv4()) {
+                            Some(a) => format!("route {} via {a} (the node's address on {})", w.label(), l.name),
+                            None => format!(
+                                "give {} an address on {}'s subnet and route {} via it, so its replies \
+                                 are routed by this node instead of bridged past it",
+                                l.name,
+                                w.label(),
+                                w.label()
+                            ),
+                        }
                     ),
                 ));
             }

@@ -2,8 +2,9 @@
 
 use std::process::ExitCode;
 
-use netray_datapath::{Options, RulesetEngine, World, trace};
-use netray_diagnose::diagnose::{Diagnosis, TracedFlow, Verdict, diagnose};
+use netray_datapath::result::{Disposition, Leg};
+use netray_datapath::{RulesetEngine, World, trace};
+use netray_diagnose::diagnose::{Diagnosis, FailurePoint, TracedFlow, Verdict, diagnose};
 use netray_diagnose::scan::scan_world;
 
 use super::{ClusterArgs, CmdResult, Format, load_bundle};
@@ -39,7 +40,7 @@ pub fn run(args: Args) -> CmdResult {
     super::warn_input_problems(&world, &engine);
     let mut traced = Vec::new();
     for f in &flows {
-        let t = trace(&world, &engine, &f.flow, Options::default())?;
+        let t = trace(&world, &engine, &f.flow, args.flow.walk_options())?;
         traced.push(TracedFlow {
             from: f.from_label.clone(),
             to: f.to_label.clone(),
@@ -85,12 +86,20 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
     println!();
     println!("endpoints:");
     for e in &d.endpoints {
+        let outcome = if e.failures.is_empty() {
+            e.dispositions.join(", ")
+        } else {
+            e.failures
+                .iter()
+                .map(describe_failure)
+                .collect::<Vec<_>>()
+                .join("; ")
+        };
         println!(
-            "  {} {:<24} {:>5.1}%  {}",
+            "  {} {:<24} {:>5.1}%  {outcome}",
             if e.reachable { "ok  " } else { "FAIL" },
             e.endpoint,
             e.share * 100.0,
-            e.dispositions.join(", ")
         );
     }
     if !d.causes.is_empty() {
@@ -120,4 +129,23 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
         println!();
         println!("(add --hops for the hop-by-hop walk of every branch, or -o json)");
     }
+}
+
+/// `reply dropped at node0/NETNS (stale-vxlan-neighbor on node2)`.
+fn describe_failure(f: &FailurePoint) -> String {
+    let leg = match f.leg {
+        Leg::Forward => "request",
+        Leg::Reply => "reply",
+    };
+    let cause = if f.cause_node == f.node || f.cause_node.is_empty() {
+        f.code.clone()
+    } else {
+        format!("{} on {}", f.code, f.cause_node)
+    };
+    let what = match f.disposition {
+        // The disposition already says it is the reply.
+        Disposition::ReplyMismatch => f.disposition.as_str().to_string(),
+        d => format!("{leg} {}", d.as_str()),
+    };
+    format!("{what} at {}/{} ({cause})", f.node, f.netns)
 }

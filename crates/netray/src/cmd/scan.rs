@@ -21,6 +21,30 @@ pub struct Args {
     /// List the checks of the catalog and their codes, then exit.
     #[arg(long)]
     pub list_checks: bool,
+    /// Lowest severity that makes the exit code 1 (findings below it are still listed).
+    #[arg(long, value_enum, default_value_t = FailOn::Warning)]
+    pub fail_on: FailOn,
+}
+
+/// Severity threshold of `--fail-on`.
+#[derive(Clone, Copy, Debug, clap::ValueEnum)]
+pub enum FailOn {
+    /// Exit 1 only on critical findings.
+    Critical,
+    /// Exit 1 on warnings or worse.
+    Warning,
+    /// Exit 1 on any finding.
+    Info,
+}
+
+impl FailOn {
+    fn threshold(self) -> Severity {
+        match self {
+            FailOn::Critical => Severity::Critical,
+            FailOn::Warning => Severity::Warning,
+            FailOn::Info => Severity::Info,
+        }
+    }
 }
 
 /// JSON document printed by `netray scan -o json`.
@@ -58,7 +82,9 @@ pub fn run(args: Args) -> CmdResult {
         }
         Format::Text => print_text(&bundle, &findings),
     }
-    let actionable = findings.iter().any(|f| f.severity != Severity::Info);
+    // Severity orders most severe first: Critical < Warning < Info.
+    let threshold = args.fail_on.threshold();
+    let actionable = findings.iter().any(|f| f.severity <= threshold);
     Ok(if actionable {
         ExitCode::from(1)
     } else {

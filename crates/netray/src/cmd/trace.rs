@@ -47,7 +47,7 @@ pub fn run(args: Args) -> CmdResult {
     super::warn_input_problems(&world, &engine);
     let opts = netray_datapath::Options {
         max_branches: args.max_branches,
-        ..netray_datapath::Options::default()
+        ..args.flow.walk_options()
     };
     let trace = netray_datapath::trace(&world, &engine, &flow, opts)?;
     match args.output {
