@@ -114,6 +114,10 @@ pub struct Diagnosis {
     pub branches: Vec<BranchReport>,
     /// Root causes, most severe first.
     pub causes: Vec<Finding>,
+    /// What the operator should know that the verdict does not say (e.g. existing
+    /// connections that behave differently from the new one walked).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
 }
 
 /// The endpoint of a branch: the destination after the first DNAT on the forward leg, else
@@ -327,6 +331,40 @@ fn stale_entry_followed(b: &Branch, findings: &[Finding]) -> Option<Finding> {
                 })?;
                 let mut f = f.clone();
                 f.evidence.retain(|e| e.starts_with(&orig));
+                // `udp src=A dst=B sport=P dport=Q → backend IP:PORT (...)`
+                let backend = f
+                    .evidence
+                    .first()
+                    .and_then(|e| e.split_once("→ backend "))
+                    .and_then(|(_, r)| r.split_whitespace().next())
+                    .unwrap_or("a backend")
+                    .to_string();
+                let field = |k: &str| {
+                    orig.split_whitespace()
+                        .find_map(|w| w.strip_prefix(k))
+                        .unwrap_or("?")
+                        .to_string()
+                };
+                f.explanation = format!(
+                    "This flow's tuple is already in {}'s conntrack table, and that entry DNATs \
+                     it to {backend}, which is no longer a ready endpoint of the Service. The \
+                     packet skips the nat table (no new load-balancing) and follows the entry \
+                     to the old backend until the entry expires; every retry from the same \
+                     source port refreshes it. Where it then dies: {}",
+                    h.node,
+                    sentence(&b.reason)
+                );
+                f.fix = format!(
+                    "on {}: conntrack -D -p {} --orig-src {} --orig-dst {} --orig-port-src {} \
+                     --orig-port-dst {} (kube-proxy should have deleted it when the endpoint \
+                     went away)",
+                    h.node,
+                    orig.split_whitespace().next().unwrap_or("udp"),
+                    field("src="),
+                    field("dst="),
+                    field("sport="),
+                    field("dport="),
+                );
                 Some(f)
             }
             _ => None,
@@ -536,7 +574,9 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
             let cause = match support {
                 Some(s) => {
                     // The walk's own observation is already quoted as evidence.
-                    let explanation = if evidence.contains(&b.reason) {
+                    let explanation = if evidence.contains(&b.reason)
+                        || s.explanation.contains(&sentence(&b.reason))
+                    {
                         s.explanation.clone()
                     } else {
                         format!("{} {}", sentence(&b.reason), s.explanation)
@@ -698,5 +738,60 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]
         endpoints,
         branches,
         causes,
+        notes: flows
+            .iter()
+            .filter_map(|f| stale_entries_note(f, findings))
+            .collect(),
     }
+}
+
+/// A walk of a new connection says nothing of the client's existing ones: when the scan found
+/// stale conntrack entries for this very client and destination (UDP clients that keep their
+/// source port keep following them), say so and how to walk one.
+fn stale_entries_note(f: &TracedFlow, findings: &[Finding]) -> Option<String> {
+    let p = &f.trace.flow.packet;
+    let followed =
+        f.trace.branches.iter().flat_map(|b| &b.hops).any(
+            |h| matches!(&h.step, Step::Conntrack { state, .. } if state == CT_COLLECTED_ORIG),
+        );
+    if p.proto != "udp" || followed {
+        return None;
+    }
+    let dport = p.dport?;
+    let prefix = format!("udp src={} dst={} sport=", p.src, p.dst);
+    let mut ports: Vec<&str> = Vec::new();
+    let mut nodes: Vec<&str> = Vec::new();
+    for fi in findings
+        .iter()
+        .filter(|x| x.code == "stale-conntrack-entry")
+    {
+        for e in &fi.evidence {
+            let Some(rest) = e.strip_prefix(&prefix) else {
+                continue;
+            };
+            let Some((sport, after)) = rest.split_once(' ') else {
+                continue;
+            };
+            if after.starts_with(&format!("dport={dport} ")) {
+                ports.push(sport);
+                if !nodes.contains(&fi.node.as_str()) {
+                    nodes.push(&fi.node);
+                }
+            }
+        }
+    }
+    let first = ports.first()?;
+    Some(format!(
+        "{} existing UDP conntrack entr{} from {} to {}:{dport} on {} still point{} to backends that \
+         are no longer endpoints (source port{} {}): a client that keeps its source port keeps \
+         failing while new ones work. Walk it with --sport {first}.",
+        ports.len(),
+        if ports.len() == 1 { "y" } else { "ies" },
+        p.src,
+        p.dst,
+        nodes.join(", "),
+        if ports.len() == 1 { "s" } else { "" },
+        if ports.len() == 1 { "" } else { "s" },
+        ports.join(", ")
+    ))
 }

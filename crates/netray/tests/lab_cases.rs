@@ -507,6 +507,12 @@ fn stale_udp_conntrack_entry_after_pod_deletion() {
         "a new source port: {}",
         d.json["summary"]
     );
+    // ... but the answer points at the client's stale entry and how to walk it.
+    let notes = d.json["notes"].to_string();
+    assert!(
+        notes.contains(&format!("--sport {sport}")),
+        "notes: {notes}"
+    );
     let s = scan(dir.path());
     assert_finding(&s, "stale-conntrack-entry", "node0");
 }

@@ -290,11 +290,12 @@ pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
             Severity::Warning,
             stale,
             format!(
-                "{count} conntrack entr{} still send Service traffic to backends that are no \
+                "{count} conntrack entr{} still send{} Service traffic to backends that are no \
                  longer ready endpoints. Packets of those flows skip the nat table and follow the \
                  entry until it expires — the classic \"DNS fails after a pod was replaced\" \
                  (UDP clients keep their source port).",
-                if count == 1 { "y" } else { "ies" }
+                if count == 1 { "y" } else { "ies" },
+                if count == 1 { "s" } else { "" }
             ),
             format!(
                 "delete them: {} (kube-proxy normally does this when an endpoint goes away)",

@@ -120,6 +120,10 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
             println!("     fix: {}", c.fix);
         }
     }
+    for n in &d.notes {
+        println!();
+        println!("note: {n}");
+    }
     if hops {
         for t in traced {
             println!();
