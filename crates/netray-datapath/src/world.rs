@@ -39,7 +39,17 @@ pub struct NsView<'a> {
 impl<'a> NsView<'a> {
     /// Display name: `node/netns`.
     pub fn label(&self) -> String {
-        format!("{}/{}", self.node, self.snap.display_name())
+        format!("{}/{}", self.node, self.netns_label())
+    }
+
+    /// The namespace as reports name it: `host` for a node's host namespace (whatever it is
+    /// called under /run/netns), else its `/run/netns` name or `netns:INODE`.
+    pub fn netns_label(&self) -> String {
+        if self.is_host {
+            "host".to_string()
+        } else {
+            self.snap.display_name()
+        }
     }
 
     /// Link by name.

@@ -328,7 +328,7 @@ impl<'w, 'a> Walker<'w, 'a> {
     fn finish(&self, mut st: St, e: End, done: &mut Vec<Branch>) {
         let (ns_label, node) = match self.pos_ns(&st.pos) {
             Some(ns) => (
-                self.world.ns[ns].snap.display_name(),
+                self.world.ns[ns].netns_label(),
                 self.world.ns[ns].node.to_string(),
             ),
             None => (String::new(), String::new()),
@@ -388,7 +388,7 @@ impl<'w, 'a> Walker<'w, 'a> {
         st.hops.push(Hop {
             leg: st.leg,
             node: v.node.to_string(),
-            netns: v.snap.display_name(),
+            netns: v.netns_label(),
             iif: iif.map(|i| v.link_name(i).to_string()),
             oif: oif.map(|i| v.link_name(i).to_string()),
             packet: st.pkt.view(),
