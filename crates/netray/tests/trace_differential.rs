@@ -5,7 +5,9 @@
 //! `netray collect`, trace the same flows with netray's walk over the bundle, and compare
 //! **per endpoint branch** (for Services: which backends answered for real vs which branches
 //! netray delivers). Prints the table scenario × flow × real × netray; fails on any
-//! disagreement. Needs root (skipped with a message otherwise, failing under `CI=true`).
+//! disagreement. The `pod-gone` scenario checks the walk's use of the *collected* conntrack
+//! table: UDP clients that keep their source port, some balanced to a pod that is then deleted,
+//! are walked with their real ports. Needs root (skipped with a message otherwise, failing under `CI=true`).
 //! `NETRAY_DIFF_SCENARIOS=healthy,forward-drop:node1` restricts the scenarios.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -35,7 +37,14 @@ struct Case {
     flow: Flow,
     /// Probe repeatedly and compare per endpoint (Services).
     spread: bool,
+    /// The flow is a real client's (fixed source port): walk it from the collected conntrack.
+    collected_conntrack: bool,
 }
+
+/// The `pod-gone` scenario's pod, and how many fixed-port clients must have been balanced to
+/// it before it goes (the others land elsewhere and keep working).
+const GONE_POD: &str = "web-3";
+const CLIENTS_ON_GONE_POD: usize = 3;
 
 fn flow(
     src: Ipv4Addr,
@@ -60,7 +69,10 @@ fn pod_ip(spec: &ClusterSpec, pod: &str) -> Ipv4Addr {
     spec.pod(pod).expect("pod").ip
 }
 
-fn cases(spec: &ClusterSpec, scenario: &str) -> Vec<Case> {
+fn cases(spec: &ClusterSpec, scenario: &str, fixed_ports: &[u16]) -> Vec<Case> {
+    if scenario.starts_with("pod-gone") {
+        return fixed_port_cases(spec, fixed_ports);
+    }
     let mut v = Vec::new();
     let mut pod_tcp = |from: &str, to: &str, src: Ipv4Addr| {
         let dst = pod_ip(spec, to);
@@ -69,6 +81,7 @@ fn cases(spec: &ClusterSpec, scenario: &str) -> Vec<Case> {
             probe: Probe::tcp(from, dst, POD_TCP_PORT),
             flow: flow(src, Start::Auto, dst, 6, Some(POD_TCP_PORT), None),
             spread: false,
+            collected_conntrack: false,
         });
     };
     pod_tcp("web-0", "web-2", pod_ip(spec, "web-0"));
@@ -82,6 +95,7 @@ fn cases(spec: &ClusterSpec, scenario: &str) -> Vec<Case> {
         probe: Probe::udp("web-4", w1, POD_UDP_PORT),
         flow: flow(w4, Start::Auto, w1, 17, Some(POD_UDP_PORT), None),
         spread: false,
+        collected_conntrack: false,
     });
     let (w0, w2) = (pod_ip(spec, "web-0"), pod_ip(spec, "web-2"));
     v.push(Case {
@@ -89,18 +103,21 @@ fn cases(spec: &ClusterSpec, scenario: &str) -> Vec<Case> {
         probe: Probe::ping("web-0", w2, 1422),
         flow: flow(w0, Start::Auto, w2, 1, None, Some(1450)),
         spread: false,
+        collected_conntrack: false,
     });
     v.push(Case {
         name: "web-0 -tcp-> svc web".into(),
         probe: Probe::tcp("web-0", WEB_CLUSTER_IP, 80),
         flow: flow(w0, Start::Auto, WEB_CLUSTER_IP, 6, Some(80), None),
         spread: true,
+        collected_conntrack: false,
     });
     v.push(Case {
         name: "node0 -udp-> svc web".into(),
         probe: Probe::udp("node0", WEB_CLUSTER_IP, 53),
         flow: flow(node_ip(0), Start::Auto, WEB_CLUSTER_IP, 17, Some(53), None),
         spread: true,
+        collected_conntrack: false,
     });
     v.push(Case {
         name: "ext -tcp-> node2:nodeport".into(),
@@ -114,6 +131,7 @@ fn cases(spec: &ClusterSpec, scenario: &str) -> Vec<Case> {
             None,
         ),
         spread: true,
+        collected_conntrack: false,
     });
     v.push(Case {
         name: "web-3 -tcp-> svc empty".into(),
@@ -127,6 +145,7 @@ fn cases(spec: &ClusterSpec, scenario: &str) -> Vec<Case> {
             None,
         ),
         spread: false,
+        collected_conntrack: false,
     });
     if scenario.starts_with("bridge-nf-masq") {
         v.push(Case {
@@ -134,12 +153,14 @@ fn cases(spec: &ClusterSpec, scenario: &str) -> Vec<Case> {
             probe: Probe::tcp("node0", VM_CLUSTER_IP, 80),
             flow: flow(node_ip(0), Start::Auto, VM_CLUSTER_IP, 6, Some(80), None),
             spread: false,
+            collected_conntrack: false,
         });
         v.push(Case {
             name: "node0 -tcp-> vm-0".into(),
             probe: Probe::tcp("node0", VM_IP, 8080),
             flow: flow(node_ip(0), Start::Auto, VM_IP, 6, Some(8080), None),
             spread: false,
+            collected_conntrack: false,
         });
     }
     if scenario.starts_with("local-service-ip") {
@@ -156,10 +177,31 @@ fn cases(spec: &ClusterSpec, scenario: &str) -> Vec<Case> {
                     None,
                 ),
                 spread: false,
+                collected_conntrack: false,
             });
         }
     }
     v
+}
+
+/// UDP clients in web-0 that keep their source port: each was balanced to some backend before
+/// [`GONE_POD`] was deleted; the kernel keeps following those entries.
+fn fixed_port_cases(spec: &ClusterSpec, ports: &[u16]) -> Vec<Case> {
+    let w0 = pod_ip(spec, "web-0");
+    ports
+        .iter()
+        .map(|&p| {
+            let mut f = flow(w0, Start::Auto, WEB_CLUSTER_IP, 17, Some(53), None);
+            f.sport = p;
+            Case {
+                name: format!("web-0:{p} -udp-> svc web"),
+                probe: Probe::udp("web-0", WEB_CLUSTER_IP, 53).from_port(p),
+                flow: f,
+                spread: false,
+                collected_conntrack: true,
+            }
+        })
+        .collect()
 }
 
 /// Endpoint IP → pod name (or the address itself).
@@ -221,6 +263,7 @@ fn trace_matches_the_kernel() {
         "bridge-nf-masq:node0",
         "local-service-ip:node1",
         "no-endpoints:web",
+        "pod-gone:web-3", // GONE_POD
     ];
     let wanted: Option<BTreeSet<String>> = std::env::var("NETRAY_DIFF_SCENARIOS")
         .ok()
@@ -232,6 +275,25 @@ fn trace_matches_the_kernel() {
             continue;
         }
         let mut lab = Lab::up(&ClusterSpec::standard(3, 2), &agent).expect("lab up");
+        let mut fixed_ports = Vec::new();
+        if scenario.starts_with("pod-gone") {
+            // Fixed-port clients talk once before the pod goes (conntrack remembers where each
+            // was balanced), until enough of them landed on the pod about to go.
+            let mut on_gone = 0;
+            for p in 5300..5400 {
+                let r = lab.probe(&Probe::udp("web-0", WEB_CLUSTER_IP, 53).from_port(p));
+                assert!(r.ok, "warm-up from port {p}: {r:?}");
+                fixed_ports.push(p);
+                on_gone += usize::from(r.answered_by.as_deref() == Some(GONE_POD));
+                if on_gone == CLIENTS_ON_GONE_POD {
+                    break;
+                }
+            }
+            assert_eq!(
+                on_gone, CLIENTS_ON_GONE_POD,
+                "clients balanced to {GONE_POD}"
+            );
+        }
         if scenario != "healthy" {
             let f: Fault = scenario.parse().expect("fault");
             lab.apply(&f).expect("apply fault");
@@ -242,8 +304,12 @@ fn trace_matches_the_kernel() {
         let world = World::new(&bundle);
         let engine = RulesetEngine::new(&world);
         let spec = lab.spec().clone();
-        for c in cases(&spec, scenario) {
-            let t = match netray_datapath::trace(&world, &engine, &c.flow, Options::default()) {
+        for c in cases(&spec, scenario, &fixed_ports) {
+            let opts = Options {
+                collected_conntrack: c.collected_conntrack,
+                ..Options::default()
+            };
+            let t = match netray_datapath::trace(&world, &engine, &c.flow, opts) {
                 Ok(t) => t,
                 Err(e) => {
                     rows.push((
