@@ -6,8 +6,9 @@
 //! **per endpoint branch** (for Services: which backends answered for real vs which branches
 //! netray delivers). Prints the table scenario × flow × real × netray; fails on any
 //! disagreement. The `pod-gone` scenario checks the walk's use of the *collected* conntrack
-//! table: UDP clients that keep their source port, some balanced to a pod that is then deleted,
-//! are walked with their real ports. Needs root (skipped with a message otherwise, failing under `CI=true`).
+//! table: UDP clients that keep their source port, some balanced to a pod that is then
+//! deleted, are walked with their real ports. Needs root (skipped with a message otherwise,
+//! failing under `CI=true`).
 //! `NETRAY_DIFF_SCENARIOS=healthy,forward-drop:node1` restricts the scenarios.
 
 use std::collections::{BTreeMap, BTreeSet};
