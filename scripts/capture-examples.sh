@@ -91,4 +91,12 @@ sel 001-checklist && capture 001-checklist 3 2 --fault ip-forward-off:node1 \
 sel 002-stale-vtep && capture 002-stale-vtep 4 1 --fault stale-vtep:node0:node2+node3 --warm warm_002
 sel 003-forward-drop && capture 003-forward-drop 3 2 --fault forward-drop:node1 --warm warm_003
 sel 004-local-service-ip && capture 004-local-service-ip 3 2 --fault local-service-ip:node1 --warm warm_004
+# 005 needs a fault applied *after* the clients talked (the stale entries must exist first):
+# the lab test that proves the case against the kernel does the capture.
+if sel 005-stale-conntrack; then
+    echo "== 005-stale-conntrack"
+    rm -rf examples/005-stale-conntrack/nodes examples/005-stale-conntrack/cluster.json
+    NETRAY_CAPTURE_EXAMPLE="$PWD/examples/005-stale-conntrack" \
+        cargo test -q -p netray --test lab_cases stale_udp_conntrack_entry_after_pod_deletion
+fi
 echo "done"

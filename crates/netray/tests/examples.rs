@@ -154,6 +154,15 @@ const CASES: &[Expect] = &[
         reachable: (0, 1),
         evidence: "local 192.168.60.200 dev kube-ipvs0",
     },
+    Expect {
+        bundle: "005-stale-conntrack",
+        from: "pod/default/web-0",
+        to: "svc/default/web:53/udp",
+        verdict: "reachable",
+        causes: &[],
+        reachable: (5, 5),
+        evidence: "",
+    },
 ];
 
 #[test]
@@ -247,6 +256,7 @@ fn scan_reports_each_example_and_is_quiet_on_healthy() {
         ),
         ("003-forward-drop", &[("forward-policy-drop", "node1")]),
         ("004-local-service-ip", &[("lb-ip-in-local-table", "node1")]),
+        ("005-stale-conntrack", &[]),
     ];
     for (bundle, want) in cases {
         let path = example(bundle);
@@ -302,4 +312,55 @@ fn scan_reports_each_example_and_is_quiet_on_healthy() {
         .unwrap()
         .status;
     assert_eq!(status.code(), Some(1));
+}
+
+/// 005: the client's real source port (named by the scan) follows the stale entry; a new
+/// connection works and the answer says which port does not.
+#[test]
+fn stale_conntrack_example_follows_the_collected_entry() {
+    let bundle = example("005-stale-conntrack");
+    let scan = run_json(
+        &["scan", "--bundle", &bundle, "-o", "json"],
+        &validator("scan.schema.json"),
+        1,
+    );
+    let finding = scan["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["code"] == "stale-conntrack-entry" && f["node"] == "node0")
+        .expect("scan reports the stale entry on node0");
+    let evidence = finding["evidence"][0].as_str().unwrap();
+    let sport = evidence
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("sport="))
+        .expect("the entry's source port");
+    let diagnose = validator("diagnose.schema.json");
+    let flow = [
+        "diagnose",
+        "--bundle",
+        &bundle,
+        "--from",
+        "pod/default/web-0",
+        "--to",
+        "svc/default/web:53/udp",
+        "-o",
+        "json",
+    ];
+    let new = run_json(&flow, &diagnose, 0);
+    assert!(
+        new["notes"]
+            .to_string()
+            .contains(&format!("--sport {sport}")),
+        "a new connection's answer names the stale port: {}",
+        new["notes"]
+    );
+    let mut with_port = flow.to_vec();
+    with_port.extend(["--sport", sport]);
+    let old = run_json(&with_port, &diagnose, 1);
+    assert_eq!(old["verdict"], "unreachable");
+    assert_eq!(old["causes"][0]["code"], "stale-conntrack-entry");
+    assert_eq!(old["causes"][0]["node"], "node0");
+    let fix = old["causes"][0]["fix"].as_str().unwrap();
+    assert!(fix.contains(&format!("--orig-port-src {sport}")), "{fix}");
 }

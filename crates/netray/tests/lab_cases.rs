@@ -486,6 +486,19 @@ fn stale_udp_conntrack_entry_after_pod_deletion() {
     assert!(!lab.probe(&svc.clone().from_port(sport)).ok);
     let dir = bundle(&lab);
     drop(lab);
+    // scripts/capture-examples.sh keeps this capture as examples/005-stale-conntrack.
+    if let Some(keep) = std::env::var_os("NETRAY_CAPTURE_EXAMPLE") {
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep.join("nodes")).expect("example dir");
+        for f in [
+            "cluster.json",
+            "nodes/node0.json",
+            "nodes/node1.json",
+            "nodes/node2.json",
+        ] {
+            std::fs::copy(dir.path().join(f), keep.join(f)).expect("copy capture");
+        }
+    }
 
     let port = sport.to_string();
     let d = diagnose(
