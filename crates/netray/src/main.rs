@@ -34,7 +34,7 @@ enum Command {
     Trace(cmd::trace::Args),
     /// Answer "does A reach B, and if not, why": verdict, per-endpoint outcome, root causes, fixes.
     #[command(
-        after_help = "Examples:\n  netray diagnose --bundle examples/002-stale-vtep --from pod/default/web-0 --to svc/default/web:53/udp\n  netray diagnose --bundle b.tar.gz --from node/node-a --to svc/default/web:http -o json\n  sudo netray diagnose --live --from 10.244.0.5 --to 10.244.0.7:8080\n\nExit codes: 0 reachable, 1 unreachable / partial / uncertain, 2 usage or input error."
+        after_help = "Examples:\n  netray diagnose --bundle examples/002-stale-vtep --from pod/default/web-0 --to svc/default/web:53/udp\n  netray diagnose --bundle b.tar.gz --from node/node-a --to svc/default/web:http -o json\n  netray diagnose --bundle examples/005-stale-conntrack --from pod/default/web-0 --to svc/default/web:53/udp --sport 5300\n  sudo netray diagnose --live --from 10.244.0.5 --to 10.244.0.7:8080\n\nExit codes: 0 reachable, 1 unreachable / partial / uncertain, 2 usage or input error."
     )]
     Diagnose(cmd::diagnose::Args),
     /// Check every node and namespace of a bundle for known-bad state (the check catalog).
