@@ -311,8 +311,8 @@ fn explaining_codes(d: Disposition) -> &'static [&'static str] {
 
 /// The `stale-conntrack-entry` finding, when `b`'s request followed a collected conntrack
 /// entry (a flow given with its real source port) that the scan found stale: same node, same
-/// original tuple.
-/// Its evidence is narrowed to this flow's entry.
+/// original tuple. Its evidence is narrowed to this flow's entry, its explanation and fix
+/// rewritten for it.
 fn stale_entry_followed(b: &Branch, findings: &[Finding]) -> Option<Finding> {
     b.hops
         .iter()
