@@ -188,6 +188,14 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
     let rules: Vec<RuleRef> = o
         .matched_rules()
         .map(|h| RuleRef {
+            backend: match h.backend {
+                nfl::Backend::IptablesLegacy => "iptables-legacy",
+                nfl::Backend::IptablesNft => "iptables-nft",
+                nfl::Backend::Nftables => "nft",
+            }
+            .to_string(),
+            family: h.family.to_string(),
+            handle: h.handle,
             table: h.table.to_string(),
             chain: h.chain.to_string(),
             index: (h.index != 0).then_some(h.index as usize),

@@ -23,6 +23,7 @@ pub mod engine;
 pub mod fib;
 pub mod ipvs;
 pub mod nf;
+pub mod object;
 pub mod result;
 pub mod testkit;
 pub mod text;
@@ -30,6 +31,7 @@ pub mod walk;
 pub mod world;
 
 pub use engine::RulesetEngine;
+pub use object::{KernelObject, Place};
 pub use result::{Branch, Disposition, FlowView, Hop, Leg, PacketView, RuleRef, Step, Trace};
 pub use walk::{Flow, Options, Start, TraceError, trace};
 pub use world::World;

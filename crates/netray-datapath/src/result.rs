@@ -34,8 +34,9 @@ pub enum Disposition {
     ReplyMismatch,
     /// The packet is larger than the egress MTU and may not be fragmented.
     MtuExceeded,
-    /// The packet leaves the set of collected namespaces.
-    ExitsCluster,
+    /// The packet leaves the collected namespaces (through a gateway or device whose other
+    /// side was not collected): not a failure — where it goes next is outside the snapshot.
+    Exits,
     /// The packet loops.
     Loop,
     /// Something the model does not know (named in `reason`).
@@ -43,9 +44,13 @@ pub enum Disposition {
 }
 
 impl Disposition {
-    /// True for the dispositions that mean "it works".
+    /// True for the dispositions that are not failures: delivered, accepted by the host, or
+    /// left the snapshot toward somewhere it does not cover.
     pub fn is_success(self) -> bool {
-        matches!(self, Disposition::Delivered | Disposition::AcceptedByHost)
+        matches!(
+            self,
+            Disposition::Delivered | Disposition::AcceptedByHost | Disposition::Exits
+        )
     }
 
     /// The kebab-case name used in JSON and text.
@@ -62,7 +67,7 @@ impl Disposition {
             Disposition::ForwardingDisabled => "forwarding-disabled",
             Disposition::ReplyMismatch => "reply-mismatch",
             Disposition::MtuExceeded => "mtu-exceeded",
-            Disposition::ExitsCluster => "exits-cluster",
+            Disposition::Exits => "exits",
             Disposition::Loop => "loop",
             Disposition::Unknown => "unknown",
         }
@@ -132,18 +137,41 @@ impl std::fmt::Display for PacketView {
 /// A firewall rule that matched (or a chain policy that applied).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RuleRef {
+    /// `iptables-legacy`, `iptables-nft` or `nft`.
+    #[serde(default)]
+    pub backend: String,
+    /// `ip`, `ip6`, `inet`, `bridge`, `netdev`.
+    #[serde(default)]
+    pub family: String,
     /// Table (`nat`, `filter`, or an nft table name).
     pub table: String,
     /// Chain.
     pub chain: String,
     /// 1-based rule number in the chain; `None` for the chain policy.
     pub index: Option<usize>,
+    /// nft rule handle (native nft rules).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handle: Option<u64>,
     /// The rule's own text (or `policy DROP`).
     pub text: String,
     /// Packet counter from the snapshot, when recorded.
     pub packets: Option<u64>,
     /// Byte counter from the snapshot, when recorded.
     pub bytes: Option<u64>,
+}
+
+impl RuleRef {
+    /// The rule as a [`KernelObject`] of namespace `at`.
+    pub fn object(&self, at: &crate::Place) -> crate::KernelObject {
+        crate::KernelObject::Rule {
+            at: at.clone(),
+            family: self.family.clone(),
+            table: self.table.clone(),
+            chain: self.chain.clone(),
+            index: self.index,
+            text: self.text.clone(),
+        }
+    }
 }
 
 /// What happened at a hop.
@@ -310,6 +338,11 @@ pub struct Branch {
     pub reason: String,
     /// Which leg it ended on.
     pub ended_on: Leg,
+    /// The kernel objects whose state decided how the branch ended: the DROP rule or policy,
+    /// the failed route lookup, the stale neighbour/FDB entry, the sysctl, the link, the
+    /// missing socket. Empty for a success.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub decided_by: Vec<crate::KernelObject>,
     /// What this branch assumes about constructs netray does not model (unknown matches,
     /// explored both ways); empty when the branch is certain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

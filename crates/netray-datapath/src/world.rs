@@ -66,9 +66,44 @@ impl<'a> NsView<'a> {
             .unwrap_or("")
     }
 
-    /// A sysctl as an integer.
+    /// A sysctl as an integer (`None` when not collected or not an integer; see
+    /// [`NsView::sysctl_unparsable`]).
     pub fn sysctl_int(&self, name: &str) -> Option<i64> {
         self.snap.sysctl(name).and_then(|v| v.trim().parse().ok())
+    }
+
+    /// The collected text of a sysctl that matters as an integer but is not one: the walk
+    /// must not read it as 0.
+    pub fn sysctl_unparsable(&self, name: &str) -> Option<&'a str> {
+        self.snap
+            .sysctl(name)
+            .filter(|v| v.trim().parse::<i64>().is_err())
+    }
+
+    /// Where this namespace is, for [`crate::KernelObject`] references.
+    pub fn place(&self) -> crate::Place {
+        crate::Place {
+            node: self.node.to_string(),
+            netns: self.netns_label(),
+        }
+    }
+
+    /// A reference to sysctl `key` as collected here.
+    pub fn sysctl_obj(&self, key: &str) -> crate::KernelObject {
+        crate::KernelObject::Sysctl {
+            at: self.place(),
+            key: key.to_string(),
+            value: self.snap.sysctl(key).map(|v| v.trim().to_string()),
+        }
+    }
+
+    /// A reference to link `i` with the state that matters.
+    pub fn link_obj(&self, i: usize, state: impl Into<String>) -> crate::KernelObject {
+        crate::KernelObject::Link {
+            at: self.place(),
+            name: self.link_name(i).to_string(),
+            state: state.into(),
+        }
     }
 
     /// Does this namespace own `ip` on some interface?

@@ -290,7 +290,7 @@ fn external_client_reply_exits_cluster() {
     assert!(t.flow.start.contains("entering on up0"));
     // The server's own traffic to the internet just exits.
     let t = run(&k, "10.0.2.2", "203.0.113.9", 1, None, None, Start::Auto);
-    assert_eq!(only(&t), Disposition::ExitsCluster);
+    assert_eq!(only(&t), Disposition::Exits);
 }
 
 #[test]

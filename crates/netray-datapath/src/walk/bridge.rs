@@ -136,7 +136,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         pl.name
                     ),
                     Some("mtu-blackhole"),
-                ));
+                )
+                .by(v.link_obj(p, format!("mtu {}", pl.mtu))));
             }
             if Some(p) == in_port {
                 let hair = self
@@ -150,7 +151,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                             "bridge {bname} would send the frame back out of {in_name}, where it came from, but hairpin mode is off",
                         ),
                         Some("hairpin-off"),
-                    ));
+                    )
+                    .by(v.link_obj(p, "hairpin off")));
                 }
             }
             self.hop(

@@ -122,7 +122,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                     Disposition::Dropped,
                     format!("net.ipv4.icmp_echo_ignore_all=1 in {}", v.label()),
                     Some("icmp-echo-ignored"),
-                ));
+                )
+                .by(v.sysctl_obj("net.ipv4.icmp_echo_ignore_all")));
             }
             return Ok((Disposition::Delivered, Some("icmp echo".into())));
         }
@@ -164,7 +165,13 @@ impl<'w, 'a> Walker<'w, 'a> {
                     }
                 ),
                 Some("port-not-listening"),
-            )),
+            )
+            .by(crate::KernelObject::Socket {
+                at: v.place(),
+                proto: proto_name(p.proto),
+                port: p.dport,
+                socket: None,
+            })),
         }
     }
 
@@ -189,9 +196,26 @@ impl<'w, 'a> Walker<'w, 'a> {
                 Err(e) => e,
             };
         }
+        let v = &self.world.ns[ns];
+        let place = format!("{} via {}", v.label(), v.link_name(link));
+        if st.leg == Leg::Reply {
+            // The reply of an internal client leaves the snapshot: whether something outside
+            // routes it back is not known.
+            return end(
+                Disposition::Unknown,
+                format!(
+                    "the reply to {} leaves the collected namespaces from {place} (source {}); whether it comes back is outside the snapshot",
+                    st.pkt.dst, st.pkt.src
+                ),
+                Some("reply-leaves-snapshot"),
+            );
+        }
         end(
-            Disposition::ExitsCluster,
-            format!("{} leaves the collected namespaces", st.pkt.dst),
+            Disposition::Exits,
+            format!(
+                "{} leaves the collected namespaces from {place} with source {}",
+                st.pkt.dst, st.pkt.src
+            ),
             None,
         )
     }

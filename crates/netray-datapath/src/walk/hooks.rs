@@ -83,18 +83,26 @@ impl<'w, 'a> Walker<'w, 'a> {
                             ""
                         };
                         let where_ = self.last_nat_hop(&st);
-                        return vec![Next::Stop(
-                            st,
-                            end(
-                                Disposition::ReplyMismatch,
-                                format!(
-                                    "the reply {t} does not match conntrack entry `{}` in {}{bridged}: TCP treats it as INVALID and the handshake dies{where_}",
-                                    e.text(),
-                                    v.label()
-                                ),
-                                Some("nat-reply-mismatch"),
+                        let mut stop = end(
+                            Disposition::ReplyMismatch,
+                            format!(
+                                "the reply {t} does not match conntrack entry `{}` in {}{bridged}: TCP treats it as INVALID and the handshake dies{where_}",
+                                e.text(),
+                                v.label()
                             ),
-                        )];
+                            Some("nat-reply-mismatch"),
+                        )
+                        .by(crate::KernelObject::Conntrack {
+                            at: v.place(),
+                            entry: e.text(),
+                            collected: false,
+                        });
+                        if phys.is_some() {
+                            // The reply met netfilter inside the bridge only because of
+                            // br_netfilter.
+                            stop = stop.by(v.sysctl_obj("net.bridge.bridge-nf-call-iptables"));
+                        }
+                        return vec![Next::Stop(st, stop)];
                     }
                     let e = CtEntry {
                         ns,
@@ -220,6 +228,9 @@ impl<'w, 'a> Walker<'w, 'a> {
             } else {
                 ""
             };
+            let place = v.place();
+            let deciding: Vec<crate::KernelObject> =
+                last_rule.map(|r| r.object(&place)).into_iter().collect();
             let res = match &o.verdict {
                 NfVerdict::Accept => Ok(()),
                 NfVerdict::Drop => Err(end(
@@ -231,7 +242,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         v.label()
                     ),
                     Some(drop_cause(hook, last_rule)),
-                )),
+                )
+                .by_all(deciding)),
                 NfVerdict::Reject(w) => Err(end(
                     Disposition::Rejected,
                     format!(
@@ -241,7 +253,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         v.label()
                     ),
                     Some("iptables-reject-rule"),
-                )),
+                )
+                .by_all(deciding)),
                 NfVerdict::Queue => Err(end(
                     Disposition::Unknown,
                     format!(
@@ -250,12 +263,18 @@ impl<'w, 'a> Walker<'w, 'a> {
                         rule_desc(last_rule)
                     ),
                     Some("uncertain-rule"),
-                )),
+                )
+                .by_all(deciding)),
                 NfVerdict::Unknown(why) => Err(end(
                     Disposition::Unknown,
                     format!("{} in {}: {why}", hook.name(), v.label()),
                     Some("uncertain-rule"),
-                )),
+                )
+                .by_all(deciding)
+                .by(crate::KernelObject::Unmodelled {
+                    at: place.clone(),
+                    what: crate::text::clip(why, 300),
+                })),
             };
             if let Err(e) = res {
                 alive.push(Next::Stop(s, e));

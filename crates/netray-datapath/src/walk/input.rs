@@ -14,6 +14,21 @@ use super::Walker;
 use super::state::{End, RouteSel, St, end, sysctl_or};
 
 impl<'w, 'a> Walker<'w, 'a> {
+    /// The addresses of `ns` equal to `ip` (a martian's local source).
+    fn local_addr_objs(&self, ns: NsIdx, ip: IpAddr) -> Vec<crate::KernelObject> {
+        let v = &self.world.ns[ns];
+        v.snap
+            .addresses
+            .iter()
+            .filter(|a| a.addr.addr() == ip)
+            .map(|a| crate::KernelObject::Address {
+                at: v.place(),
+                dev: a.dev.clone(),
+                addr: a.addr.to_string(),
+            })
+            .collect()
+    }
+
     /// Input checks and input route.
     pub(super) fn route_in(
         &self,
@@ -69,20 +84,47 @@ impl<'w, 'a> Walker<'w, 'a> {
         for (p, sel, step) in sels {
             self.hop(st, ns, Some(link), (!sel.local).then_some(sel.dev), step);
             if !sel.local && dst.is_ipv4() {
-                let fwd = v
-                    .sysctl_int(&format!("net.ipv4.conf.{iname}.forwarding"))
-                    .or_else(|| v.sysctl_int("net.ipv4.ip_forward"))
-                    .or_else(|| v.sysctl_int("net.ipv4.conf.all.forwarding"))
-                    .unwrap_or(0);
-                if fwd == 0 {
+                // The first of these that was collected decides (per interface, then the
+                // global switch that sets every interface).
+                let keys = [
+                    format!("net.ipv4.conf.{iname}.forwarding"),
+                    "net.ipv4.ip_forward".to_string(),
+                    "net.ipv4.conf.all.forwarding".to_string(),
+                ];
+                let deciding = keys.iter().find(|k| v.snap.sysctl(k).is_some());
+                if let Some(k) = deciding
+                    && let Some(raw) = v.sysctl_unparsable(k)
+                {
                     return Err(end(
+                        Disposition::Unknown,
+                        format!(
+                            "{k} in {} is `{}`, not a number: whether {iname} forwards is unknown",
+                            v.label(),
+                            crate::text::clip(raw, 80)
+                        ),
+                        Some("uncertain-rule"),
+                    )
+                    .by(v.sysctl_obj(k)));
+                }
+                let fwd = deciding.and_then(|k| v.sysctl_int(k)).unwrap_or(0);
+                if fwd == 0 {
+                    let key = deciding.cloned().unwrap_or_else(|| keys[1].clone());
+                    let mut e = end(
                         Disposition::ForwardingDisabled,
                         format!(
-                            "forwarding is disabled on {iname} in {} (net.ipv4.conf.{iname}.forwarding / net.ipv4.ip_forward = 0)",
-                            v.label()
+                            "forwarding is disabled on {iname} in {} ({key} = {})",
+                            v.label(),
+                            if deciding.is_some() { "0" } else { "not collected, kernel default 0" }
                         ),
                         Some("ip-forward-disabled"),
-                    ));
+                    )
+                    .by(v.sysctl_obj(&key));
+                    // `sysctl -w net.ipv4.ip_forward=1` resets every interface's switch; an
+                    // interface switched off on its own is named too.
+                    if key != keys[1] && v.snap.sysctl(&keys[1]).is_some() {
+                        e = e.by(v.sysctl_obj(&keys[1]));
+                    }
+                    return Err(e);
                 }
             }
             if dst.is_ipv4() {
@@ -117,7 +159,9 @@ impl<'w, 'a> Walker<'w, 'a> {
                         v.label()
                     ),
                     Some("martian-source"),
-                ));
+                )
+                .by_all(self.local_addr_objs(ns, src))
+                .by(v.sysctl_obj("net.ipv4.conf.all.accept_local")));
             }
             return Ok(());
         }
@@ -147,7 +191,15 @@ impl<'w, 'a> Walker<'w, 'a> {
                         v.label()
                     ),
                     Some("martian-source"),
-                )),
+                )
+                .by_all(self.local_addr_objs(ns, src))
+                .by(crate::KernelObject::Route {
+                    at: v.place(),
+                    table: route.table,
+                    route: fib::route_text(route),
+                    rule: None,
+                })
+                .by(v.sysctl_obj("net.ipv4.conf.all.accept_local"))),
                 RouteType::Local => Ok(()),
                 RouteType::Unicast => {
                     let via_iif = route.dev.as_deref() == Some(iname)
@@ -164,7 +216,14 @@ impl<'w, 'a> Walker<'w, 'a> {
                                 fib::route_text(route)
                             ),
                             Some("rp-filter-drop"),
-                        ))
+                        )
+                        .by_all(rp_objs(v, iname))
+                        .by(crate::KernelObject::Route {
+                            at: v.place(),
+                            table: route.table,
+                            route: fib::route_text(route),
+                            rule: None,
+                        }))
                     } else {
                         self.hop(
                             st,
@@ -195,7 +254,13 @@ impl<'w, 'a> Walker<'w, 'a> {
                 Disposition::RpFilter,
                 format!("reverse path filter: {rpf_vals}; no route back to {src}"),
                 Some("rp-filter-drop"),
-            )),
+            )
+            .by_all(rp_objs(v, iname))
+            .by(crate::KernelObject::RouteLookup {
+                at: v.place(),
+                dst: src,
+                result: "no route back".into(),
+            })),
         }
     }
 
@@ -231,7 +296,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         v.label()
                     ),
                     Some("mtu-blackhole"),
-                ));
+                )
+                .by(v.link_obj(link, format!("mtu {mtu}"))));
             }
         } else if st.pkt.df {
             return Err(end(
@@ -244,7 +310,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                     v.label()
                 ),
                 Some("mtu-blackhole"),
-            ));
+            )
+            .by(v.link_obj(link, format!("mtu {mtu}"))));
         }
         self.hop(
             st,
@@ -261,4 +328,23 @@ impl<'w, 'a> Walker<'w, 'a> {
         );
         Ok(())
     }
+}
+
+/// The rp_filter sysctls that make up `max(conf.all, conf.IFACE)` on `iname`, the one that
+/// decides first.
+fn rp_objs(v: &crate::world::NsView<'_>, iname: &str) -> Vec<crate::KernelObject> {
+    let all = "net.ipv4.conf.all.rp_filter";
+    let ifk = format!("net.ipv4.conf.{iname}.rp_filter");
+    let (a, i) = (
+        v.sysctl_int(all).unwrap_or(0),
+        v.sysctl_int(&ifk).unwrap_or(0),
+    );
+    let mut out = Vec::new();
+    if i >= a {
+        out.push(v.sysctl_obj(&ifk));
+    }
+    if a >= i && a != 0 {
+        out.push(v.sysctl_obj(all));
+    }
+    out
 }

@@ -72,7 +72,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                 Disposition::Dropped,
                 format!("{what}{} in {} is down", l.name, v.label()),
                 Some("interface-down"),
-            ));
+            )
+            .by(v.link_obj(link, "down")));
         }
         Ok(l)
     }
@@ -185,7 +186,23 @@ impl<'w, 'a> Walker<'w, 'a> {
                 v.label()
             ),
             Some("neighbor-unreachable"),
-        ))
+        )
+        .by(crate::KernelObject::Neighbour {
+            at: v.place(),
+            dev: lname.to_string(),
+            addr: nh,
+            lladdr: entry.and_then(|n| n.lladdr.clone()),
+            state: entry
+                .map(|n| n.state.join(","))
+                .unwrap_or_else(|| "missing".into()),
+            expected_lladdr: self.world.owners_of(nh).iter().find_map(|&(n, i)| {
+                self.world.ns[n]
+                    .snap
+                    .links
+                    .get(i)
+                    .and_then(|l| l.mac.clone())
+            }),
+        }))
     }
 
     /// Interface `ol` of namespace `ons` answers ARP for `nh`: its MAC is the neighbour's.
@@ -312,7 +329,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                             l.name
                         ),
                         Some("mtu-blackhole"),
-                    ));
+                    )
+                    .by(self.world.ns[pns].link_obj(pl, format!("mtu {}", p.mtu))));
                 }
                 self.wire(st, ns, link, (pns, pl), mac);
                 Ok(None)
@@ -367,7 +385,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                                     mac.unwrap_or_default()
                                 ),
                                 Some("stale-neighbor"),
-                            ))
+                            )
+                            .by_all(self.last_neighbour_obj(st, None)))
                         } else {
                             Err(self.exits(
                                 st,
@@ -415,7 +434,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         v.label()
                     ),
                     Some("unmodelled-interface"),
-                ))
+                )
+                .by(v.link_obj(link, format!("{kind} device (not modelled)"))))
             }
         }
     }
@@ -492,7 +512,13 @@ impl<'w, 'a> Walker<'w, 'a> {
         if !for_me {
             let m = mac.unwrap_or_default();
             let own = l.mac.clone().unwrap_or_default();
-            let (why, cause) = if matches!(l.kind, LinkKind::Vxlan { .. }) {
+            let is_vxlan = matches!(l.kind, LinkKind::Vxlan { .. });
+            let by = if is_vxlan {
+                self.stale_vtep_objs(st, &own)
+            } else {
+                self.last_neighbour_obj(st, Some(&own)).into_iter().collect()
+            };
+            let (why, cause) = if is_vxlan {
                 (
                     format!(
                         "the inner frame is addressed to MAC {m} but {} in {} has MAC {own}: the sender's neighbour/FDB entry for this VTEP is stale",
@@ -511,7 +537,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                     "stale-neighbor",
                 )
             };
-            return Err(end(Disposition::Dropped, why, Some(cause)));
+            return Err(end(Disposition::Dropped, why, Some(cause)).by_all(by));
         }
         st.pos = Pos::IpIn {
             ns,

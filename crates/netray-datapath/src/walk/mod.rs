@@ -351,12 +351,16 @@ impl<'w, 'a> Walker<'w, 'a> {
             disposition: e.disp,
             cause: e.cause.map(str::to_string),
             reason: e.reason,
+            decided_by: e.by,
             ended_on: st.leg,
             assumptions: st.assumptions,
             hops: st.hops,
         };
         if let Some(prev) = done.iter_mut().find(|p| {
-            p.disposition == b.disposition && p.hops == b.hops && p.assumptions == b.assumptions
+            p.disposition == b.disposition
+                && p.hops == b.hops
+                && p.assumptions == b.assumptions
+                && p.decided_by == b.decided_by
         }) {
             prev.probability += b.probability;
         } else {
@@ -607,20 +611,26 @@ impl<'w, 'a> Walker<'w, 'a> {
                     fail!(end(Disposition::Unknown, "internal: bad bridge", None));
                 };
                 if !is_up(bl) {
-                    fail!(end(
-                        Disposition::Dropped,
-                        format!("bridge {} is down", bl.name),
-                        Some("interface-down")
-                    ));
+                    fail!(
+                        end(
+                            Disposition::Dropped,
+                            format!("bridge {} is down", bl.name),
+                            Some("interface-down")
+                        )
+                        .by(v.link_obj(br, "down"))
+                    );
                 }
                 if let Some(bp) = &pl.bridge_port
                     && bp.state != "forwarding"
                 {
-                    fail!(end(
-                        Disposition::Dropped,
-                        format!("bridge port {} is in state {}", pl.name, bp.state),
-                        Some("bridge-port-blocked")
-                    ));
+                    fail!(
+                        end(
+                            Disposition::Dropped,
+                            format!("bridge port {} is in state {}", pl.name, bp.state),
+                            Some("bridge-port-blocked")
+                        )
+                        .by(v.link_obj(port, format!("bridge port state {}", bp.state)))
+                    );
                 }
                 let dst_before = st.pkt.dst;
                 if self.br_nf(ns, br, st.pkt.dst.is_ipv4()) {

@@ -61,7 +61,12 @@ impl<'w, 'a> Walker<'w, 'a> {
                 Disposition::NoRoute,
                 format!("no route to {dst} in {}", v.label()),
                 Some("no-route"),
-            )),
+            )
+            .by(crate::KernelObject::RouteLookup {
+                at: v.place(),
+                dst,
+                result: "no route".into(),
+            })),
             FibResult::RuleAction { rule } => {
                 let (d, c) = match rule.action {
                     RuleAction::Blackhole => (Disposition::Dropped, "blackhole-rule"),
@@ -71,7 +76,12 @@ impl<'w, 'a> Walker<'w, 'a> {
                     d,
                     format!("ip rule `{}` in {}", fib::rule_text(rule), v.label()),
                     Some(c),
-                ))
+                )
+                .by(crate::KernelObject::RouteLookup {
+                    at: v.place(),
+                    dst,
+                    result: format!("ip rule `{}`", fib::rule_text(rule)),
+                }))
             }
             FibResult::OnLink { dev } => {
                 let d = v.link(dev).unwrap_or(0);
@@ -95,6 +105,12 @@ impl<'w, 'a> Walker<'w, 'a> {
             FibResult::Route { rule, table, route } => {
                 let rule_t = rule.map(fib::rule_text);
                 let rtext = fib::route_text(route);
+                let route_obj = crate::KernelObject::Route {
+                    at: v.place(),
+                    table,
+                    route: rtext.clone(),
+                    rule: rule_t.clone(),
+                };
                 let step = |nh: Option<IpAddr>, ecmp: Option<String>| Step::Route {
                     rule: rule_t.clone(),
                     table,
@@ -186,18 +202,21 @@ impl<'w, 'a> Walker<'w, 'a> {
                         Disposition::Dropped,
                         format!("blackhole route `{rtext}` in {}", v.label()),
                         Some("blackhole-route"),
-                    )),
+                    )
+                    .by(route_obj)),
                     RouteType::Unreachable | RouteType::Prohibit => Err(end(
                         Disposition::NoRoute,
                         format!("{:?} route `{rtext}` in {}", route.route_type, v.label())
                             .to_lowercase(),
-                        Some("no-route"),
-                    )),
+                        Some("blackhole-route"),
+                    )
+                    .by(route_obj)),
                     other => Err(end(
                         Disposition::Unknown,
                         format!("route type {other:?} (`{rtext}`) is not modelled"),
                         Some("unmodelled-route-type"),
-                    )),
+                    )
+                    .by(route_obj)),
                 }
             }
         }

@@ -7,6 +7,7 @@ use std::collections::HashSet;
 use std::net::IpAddr;
 
 use crate::nf::{CtDir, CtEntry, Tuple, proto_name};
+use crate::object::KernelObject;
 use crate::result::{Disposition, Hop, Leg, PacketView};
 use crate::world::NsIdx;
 
@@ -226,6 +227,26 @@ pub(super) struct End {
     pub(super) disp: Disposition,
     pub(super) reason: String,
     pub(super) cause: Option<&'static str>,
+    /// The objects whose state decided this end (the DROP rule, the sysctl, the stale entry).
+    pub(super) by: Vec<KernelObject>,
+}
+
+impl End {
+    /// Name an object that decided this end.
+    pub(super) fn by(mut self, o: KernelObject) -> End {
+        if !self.by.contains(&o) {
+            self.by.push(o);
+        }
+        self
+    }
+
+    /// Name several objects that decided this end.
+    pub(super) fn by_all(mut self, os: impl IntoIterator<Item = KernelObject>) -> End {
+        for o in os {
+            self = self.by(o);
+        }
+        self
+    }
 }
 
 pub(super) fn end(
@@ -237,6 +258,7 @@ pub(super) fn end(
         disp,
         reason: reason.into(),
         cause,
+        by: Vec::new(),
     }
 }
 

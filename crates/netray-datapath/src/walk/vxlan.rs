@@ -62,6 +62,8 @@ impl<'w, 'a> Walker<'w, 'a> {
             exact
         };
         if entries.is_empty() {
+            // The FDB entry the frame needed, and the neighbour entry that chose its MAC.
+            let expected_dst = self.vtep_of_mac(&m);
             return Err(end(
                 Disposition::Dropped,
                 format!(
@@ -71,7 +73,15 @@ impl<'w, 'a> Walker<'w, 'a> {
                     l.name
                 ),
                 Some("missing-vxlan-fdb"),
-            ));
+            )
+            .by(crate::KernelObject::Fdb {
+                at: v.place(),
+                dev: l.name.clone(),
+                mac: m.clone(),
+                dst: expected_dst,
+                present: false,
+            })
+            .by_all(self.last_neighbour_obj(st, None)));
         }
         let n = entries.len() as f64;
         let mut outv = Vec::new();
@@ -212,6 +222,98 @@ impl<'w, 'a> Walker<'w, 'a> {
                 Next::Stop(st, end(Disposition::Dropped, why, Some("vxlan-mismatch")))
             }
         }
+    }
+}
+
+impl Walker<'_, '_> {
+    /// The underlay address of the VTEP whose device has MAC `mac` (its `local`), if collected.
+    pub(super) fn vtep_of_mac(&self, mac: &str) -> Option<IpAddr> {
+        self.world.mac_owners(mac).iter().find_map(|&(n, i)| {
+            match self.world.ns[n].snap.links.get(i).map(|l| &l.kind) {
+                Some(LinkKind::Vxlan { local, .. }) => *local,
+                _ => None,
+            }
+        })
+    }
+
+    /// The neighbour entry of the last resolution on this branch (a VXLAN next hop), with the
+    /// MAC it should hold: `expected` when given, else the MAC of the device owning the
+    /// address.
+    pub(super) fn last_neighbour_obj(
+        &self,
+        st: &St,
+        expected: Option<&str>,
+    ) -> Option<crate::KernelObject> {
+        let h = st
+            .hops
+            .iter()
+            .rev()
+            .find(|h| matches!(h.step, Step::Neighbour { .. }))?;
+        let Step::Neighbour {
+            addr,
+            lladdr,
+            state,
+        } = &h.step
+        else {
+            return None;
+        };
+        let owner_mac = || {
+            self.world.owners_of(*addr).iter().find_map(|&(n, i)| {
+                self.world.ns[n]
+                    .snap
+                    .links
+                    .get(i)
+                    .and_then(|l| l.mac.clone())
+            })
+        };
+        Some(crate::KernelObject::Neighbour {
+            at: crate::Place {
+                node: h.node.clone(),
+                netns: h.netns.clone(),
+            },
+            dev: h.oif.clone().unwrap_or_default(),
+            addr: *addr,
+            lladdr: lladdr.clone(),
+            state: state.split(' ').next().unwrap_or("").to_string(),
+            expected_lladdr: expected.map(str::to_string).or_else(owner_mac),
+        })
+    }
+
+    /// The sender's objects behind a VXLAN frame whose inner MAC the receiving device
+    /// (`own_mac`) does not have: the neighbour entry that chose the MAC and the FDB entry
+    /// that sent it to this VTEP.
+    pub(super) fn stale_vtep_objs(&self, st: &St, own_mac: &str) -> Vec<crate::KernelObject> {
+        let Some(enc) = st
+            .hops
+            .iter()
+            .rev()
+            .find(|h| matches!(h.step, Step::Encap { .. }))
+        else {
+            return Vec::new();
+        };
+        let Step::Encap {
+            dev,
+            inner_dst_mac,
+            remote,
+            ..
+        } = &enc.step
+        else {
+            return Vec::new();
+        };
+        let at = crate::Place {
+            node: enc.node.clone(),
+            netns: enc.netns.clone(),
+        };
+        let mut out: Vec<crate::KernelObject> =
+            self.last_neighbour_obj(st, Some(own_mac)).into_iter().collect();
+        out.push(crate::KernelObject::Fdb {
+            at,
+            dev: dev.clone(),
+            mac: inner_dst_mac.clone(),
+            dst: Some(*remote),
+            present: true,
+        });
+        out
     }
 }
 
