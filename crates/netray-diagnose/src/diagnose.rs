@@ -159,7 +159,7 @@ fn evidence_of(b: &Branch) -> Vec<String> {
         b.disposition,
         Disposition::NoRoute
             | Disposition::NeighborUnreachable
-            | Disposition::ExitsCluster
+            | Disposition::Exits
             | Disposition::RpFilter
             | Disposition::MartianSource
             | Disposition::Loop
@@ -304,7 +304,7 @@ fn explaining_codes(d: Disposition) -> &'static [&'static str] {
         Disposition::MtuExceeded => &["mtu-blackhole", "pod-mtu-exceeds-overlay"],
         Disposition::ReplyMismatch => &["bridge-nf-snat-conflict"],
         Disposition::Rejected => &["no-endpoints", "port-not-listening"],
-        Disposition::ExitsCluster => &["no-route", "pod-no-default-route"],
+        Disposition::Exits => &["no-route", "pod-no-default-route"],
         _ => &[],
     }
 }
@@ -442,7 +442,7 @@ fn default_code(b: &Branch) -> &'static str {
         Disposition::ForwardingDisabled => "ip-forward-disabled",
         Disposition::ReplyMismatch => "nat-reply-mismatch",
         Disposition::MtuExceeded => "mtu-blackhole",
-        Disposition::ExitsCluster => "exits-cluster",
+        Disposition::Exits => "exits-cluster",
         Disposition::Loop => "routing-loop",
         Disposition::Unknown => "uncertain-rule",
         Disposition::Delivered | Disposition::AcceptedByHost => "ok",
