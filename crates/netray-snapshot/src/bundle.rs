@@ -4,9 +4,17 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use crate::limits::{self, Limits};
 use crate::model::{LinkKind, NodeSnapshot, SCHEMA_VERSION};
+use crate::text::{clip, clip_quote, escape_line};
+
+/// An error message that may quote input, bounded and on one line.
+fn bounded(msg: &str) -> String {
+    escape_line(&clip(msg, 1000)).into_owned()
+}
 
 /// A loaded, validated bundle.
 #[derive(Debug, Clone)]
@@ -77,7 +85,7 @@ impl NodeSnapshot {
         let value: serde_json::Value = serde_json::from_str(text).map_err(|e| LoadError::Json {
             file: file.to_string(),
             path: format!("line {} column {}", e.line(), e.column()),
-            reason: e.to_string(),
+            reason: bounded(&e.to_string()),
         })?;
         match value.get("schema_version") {
             None => {
@@ -99,7 +107,10 @@ impl NodeSnapshot {
                     return Err(LoadError::Json {
                         file: file.to_string(),
                         path: ".schema_version".into(),
-                        reason: format!("expected an integer, found {v}"),
+                        reason: format!(
+                            "expected an integer, found {}",
+                            clip_quote(&v.to_string())
+                        ),
                     });
                 }
             },
@@ -107,8 +118,8 @@ impl NodeSnapshot {
         let snap: NodeSnapshot =
             serde_path_to_error::deserialize(value).map_err(|e| LoadError::Json {
                 file: file.to_string(),
-                path: json_path(e.path()),
-                reason: e.inner().to_string(),
+                path: bounded(&json_path(e.path())),
+                reason: bounded(&e.inner().to_string()),
             })?;
         snap.validate(file)?;
         Ok(snap)
@@ -127,6 +138,7 @@ impl NodeSnapshot {
             path,
             reason,
         };
+        self.validate_names(file)?;
         let hosts = self
             .namespaces
             .iter()
@@ -157,7 +169,10 @@ impl NodeSnapshot {
                 } else {
                     Err(invalid(
                         format!(".namespaces[{i}].{what}[{j}].dev"),
-                        format!("interface `{dev}` is not a link of this namespace"),
+                        format!(
+                            "interface `{}` is not a link of this namespace",
+                            clip_quote(dev)
+                        ),
                     ))
                 }
             };
@@ -172,7 +187,7 @@ impl NodeSnapshot {
                         format!(".namespaces[{i}].links[{j}].kind.peer_netns"),
                         format!(
                             "veth `{}` has its peer in namespace inode {p}, which is neither in the snapshot nor in `referenced_netns`",
-                            l.name
+                            clip_quote(&l.name)
                         ),
                     ));
                 }
@@ -181,7 +196,7 @@ impl NodeSnapshot {
                 {
                     return Err(invalid(
                         format!(".namespaces[{i}].links[{j}].master"),
-                        format!("master `{m}` is not a link of this namespace"),
+                        format!("master `{}` is not a link of this namespace", clip_quote(m)),
                     ));
                 }
             }
@@ -204,6 +219,135 @@ impl NodeSnapshot {
     }
 }
 
+impl NodeSnapshot {
+    /// Check names against the limits in [`crate::limits`], so that a huge or hostile name
+    /// (control characters, `/`) is refused at load instead of being copied into every label.
+    fn validate_names(&self, file: &str) -> Result<(), LoadError> {
+        let invalid = |path: String, reason: String| LoadError::Invalid {
+            file: file.to_string(),
+            path,
+            reason,
+        };
+        let id = &self.node;
+        check_name(&id.name, limits::MAX_NODE_NAME_BYTES, NameRule::Path)
+            .map_err(|r| invalid(".node.name".into(), format!("node name {r}")))?;
+        for (field, value) in [
+            ("hostname", &id.hostname),
+            ("kernel", &id.kernel),
+            ("boot_id", &id.boot_id),
+            ("collected_at", &id.collected_at),
+            ("collector", &id.collector),
+        ] {
+            check_name(value, limits::MAX_IDENTITY_FIELD_BYTES, NameRule::Text)
+                .map_err(|r| invalid(format!(".node.{field}"), format!("{field} {r}")))?;
+        }
+        let netns_name = |path: String, n: &Option<String>| match n {
+            Some(n) => check_name(n, limits::MAX_NETNS_NAME_BYTES, NameRule::Path)
+                .map_err(|r| invalid(path, format!("namespace name {r}"))),
+            None => Ok(()),
+        };
+        for (i, r) in self.referenced_netns.iter().enumerate() {
+            netns_name(format!(".referenced_netns[{i}].name"), &r.name)?;
+        }
+        for (i, ns) in self.namespaces.iter().enumerate() {
+            netns_name(format!(".namespaces[{i}].id.name"), &ns.id.name)?;
+            let ifname = |path: String, n: &str| {
+                check_name(n, limits::MAX_IFNAME_BYTES, NameRule::Interface)
+                    .map_err(|r| invalid(path, format!("interface name {r}")))
+            };
+            let opt_ifname = |path: String, n: &Option<String>| match n {
+                Some(n) => ifname(path, n),
+                None => Ok(()),
+            };
+            for (j, l) in ns.links.iter().enumerate() {
+                ifname(format!(".namespaces[{i}].links[{j}].name"), &l.name)?;
+                opt_ifname(format!(".namespaces[{i}].links[{j}].master"), &l.master)?;
+                let at = |f: &str| format!(".namespaces[{i}].links[{j}].kind.{f}");
+                match &l.kind {
+                    LinkKind::Vxlan { dev, .. } => opt_ifname(at("dev"), dev)?,
+                    LinkKind::Vlan { parent, .. }
+                    | LinkKind::Macvlan { parent, .. }
+                    | LinkKind::Ipvlan { parent } => opt_ifname(at("parent"), parent)?,
+                    _ => {}
+                }
+            }
+            for (j, a) in ns.addresses.iter().enumerate() {
+                ifname(format!(".namespaces[{i}].addresses[{j}].dev"), &a.dev)?;
+            }
+            for (j, r) in ns.routes.iter().enumerate() {
+                opt_ifname(format!(".namespaces[{i}].routes[{j}].dev"), &r.dev)?;
+                for (k, h) in r.multipath.iter().enumerate() {
+                    opt_ifname(
+                        format!(".namespaces[{i}].routes[{j}].multipath[{k}].dev"),
+                        &h.dev,
+                    )?;
+                }
+            }
+            for (j, r) in ns.rules.iter().enumerate() {
+                opt_ifname(format!(".namespaces[{i}].rules[{j}].iif"), &r.iif)?;
+                opt_ifname(format!(".namespaces[{i}].rules[{j}].oif"), &r.oif)?;
+            }
+            for (j, n) in ns.neighbours.iter().enumerate() {
+                ifname(format!(".namespaces[{i}].neighbours[{j}].dev"), &n.dev)?;
+            }
+            for (j, f) in ns.fdb.iter().enumerate() {
+                ifname(format!(".namespaces[{i}].fdb[{j}].dev"), &f.dev)?;
+                opt_ifname(format!(".namespaces[{i}].fdb[{j}].master"), &f.master)?;
+            }
+            for (j, s) in ns.sockets.iter().enumerate() {
+                opt_ifname(format!(".namespaces[{i}].sockets[{j}].dev"), &s.dev)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What characters a name may hold.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum NameRule {
+    /// Free text without control characters.
+    Text,
+    /// Also used in paths and endpoint syntax: no `/`, not `.` or `..`, not empty.
+    Path,
+    /// A Linux interface name (`dev_valid_name`): also no `:` and no white space.
+    Interface,
+}
+
+/// Why `name` breaks `rule` or is longer than `max` bytes, as "is …" text (quoting at most
+/// [`crate::text::MAX_QUOTE_CHARS`] of it).
+fn check_name(name: &str, max: usize, rule: NameRule) -> Result<(), String> {
+    if name.len() > max {
+        return Err(format!(
+            "is {} bytes long, more than the limit of {max} (`{}`)",
+            name.len(),
+            clip_quote(name)
+        ));
+    }
+    if let Some(c) = name.chars().find(|&c| crate::text::is_unsafe_control(c)) {
+        return Err(format!(
+            "`{}` holds the control character {:?}",
+            clip_quote(name),
+            c
+        ));
+    }
+    if rule == NameRule::Text {
+        return Ok(());
+    }
+    if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+        return Err(format!(
+            "`{}` is not a valid name (empty, `.`, `..`, or holds `/`)",
+            clip_quote(name)
+        ));
+    }
+    if rule == NameRule::Interface && name.chars().any(|c| c == ':' || c.is_whitespace()) {
+        return Err(format!(
+            "`{}` is not a valid interface name (holds `:` or white space)",
+            clip_quote(name)
+        ));
+    }
+    Ok(())
+}
+
 /// Render a `serde_path_to_error` path as `.a.b[3].c`.
 fn json_path(path: &serde_path_to_error::Path) -> String {
     let s = path.to_string();
@@ -216,12 +360,19 @@ fn json_path(path: &serde_path_to_error::Path) -> String {
 }
 
 impl Bundle {
-    /// Load a bundle from a directory or a `.tar.gz` / `.tgz` file.
+    /// Load a bundle from a directory or a `.tar.gz` / `.tgz` file, with the default
+    /// [`Limits`]. Only `cluster.json` and `nodes/*.json` are read, and only when they are
+    /// regular files (or, in a directory, symbolic links to them) within the limits.
     pub fn load(path: &Path) -> Result<Bundle, LoadError> {
+        Self::load_with(path, &Limits::default())
+    }
+
+    /// [`Bundle::load`] with explicit limits.
+    pub fn load_with(path: &Path, limits: &Limits) -> Result<Bundle, LoadError> {
         let files = if path.is_dir() {
-            read_dir_files(path)?
+            read_dir_files(path, limits)?
         } else {
-            read_tar_gz(path)?
+            read_tar_gz(path, limits)?
         };
         Self::from_files(path, files)
     }
@@ -242,7 +393,7 @@ impl Bundle {
                     serde_json::from_str(text).map_err(|e| LoadError::Json {
                         file: shown(rel),
                         path: format!("line {} column {}", e.line(), e.column()),
-                        reason: e.to_string(),
+                        reason: bounded(&e.to_string()),
                     })?;
                 cluster = Some(v);
             } else if rel.starts_with("nodes/") && rel.ends_with(".json") {
@@ -298,66 +449,412 @@ fn io_err(file: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
     }
 }
 
-fn read_dir_files(dir: &Path) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
+/// What a file that is not a regular file is, for messages.
+fn kind_of(ft: fs::FileType) -> &'static str {
+    if ft.is_fifo() {
+        "a FIFO"
+    } else if ft.is_char_device() {
+        "a character device"
+    } else if ft.is_block_device() {
+        "a block device"
+    } else if ft.is_socket() {
+        "a socket"
+    } else if ft.is_dir() {
+        "a directory"
+    } else if ft.is_symlink() {
+        "a symbolic link"
+    } else {
+        "not a regular file"
+    }
+}
+
+fn bundle_err(file: impl std::fmt::Display, reason: String) -> LoadError {
+    LoadError::Bundle {
+        file: file.to_string(),
+        reason,
+    }
+}
+
+/// Bytes read so far from one bundle, against [`Limits::bundle_bytes`].
+struct Budget<'a> {
+    limits: &'a Limits,
+    used: u64,
+}
+
+impl Budget<'_> {
+    /// Refuse `size` bytes of `file` when over the per-file or total limit; otherwise the most
+    /// that may still be read from it.
+    fn admit(&self, file: &dyn std::fmt::Display, size: u64) -> Result<u64, LoadError> {
+        let per_file = self.limits.file_bytes;
+        if size > per_file {
+            return Err(bundle_err(
+                file,
+                format!(
+                    "{size} bytes, more than the limit of {per_file} bytes per file (MAX_FILE_BYTES)"
+                ),
+            ));
+        }
+        let left = self.limits.bundle_bytes.saturating_sub(self.used);
+        if size > left {
+            return Err(bundle_err(
+                file,
+                format!(
+                    "the bundle's files add up to more than the limit of {} bytes (MAX_BUNDLE_BYTES)",
+                    self.limits.bundle_bytes
+                ),
+            ));
+        }
+        Ok(per_file.min(left))
+    }
+
+    /// Read at most what [`Budget::admit`] allows from `r`; more is an error.
+    fn read(
+        &mut self,
+        file: &dyn std::fmt::Display,
+        announced: u64,
+        r: impl Read,
+    ) -> Result<Vec<u8>, LoadError> {
+        let max = self.admit(file, announced)?;
+        let mut data = Vec::with_capacity(announced.min(max) as usize);
+        r.take(max + 1)
+            .read_to_end(&mut data)
+            .map_err(|e| bundle_err(file, format!("cannot read: {e}")))?;
+        self.admit(file, data.len() as u64)?;
+        self.used += data.len() as u64;
+        Ok(data)
+    }
+}
+
+/// Open `path` for reading only if it is a regular file (a symbolic link to one is fine):
+/// checked before opening, and again on the opened descriptor, which is opened with
+/// `O_NONBLOCK` so that a FIFO swapped in between cannot block.
+fn open_regular(path: &Path) -> Result<(fs::File, u64), LoadError> {
+    let meta = fs::metadata(path).map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(bundle_err(
+            path.display(),
+            format!("is {}, not a regular file", kind_of(meta.file_type())),
+        ));
+    }
+    let file = fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(io_err(path))?;
+    let meta = file.metadata().map_err(io_err(path))?;
+    if !meta.is_file() {
+        return Err(bundle_err(
+            path.display(),
+            format!("is {}, not a regular file", kind_of(meta.file_type())),
+        ));
+    }
+    Ok((file, meta.len()))
+}
+
+fn read_regular(path: &Path, budget: &mut Budget<'_>) -> Result<Vec<u8>, LoadError> {
+    let (file, len) = open_regular(path)?;
+    budget.read(&path.display(), len, file)
+}
+
+fn read_dir_files(dir: &Path, limits: &Limits) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
+    let mut budget = Budget { limits, used: 0 };
     let mut files = Vec::new();
     let cluster = dir.join("cluster.json");
-    if cluster.exists() {
-        files.push((
+    match fs::symlink_metadata(&cluster) {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(io_err(&cluster)(e)),
+        Ok(_) => files.push((
             "cluster.json".to_string(),
-            fs::read(&cluster).map_err(io_err(&cluster))?,
-        ));
+            read_regular(&cluster, &mut budget)?,
+        )),
     }
     let nodes_dir = dir.join("nodes");
     let entries = fs::read_dir(&nodes_dir).map_err(io_err(&nodes_dir))?;
     let mut names = Vec::new();
     for e in entries {
         let e = e.map_err(io_err(&nodes_dir))?;
-        let name = e.file_name().to_string_lossy().into_owned();
+        let name = e.file_name();
+        let Some(name) = name.to_str() else { continue };
         if name.ends_with(".json") {
-            names.push(name);
+            names.push(name.to_string());
+            if names.len() > limits.node_files {
+                return Err(bundle_err(
+                    nodes_dir.display(),
+                    format!(
+                        "more than {} node snapshots (MAX_NODE_FILES)",
+                        limits.node_files
+                    ),
+                ));
+            }
         }
     }
     names.sort();
     for name in names {
         let p = nodes_dir.join(&name);
-        files.push((format!("nodes/{name}"), fs::read(&p).map_err(io_err(&p))?));
+        files.push((format!("nodes/{name}"), read_regular(&p, &mut budget)?));
     }
     Ok(files)
 }
 
-/// Read a `.tar.gz` bundle; entries may sit under one top-level directory.
-fn read_tar_gz(path: &Path) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
-    let file = fs::File::open(path).map_err(io_err(path))?;
-    let mut archive = tar::Archive::new(flate2::read::GzDecoder::new(file));
-    let bad = |e: std::io::Error| LoadError::Bundle {
-        file: path.display().to_string(),
-        reason: format!("not a readable .tar.gz bundle: {e}"),
+/// A reader that fails once more than `limit` bytes went through it.
+struct Bounded<R> {
+    inner: R,
+    count: u64,
+    limit: u64,
+}
+
+impl<R: Read> Read for Bounded<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if self.count > self.limit {
+            return Err(std::io::Error::other(format!(
+                "more than {} bytes once decompressed (MAX_ARCHIVE_STREAM_BYTES)",
+                self.limit
+            )));
+        }
+        Ok(n)
+    }
+}
+
+/// The bundle files found under one candidate root of an archive (`""` or `"top/"`).
+#[derive(Default)]
+struct Root {
+    /// Relative path → (entry name as stored, entry number, contents).
+    files: BTreeMap<String, (String, u64, Vec<u8>)>,
+    /// Why these files cannot be used (a duplicate, a non-regular entry).
+    problems: Vec<String>,
+}
+
+impl Root {
+    fn has_nodes(&self) -> bool {
+        self.files.keys().any(|k| k.starts_with("nodes/"))
+    }
+}
+
+/// Where an archive entry belongs: `(root, path relative to it)` when it is `cluster.json` or
+/// `nodes/NAME.json`, at the top or under one top-level directory; `None` for anything else.
+fn classify(name: &str) -> Option<(String, String)> {
+    let comps: Vec<&str> = name.split('/').collect();
+    if comps
+        .iter()
+        .any(|c| c.is_empty() || *c == "." || *c == "..")
+    {
+        return None;
+    }
+    let node = |f: &str| f.ends_with(".json") && f.len() > ".json".len();
+    match comps.as_slice() {
+        ["cluster.json"] => Some((String::new(), "cluster.json".into())),
+        ["nodes", f] if node(f) => Some((String::new(), format!("nodes/{f}"))),
+        [top, "cluster.json"] => Some((format!("{top}/"), "cluster.json".into())),
+        [top, "nodes", f] if node(f) => Some((format!("{top}/"), format!("nodes/{f}"))),
+        _ => None,
+    }
+}
+
+/// The value of `key` in a pax extended header (`LEN KEY=VALUE\n` records).
+fn pax_value<'a>(data: &'a [u8], key: &str) -> Option<&'a [u8]> {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let sp = rest.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&rest[..sp]).ok()?.parse().ok()?;
+        if len <= sp || len > rest.len() {
+            return None;
+        }
+        let record = &rest[sp + 1..len];
+        let record = record.strip_suffix(b"\n").unwrap_or(record);
+        if let Some(eq) = record.iter().position(|&b| b == b'=')
+            && &record[..eq] == key.as_bytes()
+        {
+            return Some(&record[eq + 1..]);
+        }
+        rest = &rest[len..];
+    }
+    None
+}
+
+/// Read a `.tar.gz` bundle as a stream (see [`Bundle::load`]): entries other than
+/// `cluster.json` and `nodes/*.json` (at the top or under one top-level directory) are skipped
+/// unread; those are refused unless they are regular files, checked against the limits by
+/// their header before they are read, and must not appear twice.
+fn read_tar_gz(path: &Path, limits: &Limits) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
+    let (file, _) = open_regular(path)?;
+    let shown = path.display().to_string();
+    let bad = |e: std::io::Error| {
+        bundle_err(
+            &shown,
+            format!(
+                "not a readable .tar.gz bundle: {}",
+                clip_quote(&e.to_string())
+            ),
+        )
     };
-    let mut raw = Vec::new();
-    for entry in archive.entries().map_err(bad)? {
+    let stream = Bounded {
+        inner: flate2::read::GzDecoder::new(file),
+        count: 0,
+        limit: limits.archive_stream_bytes,
+    };
+    let mut archive = tar::Archive::new(stream);
+    // Raw: GNU long names and pax headers are read here, within a limit.
+    let entries = archive.entries().map_err(bad)?.raw(true);
+    let mut budget = Budget { limits, used: 0 };
+    let mut roots: BTreeMap<String, Root> = BTreeMap::new();
+    let mut node_files = 0usize;
+    let mut long_name: Option<Vec<u8>> = None;
+    let mut pax: Option<Vec<u8>> = None;
+    for (index, entry) in entries.enumerate() {
+        let index = index as u64 + 1;
+        if index > limits.archive_entries {
+            return Err(bundle_err(
+                &shown,
+                format!(
+                    "more than {} archive entries (MAX_ARCHIVE_ENTRIES)",
+                    limits.archive_entries
+                ),
+            ));
+        }
         let mut entry = entry.map_err(bad)?;
-        if !entry.header().entry_type().is_file() {
+        let kind = entry.header().entry_type();
+        let size = entry.header().entry_size().map_err(bad)?;
+        let small = |what: &str| {
+            if size > limits.archive_header_bytes {
+                Err(bundle_err(
+                    &shown,
+                    format!(
+                        "entry {index}: {what} of {size} bytes, more than the limit of {} bytes (MAX_ARCHIVE_HEADER_BYTES)",
+                        limits.archive_header_bytes
+                    ),
+                ))
+            } else {
+                Ok(())
+            }
+        };
+        if kind.is_gnu_longname() || kind.is_pax_local_extensions() {
+            small(if kind.is_gnu_longname() {
+                "a GNU long name"
+            } else {
+                "a pax header"
+            })?;
+            let mut data = Vec::new();
+            (&mut entry)
+                .take(size)
+                .read_to_end(&mut data)
+                .map_err(bad)?;
+            if kind.is_gnu_longname() {
+                while data.last() == Some(&0) {
+                    data.pop();
+                }
+                long_name = Some(data);
+            } else {
+                if pax_value(&data, "size").is_some() {
+                    return Err(bundle_err(
+                        &shown,
+                        format!(
+                            "entry {index}: a pax `size` record (files over 8 GiB), which netray does not read"
+                        ),
+                    ));
+                }
+                pax = Some(data);
+            }
             continue;
         }
-        let name = entry.path().map_err(bad)?.to_string_lossy().into_owned();
-        let name = name.trim_start_matches("./").to_string();
-        let mut data = Vec::new();
-        entry.read_to_end(&mut data).map_err(bad)?;
-        raw.push((name, data));
+        if kind.is_gnu_longlink() || kind.is_pax_global_extensions() {
+            // Not needed; skipped unread.
+            continue;
+        }
+        let pax_path = pax
+            .take()
+            .and_then(|p| pax_value(&p, "path").map(<[u8]>::to_vec));
+        let raw = pax_path
+            .or(long_name.take())
+            .unwrap_or_else(|| entry.path_bytes().into_owned());
+        let Ok(name) = String::from_utf8(raw) else {
+            continue;
+        };
+        let mut norm = name.as_str();
+        while let Some(s) = norm.strip_prefix("./") {
+            norm = s;
+        }
+        let norm = norm.trim_end_matches('/');
+        let Some((root, rel)) = classify(norm) else {
+            continue;
+        };
+        let quoted = clip_quote(&name);
+        let r = roots.entry(root.clone()).or_default();
+        let regular = kind.is_file() || kind.is_contiguous();
+        if !regular {
+            let what = if kind.is_symlink() {
+                "a symbolic link".to_string()
+            } else if kind.is_hard_link() {
+                "a hard link".to_string()
+            } else if kind.is_dir() {
+                "a directory".to_string()
+            } else {
+                format!("of type {:?}", kind)
+            };
+            r.problems.push(format!(
+                "entry {index} `{quoted}` is {what}, not a regular file (bundle files must be regular files)"
+            ));
+            continue;
+        }
+        if let Some((first, at, _)) = r.files.get(&rel) {
+            r.problems.push(format!(
+                "`{}` (entry {at}) and `{quoted}` (entry {index}) are both {root}{rel}: a bundle holds each file once",
+                clip_quote(first)
+            ));
+            continue;
+        }
+        if rel.starts_with("nodes/") {
+            node_files += 1;
+            if node_files > limits.node_files {
+                return Err(bundle_err(
+                    &shown,
+                    format!(
+                        "more than {} node snapshots (MAX_NODE_FILES)",
+                        limits.node_files
+                    ),
+                ));
+            }
+        }
+        let data = budget.read(&format!("{shown}/{quoted}"), size, &mut entry)?;
+        r.files.insert(rel, (name, index, data));
     }
-    // Strip a common top-level directory (`bundle/cluster.json` → `cluster.json`).
-    let prefix = raw
-        .iter()
-        .find_map(|(n, _)| {
-            n.strip_suffix("cluster.json")
-                .or_else(|| n.find("nodes/").map(|i| &n[..i]))
-                .map(str::to_string)
-        })
-        .unwrap_or_default();
-    let mut files: Vec<_> = raw
+    // The bundle's root: the top when it has node snapshots (or nothing else does), else the
+    // one top-level directory that has them.
+    let top_has_nodes = roots.get("").is_some_and(Root::has_nodes);
+    let chosen = if top_has_nodes {
+        String::new()
+    } else {
+        let with_nodes: Vec<&String> = roots
+            .iter()
+            .filter(|(_, r)| r.has_nodes())
+            .map(|(k, _)| k)
+            .collect();
+        match with_nodes.as_slice() {
+            [] => String::new(),
+            [one] => (*one).clone(),
+            many => {
+                return Err(bundle_err(
+                    &shown,
+                    format!(
+                        "several bundles in one archive ({}): pack one",
+                        many.iter()
+                            .take(5)
+                            .map(|k| format!("`{}`", clip_quote(k)))
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                ));
+            }
+        }
+    };
+    let root = roots.remove(&chosen).unwrap_or_default();
+    if let Some(p) = root.problems.first() {
+        return Err(bundle_err(&shown, p.clone()));
+    }
+    Ok(root
+        .files
         .into_iter()
-        .filter_map(|(n, d)| n.strip_prefix(prefix.as_str()).map(|s| (s.to_string(), d)))
-        .collect();
-    files.sort_by(|a, b| a.0.cmp(&b.0));
-    Ok(files)
+        .map(|(rel, (_, _, data))| (rel, data))
+        .collect())
 }

@@ -5,7 +5,10 @@
 //! Kubernetes `cluster.json`. Loading validates and names the file and JSON path of any fault.
 
 pub mod bundle;
+pub mod limits;
 pub mod model;
+pub mod text;
 
 pub use bundle::{Bundle, LoadError};
+pub use limits::Limits;
 pub use model::*;
