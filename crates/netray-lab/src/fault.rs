@@ -81,6 +81,25 @@ pub enum Fault {
         /// Pod.
         pod: String,
     },
+    /// A hand-written `filter FORWARD` rule on the pod's node, first in the chain, DROPs every
+    /// packet forwarded to the pod's IP (cross-node, Service and bridged same-node traffic;
+    /// the node's own connections to the pod leave by OUTPUT and still work).
+    DropRule {
+        /// Pod.
+        pod: String,
+    },
+    /// The flannel route to `peer`'s pod subnet on `node` is replaced by a `blackhole` route.
+    BlackholeRoute {
+        /// Node holding the blackhole route.
+        node: String,
+        /// Peer whose subnet it swallows.
+        peer: String,
+    },
+    /// The node-side end of the pod's veth (on `cni0`) is set down.
+    VethDown {
+        /// Pod.
+        pod: String,
+    },
 }
 
 impl Fault {
@@ -98,6 +117,9 @@ impl Fault {
         "local-service-ip:NODE",
         "no-endpoints:SERVICE",
         "pod-gone:POD",
+        "drop-rule:POD",
+        "blackhole-route:NODE:PEER",
+        "veth-down:POD",
     ];
 
     /// The fault's name (`forward-drop`, …).
@@ -115,6 +137,9 @@ impl Fault {
             Fault::LocalServiceIp { .. } => "local-service-ip",
             Fault::NoEndpoints { .. } => "no-endpoints",
             Fault::PodGone { .. } => "pod-gone",
+            Fault::DropRule { .. } => "drop-rule",
+            Fault::BlackholeRoute { .. } => "blackhole-route",
+            Fault::VethDown { .. } => "veth-down",
         }
     }
 }
@@ -130,10 +155,14 @@ impl fmt::Display for Fault {
             | Fault::LocalServiceIp { node } => write!(f, ":{node}"),
             Fault::StaleVtep { node, stale_on } if stale_on.is_empty() => write!(f, ":{node}"),
             Fault::StaleVtep { node, stale_on } => write!(f, ":{node}:{}", stale_on.join("+")),
-            Fault::MissingRoute { node, peer } => write!(f, ":{node}:{peer}"),
+            Fault::MissingRoute { node, peer } | Fault::BlackholeRoute { node, peer } => {
+                write!(f, ":{node}:{peer}")
+            }
             Fault::PodNoDefaultRoute { pod }
             | Fault::PolicyDrop { pod }
-            | Fault::PodGone { pod } => write!(f, ":{pod}"),
+            | Fault::PodGone { pod }
+            | Fault::DropRule { pod }
+            | Fault::VethDown { pod } => write!(f, ":{pod}"),
             Fault::NoEndpoints { service } => write!(f, ":{service}"),
             Fault::OverlayMtu => Ok(()),
         }
@@ -160,7 +189,7 @@ impl FromStr for Fault {
         };
         let max_args = match parts[0] {
             "overlay-mtu" => 0,
-            "stale-vtep" | "missing-route" => 2,
+            "stale-vtep" | "missing-route" | "blackhole-route" => 2,
             _ => 1,
         };
         if parts.len() > max_args + 1 {
@@ -193,6 +222,12 @@ impl FromStr for Fault {
             "local-service-ip" => Fault::LocalServiceIp { node: arg(1)? },
             "no-endpoints" => Fault::NoEndpoints { service: arg(1)? },
             "pod-gone" => Fault::PodGone { pod: arg(1)? },
+            "drop-rule" => Fault::DropRule { pod: arg(1)? },
+            "blackhole-route" => Fault::BlackholeRoute {
+                node: arg(1)?,
+                peer: arg(2)?,
+            },
+            "veth-down" => Fault::VethDown { pod: arg(1)? },
             other => {
                 return Err(format!(
                     "unknown fault `{other}`; expected one of {}",
@@ -218,6 +253,9 @@ mod tests {
             "no-endpoints:web",
             "pod-gone:web-3",
             "local-service-ip:node0",
+            "drop-rule:web-2",
+            "blackhole-route:node2:node0",
+            "veth-down:web-5",
         ] {
             let f: Fault = s.parse().unwrap();
             assert_eq!(f.to_string(), s);

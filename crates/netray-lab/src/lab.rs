@@ -750,6 +750,42 @@ impl Lab {
                 self.spec.pods.remove(at);
                 self.sync_kube_proxy()?;
             }
+            Fault::DropRule { pod } => {
+                let p = self.spec.pod(pod).ok_or_else(|| unknown("pod", pod))?;
+                let node = self.spec.nodes[p.node].name.clone();
+                let ip = format!("{}/32", p.ip);
+                let comment = format!("block {pod}");
+                self.ns(&node)?.exec(
+                    "iptables",
+                    &[
+                        "-w",
+                        "-I",
+                        "FORWARD",
+                        "1",
+                        "-d",
+                        &ip,
+                        "-m",
+                        "comment",
+                        "--comment",
+                        &comment,
+                        "-j",
+                        "DROP",
+                    ],
+                )?;
+            }
+            Fault::BlackholeRoute { node, peer } => {
+                self.node_index(node)?;
+                let p = self.node_index(peer)?;
+                let cidr = self.spec.nodes[p].pod_cidr.clone();
+                self.ns(node)?
+                    .ip(&["route", "replace", "blackhole", &cidr])?;
+            }
+            Fault::VethDown { pod } => {
+                let p = self.spec.pod(pod).ok_or_else(|| unknown("pod", pod))?;
+                let node = self.spec.nodes[p.node].name.clone();
+                self.ns(&node)?
+                    .ip(&["link", "set", &host_veth(pod), "down"])?;
+            }
         }
         self.faults.push(fault.clone());
         Ok(())

@@ -17,6 +17,7 @@ pub mod cluster;
 pub mod fault;
 pub mod kubeproxy;
 pub mod lab;
+pub mod matrix;
 pub mod netns;
 pub mod probe;
 pub mod spec;

@@ -191,7 +191,11 @@ impl Netns {
 }
 
 /// Run `cmd` with `input` on its standard input; error with its stderr (and `hint`).
-fn run_with_input(cmd: &mut Command, input: &str, hint: Option<&str>) -> Result<(), LabError> {
+pub(crate) fn run_with_input(
+    cmd: &mut Command,
+    input: &str,
+    hint: Option<&str>,
+) -> Result<(), LabError> {
     let shown = format!("{cmd:?}").replace('"', "");
     let mut child = cmd
         .stdin(Stdio::piped())
