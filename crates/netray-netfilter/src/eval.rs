@@ -27,6 +27,15 @@ pub(crate) struct Cx<'a> {
     pub pkt: &'a Packet,
     pub ctx: &'a HostContext,
     pub opts: &'a EvalOptions,
+    /// Facts decided earlier on the path (at earlier hooks), given by the caller.
+    pub given: &'a [Assumption],
+}
+
+/// An unknown fact a match depends on: its stable key and why it is unknown.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Unk {
+    pub key: String,
+    pub what: String,
 }
 
 /// Three-valued match result, with probability for random matches.
@@ -34,22 +43,17 @@ pub(crate) struct Cx<'a> {
 pub(crate) enum Tri {
     No,
     Yes,
-    /// Matches with probability `p` (1.0 if only unknown); `unknown` names what is not modelled.
+    /// Matches with probability `p` (1.0 if only unknown); `unknown` is the first fact not yet
+    /// decided on the path that the result depends on.
     Maybe {
         p: f64,
-        unknown: Option<String>,
+        unknown: Option<Box<Unk>>,
     },
 }
 
 impl Tri {
-    fn from(b: bool) -> Tri {
+    pub(crate) fn from(b: bool) -> Tri {
         if b { Tri::Yes } else { Tri::No }
-    }
-    fn unknown(what: impl Into<String>) -> Tri {
-        Tri::Maybe {
-            p: 1.0,
-            unknown: Some(what.into()),
-        }
     }
     /// Conjunction.
     pub(crate) fn and(self, o: Tri) -> Tri {
@@ -62,7 +66,7 @@ impl Tri {
             },
         }
     }
-    /// Negation (probabilities complement; unknown stays unknown).
+    /// Negation (probabilities complement; an undecided fact stays undecided).
     pub(crate) fn not(self) -> Tri {
         match self {
             Tri::No => Tri::Yes,
@@ -73,6 +77,107 @@ impl Tri {
             },
         }
     }
+    /// Negate when `neg`.
+    pub(crate) fn neg_if(self, neg: bool) -> Tri {
+        if neg { self.not() } else { self }
+    }
+}
+
+/// The facts a path has decided, as a match sees them: the caller's (earlier hooks) and the
+/// path's own (this evaluation). Records whether a match consulted one.
+pub(crate) struct Fx<'a> {
+    given: &'a [Assumption],
+    path: &'a [Assumption],
+    used: std::cell::Cell<bool>,
+}
+
+impl<'a> Fx<'a> {
+    pub(crate) fn new(given: &'a [Assumption], path: &'a [Assumption]) -> Fx<'a> {
+        Fx {
+            given,
+            path,
+            used: std::cell::Cell::new(false),
+        }
+    }
+
+    /// The decided value of fact `key`, if any.
+    pub(crate) fn get(&self, key: &str) -> Option<bool> {
+        let v = decided(self.given, self.path, key);
+        if v.is_some() {
+            self.used.set(true);
+        }
+        v
+    }
+
+    /// The truth of the fact `key` (the construct itself, before any `!`): its decided value,
+    /// or `Maybe` naming it when the path has not decided it yet.
+    pub(crate) fn fact(&self, key: String, what: impl Into<String>) -> Tri {
+        match self.get(&key) {
+            Some(b) => Tri::from(b),
+            None => Tri::Maybe {
+                p: 1.0,
+                unknown: Some(Box::new(Unk {
+                    key,
+                    what: what.into(),
+                })),
+            },
+        }
+    }
+
+    /// Whether a decided fact was consulted.
+    pub(crate) fn used(&self) -> bool {
+        self.used.get()
+    }
+}
+
+/// Value of fact `key` among the given and the path's decisions.
+pub(crate) fn decided(given: &[Assumption], path: &[Assumption], key: &str) -> Option<bool> {
+    path.iter()
+        .chain(given)
+        .find(|a| a.key == key)
+        .map(|a| a.matched)
+}
+
+/// The packet values a stateful or opaque match may look at, for fact keys.
+pub(crate) fn view_key(pkt: &Packet, v: &View) -> String {
+    let port = |p: Option<u16>| p.map(|p| format!(":{p}")).unwrap_or_default();
+    format!(
+        "[proto {} {}{} -> {}{}]",
+        pkt.proto,
+        v.src,
+        port(v.sport),
+        v.dst,
+        port(v.dport)
+    )
+}
+
+/// The work bounds of one evaluation ([`crate::limits`]).
+#[derive(Debug)]
+pub(crate) struct Budget {
+    /// Forks left ([`EvalOptions::max_branches`]).
+    pub branches: usize,
+    /// Rule steps left ([`limits::MAX_RULE_STEPS`]).
+    pub steps: u64,
+}
+
+impl Budget {
+    /// Take one rule step; false when none is left.
+    pub(crate) fn step(&mut self) -> bool {
+        if self.steps == 0 {
+            return false;
+        }
+        self.steps -= 1;
+        true
+    }
+
+    /// Why a step was refused, at `at`.
+    pub(crate) fn steps_exhausted(at: &str) -> String {
+        format!(
+            "evaluation stopped at {at}: more than {} rule steps in one evaluation \
+             (limit MAX_RULE_STEPS; the ruleset is too large or loops)",
+            limits::MAX_RULE_STEPS
+        )
+    }
 }
 
 /// Which chains a stage runs.
@@ -82,6 +187,8 @@ pub(crate) enum StageKind {
     Ipt { dump: u32, table: u32 },
     /// nft: table index.
     Nft { table: u32 },
+    /// iptables: lines of the dump outside any table ([`ipt::Dump::orphans`]): unknown.
+    Orphans { dump: u32 },
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -109,6 +216,8 @@ pub(crate) struct St {
     tproxy: Option<Tproxy>,
     trail: Vec<RuleHit>,
     assumptions: Vec<Assumption>,
+    /// Jumps and gotos taken on this path ([`limits::MAX_TRANSFERS_PER_PATH`]).
+    transfers: u32,
     /// An action to apply before looking at the next rule (set on forked branches).
     pending: Option<Act>,
 }
@@ -171,6 +280,14 @@ pub(crate) fn stages(rs: &Ruleset, hook: Hook, pkt: &Packet, opts: &EvalOptions)
         if d.family != fam {
             continue;
         }
+        if !d.orphans.is_empty() {
+            out.push(Stage {
+                prio: i32::MIN,
+                kind: StageKind::Orphans { dump: di as u32 },
+                base: 0,
+                nat: false,
+            });
+        }
         for (ti, t) in d.tables.iter().enumerate() {
             let Some((prio, nat)) = ipt_prio(&t.name, hook) else {
                 continue;
@@ -203,6 +320,7 @@ pub(crate) fn evaluate(
     pkt: &Packet,
     ctx: &HostContext,
     opts: &EvalOptions,
+    given: &[Assumption],
 ) -> Vec<Outcome> {
     let stages = stages(rs, hook, pkt, opts);
     let cx = Cx {
@@ -211,6 +329,7 @@ pub(crate) fn evaluate(
         pkt,
         ctx,
         opts,
+        given,
     };
     let init = St {
         prob: 1.0,
@@ -230,11 +349,15 @@ pub(crate) fn evaluate(
         tproxy: None,
         trail: Vec::new(),
         assumptions: Vec::new(),
+        transfers: 0,
         pending: None,
     };
     let mut work = vec![init];
     let mut out = Vec::new();
-    let mut budget = opts.max_branches.max(1);
+    let mut budget = Budget {
+        branches: opts.max_branches.max(1),
+        steps: limits::MAX_RULE_STEPS,
+    };
     while let Some(mut st) = work.pop() {
         let verdict = run(&cx, &stages, &mut st, &mut work, &mut budget);
         out.push(Outcome {
@@ -252,8 +375,40 @@ pub(crate) fn evaluate(
     out
 }
 
+/// `table/chain#N` of the rule at 1-based `index` of `chain` in a stage (for limit messages).
+fn where_in(cx: &Cx, stage: Stage, chain: u32, index: u32) -> String {
+    match stage.kind {
+        StageKind::Ipt { dump, table } => {
+            let t = &cx.rs.ipt[dump as usize].tables[table as usize];
+            rule_label(&t.name, &t.chains[chain as usize].name, index)
+        }
+        StageKind::Nft { table } => {
+            let t = &cx.rs.nft.tables[table as usize];
+            format!(
+                "{} {}/{}#{}",
+                t.family, t.name, t.chains[chain as usize].name, index
+            )
+        }
+        StageKind::Orphans { .. } => String::new(),
+    }
+}
+
+/// Unknown verdict for an error item that belongs to no chain.
+fn orphan_verdict(d: &ipt::Dump, table: Option<&str>, r: &ipt::Rule) -> Verdict {
+    Verdict::Unknown {
+        reason: format!(
+            "line {} of {}{} could not be parsed ({}) and its chain is unknown: `{}`",
+            r.line.0,
+            d.source_name(),
+            table.map(|t| format!(", table {t}")).unwrap_or_default(),
+            r.error().unwrap_or("error"),
+            d.slice(r.span)
+        ),
+    }
+}
+
 /// Run one state to its verdict, pushing branches to `work`.
-fn run(cx: &Cx, stages: &[Stage], st: &mut St, work: &mut Vec<St>, budget: &mut usize) -> Verdict {
+fn run(cx: &Cx, stages: &[Stage], st: &mut St, work: &mut Vec<St>, budget: &mut Budget) -> Verdict {
     'stages: while st.stage < stages.len() {
         let stage = stages[st.stage];
         if stage.nat && st.nat.is_some() && nat_manip_done(cx.hook, st.nat.as_ref()) {
@@ -262,6 +417,24 @@ fn run(cx: &Cx, stages: &[Stage], st: &mut St, work: &mut Vec<St>, budget: &mut 
             continue;
         }
         if st.stack.is_empty() {
+            match stage.kind {
+                StageKind::Orphans { dump } => {
+                    let d = &cx.rs.ipt[dump as usize];
+                    if let Some(r) = d.orphans.first() {
+                        return orphan_verdict(d, None, r);
+                    }
+                    st.stage += 1;
+                    continue;
+                }
+                StageKind::Ipt { dump, table } if st.pending.is_none() => {
+                    let d = &cx.rs.ipt[dump as usize];
+                    let t = &d.tables[table as usize];
+                    if let Some(r) = t.orphans.first() {
+                        return orphan_verdict(d, Some(&t.name), r);
+                    }
+                }
+                _ => {}
+            }
             st.stack.push(Frame {
                 chain: stage.base,
                 pos: 0,
@@ -279,8 +452,8 @@ fn run(cx: &Cx, stages: &[Stage], st: &mut St, work: &mut Vec<St>, budget: &mut 
                 }
             };
             let pending = st.pending.take();
-            let act = match pending {
-                Some(act) => act,
+            let (act, at) = match pending {
+                Some(act) => (act, frame.pos),
                 None => {
                     let step = match stage.kind {
                         StageKind::Ipt { dump, table } => {
@@ -296,6 +469,7 @@ fn run(cx: &Cx, stages: &[Stage], st: &mut St, work: &mut Vec<St>, budget: &mut 
                             work,
                             budget,
                         ),
+                        StageKind::Orphans { .. } => Step::End,
                     };
                     match step {
                         Step::End => {
@@ -306,7 +480,7 @@ fn run(cx: &Cx, stages: &[Stage], st: &mut St, work: &mut Vec<St>, budget: &mut 
                             if let Some(f) = st.stack.last_mut() {
                                 f.pos = pos;
                             }
-                            act
+                            (act, pos)
                         }
                     }
                 }
@@ -326,12 +500,29 @@ fn run(cx: &Cx, stages: &[Stage], st: &mut St, work: &mut Vec<St>, budget: &mut 
                     st.stack.pop();
                 }
                 Act::Jump(c) | Act::Goto(c) => {
-                    if matches!(act, Act::Goto(_)) {
+                    let goto = matches!(act, Act::Goto(_));
+                    st.transfers += 1;
+                    if st.transfers > limits::MAX_TRANSFERS_PER_PATH {
+                        return Verdict::Unknown {
+                            reason: format!(
+                                "evaluation stopped at {}: more than {} jumps and gotos on one \
+                                 path (limit MAX_TRANSFERS_PER_PATH; a chain loop?)",
+                                where_in(cx, stage, frame.chain, at),
+                                limits::MAX_TRANSFERS_PER_PATH
+                            ),
+                        };
+                    }
+                    if goto {
                         st.stack.pop();
                     }
-                    if st.stack.len() >= 64 {
+                    if st.stack.len() >= limits::MAX_CHAIN_DEPTH {
                         return Verdict::Unknown {
-                            reason: "chain nesting deeper than 64 (loop?)".into(),
+                            reason: format!(
+                                "evaluation stopped at {}: chains nested deeper than {} \
+                                 (limit MAX_CHAIN_DEPTH; a chain loop?)",
+                                where_in(cx, stage, frame.chain, at),
+                                limits::MAX_CHAIN_DEPTH
+                            ),
                         };
                     }
                     st.stack.push(Frame { chain: c, pos: 0 });
@@ -361,6 +552,7 @@ fn policy(cx: &Cx, stage: Stage, st: &mut St) -> Option<Verdict> {
             let t = &d.tables[table as usize];
             let c = &t.chains[stage.base as usize];
             let pol = c.policy.unwrap_or(ipt::Policy::Accept);
+            let unparsed = pol == ipt::Policy::Unparsed;
             st.trail.push(RuleHit {
                 backend: ipt_backend(d.backend),
                 family: ipt_family(d.family),
@@ -374,10 +566,10 @@ fn policy(cx: &Cx, stage: Stage, st: &mut St) -> Option<Verdict> {
                     Text::owned(&format!(
                         ":{} {}",
                         c.name,
-                        if pol == ipt::Policy::Drop {
-                            "DROP"
-                        } else {
-                            "ACCEPT"
+                        match pol {
+                            ipt::Policy::Drop => "DROP",
+                            ipt::Policy::Accept => "ACCEPT",
+                            ipt::Policy::Unparsed => "?",
                         }
                     ))
                 },
@@ -387,9 +579,24 @@ fn policy(cx: &Cx, stage: Stage, st: &mut St) -> Option<Verdict> {
             match pol {
                 ipt::Policy::Accept => None,
                 ipt::Policy::Drop => Some(Verdict::Drop),
+                ipt::Policy::Unparsed => Some(Verdict::Unknown {
+                    reason: format!(
+                        "the policy of chain {}/{} could not be parsed (line {} of {}: `{}`)",
+                        t.name,
+                        c.name,
+                        if unparsed && c.decl.end > c.decl.start {
+                            d.line_of(c.decl.start)
+                        } else {
+                            0
+                        },
+                        d.source_name(),
+                        d.slice(c.decl)
+                    ),
+                }),
             }
         }
         StageKind::Nft { table } => cx.rs.nft.policy(table, stage.base, st),
+        StageKind::Orphans { .. } => None,
     }
 }
 
@@ -420,12 +627,37 @@ impl St {
         self.trail.push(h);
     }
 
-    pub(crate) fn assume(&mut self, rule: String, what: String, matched: bool) {
+    /// Decide the unknown fact `u` on this path (asked first by `rule`).
+    pub(crate) fn decide(&mut self, u: &Unk, rule: &str, matched: bool) {
         self.assumptions.push(Assumption {
-            rule,
-            what,
+            key: u.key.clone(),
+            rule: rule.to_string(),
+            what: u.what.clone(),
             matched,
         });
+    }
+
+    /// The decided value of fact `key` on this path (own or given), if any.
+    pub(crate) fn decided(&self, cx: &Cx, key: &str) -> Option<bool> {
+        decided(cx.given, &self.assumptions, key)
+    }
+
+    /// Decide the undecided fact `u` both ways: this state takes `mine`, the returned copy the
+    /// other value; each keeps half of the probability. Err: a limit refused the fork (why).
+    pub(crate) fn split_on(
+        &mut self,
+        u: &Unk,
+        rule: &str,
+        mine: bool,
+        budget: &mut Budget,
+    ) -> Result<St, String> {
+        let mut alt = self.fork(budget)?;
+        let half = self.prob * 0.5;
+        alt.prob = half;
+        alt.decide(u, rule, !mine);
+        self.prob = half;
+        self.decide(u, rule, mine);
+        Ok(alt)
     }
 
     pub(crate) fn apply(&mut self, cx: &Cx, e: &Effect) {
@@ -468,15 +700,24 @@ impl St {
         }
     }
 
-    /// Split off the alternative branch with probability factor `q` (the current state keeps
-    /// `1 - q` unless the caller rescales it). Returns false when out of budget.
-    pub(crate) fn fork(&self, work: &mut Vec<St>, budget: &mut usize) -> Option<St> {
-        if *budget == 0 {
-            return None;
+    /// A copy of this state for an alternative branch (the caller sets its probability).
+    /// Charges one branch and the size of the copy in rule steps; Err names the limit hit.
+    pub(crate) fn fork(&self, budget: &mut Budget) -> Result<St, String> {
+        if budget.branches == 0 {
+            return Err(
+                "more branches than EvalOptions::max_branches; the rest are not explored".into(),
+            );
         }
-        *budget -= 1;
-        let _ = work;
-        Some(self.clone())
+        let cost = 1 + self.trail.len() as u64 + self.assumptions.len() as u64;
+        if budget.steps < cost {
+            return Err(format!(
+                "more than {} rule steps in one evaluation (limit MAX_RULE_STEPS)",
+                limits::MAX_RULE_STEPS
+            ));
+        }
+        budget.branches -= 1;
+        budget.steps -= cost;
+        Ok(self.clone())
     }
 
     /// This state with an action to apply when it resumes.
@@ -577,11 +818,16 @@ fn ipt_step(
     frame: Frame,
     st: &mut St,
     work: &mut Vec<St>,
-    budget: &mut usize,
+    budget: &mut Budget,
 ) -> Step {
     let d = &cx.rs.ipt[dump as usize];
     let t = &d.tables[table as usize];
     let c = &t.chains[frame.chain as usize];
+    let set_pos = |st: &mut St, p: u32| {
+        if let Some(f) = st.stack.last_mut() {
+            f.pos = p;
+        }
+    };
     loop {
         let pos = st.stack.last().map_or(frame.pos, |f| f.pos);
         let idx = match &c.index {
@@ -601,114 +847,121 @@ fn ipt_step(
         };
         let r = &c.rules[idx as usize];
         let next = idx + 1;
-        let res = if let Some(e) = r.error() {
-            Tri::unknown(format!("unparsed rule: {e}"))
-        } else {
-            ipt_rule_matches(cx, d, r, &st.v, &st.ct)
-        };
+        if !budget.step() {
+            let at = rule_label(&t.name, &c.name, next);
+            return Step::Act(next, Act::Unknown(Budget::steps_exhausted(&at)));
+        }
         let hit = |m: Matched| RuleHit {
             backend: ipt_backend(d.backend),
             family: ipt_family(d.family),
             table: t.name.clone(),
             chain: c.name_arc(),
-            index: idx + 1,
+            index: next,
             handle: None,
             text: d.text_of(r.span),
             counters: r.counters,
             matched: m,
         };
+        if let Some(e) = r.error() {
+            // Nothing is known of this rule, not even its target: the packet's fate is unknown.
+            st.trail.push(hit(Matched::AssumedYes));
+            return Step::Act(
+                next,
+                Act::Unknown(format!(
+                    "line {} of {} could not be parsed ({e}): `{}`",
+                    r.line.0,
+                    d.source_name(),
+                    d.slice(r.span)
+                )),
+            );
+        }
+        let fx = Fx::new(cx.given, &st.assumptions);
+        let res = ipt_rule_matches(cx, d, r, &st.v, &st.ct, &fx);
+        let assumed = fx.used();
         match res {
             Tri::No => {
-                if cx.opts.record_misses {
+                if assumed {
+                    st.trail.push(hit(Matched::AssumedNo));
+                } else if cx.opts.record_misses {
                     st.trail.push(hit(Matched::No));
                 }
-                if let Some(f) = st.stack.last_mut() {
-                    f.pos = next;
-                }
+                set_pos(st, next);
                 continue;
             }
             Tri::Yes => {
-                st.trail.push(hit(Matched::Yes));
+                st.trail.push(hit(if assumed {
+                    Matched::AssumedYes
+                } else {
+                    Matched::Yes
+                }));
                 return Step::Act(next, ipt_target(cx, d, t, r, st));
             }
-            Tri::Maybe { p, unknown } => {
-                let harmless = r.error().is_none()
-                    && matches!(r.target, Target::None | Target::Log(_) | Target::Noop(_));
-                if let Some(what) = &unknown {
-                    if harmless {
-                        // Matching or not changes nothing but the trail.
-                        st.trail.push(hit(Matched::AssumedYes));
-                        if let Some(f) = st.stack.last_mut() {
-                            f.pos = next;
-                        }
-                        continue;
-                    }
-                    let label = rule_label(&t.name, &c.name, idx + 1);
-                    // Branch: the unknown does not match.
-                    if let Some(mut alt) = st.fork(work, budget) {
-                        alt.trail.push(hit(Matched::AssumedNo));
-                        alt.assume(label.clone(), what.clone(), false);
+            Tri::Maybe {
+                unknown: Some(u), ..
+            } => {
+                if matches!(r.target, Target::None | Target::Log(_) | Target::Noop(_)) {
+                    // Matching or not changes nothing but the trail: not worth deciding.
+                    st.trail.push(hit(Matched::AssumedYes));
+                    set_pos(st, next);
+                    continue;
+                }
+                // Decide the fact both ways; both branches look at this rule again.
+                let label = rule_label(&t.name, &c.name, next);
+                match st.split_on(&u, &label, true, budget) {
+                    Ok(mut alt) => {
                         if let Some(f) = alt.stack.last_mut() {
-                            f.pos = next;
+                            f.pos = idx;
                         }
                         work.push(alt);
-                    } else {
+                    }
+                    Err(why) => {
                         return Step::Act(
                             next,
-                            Act::Unknown(format!("too many branches at {label}")),
+                            Act::Unknown(format!(
+                                "evaluation stopped at {label} ({} is unknown): {why}",
+                                u.what
+                            )),
                         );
                     }
-                    st.assume(label, what.clone(), true);
-                    if p >= 1.0 {
-                        st.trail.push(hit(Matched::AssumedYes));
-                        if r.error().is_some() {
-                            return Step::Act(
-                                next,
-                                Act::Unknown(format!(
-                                    "line {} could not be parsed: {}",
-                                    r.line.0,
-                                    r.error().unwrap_or("")
-                                )),
-                            );
-                        }
-                        return Step::Act(next, ipt_target(cx, d, t, r, st));
-                    }
                 }
+                set_pos(st, idx);
+                continue;
+            }
+            Tri::Maybe { p, unknown: None } => {
                 // Random split (not worth a branch when the target changes nothing).
-                if harmless && r.error().is_none() {
+                if matches!(r.target, Target::None | Target::Log(_) | Target::Noop(_)) {
                     st.trail.push(hit(Matched::Random));
-                    if let Some(f) = st.stack.last_mut() {
-                        f.pos = next;
-                    }
+                    set_pos(st, next);
                     continue;
                 }
                 if p <= 0.0 {
                     if cx.opts.record_misses {
                         st.trail.push(hit(Matched::RandomNot));
                     }
-                    if let Some(f) = st.stack.last_mut() {
-                        f.pos = next;
-                    }
+                    set_pos(st, next);
                     continue;
                 }
                 let total = st.prob;
-                if let Some(mut alt) = st.fork(work, budget) {
-                    alt.prob = total * (1.0 - p);
-                    alt.trail.push(hit(Matched::RandomNot));
-                    if let Some(f) = alt.stack.last_mut() {
-                        f.pos = next;
+                match st.fork(budget) {
+                    Ok(mut alt) => {
+                        alt.prob = total * (1.0 - p);
+                        alt.trail.push(hit(Matched::RandomNot));
+                        if let Some(f) = alt.stack.last_mut() {
+                            f.pos = next;
+                        }
+                        if alt.prob > 0.0 {
+                            work.push(alt);
+                        }
                     }
-                    if alt.prob > 0.0 {
-                        work.push(alt);
+                    Err(why) => {
+                        return Step::Act(
+                            next,
+                            Act::Unknown(format!(
+                                "evaluation stopped at {}: {why}",
+                                rule_label(&t.name, &c.name, next)
+                            )),
+                        );
                     }
-                } else {
-                    return Step::Act(
-                        next,
-                        Act::Unknown(format!(
-                            "too many branches at {}",
-                            rule_label(&t.name, &c.name, idx + 1)
-                        )),
-                    );
                 }
                 st.prob = total * p;
                 st.trail.push(hit(Matched::Random));
@@ -760,6 +1013,13 @@ fn ipt_target(cx: &Cx, d: &ipt::Dump, t: &ipt::Table, r: &ipt::Rule, st: &mut St
             d.slice(r.span)
         )),
     }
+}
+
+fn fmt_mac(m: &[u8; 6]) -> String {
+    m.iter()
+        .map(|b| format!("{b:02x}"))
+        .collect::<Vec<_>>()
+        .join(":")
 }
 
 fn port_in(p: Option<u16>, r: &Option<Neg<PortRange>>) -> Tri {
@@ -836,7 +1096,14 @@ pub(crate) fn addr_type(ctx: &HostContext, addr: IpAddr, dev: Option<&str>) -> u
     UNICAST
 }
 
-fn ipt_rule_matches(cx: &Cx, d: &ipt::Dump, r: &ipt::Rule, v: &View, ct: &CtEffects) -> Tri {
+fn ipt_rule_matches(
+    cx: &Cx,
+    d: &ipt::Dump,
+    r: &ipt::Rule,
+    v: &View,
+    ct: &CtEffects,
+    fx: &Fx,
+) -> Tri {
     let pkt = cx.pkt;
     if let Some(Neg { v: net, neg: n }) = &r.src
         && net.contains(&v.src) == *n
@@ -871,7 +1138,7 @@ fn ipt_rule_matches(cx: &Cx, d: &ipt::Dump, r: &ipt::Rule, v: &View, ct: &CtEffe
     }
     let mut acc = Tri::Yes;
     for m in &r.matches {
-        let t = ipt_match(cx, d, m, v, ct);
+        let t = ipt_match(cx, d, m, v, ct, fx);
         acc = acc.and(t);
         if acc == Tri::No {
             return Tri::No;
@@ -880,7 +1147,7 @@ fn ipt_rule_matches(cx: &Cx, d: &ipt::Dump, r: &ipt::Rule, v: &View, ct: &CtEffe
     acc
 }
 
-fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri {
+fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects, fx: &Fx) -> Tri {
     let pkt = cx.pkt;
     match m {
         Match::Tcp {
@@ -900,8 +1167,14 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
             {
                 t = t.and(Tri::from(((pkt.tcp_flags & mask) == *comp) != *n));
             }
-            if option.is_some() {
-                t = t.and(Tri::unknown("--tcp-option"));
+            if let Some(Neg { v: opt, neg: n }) = option {
+                t = t.and(
+                    fx.fact(
+                        format!("--tcp-option {opt} {}", view_key(pkt, v)),
+                        "-m tcp --tcp-option (TCP options are not modelled)",
+                    )
+                    .neg_if(*n),
+                );
             }
             t
         }
@@ -921,7 +1194,10 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
             }
             let t = port_in(v.sport, sport).and(port_in(v.dport, dport));
             if *chunks {
-                t.and(Tri::unknown("sctp --chunk-types"))
+                t.and(fx.fact(
+                    format!("sctp --chunk-types {}", view_key(pkt, v)),
+                    "-m sctp --chunk-types (chunks are not modelled)",
+                ))
             } else {
                 t
             }
@@ -939,7 +1215,18 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
                             it.ty == 255 || (it.ty == t && it.code_lo <= c && c <= it.code_hi);
                         Tri::from(hit != *n)
                     }
-                    None => Tri::unknown("ICMP type of the packet not given"),
+                    None => fx
+                        .fact(
+                            format!(
+                                "icmp type {}/{}-{} {}",
+                                it.ty,
+                                it.code_lo,
+                                it.code_hi,
+                                view_key(pkt, v)
+                            ),
+                            "ICMP type of the packet not given",
+                        )
+                        .neg_if(*n),
                 },
             }
         }
@@ -970,7 +1257,7 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
         Match::State(Neg { v: bits, neg: n }) => {
             Tri::from(((state_bit(pkt, ct) & bits) != 0) != *n)
         }
-        Match::Conntrack(c) => conntrack_match(pkt, v, ct, c),
+        Match::Conntrack(c) => conntrack_match(pkt, v, ct, c, fx),
         Match::Addrtype {
             src,
             dst,
@@ -1020,7 +1307,26 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
         } => {
             let sname = d.str(name);
             let Some(set) = cx.rs.ipsets.sets.get(&*sname) else {
-                return Tri::unknown(format!("ipset {sname} not in the snapshot"));
+                // Its type is unknown too: the fact is about every value a direction names.
+                let mut vals = Vec::with_capacity(dirs.len as usize);
+                for i in 0..dirs.len as usize {
+                    let port = |p: Option<u16>| p.map(|p| format!(":{p}")).unwrap_or_default();
+                    vals.push(if dirs.is_src(i) {
+                        format!("src {}{}", v.src, port(v.sport))
+                    } else {
+                        format!("dst {}{}", v.dst, port(v.dport))
+                    });
+                }
+                return fx
+                    .fact(
+                        format!(
+                            "ipset {sname} contains [proto {} {}]",
+                            pkt.proto,
+                            vals.join(",")
+                        ),
+                        format!("ipset {sname} is not in the snapshot"),
+                    )
+                    .neg_if(*n);
             };
             let dims = if set.kind == "list:set" {
                 dirs.len as usize
@@ -1064,7 +1370,19 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
             }
             match cx.rs.ipsets.test(&sname, &keys, *return_nomatch) {
                 Some(b) => Tri::from(b != *n),
-                None => Tri::unknown(format!("ipset {sname}")),
+                None => fx
+                    .fact(
+                        format!(
+                            "ipset {sname} contains {keys:?}{}",
+                            if *return_nomatch {
+                                " (--return-nomatch)"
+                            } else {
+                                ""
+                            }
+                        ),
+                        format!("ipset {sname} ({}) membership is not modelled", set.kind),
+                    )
+                    .neg_if(*n),
             }
         }
         Match::Physdev(p) => {
@@ -1144,7 +1462,12 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
         Match::Mac(Neg { v: mac, neg: n }) => match pkt.src_mac.as_deref().and_then(ipt::parse_mac)
         {
             Some(m) => Tri::from((m == *mac) != *n),
-            None => Tri::unknown("source MAC of the packet not given"),
+            None => fx
+                .fact(
+                    format!("source MAC is {}", fmt_mac(mac)),
+                    "source MAC of the packet not given",
+                )
+                .neg_if(*n),
         },
         Match::Owner {
             uid,
@@ -1186,7 +1509,16 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
             nowildcard,
         } => {
             if pkt.ct.state == CtState::Established {
-                return Tri::unknown("-m socket for an established connection");
+                return fx.fact(
+                    format!(
+                        "-m socket{}{} {}",
+                        if *transparent { " --transparent" } else { "" },
+                        if *nowildcard { " --nowildcard" } else { "" },
+                        view_key(pkt, v)
+                    ),
+                    "-m socket for an established connection (sockets of connections are not \
+                     collected)",
+                );
             }
             let (Some(dport), true) = (v.dport, matches!(pkt.proto, 6 | 17)) else {
                 return Tri::No;
@@ -1210,7 +1542,10 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
                 })
             };
             let mut t = Tri::Yes;
-            for (spec, dev) in [(src, pkt.iif.as_deref()), (dst, pkt.oif.as_deref())] {
+            for (spec, dev, side) in [
+                (src, pkt.iif.as_deref(), "--src-group"),
+                (dst, pkt.oif.as_deref(), "--dst-group"),
+            ] {
                 if let Some(Neg {
                     v: (val, mask),
                     neg: n,
@@ -1218,7 +1553,15 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
                 {
                     t = t.and(match group(dev) {
                         Some(g) => Tri::from(((g & mask) == *val) != *n),
-                        None => Tri::unknown("interface group not known"),
+                        None => fx
+                            .fact(
+                                format!(
+                                    "devgroup {side} {val:#x}/{mask:#x} of {}",
+                                    dev.unwrap_or("?")
+                                ),
+                                "interface group not known",
+                            )
+                            .neg_if(*n),
                     });
                 }
             }
@@ -1226,13 +1569,21 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects) -> Tri
         }
         Match::Rpfilter { invert } => match cx.ctx.rpfilter_ok {
             Some(ok) => Tri::from(ok != *invert),
-            None => Tri::unknown("-m rpfilter (needs the routing result)"),
+            None => fx
+                .fact(
+                    format!("-m rpfilter {}", view_key(pkt, v)),
+                    "-m rpfilter (needs the routing result)",
+                )
+                .neg_if(*invert),
         },
-        Match::Opaque { module, .. } => Tri::unknown(format!("-m {}", d.str(module))),
+        Match::Opaque { module, span } => fx.fact(
+            format!("{} {}", d.slice(*span), view_key(pkt, v)),
+            format!("-m {} is not modelled", d.str(module)),
+        ),
     }
 }
 
-fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch) -> Tri {
+fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch, fx: &Fx) -> Tri {
     use crate::ct_status as cs;
     let mut t = Tri::Yes;
     let status = pkt.ct.status | v.nat_status;
@@ -1281,7 +1632,12 @@ fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch) -> 
         None => Tri::Yes,
         Some(Neg { v: net, neg: n }) => match a {
             Some(a) => Tri::from(net.contains(&a) != *n),
-            None => Tri::unknown(format!("{what} of the connection not given")),
+            None => fx
+                .fact(
+                    format!("{what} {net} {}", view_key(pkt, v)),
+                    format!("{what} of the connection not given"),
+                )
+                .neg_if(*n),
         },
     };
     t = t.and(net(
@@ -1308,7 +1664,12 @@ fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch) -> 
         None => Tri::Yes,
         Some(Neg { v: r, neg: n }) => match p {
             Some(p) => Tri::from(r.contains(p) != *n),
-            None => Tri::unknown(format!("{what} of the connection not given")),
+            None => fx
+                .fact(
+                    format!("{what} {}:{} {}", r.lo, r.hi, view_key(pkt, v)),
+                    format!("{what} of the connection not given"),
+                )
+                .neg_if(*n),
         },
     };
     let o =
@@ -1324,8 +1685,18 @@ fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch) -> 
     if let Some(reply) = c.dir_reply {
         t = t.and(Tri::from((pkt.ct.dir == CtDir::Reply) == reply));
     }
-    if c.expire.is_some() {
-        t = t.and(Tri::unknown("--ctexpire"));
+    if let Some(Neg {
+        v: (lo, hi),
+        neg: n,
+    }) = c.expire
+    {
+        t = t.and(
+            fx.fact(
+                format!("--ctexpire {lo}:{hi} {}", view_key(pkt, v)),
+                "--ctexpire (timeouts are not modelled)",
+            )
+            .neg_if(n),
+        );
     }
     t
 }

@@ -730,6 +730,9 @@ pub enum Policy {
     Accept,
     /// DROP.
     Drop,
+    /// The declaration (`:FORWARD DORP`) or `-P` line did not parse: a packet reaching the
+    /// policy gets an unknown verdict naming the line ([`Chain::decl`]); a diagnostic is kept.
+    Unparsed,
 }
 
 /// A chain.
@@ -770,6 +773,10 @@ pub struct Table {
     pub name: Arc<str>,
     /// Chains in declaration order.
     pub chains: Vec<Chain>,
+    /// Lines of this table that did not parse and could not be attributed to a chain (e.g. an
+    /// unterminated quote before the chain name, an unknown command): any packet that reaches
+    /// this table gets an unknown verdict naming the first of them.
+    pub orphans: Vec<Rule>,
     pub(crate) by_name: ChainNames,
 }
 
@@ -938,6 +945,10 @@ pub struct Dump {
     pub text: Arc<str>,
     /// Tables in order.
     pub tables: Vec<Table>,
+    /// Lines outside any table that look like content (rules, declarations): they belong to
+    /// a table whose header is missing or broken, so any packet of this family that reaches
+    /// a hook gets an unknown verdict naming the first of them.
+    pub orphans: Vec<Rule>,
     /// Problems found.
     pub diagnostics: Vec<Diagnostic>,
 }
@@ -977,6 +988,12 @@ impl Dump {
     /// Human name of this source (`iptables-save (legacy, ipv4)`).
     pub fn source_name(&self) -> String {
         source_name(self.backend, self.family)
+    }
+
+    /// 1-based line of the text at byte offset `at`.
+    pub fn line_of(&self, at: u32) -> u32 {
+        let at = (at as usize).min(self.text.len());
+        memchr::memchr_iter(b'\n', &self.text.as_bytes()[..at]).count() as u32 + 1
     }
 }
 
@@ -1118,6 +1135,7 @@ fn parse_dump_with(backend: IptablesBackend, family: IpFamily, text: Arc<str>, f
         family,
         source: source_name(backend, family),
         tables: Vec::new(),
+        orphans: Vec::new(),
         names: Vec::new(),
         diags: Vec::new(),
         toks: Vec::with_capacity(32),
@@ -1135,6 +1153,7 @@ fn parse_dump_with(backend: IptablesBackend, family: IpFamily, text: Arc<str>, f
         family,
         text,
         tables: p.tables,
+        orphans: p.orphans,
         diagnostics: p.diags,
     }
 }
@@ -1144,6 +1163,8 @@ struct Parser {
     family: IpFamily,
     source: String,
     tables: Vec<Table>,
+    /// Content lines outside any table ([`Dump::orphans`]).
+    orphans: Vec<Rule>,
     /// Per table: its chain names, for [`ChainNames`] lookups during the parse.
     names: Vec<NameArena>,
     diags: Vec<Diagnostic>,
@@ -1260,6 +1281,7 @@ impl Parser {
                         let mut t = Table {
                             name: Arc::from(name),
                             chains: Vec::with_capacity(n),
+                            orphans: Vec::new(),
                             by_name: ChainNames::with_capacity(n),
                         };
                         let mut names = NameArena::with_capacity(n);
@@ -1284,21 +1306,15 @@ impl Parser {
             }
             b':' => {
                 let Some(t) = self.cur else {
-                    self.diag(
-                        lineno,
-                        start,
-                        end,
-                        s,
-                        "chain declaration outside a table".into(),
-                    );
+                    let msg = "chain declaration outside a table";
+                    self.diag(lineno, start, end, s, msg.into());
+                    self.orphan(None, lineno, s, end, msg);
                     return;
                 };
                 if self.fast && self.fast_chain_decl(text, t, s, end) {
                     return;
                 }
-                if let Err(e) = self.chain_decl(text, t, s, end) {
-                    self.diag(lineno, start, end, e.at.0 as usize, e.msg);
-                }
+                self.chain_decl(text, t, lineno, start, s, end);
             }
             b'C' if text[s..end].trim_end() == "COMMIT" => {
                 if let Some(t) = self.cur.take() {
@@ -1309,13 +1325,9 @@ impl Parser {
             }
             _ => {
                 let Some(t) = self.cur else {
-                    self.diag(
-                        lineno,
-                        start,
-                        end,
-                        s,
-                        "rule outside a table (missing `*table`)".into(),
-                    );
+                    let msg = "rule outside a table (missing `*table`)";
+                    self.diag(lineno, start, end, s, msg.into());
+                    self.orphan(None, lineno, s, end, msg);
                     return;
                 };
                 self.rule_line(text, t, lineno, start, s, end);
@@ -1364,55 +1376,99 @@ impl Parser {
         true
     }
 
-    fn chain_decl(&mut self, text: &str, t: usize, s: usize, end: usize) -> PResult<()> {
-        tokenize(text, s + 1, end, &mut self.toks).map_err(|at| PErr {
-            msg: "unterminated quote".into(),
-            at: (at as u32, end as u32),
-        })?;
-        let toks = std::mem::take(&mut self.toks);
-        let r = (|| {
-            let name_t = *toks.first().ok_or(PErr {
-                msg: "chain name missing".into(),
-                at: (s as u32, end as u32),
-            })?;
-            let name = &text[name_t.0 as usize..name_t.1 as usize];
-            let policy = match toks.get(1).map(|&(a, b)| &text[a as usize..b as usize]) {
-                Some("ACCEPT") => Some(Policy::Accept),
-                Some("DROP") => Some(Policy::Drop),
-                Some("-") | None => None,
-                Some(_) => {
-                    return Err(PErr {
-                        msg: "bad chain policy".into(),
-                        at: toks[1],
-                    });
+    /// `:NAME POLICY [p:b]` in any other form than [`Parser::fast_chain_decl`] reads. Never
+    /// drops the line: a policy that does not parse becomes [`Policy::Unparsed`], bad counters
+    /// are left out, and a line without a usable name is a table orphan; each with a diagnostic.
+    fn chain_decl(
+        &mut self,
+        text: &str,
+        t: usize,
+        lineno: u32,
+        line_start: usize,
+        s: usize,
+        end: usize,
+    ) {
+        let b = text.as_bytes();
+        // Whitespace-separated tokens (chain names and policies are never quoted).
+        let mut toks: Vec<(usize, usize)> = Vec::with_capacity(3);
+        let mut i = s + 1;
+        while i < end && toks.len() < 3 {
+            while i < end && (b[i] == b' ' || b[i] == b'\t') {
+                i += 1;
+            }
+            if i >= end {
+                break;
+            }
+            let st = i;
+            while i < end && b[i] != b' ' && b[i] != b'\t' {
+                i += 1;
+            }
+            toks.push((st, i));
+        }
+        let Some(&(na, nb)) = toks.first() else {
+            let msg = "chain name missing";
+            self.diag(lineno, line_start, end, s, msg.into());
+            self.orphan(Some(t), lineno, s, end, msg);
+            return;
+        };
+        let name = &text[na..nb];
+        if name.starts_with(['"', '\'']) {
+            let msg = "quoted chain name";
+            self.diag(lineno, line_start, end, na, msg.into());
+            self.orphan(Some(t), lineno, s, end, msg);
+            return;
+        }
+        let policy = match toks.get(1).map(|&(a, b)| (a, &text[a..b])) {
+            Some((_, "ACCEPT")) => Some(Policy::Accept),
+            Some((_, "DROP")) => Some(Policy::Drop),
+            Some((_, "-")) | None => None,
+            Some((a, p)) => {
+                self.diag(
+                    lineno,
+                    line_start,
+                    end,
+                    a,
+                    format!("bad chain policy `{p}`: a packet reaching it is unknown"),
+                );
+                Some(Policy::Unparsed)
+            }
+        };
+        let counters = match toks.get(2) {
+            Some(&(a, b)) => {
+                let c = parse_counters(&text[a..b]);
+                if c.is_none() {
+                    self.diag(lineno, line_start, end, a, "bad counters".into());
                 }
-            };
-            let counters = match toks.get(2) {
-                Some(&(a, b)) => {
-                    Some(parse_counters(&text[a as usize..b as usize]).ok_or(PErr {
-                        msg: "bad counters".into(),
-                        at: (a, b),
-                    })?)
-                }
-                None => None,
-            };
-            let span = Span {
+                c
+            }
+            None => None,
+        };
+        add_chain(
+            &mut self.tables[t],
+            &mut self.names[t],
+            &self.text,
+            name,
+            policy,
+            counters,
+            Span {
                 start: s as u32,
                 end: end as u32,
-            };
-            add_chain(
-                &mut self.tables[t],
-                &mut self.names[t],
-                &self.text,
-                name,
-                policy,
-                counters,
-                span,
-            );
-            Ok(())
-        })();
-        self.toks = toks;
-        r
+            },
+        );
+    }
+
+    /// Keep a line that did not parse and belongs to no known chain as an error item of table
+    /// `t` (or of the dump when `None`), so that evaluation cannot ignore it.
+    fn orphan(&mut self, t: Option<usize>, lineno: u32, s: usize, end: usize, msg: &str) {
+        let span = Span {
+            start: s as u32,
+            end: end as u32,
+        };
+        let r = error_rule(lineno, span, None, msg);
+        match t {
+            Some(t) => self.tables[t].orphans.push(r),
+            None => self.orphans.push(r),
+        }
     }
 
     fn finish_table(&mut self, t: usize) {
@@ -1488,7 +1544,7 @@ impl Parser {
         }
         if let Err(at) = tokenize(text, s, end, &mut self.toks) {
             self.diag(lineno, line_start, end, at, "unterminated quote".into());
-            self.error_rule(t, lineno, s, end, None, "unterminated quote");
+            self.error_rule(text, t, lineno, s, end, at, "unterminated quote");
             return;
         }
         let toks = std::mem::take(&mut self.toks);
@@ -1513,13 +1569,9 @@ impl Parser {
         let r = match cmd {
             "-A" | "--append" | "-I" | "--insert" => {
                 let Some(&chain_t) = toks.get(i + 1) else {
-                    self.diag(
-                        lineno,
-                        line_start,
-                        end,
-                        rule_start,
-                        "chain name missing".into(),
-                    );
+                    let msg = "chain name missing";
+                    self.diag(lineno, line_start, end, rule_start, msg.into());
+                    self.orphan(Some(t), lineno, s, end, msg);
                     self.toks = toks;
                     return;
                 };
@@ -1615,7 +1667,8 @@ impl Parser {
                     );
                     Ok(())
                 }
-                None => Err("chain name missing".to_string()),
+                // Declares nothing: no rule is lost.
+                None => Err(("chain name missing".to_string(), false)),
             },
             "-P" | "--policy" => match (toks.get(i + 1), toks.get(i + 2)) {
                 (Some(&(a, b)), Some(&(c, d))) => {
@@ -1633,11 +1686,26 @@ impl Parser {
                             self.tables[t].chains[id as usize].policy = Some(p);
                             Ok(())
                         }
-                        (None, _) => Err(format!("no built-in chain `{name}`")),
-                        (_, None) => Err("bad policy".to_string()),
+                        (None, _) => Err((format!("no built-in chain `{name}`"), true)),
+                        (Some(id), None) => {
+                            // The policy is unknown from here on: a packet reaching it is too.
+                            let ch = &mut self.tables[t].chains[id as usize];
+                            ch.policy = Some(Policy::Unparsed);
+                            ch.decl = Span {
+                                start: s as u32,
+                                end: end as u32,
+                            };
+                            Err((
+                                format!(
+                                    "bad policy `{}`: a packet reaching it is unknown",
+                                    &text[c as usize..d as usize]
+                                ),
+                                false,
+                            ))
+                        }
                     }
                 }
-                _ => Err("-P needs a chain and a policy".to_string()),
+                _ => Err(("-P needs a chain and a policy".to_string(), true)),
             },
             "-F" | "--flush" => {
                 match toks.get(i + 1) {
@@ -1656,11 +1724,15 @@ impl Parser {
                 }
                 Ok(())
             }
-            _ => Err(format!(
-                "unsupported command `{cmd}` (expected -A, -I, -N, -P or -F)"
+            _ => Err((
+                format!("unsupported command `{cmd}` (expected -A, -I, -N, -P or -F)"),
+                true,
             )),
         };
-        if let Err(msg) = r {
+        if let Err((msg, orphan)) = r {
+            if orphan {
+                self.orphan(Some(t), lineno, s, end, &msg);
+            }
             self.diag(lineno, line_start, end, rule_start, msg);
         }
         self.toks = toks;
@@ -1821,17 +1893,80 @@ impl Parser {
         true
     }
 
+    /// A rule line that could not be tokenized (the problem at byte `at`): an error item in
+    /// its chain when `[counters] -A|-I CHAIN [N]` is readable before `at`, else a table
+    /// orphan. Either way a packet reaching it is unknown.
+    #[allow(clippy::too_many_arguments)]
     fn error_rule(
         &mut self,
+        text: &str,
         t: usize,
-        _lineno: u32,
-        _s: usize,
-        _end: usize,
-        _c: Option<(u64, u64)>,
-        _msg: &str,
+        lineno: u32,
+        s: usize,
+        end: usize,
+        at: usize,
+        msg: &str,
     ) {
-        // A line we cannot even tokenize cannot be attributed to a chain: nothing to add.
-        let _ = t;
+        let head = &text[s..at.min(end)];
+        // Tokens wholly before `at` (followed by whitespace inside `head`).
+        let mut toks: Vec<(usize, usize)> = Vec::new();
+        let hb = head.as_bytes();
+        let mut i = 0;
+        while i < hb.len() {
+            while i < hb.len() && (hb[i] == b' ' || hb[i] == b'\t') {
+                i += 1;
+            }
+            let st = i;
+            while i < hb.len() && hb[i] != b' ' && hb[i] != b'\t' {
+                i += 1;
+            }
+            if i > st && i < hb.len() {
+                toks.push((s + st, s + i));
+            }
+        }
+        let tok = |k: usize| toks.get(k).map(|&(a, b)| &text[a..b]);
+        let mut k = 0;
+        let mut counters = None;
+        if tok(0).is_some_and(|x| x.starts_with('[')) {
+            counters = tok(0).and_then(parse_counters);
+            k = 1;
+        }
+        let rule_start = toks.get(k).map_or(s, |t| t.0);
+        let insert = match tok(k) {
+            Some("-A" | "--append") => false,
+            Some("-I" | "--insert") => true,
+            _ => {
+                self.orphan(Some(t), lineno, s, end, msg);
+                return;
+            }
+        };
+        let (Some(chain), Some(&(_, chain_end))) = (tok(k + 1), toks.get(k + 1)) else {
+            self.orphan(Some(t), lineno, s, end, msg);
+            return;
+        };
+        let insert_at = insert.then(|| {
+            tok(k + 2)
+                .and_then(|n| n.parse::<usize>().ok())
+                .map_or(0, |n| n.saturating_sub(1))
+        });
+        let chain_id = match lookup(&self.tables[t].by_name, &self.names[t], chain.as_bytes()) {
+            Some(c) => c,
+            None => add_chain(
+                &mut self.tables[t],
+                &mut self.names[t],
+                &self.text,
+                chain,
+                None,
+                None,
+                Span::default(),
+            ),
+        };
+        let span = Span {
+            start: rule_start as u32,
+            end: end as u32,
+        };
+        let rule = error_rule(lineno, span, counters, msg);
+        self.add_rule(text, t, chain_id, chain_end, s, end, insert_at, rule);
     }
 }
 

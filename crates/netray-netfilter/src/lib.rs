@@ -14,9 +14,19 @@
 //!   matches), each with its probability, verdict, rewrites and rule trail.
 //!
 //! Probabilities: branches created by `-m statistic` / `numgen` carry their probability.
-//! Branches created by an *unknown* match (a module netray does not model) are not random:
-//! both are explored, each outcome lists the [`Assumption`]s it rests on, and its probability
-//! is conditional on them (outcomes sharing the same assumptions sum to 1).
+//! Branches created by an *unknown fact* (a module netray does not model, an ipset that was
+//! not collected, a field the packet does not give, ...) are not random: both values are
+//! explored, each outcome lists the [`Assumption`]s it rests on, and the two forks share the
+//! probability equally (0.5 / 0.5), so the outcomes of one evaluation always sum to 1. A fact is
+//! identified by a stable key ([`Assumption::key`]: the construct with its arguments and the
+//! values it looks at) and decided once per path: a later rule asking the same fact follows the
+//! decision, and [`Ruleset::evaluate_given`] takes the facts decided at earlier hooks.
+//!
+//! Limits (see [`limits`]): evaluation is bounded in chain depth, in jumps + gotos per path, in
+//! rule steps per evaluation and in branches ([`EvalOptions::max_branches`]). Hitting one ends
+//! the branch with [`Verdict::Unknown`] naming the rule and the limit, never a confident verdict.
+//! A line that does not parse (an `iptables-save` rule, a chain policy, an nft policy) evaluates
+//! as [`Verdict::Unknown`] naming its line for every packet that reaches it.
 
 #![warn(missing_docs)]
 
@@ -329,6 +339,23 @@ pub struct HostContext {
     pub rpfilter_ok: Option<bool>,
 }
 
+/// The bounds that keep one evaluation finite on hostile or looping rulesets. Reaching one ends
+/// the branch concerned with [`Verdict::Unknown`] naming the rule and the limit.
+pub mod limits {
+    /// Deepest call stack of chains (jumps not yet returned from). The kernel allows fewer
+    /// (x_tables refuses loops at load time; nft's jump stack is 16 deep).
+    pub const MAX_CHAIN_DEPTH: usize = 64;
+    /// Most jumps and gotos together on one path of one evaluation (a `-g`/`goto` loop never
+    /// deepens the stack, so the depth bound alone does not stop it).
+    pub const MAX_TRANSFERS_PER_PATH: u32 = 1024;
+    /// Most rule steps of one evaluation, all branches together: every rule examined counts
+    /// one, and a fork counts the size of the state it copies (trail and assumptions), so
+    /// this bounds both the time and the memory of an evaluation.
+    pub const MAX_RULE_STEPS: u64 = 1_000_000;
+    /// Default of [`crate::EvalOptions::max_branches`]: most branches (forks) per evaluation.
+    pub const DEFAULT_MAX_BRANCHES: usize = 4096;
+}
+
 /// Options of one evaluation.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvalOptions {
@@ -339,7 +366,8 @@ pub struct EvalOptions {
     /// Record rules that were evaluated and did not match in the trail (default: only
     /// matched rules, policies and unknowns).
     pub record_misses: bool,
-    /// Upper bound on explored branches; beyond it remaining branches end as unknown.
+    /// Upper bound on explored branches (forks); beyond it the branch that would fork ends as
+    /// unknown, naming the rule ([`limits::DEFAULT_MAX_BRANCHES`] by default).
     pub max_branches: usize,
 }
 
@@ -349,7 +377,7 @@ impl Default for EvalOptions {
             nat: true,
             bridged: false,
             record_misses: false,
-            max_branches: 4096,
+            max_branches: limits::DEFAULT_MAX_BRANCHES,
         }
     }
 }
@@ -522,9 +550,9 @@ pub enum Matched {
     Random,
     /// Not taken by the random branch.
     RandomNot,
-    /// Contains an unknown match; this branch assumes it held.
+    /// Rests on an unknown fact (or could not be parsed); on this branch the rule matched.
     AssumedYes,
-    /// Contains an unknown match; this branch assumes it did not.
+    /// Rests on an unknown fact; on this branch the rule did not match.
     AssumedNo,
     /// A built-in chain's policy (not a rule).
     Policy,
@@ -554,14 +582,20 @@ pub struct RuleHit {
     pub matched: Matched,
 }
 
-/// An unknown match this outcome assumes the result of.
+/// An unknown fact this outcome assumes the value of.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Assumption {
-    /// `table/chain#index`.
+    /// Stable identity of the fact, independent of the rule that asked: the construct with its
+    /// arguments and the packet values it looks at (e.g. `ipset KUBE-X contains 10.0.0.1`,
+    /// `-m recent --rcheck --name x [tcp 1.1.1.1:1000 -> 2.2.2.2:80]`, an nft comparison).
+    /// Two assumptions with the same key are the same fact.
+    pub key: String,
+    /// `table/chain#index` of the first rule on the path that asked.
     pub rule: String,
-    /// What is not modelled (e.g. `-m recent`).
+    /// Why the fact is unknown (e.g. `-m recent` is not modelled, the ipset was not collected).
     pub what: String,
-    /// The value assumed.
+    /// The value assumed for the construct itself (before any `!` of the rule that asked):
+    /// `true` = the construct matches (e.g. the address is in the set).
     pub matched: bool,
 }
 
@@ -709,8 +743,8 @@ impl Ruleset {
     }
 
     /// Evaluate `pkt` at `hook`: every table / base chain attached to the hook for the packet's
-    /// family, in kernel priority order. Returns at least one outcome; probabilities of
-    /// outcomes with equal assumptions sum to 1.
+    /// family, in kernel priority order. Returns at least one outcome; the probabilities of
+    /// the outcomes sum to 1. The same as [`Ruleset::evaluate_given`] with no decided facts.
     pub fn evaluate(
         &self,
         hook: Hook,
@@ -718,6 +752,22 @@ impl Ruleset {
         ctx: &HostContext,
         opts: &EvalOptions,
     ) -> Vec<Outcome> {
-        eval::evaluate(self, hook, pkt, ctx, opts)
+        eval::evaluate(self, hook, pkt, ctx, opts, &[])
+    }
+
+    /// [`Ruleset::evaluate`] on a path that already decided some unknown facts (the
+    /// assumptions of the outcomes it followed at earlier hooks): a rule asking one of them
+    /// follows that decision instead of forking. Only [`Assumption::key`] and
+    /// [`Assumption::matched`] are read. Each outcome's `assumptions` lists only the facts
+    /// decided in this evaluation; the caller appends them to its path's list.
+    pub fn evaluate_given(
+        &self,
+        hook: Hook,
+        pkt: &Packet,
+        ctx: &HostContext,
+        opts: &EvalOptions,
+        decided: &[Assumption],
+    ) -> Vec<Outcome> {
+        eval::evaluate(self, hook, pkt, ctx, opts, decided)
     }
 }

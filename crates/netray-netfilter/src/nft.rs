@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use serde_json::Value as J;
 
-use crate::eval::{self, Act, Cx, Effect, St, Stage, StageKind, Step, Tri};
+use crate::eval::{self, Act, Budget, Cx, Effect, St, Stage, StageKind, Step, Tri, Unk};
 use crate::{
     AddrRange, Backend, CtDir, Diagnostic, EvalOptions, Hook, IpFamily, Matched, NatAction,
     ParseError, PortRange, RejectWith, RuleHit, Text, Verdict,
@@ -233,6 +233,9 @@ pub struct BaseChain {
     pub kind: String,
     /// Policy accept (true) or drop.
     pub accept: bool,
+    /// The policy as written when it is neither `accept` nor `drop`: a packet reaching it
+    /// gets an unknown verdict (`accept` is then meaningless).
+    pub policy_unparsed: Option<String>,
 }
 
 /// A named set or map.
@@ -261,6 +264,17 @@ pub struct NftTable {
     pub chains: Vec<NftChain>,
     /// Sets and maps by name.
     pub sets: HashMap<String, NftSet>,
+    /// Chain name → index in `chains` (the first chain of that name).
+    by_name: HashMap<Arc<str>, u32>,
+    /// Indexes of the base chains, in declaration order.
+    bases: Vec<u32>,
+}
+
+impl NftTable {
+    /// Index in [`NftTable::chains`] of the chain called `name`.
+    pub fn chain_id(&self, name: &str) -> Option<u32> {
+        self.by_name.get(name).copied()
+    }
 }
 
 /// Native nftables tables.
@@ -328,10 +342,11 @@ impl NftRuleset {
                 sn == n && matches!((sf, f), (IpFamily::Ipv4, "ip") | (IpFamily::Ipv6, "ip6"))
             })
         };
-        let tidx = |rs: &NftRuleset, f: &str, n: &str| {
-            rs.tables
-                .iter()
-                .position(|t| t.family == f && &*t.name == n)
+        // (family, name) → table index: lookups stay O(1) however many tables and chains.
+        let mut tables_ix: HashMap<(&'static str, Arc<str>), usize> = HashMap::new();
+        let tidx = |ix: &HashMap<(&'static str, Arc<str>), usize>, f: &str, n: &str| {
+            let f = fam(f)?;
+            ix.get(&(f, Arc::from(n))).copied()
         };
         // Pass 1: tables, chains, sets.
         for (pos, it) in items.iter().enumerate() {
@@ -342,14 +357,17 @@ impl NftRuleset {
                         .push(diag(pos, "table without family/name", it));
                     continue;
                 };
-                if skipped(f, n) || tidx(&rs, f, n).is_some() {
+                if skipped(f, n) || tidx(&tables_ix, f, n).is_some() {
                     continue;
                 }
+                tables_ix.insert((f, Arc::from(n)), rs.tables.len());
                 rs.tables.push(NftTable {
                     family: f,
                     name: Arc::from(n),
                     chains: Vec::new(),
                     sets: HashMap::new(),
+                    by_name: HashMap::new(),
+                    bases: Vec::new(),
                 });
             } else if let Some(c) = it.get("chain") {
                 let (Some(f), Some(tn), Some(n)) = (
@@ -364,21 +382,52 @@ impl NftRuleset {
                 if skipped(f, tn) {
                     continue;
                 }
-                let Some(ti) = tidx(&rs, f, tn) else {
+                let Some(ti) = tidx(&tables_ix, f, tn) else {
                     rs.diagnostics
                         .push(diag(pos, "chain of an unknown table", it));
                     continue;
                 };
                 let base = match c.get("hook").and_then(|h| h.as_str()) {
-                    Some(h) => Hook::parse(h).map(|hook| BaseChain {
-                        hook,
-                        prio: c["prio"].as_i64().unwrap_or(0) as i32,
-                        kind: c["type"].as_str().unwrap_or("filter").to_string(),
-                        accept: c["policy"].as_str() != Some("drop"),
+                    Some(h) => Hook::parse(h).map(|hook| {
+                        let (accept, policy_unparsed) = match c.get("policy") {
+                            None | Some(J::Null) => (true, None),
+                            Some(J::String(p)) if p == "accept" => (true, None),
+                            Some(J::String(p)) if p == "drop" => (false, None),
+                            Some(other) => {
+                                let p = other.as_str().map_or(other.to_string(), String::from);
+                                rs.diagnostics.push(diag(
+                                    pos,
+                                    format!(
+                                        "chain {n}: policy `{p}` not understood: a packet \
+                                         reaching it is unknown"
+                                    ),
+                                    it,
+                                ));
+                                (true, Some(p))
+                            }
+                        };
+                        BaseChain {
+                            hook,
+                            prio: c["prio"].as_i64().unwrap_or(0) as i32,
+                            kind: c["type"].as_str().unwrap_or("filter").to_string(),
+                            accept,
+                            policy_unparsed,
+                        }
                     }),
                     None => None,
                 };
-                rs.tables[ti].chains.push(NftChain {
+                let t = &mut rs.tables[ti];
+                let id = t.chains.len() as u32;
+                if t.by_name.contains_key(n) {
+                    rs.diagnostics
+                        .push(diag(pos, format!("chain {n} declared twice"), it));
+                    continue;
+                }
+                t.by_name.insert(Arc::from(n), id);
+                if base.is_some() {
+                    t.bases.push(id);
+                }
+                t.chains.push(NftChain {
                     name: Arc::from(n),
                     base,
                     rules: Vec::new(),
@@ -400,7 +449,9 @@ impl NftRuleset {
                 if skipped(f, tn) {
                     continue;
                 }
-                let Some(ti) = tidx(&rs, f, tn) else { continue };
+                let Some(ti) = tidx(&tables_ix, f, tn) else {
+                    continue;
+                };
                 let mut set = NftSet {
                     name: n.to_string(),
                     elems: Vec::new(),
@@ -479,12 +530,12 @@ impl NftRuleset {
             if skipped(f, tn) {
                 continue;
             }
-            let Some(ti) = tidx(&rs, f, tn) else {
+            let Some(ti) = tidx(&tables_ix, f, tn) else {
                 rs.diagnostics
                     .push(diag(pos, "rule of an unknown table", it));
                 continue;
             };
-            let Some(ci) = rs.tables[ti].chains.iter().position(|c| &*c.name == cn) else {
+            let Some(ci) = rs.tables[ti].chain_id(cn).map(|c| c as usize) else {
                 rs.diagnostics
                     .push(diag(pos, "rule of an unknown chain", it));
                 continue;
@@ -530,7 +581,8 @@ impl NftRuleset {
             if !applies {
                 continue;
             }
-            for (ci, c) in t.chains.iter().enumerate() {
+            for &ci in &t.bases {
+                let c = &t.chains[ci as usize];
                 let Some(b) = &c.base else { continue };
                 if b.hook != hook {
                     continue;
@@ -542,7 +594,7 @@ impl NftRuleset {
                 out.push(Stage {
                     prio: b.prio,
                     kind: StageKind::Nft { table: ti as u32 },
-                    base: ci as u32,
+                    base: ci,
                     nat,
                 });
             }
@@ -553,6 +605,7 @@ impl NftRuleset {
         let t = &self.tables[table as usize];
         let c = &t.chains[chain as usize];
         let accept = c.base.as_ref().is_none_or(|b| b.accept);
+        let unparsed = c.base.as_ref().and_then(|b| b.policy_unparsed.as_deref());
         st.push_hit(RuleHit {
             backend: Backend::Nftables,
             family: t.family,
@@ -562,11 +615,23 @@ impl NftRuleset {
             handle: None,
             text: Text::owned(&format!(
                 "policy {}",
-                if accept { "accept" } else { "drop" }
+                match unparsed {
+                    Some(p) => p,
+                    None if accept => "accept",
+                    None => "drop",
+                }
             )),
             counters: None,
             matched: Matched::Policy,
         });
+        if let Some(p) = unparsed {
+            return Some(Verdict::Unknown {
+                reason: format!(
+                    "the policy `{p}` of chain {} {}/{} could not be parsed",
+                    t.family, t.name, c.name
+                ),
+            });
+        }
         if accept { None } else { Some(Verdict::Drop) }
     }
 
@@ -581,7 +646,7 @@ impl NftRuleset {
         pos: u32,
         st: &mut St,
         work: &mut Vec<St>,
-        budget: &mut usize,
+        budget: &mut Budget,
     ) -> Step {
         let t = &self.tables[table as usize];
         let c = &t.chains[chain as usize];
@@ -603,7 +668,10 @@ impl NftRuleset {
                 matched: m,
             };
             let label = format!("{} {}/{}#{}", t.family, t.name, c.name, idx);
-            match run_rule(cx, t, r, 0, st, work, budget, &label, &hit) {
+            if !budget.step() {
+                return Step::Act(pos, Act::Unknown(Budget::steps_exhausted(&label)));
+            }
+            match run_rule(cx, t, r, st, work, budget, &label, &hit) {
                 None => {
                     if cx.opts.record_misses {
                         st.push_hit(hit(Matched::No));
@@ -617,16 +685,112 @@ impl NftRuleset {
     }
 }
 
-/// Run a rule's items from `from`. None: the rule did not match (go to the next rule).
+/// Stable key of the fact an unknown comparison rests on, and whether the item is its
+/// negation (`!=` asks the same fact as `==`). `v`: the value compared, when known.
+fn fact_key(lhs: &Lhs, op: &str, rhs: &Pat, v: Option<&Val>) -> (String, bool) {
+    let (op, neg) = if op == "!=" {
+        ("==", true)
+    } else {
+        (op, false)
+    };
+    let of = v.map(|v| format!(" (value {v:?})")).unwrap_or_default();
+    (format!("nft {lhs:?} {op} {rhs:?}{of}"), neg)
+}
+
+/// Count of integers in `[lo, hi)` whose bits meet `bits` (`x & bits != 0`).
+fn count_flag_hits(lo: u128, hi: u128, bits: u128) -> u128 {
+    // Integers in [0, n) with no bit of `bits` set: walk n's bits from the top.
+    fn none_set(n: u128, bits: u128) -> u128 {
+        let mut count = 0u128;
+        for i in (0..128).rev() {
+            let b = 1u128 << i;
+            if n & b != 0 {
+                // Numbers with n's prefix above i, a 0 at i, anything allowed below.
+                let free = (!bits & (b - 1)).count_ones();
+                count += 1u128 << free;
+                if bits & b != 0 {
+                    // The prefix itself now has a forbidden bit: nothing more with it.
+                    return count;
+                }
+            }
+        }
+        count
+    }
+    if hi <= lo {
+        return 0;
+    }
+    (hi - lo) - (none_set(hi, bits) - none_set(lo, bits))
+}
+
+/// The numgen values `[lo, hi)` split into intervals on which a comparison against `pats` is
+/// constant (bounds from every value and range in them); calls `f(first value, length)`.
+fn numgen_intervals(lo: u128, hi: u128, pats: &[&Pat], mut f: impl FnMut(u128, u128)) {
+    fn walk(p: &Pat, cuts: &mut Vec<u128>) {
+        match p {
+            Pat::V(Val::Int(x)) => {
+                cuts.push(*x);
+                cuts.push(x.saturating_add(1));
+            }
+            Pat::Range(a, b) => {
+                for x in [a, b] {
+                    if let Val::Int(x) = x {
+                        cuts.push(*x);
+                        cuts.push(x.saturating_add(1));
+                    }
+                }
+            }
+            Pat::Set(ps) | Pat::Cat(ps) => ps.iter().for_each(|p| walk(p, cuts)),
+            _ => {}
+        }
+    }
+    let mut cuts = vec![lo, hi];
+    for p in pats {
+        walk(p, &mut cuts);
+    }
+    cuts.retain(|&c| lo <= c && c <= hi);
+    cuts.sort_unstable();
+    cuts.dedup();
+    for w in cuts.windows(2) {
+        f(w[0], w[1] - w[0]);
+    }
+}
+
+/// Probability that `numgen mod m offset o` satisfies `op rhs`: the mass of the intervals of
+/// values that do, in time linear in the size of `rhs` (not in the modulus).
+fn numgen_mass(t: &NftTable, modulus: u32, offset: u32, op: &str, rhs: &Pat) -> f64 {
+    let m = (modulus as u128).max(1);
+    let lo = offset as u128;
+    let hi = lo + m;
+    if op == "in"
+        && let Pat::V(Val::Int(bits)) = rhs
+    {
+        return count_flag_hits(lo, hi, *bits) as f64 / m as f64;
+    }
+    let pats: Vec<&Pat> = match rhs {
+        Pat::Ref(n) => match t.sets.get(n.trim_start_matches('@')) {
+            Some(s) => s.elems.iter().collect(),
+            None => Vec::new(),
+        },
+        p => vec![p],
+    };
+    let mut hits = 0u128;
+    numgen_intervals(lo, hi, &pats, |rep, len| {
+        if cmp_values(t, &Val::Int(rep), op, rhs) == Tri::Yes {
+            hits += len;
+        }
+    });
+    hits as f64 / m as f64
+}
+
+/// Run a rule's items. None: the rule did not match (go to the next rule).
 #[allow(clippy::too_many_arguments)]
 fn run_rule(
     cx: &Cx,
     t: &NftTable,
     r: &NftRule,
-    from: usize,
     st: &mut St,
     work: &mut Vec<St>,
-    budget: &mut usize,
+    budget: &mut Budget,
     label: &str,
     hit: &dyn Fn(Matched) -> RuleHit,
 ) -> Option<Act> {
@@ -638,63 +802,82 @@ fn run_rule(
             *recorded = true;
         }
     };
-    for (i, item) in r.items.iter().enumerate().skip(from) {
+    for item in &r.items {
         match item {
             Item::Cmp { lhs, op, rhs } => {
                 if let Lhs::Numgen { modulus, offset } = lhs {
-                    // Branch over the numgen values that satisfy the comparison.
-                    let vals: Vec<u32> = (0..*modulus)
-                        .map(|k| k + offset)
-                        .filter(|k| cmp(cx, t, st, &Val::Int(*k as u128), op, rhs) == Tri::Yes)
-                        .collect();
-                    let p = vals.len() as f64 / (*modulus).max(1) as f64;
+                    // Branch on the share of numgen values that satisfy the comparison.
+                    let p = numgen_mass(t, *modulus, *offset, op, rhs);
                     if p <= 0.0 {
                         return None;
                     }
                     if p < 1.0 {
                         let total = st.prob();
-                        if let Some(mut alt) = st.fork(work, budget) {
-                            alt.set_prob(total * (1.0 - p));
-                            alt.push_hit(hit(Matched::RandomNot));
-                            // The alternative continues with the next rule.
-                            work.push(alt_next(alt));
+                        match st.fork(budget) {
+                            Ok(mut alt) => {
+                                alt.set_prob(total * (1.0 - p));
+                                alt.push_hit(hit(Matched::RandomNot));
+                                // The alternative continues with the next rule.
+                                work.push(alt_next(alt));
+                            }
+                            Err(why) => {
+                                record(st, matched, &mut recorded);
+                                return Some(Act::Unknown(format!(
+                                    "evaluation stopped at {label}: {why}"
+                                )));
+                            }
                         }
                         st.set_prob(total * p);
                         matched = Matched::Random;
                     }
                     continue;
                 }
-                let v = match lhs_value(cx, st, lhs) {
-                    Ok(v) => v,
-                    Err(what) => {
-                        // Unknown: branch.
-                        if let Some(mut alt) = st.fork(work, budget) {
-                            alt.assume(label.to_string(), what.clone(), false);
-                            alt.push_hit(hit(Matched::AssumedNo));
-                            work.push(alt_next(alt));
-                        }
-                        st.assume(label.to_string(), what, true);
-                        matched = Matched::AssumedYes;
-                        continue;
-                    }
+                let (res, value) = match lhs_value(cx, st, lhs) {
+                    Ok(v) => (cmp_values(t, &v, op, rhs), Some(v)),
+                    Err(what) => (
+                        Tri::Maybe {
+                            p: 1.0,
+                            unknown: Some(Box::new(Unk {
+                                key: String::new(),
+                                what,
+                            })),
+                        },
+                        None,
+                    ),
                 };
-                match cmp(cx, t, st, &v, op, rhs) {
+                match res {
                     Tri::Yes => {}
-                    Tri::No => {
-                        if recorded {
-                            // Effects already recorded: this is where the rule stops.
-                        }
-                        return None;
-                    }
+                    Tri::No => return None,
                     Tri::Maybe { unknown, .. } => {
-                        let what = unknown.unwrap_or_else(|| "comparison".into());
-                        if let Some(mut alt) = st.fork(work, budget) {
-                            alt.assume(label.to_string(), what.clone(), false);
-                            alt.push_hit(hit(Matched::AssumedNo));
-                            work.push(alt_next(alt));
-                        }
-                        st.assume(label.to_string(), what, true);
+                        let (key, neg) = fact_key(lhs, op, rhs, value.as_ref());
+                        let what = unknown.map_or_else(|| "comparison".to_string(), |u| u.what);
+                        let u = Unk { key, what };
                         matched = Matched::AssumedYes;
+                        match st.decided(cx, &u.key) {
+                            Some(b) if b != neg => {}
+                            Some(_) => {
+                                // Decided earlier on this path: the item fails here.
+                                st.push_hit(hit(Matched::AssumedNo));
+                                return Some(Act::Continue);
+                            }
+                            None => {
+                                // This state takes the value under which the item holds; the
+                                // other one goes on with the next rule.
+                                match st.split_on(&u, label, !neg, budget) {
+                                    Ok(mut alt) => {
+                                        alt.push_hit(hit(Matched::AssumedNo));
+                                        work.push(alt_next(alt));
+                                    }
+                                    Err(why) => {
+                                        record(st, matched, &mut recorded);
+                                        return Some(Act::Unknown(format!(
+                                            "evaluation stopped at {label} ({} is unknown): {why}",
+                                            u.what
+                                        )));
+                                    }
+                                }
+                            }
+                        }
                     }
                 }
             }
@@ -742,27 +925,9 @@ fn run_rule(
                     _ => return Some(Act::Unknown(format!("{label}: vmap not understood"))),
                 };
                 if let Lhs::Numgen { modulus, offset } = key {
-                    // One branch per value.
-                    let m = (*modulus).max(1);
-                    let total = st.prob();
-                    let mut first: Option<Act> = None;
-                    for k in 0..m {
-                        let kv = Val::Int((k + offset) as u128);
-                        let act = elems
-                            .iter()
-                            .position(|p| pat_match(&kv, p) == Tri::Yes)
-                            .and_then(|i| verds.get(i))
-                            .map(nverdict)
-                            .unwrap_or(Act::Continue);
-                        if k == 0 {
-                            first = Some(act);
-                        } else if let Some(mut alt) = st.fork(work, budget) {
-                            alt.set_prob(total / m as f64);
-                            work.push(alt_act(alt, act));
-                        }
-                    }
-                    st.set_prob(total / m as f64);
-                    return first;
+                    return Some(numgen_vmap(
+                        st, work, budget, label, *modulus, *offset, elems, verds,
+                    ));
                 }
                 let v = match lhs_value(cx, st, key) {
                     Ok(v) => v,
@@ -785,13 +950,63 @@ fn run_rule(
             }
             Item::Unknown(u) => {
                 record(st, matched, &mut recorded);
-                let _ = i;
                 return Some(Act::Unknown(format!("{label}: not modelled: {u}")));
             }
         }
     }
     record(st, matched, &mut recorded);
     Some(Act::Continue)
+}
+
+/// `numgen … vmap`: one branch per distinct element hit (the values without an element
+/// continue with the next rule), each with the share of values that reach it. Work is linear
+/// in the map's size, not in the modulus. The current state takes the first branch.
+#[allow(clippy::too_many_arguments)]
+fn numgen_vmap(
+    st: &mut St,
+    work: &mut Vec<St>,
+    budget: &mut Budget,
+    label: &str,
+    modulus: u32,
+    offset: u32,
+    elems: &[Pat],
+    verds: &[NVerdict],
+) -> Act {
+    let m = (modulus as u128).max(1);
+    let lo = offset as u128;
+    let pats: Vec<&Pat> = elems.iter().collect();
+    // (element index or None, number of values), in order of first appearance.
+    let mut groups: Vec<(Option<usize>, u128)> = Vec::new();
+    numgen_intervals(lo, lo + m, &pats, |rep, len| {
+        let kv = Val::Int(rep);
+        let e = elems
+            .iter()
+            .position(|p| pat_match(&kv, p) == Tri::Yes)
+            .filter(|&i| i < verds.len());
+        match groups.iter_mut().find(|g| g.0 == e) {
+            Some(g) => g.1 += len,
+            None => groups.push((e, len)),
+        }
+    });
+    let act_of = |e: Option<usize>| e.map(|i| nverdict(&verds[i])).unwrap_or(Act::Continue);
+    let total = st.prob();
+    let mut left = m;
+    for &(e, n) in groups.iter().skip(1) {
+        match st.fork(budget) {
+            Ok(mut alt) => {
+                alt.set_prob(total * n as f64 / m as f64);
+                work.push(alt_act(alt, act_of(e)));
+                left -= n;
+            }
+            Err(why) => {
+                // The branches not explored keep their share, as unknown.
+                st.set_prob(total * left as f64 / m as f64);
+                return Act::Unknown(format!("evaluation stopped at {label}: {why}"));
+            }
+        }
+    }
+    st.set_prob(total * left as f64 / m as f64);
+    act_of(groups.first().and_then(|g| g.0))
 }
 
 /// A forked state that did not match: it continues with the next rule (its frame's position
@@ -997,12 +1212,15 @@ impl TriExt for Tri {
     fn unknown_str(s: &str) -> Tri {
         Tri::Maybe {
             p: 1.0,
-            unknown: Some(s.to_string()),
+            unknown: Some(Box::new(Unk {
+                key: String::new(),
+                what: s.to_string(),
+            })),
         }
     }
 }
 
-fn cmp(_cx: &Cx, t: &NftTable, _st: &St, v: &Val, op: &str, rhs: &Pat) -> Tri {
+fn cmp_values(t: &NftTable, v: &Val, op: &str, rhs: &Pat) -> Tri {
     let in_pat = |p: &Pat| -> Tri {
         match p {
             Pat::Ref(n) => match t.sets.get(n.trim_start_matches('@')) {
@@ -1365,10 +1583,7 @@ fn pat_typed(j: &J, kinds: &[Kind]) -> Option<Pat> {
 }
 
 fn chain_index(t: &NftTable, name: &str) -> Option<u32> {
-    t.chains
-        .iter()
-        .position(|c| &*c.name == name)
-        .map(|i| i as u32)
+    t.chain_id(name)
 }
 
 fn verdict_json(j: &J, t: &NftTable) -> Option<NVerdict> {
