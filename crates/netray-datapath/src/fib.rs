@@ -254,6 +254,9 @@ pub fn route_text(r: &Route) -> String {
     if let Some(d) = &r.dev {
         s.push_str(&format!(" dev {d}"));
     }
+    if r.gateway.is_some() && r.flags.iter().any(|f| f == "onlink") {
+        s.push_str(" onlink");
+    }
     for nh in &r.multipath {
         s.push_str(" nexthop");
         if let Some(g) = nh.gateway {

@@ -313,6 +313,9 @@ pub struct Hop {
     pub node: String,
     /// Namespace display name.
     pub netns: String,
+    /// The pod (`NS/NAME`) the namespace belongs to, when the cluster view names it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod: Option<String>,
     /// Input interface.
     pub iif: Option<String>,
     /// Output interface.

@@ -127,9 +127,30 @@ pub struct World<'a> {
     pub owners: HashMap<IpAddr, Vec<(NsIdx, usize)>>,
     /// MAC (lowercase) → (namespace, link) having it.
     pub macs: HashMap<String, Vec<(NsIdx, usize)>>,
+    /// The pod (`NS/NAME`) each pod namespace belongs to, when the cluster view says
+    /// (see [`World::name_pods`]).
+    pub pods: HashMap<NsIdx, String>,
 }
 
 impl<'a> World<'a> {
+    /// Name the namespaces that belong to pods: each `(pod IP, "NS/NAME")` names the
+    /// non-host namespace owning that address. Host-network pods name nothing.
+    pub fn name_pods(&mut self, pods: impl IntoIterator<Item = (IpAddr, String)>) {
+        for (ip, name) in pods {
+            let owners: Vec<NsIdx> = self.owners_of(ip).iter().map(|o| o.0).collect();
+            for ns in owners {
+                if !self.ns[ns].is_host {
+                    self.pods.insert(ns, name.clone());
+                }
+            }
+        }
+    }
+
+    /// The pod namespace `ns` belongs to, if named.
+    pub fn pod_of(&self, ns: NsIdx) -> Option<&str> {
+        self.pods.get(&ns).map(String::as_str)
+    }
+
     /// Index a bundle. Never fails: odd data is left unresolved and reported by the walk.
     pub fn new(bundle: &'a Bundle) -> World<'a> {
         let mut ns: Vec<NsView<'a>> = Vec::new();
@@ -197,6 +218,7 @@ impl<'a> World<'a> {
             ns,
             owners,
             macs,
+            pods: HashMap::new(),
         }
     }
 

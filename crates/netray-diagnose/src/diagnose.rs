@@ -1,16 +1,28 @@
-//! `netray diagnose`: from the traces of a flow to a verdict and root causes.
+//! `netray diagnose`: from the traces of a flow to a verdict, root causes and proven fixes.
 //!
-//! Each failed branch of the walk ends at a hop with a disposition; the cause is named from
-//! that hop's evidence (the rule, route, neighbour entry, check) and, where the scan catalog
-//! found state that explains it on the same node (a stale VXLAN neighbour, a FORWARD policy, an
-//! LB address in the local table), from that finding's evidence and fix.
+//! A failing branch ends with the kernel objects that decided its fate
+//! ([`Branch::decided_by`]: the DROP rule or policy, the failed route lookup, the stale
+//! neighbour or FDB entry and the MAC it should hold, the sysctl, the link, the missing
+//! socket). The cause is named from those objects, on the node and namespace where they live
+//! — not where the packet happened to die. Scan findings join a cause only as supporting
+//! evidence, when they are about one of the objects the branch used; they never replace it.
+//! Each cause carries `fix_commands` derived from its objects; with a [`Context::rewalk`],
+//! every fix is applied to a copy of the snapshots and the flow walked again: the fix is
+//! proven only when every branch it targets then succeeds (faults further along the same
+//! path are revealed and fixed in the same proof).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
+use ipnet::IpNet;
+use netray_datapath::KernelObject;
+use netray_datapath::Place;
+use netray_datapath::World;
 use netray_datapath::result::{Branch, CT_COLLECTED_ORIG, Disposition, Hop, Leg, Step, Trace};
+use netray_patch::FixCommand;
 use serde::Serialize;
 
-use crate::finding::{Finding, Severity};
+use crate::finding::{Finding, FixProof, Severity};
+use crate::fix::fix_for;
 
 /// Schema identifier of the JSON document (see `schemas/diagnose.schema.json`).
 pub const SCHEMA: &str = "netray.diagnose/v1";
@@ -19,13 +31,14 @@ pub const SCHEMA: &str = "netray.diagnose/v1";
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Verdict {
-    /// Every branch delivers and the reply returns.
+    /// Every branch delivers (or leaves the snapshot) and the reply returns.
     Reachable,
     /// No branch does.
     Unreachable,
     /// Some endpoints (or branches) work, others do not.
     Partial,
-    /// The outcome depends on something netray does not model (named in the causes).
+    /// The outcome depends on something netray does not model or did not explore (named in
+    /// the causes).
     Uncertain,
 }
 
@@ -38,6 +51,23 @@ pub struct TracedFlow {
     pub to: String,
     /// The walk.
     pub trace: Trace,
+}
+
+/// Re-walks the diagnosed flows on a copy of the snapshots with commands applied, in the
+/// same order as the flows given to [`diagnose`]; an error names the command that could not
+/// be applied.
+pub type Rewalk<'a> = dyn Fn(&[FixCommand]) -> Result<Vec<TracedFlow>, String> + 'a;
+
+/// What a diagnosis reads besides the traces.
+pub struct Context<'a, 'w> {
+    /// The scan's findings: supporting evidence for causes about the same objects.
+    pub findings: &'a [Finding],
+    /// The walked world (MAC owners, VTEPs, peers' routes for fixes).
+    pub world: &'a World<'w>,
+    /// The cluster's pod network (fix ranges), from cluster.json / kube-proxy / flannel.
+    pub pod_network: Option<IpNet>,
+    /// Proves fixes by walking again; `None` leaves every proof out.
+    pub rewalk: Option<&'a Rewalk<'a>>,
 }
 
 /// Outcome per endpoint reached (after DNAT) or per destination.
@@ -72,6 +102,8 @@ pub struct FailurePoint {
     /// Node the root cause is on (may differ from `node`: a stale VTEP entry on the sender
     /// drops the frame at the receiver).
     pub cause_node: String,
+    /// Namespace the root cause is in.
+    pub cause_netns: String,
 }
 
 /// One branch, for the report.
@@ -89,6 +121,9 @@ pub struct BranchReport {
     pub probability: f64,
     /// The walk's reason.
     pub reason: String,
+    /// The kernel objects that decided how it ended.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub decided_by: Vec<KernelObject>,
     /// Assumptions about unmodelled constructs this branch rests on.
     pub assumptions: Vec<String>,
     /// Every hop, forward and reply.
@@ -114,10 +149,734 @@ pub struct Diagnosis {
     pub branches: Vec<BranchReport>,
     /// Root causes, most severe first.
     pub causes: Vec<Finding>,
-    /// What the operator should know that the verdict does not say (e.g. existing
-    /// connections that behave differently from the new one walked).
+    /// Every cause's fix commands applied together, and the flow walked again.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub all_fixes: Option<FixProof>,
+    /// What the operator should know that the verdict does not say (existing connections
+    /// that behave differently from the new one walked, where the flow leaves the snapshot,
+    /// a truncated exploration).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub notes: Vec<String>,
+}
+
+/// Build the diagnosis of `flows`.
+pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Diagnosis {
+    let mut branches = Vec::new();
+    let mut per_endpoint: BTreeMap<String, (bool, f64, Vec<String>)> = BTreeMap::new();
+    let mut failures: BTreeMap<String, Vec<FailurePoint>> = BTreeMap::new();
+    let mut tally = Tally::default();
+    let total_mass: f64 = flows
+        .iter()
+        .map(|f| f.trace.branches.iter().map(|b| b.probability).sum::<f64>())
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
+    for (fi, f) in flows.iter().enumerate() {
+        for b in &f.trace.branches {
+            let endpoint = endpoint_of(b, &f.trace);
+            let ok = b.disposition.is_success();
+            let e = per_endpoint
+                .entry(endpoint.clone())
+                .or_insert((true, 0.0, Vec::new()));
+            e.0 &= ok;
+            e.1 += b.probability / total_mass;
+            if !e.2.contains(&b.disposition.as_str().to_string()) {
+                e.2.push(b.disposition.as_str().to_string());
+            }
+            branches.push(BranchReport {
+                flow: format!("{} → {}", f.from, f.to),
+                endpoint: endpoint.clone(),
+                disposition: b.disposition,
+                reachable: ok,
+                probability: b.probability,
+                reason: b.reason.clone(),
+                decided_by: b.decided_by.clone(),
+                assumptions: b.assumptions.clone(),
+                hops: b.hops.clone(),
+            });
+            if ok {
+                continue;
+            }
+            let cause = cause_of(b, ctx);
+            let last = b.hops.last();
+            let point = FailurePoint {
+                disposition: b.disposition,
+                leg: b.ended_on,
+                node: last.map(|h| h.node.clone()).unwrap_or_default(),
+                netns: last.map(|h| h.netns.clone()).unwrap_or_default(),
+                code: cause.code.to_string(),
+                cause_node: cause.node.clone(),
+                cause_netns: cause.netns.clone(),
+            };
+            let points = failures.entry(endpoint.clone()).or_default();
+            if !points.contains(&point) {
+                points.push(point);
+            }
+            tally.add(cause, b.probability / total_mass, (fi, endpoint.clone()));
+        }
+    }
+    let endpoints: Vec<EndpointOutcome> = per_endpoint
+        .into_iter()
+        .map(
+            |(endpoint, (reachable, share, dispositions))| EndpointOutcome {
+                failures: failures.remove(&endpoint).unwrap_or_default(),
+                endpoint,
+                reachable,
+                share,
+                dispositions,
+            },
+        )
+        .collect();
+    let n = endpoints.len();
+    let k = endpoints.iter().filter(|e| e.reachable).count();
+    let truncated = flows.iter().any(|f| f.trace.truncated);
+    // A branch is uncertain when it ends on something unmodelled or rests on an assumption.
+    let uncertain =
+        |b: &BranchReport| b.disposition == Disposition::Unknown || !b.assumptions.is_empty();
+    let any_failed_known = branches.iter().any(|b| !b.reachable && !uncertain(b));
+    let verdict = if branches.is_empty() || truncated {
+        Verdict::Uncertain
+    } else if branches.iter().all(|b| b.reachable) {
+        if branches.iter().any(|b| !b.assumptions.is_empty()) {
+            Verdict::Uncertain
+        } else {
+            Verdict::Reachable
+        }
+    } else if !any_failed_known {
+        // Every failure rests on something netray does not model.
+        Verdict::Uncertain
+    } else if k == 0 {
+        Verdict::Unreachable
+    } else {
+        Verdict::Partial
+    };
+    let mut merged = tally.finish(n);
+    let all_fixes = ctx.rewalk.map(|rw| prove(&mut merged, flows, ctx, rw));
+    let mut causes: Vec<Finding> = merged.into_iter().map(|m| m.finding).collect();
+    causes.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    let list = |cs: &[Finding]| {
+        cs.iter()
+            .map(|c| format!("{} on {}", c.code, c.node))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let summary = match verdict {
+        Verdict::Reachable => format!(
+            "{to} is reachable from {from} ({n} endpoint{}; replies return)",
+            if n == 1 { "" } else { "s" }
+        ),
+        Verdict::Unreachable => format!("{to} is unreachable from {from}: {}", list(&causes)),
+        Verdict::Partial => format!(
+            "{to} is partially reachable from {from}: {k} of {n} endpoints work; {}",
+            list(&causes)
+        ),
+        Verdict::Uncertain if truncated => format!(
+            "reachability of {to} from {from} is uncertain: the exploration was cut at the branch limit (--max-branches), so branches were not walked{}",
+            if causes.is_empty() {
+                String::new()
+            } else {
+                format!("; among those walked: {}", list(&causes))
+            }
+        ),
+        Verdict::Uncertain => format!(
+            "reachability of {to} from {from} is uncertain: it rests on what netray does not model ({})",
+            {
+                let mut u: Vec<String> = causes
+                    .iter()
+                    .filter(|c| c.code == "uncertain-rule" || c.severity == Severity::Warning)
+                    .flat_map(|c| c.evidence.first())
+                    .cloned()
+                    .collect();
+                u.extend(
+                    branches
+                        .iter()
+                        .filter(|b| b.reachable)
+                        .flat_map(|b| b.assumptions.iter().cloned()),
+                );
+                u.dedup();
+                u.truncate(4);
+                u.join("; ")
+            }
+        ),
+    };
+    let mut notes: Vec<String> = flows
+        .iter()
+        .filter_map(|f| stale_entries_note(f, ctx.findings))
+        .collect();
+    notes.extend(exit_notes(flows));
+    if truncated {
+        notes.push(
+            "the walk stopped at the branch limit: the verdict covers only the branches walked; raise --max-branches to walk them all"
+                .into(),
+        );
+    }
+    Diagnosis {
+        schema: SCHEMA,
+        from: from.to_string(),
+        to: to.to_string(),
+        verdict,
+        summary,
+        endpoints,
+        branches,
+        causes,
+        all_fixes,
+        notes,
+    }
+}
+
+/// Where exiting branches leave the snapshot (one note per distinct place).
+fn exit_notes(flows: &[TracedFlow]) -> Vec<String> {
+    let mut out: Vec<String> = Vec::new();
+    for b in flows.iter().flat_map(|f| &f.trace.branches) {
+        if b.disposition == Disposition::Exits {
+            let note = format!("{} (netray cannot follow it further)", b.reason);
+            if !out.contains(&note) {
+                out.push(note);
+            }
+        }
+    }
+    out
+}
+
+/// A merged cause: the finding, its branches' probability mass, and the (flow, endpoint)
+/// pairs it was named for.
+struct Merged {
+    finding: Finding,
+    branches: usize,
+    share: f64,
+    targets: BTreeSet<(usize, String)>,
+}
+
+/// Causes merged by code and deciding objects.
+#[derive(Default)]
+struct Tally {
+    causes: Vec<Merged>,
+}
+
+impl Tally {
+    fn add(&mut self, f: Finding, share: f64, target: (usize, String)) {
+        let key = cause_key(&f);
+        match self.causes.iter_mut().find(|m| cause_key(&m.finding) == key) {
+            Some(m) => {
+                m.branches += 1;
+                m.share += share;
+                m.targets.insert(target);
+                for e in f.evidence {
+                    if !m.finding.evidence.contains(&e) {
+                        m.finding.evidence.push(e);
+                    }
+                }
+            }
+            None => self.causes.push(Merged {
+                finding: f,
+                branches: 1,
+                share,
+                targets: BTreeSet::from([target]),
+            }),
+        }
+    }
+
+    /// Say how much of the flow each cause affects (when there are several endpoints).
+    fn finish(self, n: usize) -> Vec<Merged> {
+        self.causes
+            .into_iter()
+            .map(|mut m| {
+                if n > 1 {
+                    let eps: Vec<&str> = m
+                        .targets
+                        .iter()
+                        .map(|t| t.1.as_str())
+                        .collect::<BTreeSet<_>>()
+                        .into_iter()
+                        .collect();
+                    m.finding.explanation = format!(
+                        "Affects {} of {n} endpoints ({}; {:.0}% of connections, {} branch{}). {}",
+                        eps.len(),
+                        eps.join(", "),
+                        m.share * 100.0,
+                        m.branches,
+                        if m.branches == 1 { "" } else { "es" },
+                        m.finding.explanation
+                    );
+                }
+                m
+            })
+            .collect()
+    }
+}
+
+/// Identity of a cause: its code, place and the keys of its deciding objects.
+fn cause_key(f: &Finding) -> (&'static str, String, String, Vec<String>) {
+    let mut keys: Vec<String> = f.objects.iter().map(KernelObject::key).collect();
+    keys.sort();
+    (f.code, f.node.clone(), f.netns.clone(), keys)
+}
+
+/// Apply each cause's fix to a copy of the snapshots and walk again (see the module doc);
+/// then every fix together. Causes revealed behind a fixed one are added to `merged`.
+fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rewalk) -> FixProof {
+    const ROUNDS: usize = 4;
+    let mut revealed: Vec<Merged> = Vec::new();
+    for i in 0..merged.len() {
+        if merged[i].finding.fix_commands.is_empty() {
+            merged[i].finding.proof = Some(FixProof {
+                proven: false,
+                with: Vec::new(),
+                detail: "no command to prove: the fix is not a node- or pod-level change".into(),
+            });
+            continue;
+        }
+        let targets = merged[i].targets.clone();
+        let mut cmds = merged[i].finding.fix_commands.clone();
+        let mut with: Vec<String> = Vec::new();
+        let mut proof = None;
+        for _ in 0..ROUNDS {
+            let traces = match rw(&cmds) {
+                Ok(t) => t,
+                Err(e) => {
+                    proof = Some(FixProof {
+                        proven: false,
+                        with: with.clone(),
+                        detail: format!("the fix could not be applied to the snapshot: {e}"),
+                    });
+                    break;
+                }
+            };
+            let failing: Vec<(usize, &Branch, String)> = traces
+                .iter()
+                .enumerate()
+                .flat_map(|(fi, t)| {
+                    t.trace
+                        .branches
+                        .iter()
+                        .map(move |b| (fi, b, endpoint_of(b, &t.trace)))
+                })
+                .filter(|(fi, b, ep)| {
+                    !b.disposition.is_success() && targets.contains(&(*fi, ep.clone()))
+                })
+                .collect();
+            if failing.is_empty() {
+                proof = Some(FixProof {
+                    proven: true,
+                    with: with.clone(),
+                    detail: format!(
+                        "applied to a copy of the snapshots, every targeted branch ({} endpoint{}) then succeeds",
+                        targets.len(),
+                        if targets.len() == 1 { "" } else { "s" }
+                    ),
+                });
+                break;
+            }
+            // Something else still stops these branches: the next cause on their path.
+            let mut added = false;
+            for (fi, b, ep) in &failing {
+                let next = cause_of(b, ctx);
+                let new_cmds: Vec<FixCommand> = next
+                    .fix_commands
+                    .iter()
+                    .filter(|c| !cmds.contains(c))
+                    .cloned()
+                    .collect();
+                if !new_cmds.is_empty() {
+                    cmds.extend(new_cmds);
+                    added = true;
+                    if !with.contains(&next.code.to_string()) {
+                        with.push(next.code.to_string());
+                    }
+                }
+                let key = cause_key(&next);
+                let known = merged.iter().any(|m| cause_key(&m.finding) == key)
+                    || revealed.iter().any(|m| cause_key(&m.finding) == key);
+                if !known {
+                    let mut f = next.clone();
+                    f.explanation = format!(
+                        "Revealed once {} on {} is fixed: {}",
+                        merged[i].finding.code, merged[i].finding.node, f.explanation
+                    );
+                    revealed.push(Merged {
+                        finding: f,
+                        branches: 1,
+                        share: 0.0,
+                        targets: BTreeSet::from([(*fi, ep.clone())]),
+                    });
+                }
+            }
+            if !added {
+                let (_, b, ep) = &failing[0];
+                proof = Some(FixProof {
+                    proven: false,
+                    with: with.clone(),
+                    detail: format!(
+                        "after the fix, {ep} still fails: {} (no further fix netray can derive)",
+                        b.reason
+                    ),
+                });
+                break;
+            }
+        }
+        merged[i].finding.proof = Some(proof.unwrap_or(FixProof {
+            proven: false,
+            with,
+            detail: format!("still failing after {ROUNDS} rounds of fixes"),
+        }));
+    }
+    // Revealed causes get their own proof-less entry (their fix was proven with the cause
+    // that revealed them).
+    for mut r in revealed {
+        r.finding.proof = Some(FixProof {
+            proven: false,
+            with: Vec::new(),
+            detail: "found behind another cause; its fix is part of that cause's proof".into(),
+        });
+        merged.push(r);
+    }
+    // Every fix together: the whole flow must work, and nothing that worked may break.
+    let mut all: Vec<FixCommand> = Vec::new();
+    for m in merged.iter() {
+        for c in &m.finding.fix_commands {
+            if !all.contains(c) {
+                all.push(c.clone());
+            }
+        }
+    }
+    if all.is_empty() {
+        return FixProof {
+            proven: flows
+                .iter()
+                .all(|f| f.trace.branches.iter().all(|b| b.disposition.is_success())),
+            with: Vec::new(),
+            detail: "no fix command to apply".into(),
+        };
+    }
+    match rw(&all) {
+        Err(e) => FixProof {
+            proven: false,
+            with: Vec::new(),
+            detail: format!("the fixes could not be applied together: {e}"),
+        },
+        Ok(traces) => {
+            let bad: Vec<String> = traces
+                .iter()
+                .flat_map(|t| {
+                    t.trace
+                        .branches
+                        .iter()
+                        .filter(|b| !b.disposition.is_success())
+                        .map(move |b| format!("{}: {}", endpoint_of(b, &t.trace), b.reason))
+                })
+                .collect();
+            FixProof {
+                proven: bad.is_empty(),
+                with: merged.iter().map(|m| m.finding.code.to_string()).collect(),
+                detail: if bad.is_empty() {
+                    format!(
+                        "with all {} fix command{} applied, every branch of the flow succeeds",
+                        all.len(),
+                        if all.len() == 1 { "" } else { "s" }
+                    )
+                } else {
+                    format!(
+                        "with all fixes applied, {} branch{} still fail{}: {}",
+                        bad.len(),
+                        if bad.len() == 1 { "" } else { "es" },
+                        if bad.len() == 1 { "s" } else { "" },
+                        bad.first().cloned().unwrap_or_default()
+                    )
+                },
+            }
+        }
+    }
+}
+
+/// The cause of one failing branch: the objects that decided it, on their node and
+/// namespace, with evidence, supporting findings about the same objects, and the fix.
+fn cause_of(b: &Branch, ctx: &Context) -> Finding {
+    if let Some(f) = stale_entry_followed(b, ctx.findings) {
+        return f;
+    }
+    let last = b.hops.last();
+    let objects = b.decided_by.clone();
+    let place = objects
+        .first()
+        .map(|o| o.place().clone())
+        .unwrap_or_else(|| Place {
+            node: last.map(|h| h.node.clone()).unwrap_or_default(),
+            netns: last.map(|h| h.netns.clone()).unwrap_or_default(),
+        });
+    let mut code = root_code(b, &objects, ctx);
+    let mut evidence: Vec<String> = Vec::new();
+    let certain = b.assumptions.is_empty();
+    if !certain {
+        evidence.extend(b.assumptions.iter().cloned());
+        code = "uncertain-rule";
+    }
+    for o in &objects {
+        evidence.push(quote_with_counters(o, b));
+    }
+    if objects.is_empty() {
+        evidence.push(b.reason.clone());
+    }
+    let mut explanation = if certain {
+        sentence(&b.reason)
+    } else {
+        format!(
+            "This branch fails ({}) only if the assumption above holds: netray does not model that match, so it explores both outcomes. {}",
+            b.disposition.as_str(),
+            sentence(&b.reason)
+        )
+    };
+    // Scan findings about an object this branch decided on or used: supporting evidence.
+    let mut used: BTreeSet<String> = objects.iter().map(KernelObject::key).collect();
+    used.extend(used_objects(b).iter().map(KernelObject::key));
+    for f in ctx.findings {
+        if f.objects.iter().any(|o| used.contains(&o.key())) {
+            for e in &f.evidence {
+                let line = format!("scan {}: {e}", f.code);
+                if !evidence.contains(&line) {
+                    evidence.push(line);
+                }
+            }
+            if !explanation.contains(&f.explanation) {
+                explanation.push_str(&format!(" (scan, {}: {})", f.code, f.explanation));
+            }
+        }
+    }
+    let (fix, fix_commands) = if certain {
+        fix_for(code, &objects, b, ctx)
+    } else {
+        (
+            "netray does not model the construct named in the evidence; check it by hand (rule counters, nft monitor trace)".to_string(),
+            Vec::new(),
+        )
+    };
+    Finding {
+        code,
+        severity: if b.disposition == Disposition::Unknown || !certain {
+            Severity::Warning
+        } else {
+            Severity::Critical
+        },
+        pod: pod_at(b, &place),
+        node: place.node,
+        netns: place.netns,
+        objects,
+        evidence,
+        explanation,
+        fix,
+        fix_commands,
+        proof: None,
+    }
+}
+
+/// The pod a place belongs to, as the branch's hops name it.
+fn pod_at(b: &Branch, at: &Place) -> Option<String> {
+    b.hops
+        .iter()
+        .find(|h| h.node == at.node && h.netns == at.netns)
+        .and_then(|h| h.pod.clone())
+}
+
+/// A rule quoted with the counters the walk saw for it.
+fn quote_with_counters(o: &KernelObject, b: &Branch) -> String {
+    let q = o.quote();
+    let KernelObject::Rule {
+        at,
+        table,
+        chain,
+        index,
+        ..
+    } = o
+    else {
+        return q;
+    };
+    let counters = b.hops.iter().find_map(|h| match &h.step {
+        Step::Netfilter { rules, .. } if h.node == at.node && h.netns == at.netns => rules
+            .iter()
+            .find(|r| &r.table == table && &r.chain == chain && &r.index == index)
+            .and_then(|r| r.packets.zip(r.bytes)),
+        _ => None,
+    });
+    match counters {
+        Some((p, by)) => format!("{q} [{p} pkts, {by} bytes]"),
+        None => q,
+    }
+}
+
+/// The objects a branch used on its way (routes, rules, neighbours, FDB entries, conntrack
+/// entries), as typed references.
+fn used_objects(b: &Branch) -> Vec<KernelObject> {
+    let mut out = Vec::new();
+    for h in &b.hops {
+        let at = Place {
+            node: h.node.clone(),
+            netns: h.netns.clone(),
+        };
+        match &h.step {
+            Step::Route {
+                rule, table, route, ..
+            } => out.push(KernelObject::Route {
+                at,
+                table: *table,
+                route: route.clone(),
+                rule: rule.clone(),
+            }),
+            Step::Netfilter { rules, .. } => out.extend(rules.iter().map(|r| r.object(&at))),
+            Step::Neighbour {
+                addr,
+                lladdr,
+                state,
+            } => out.push(KernelObject::Neighbour {
+                at,
+                dev: h.oif.clone().unwrap_or_default(),
+                addr: *addr,
+                lladdr: lladdr.clone(),
+                state: state.split(' ').next().unwrap_or("").to_string(),
+                expected_lladdr: None,
+            }),
+            Step::Encap {
+                dev,
+                inner_dst_mac,
+                remote,
+                ..
+            } => out.push(KernelObject::Fdb {
+                at,
+                dev: dev.clone(),
+                mac: inner_dst_mac.clone(),
+                dst: Some(*remote),
+                present: true,
+            }),
+            Step::Conntrack { state, entry } => out.push(KernelObject::Conntrack {
+                at,
+                entry: entry.clone(),
+                collected: state.contains("collected"),
+            }),
+            _ => {}
+        }
+    }
+    out
+}
+
+/// The root-cause code of a failing branch, from the walk's code refined by the deciding
+/// objects.
+fn root_code(b: &Branch, objects: &[KernelObject], ctx: &Context) -> &'static str {
+    let walk = b
+        .cause
+        .as_deref()
+        .and_then(crate::catalog::known_code)
+        .unwrap_or(match b.disposition {
+            Disposition::Dropped => "dropped",
+            Disposition::Rejected => "port-not-listening",
+            Disposition::NoRoute => "no-route",
+            Disposition::NeighborUnreachable => "neighbor-unreachable",
+            Disposition::MartianSource => "martian-source",
+            Disposition::RpFilter => "rp-filter-drop",
+            Disposition::ForwardingDisabled => "ip-forward-disabled",
+            Disposition::ReplyMismatch => "nat-reply-mismatch",
+            Disposition::MtuExceeded => "mtu-blackhole",
+            Disposition::Loop => "routing-loop",
+            _ => "uncertain-rule",
+        });
+    let rule = objects.iter().find_map(|o| match o {
+        KernelObject::Rule {
+            chain, text, index, ..
+        } => Some((chain.as_str(), text.as_str(), *index)),
+        _ => None,
+    });
+    let nft = b
+        .hops
+        .iter()
+        .flat_map(|h| match &h.step {
+            Step::Netfilter { rules, .. } => rules.last(),
+            _ => None,
+        })
+        .next_back()
+        .is_some_and(|r| r.backend == "nft");
+    match walk {
+        "iptables-drop-rule" | "iptables-reject-rule" | "chain-policy-drop" => match rule {
+            Some((chain, text, _)) if is_network_policy(chain, text) => "network-policy-drop",
+            Some((_, text, _)) if text.contains("has no endpoints") => "no-endpoints",
+            Some((_, _, Some(_))) if nft => "nft-drop-rule",
+            _ => walk,
+        },
+        "stale-vxlan-neighbor" | "missing-vxlan-fdb" => {
+            // The neighbour holds the right MAC: then the FDB entry is what is wrong.
+            let neigh_ok = objects.iter().any(|o| {
+                matches!(o, KernelObject::Neighbour { lladdr: Some(l), expected_lladdr: Some(e), .. }
+                    if l.eq_ignore_ascii_case(e))
+            });
+            let neigh_stale = objects.iter().any(|o| {
+                matches!(o, KernelObject::Neighbour { lladdr: Some(l), expected_lladdr: Some(e), .. }
+                    if !l.eq_ignore_ascii_case(e))
+            });
+            match (walk, neigh_ok, neigh_stale) {
+                (_, _, true) => "stale-vxlan-neighbor",
+                ("stale-vxlan-neighbor", true, _) => "stale-vxlan-fdb",
+                _ => walk,
+            }
+        }
+        "no-route" => {
+            let in_pod = objects.iter().any(|o| {
+                matches!(o, KernelObject::RouteLookup { at, .. } if at.netns != "host")
+            });
+            if in_pod && !has_default_route(b, ctx) {
+                "pod-no-default-route"
+            } else {
+                "no-route"
+            }
+        }
+        "nat-reply-mismatch"
+            if objects.iter().any(|o| {
+                matches!(o, KernelObject::Sysctl { key, .. } if key.contains("bridge-nf-call"))
+            }) =>
+        {
+            "bridge-nf-snat-conflict"
+        }
+        w => w,
+    }
+}
+
+/// Whether the namespace where the branch's failed lookup happened has a default route.
+fn has_default_route(b: &Branch, ctx: &Context) -> bool {
+    let Some(KernelObject::RouteLookup { at, .. }) = b
+        .decided_by
+        .iter()
+        .find(|o| matches!(o, KernelObject::RouteLookup { .. }))
+    else {
+        return true;
+    };
+    ns_at(ctx.world, at).is_some_and(|v| {
+        v.snap
+            .routes
+            .iter()
+            .any(|r| r.dst.prefix_len() == 0 && r.table == 254)
+    })
+}
+
+/// The namespace of the world at `at`.
+fn ns_at<'w>(world: &'w World<'_>, at: &Place) -> Option<&'w netray_datapath::world::NsView<'w>> {
+    world
+        .ns
+        .iter()
+        .find(|v| v.node == at.node && v.netns_label() == at.netns)
+}
+
+/// A rule generated from a Kubernetes NetworkPolicy (kube-router, Calico layouts, or a
+/// comment saying so).
+fn is_network_policy(chain: &str, text: &str) -> bool {
+    let chain = chain.to_ascii_uppercase();
+    let text = text.to_ascii_lowercase();
+    [
+        "KUBE-NWPLCY",
+        "KUBE-POD-FW",
+        "KUBE-ROUTER-",
+        "NETPOL",
+        "POLICY",
+        "CALI-PI-",
+        "CALI-PO-",
+    ]
+    .iter()
+    .any(|p| chain.contains(p))
+        || text.contains("network policy")
+        || text.contains("netpol")
 }
 
 /// The endpoint of a branch: the destination after the first DNAT on the forward leg, else
@@ -145,119 +904,6 @@ fn addr_port(ip: std::net::IpAddr, port: Option<u16>, proto: &str) -> String {
     }
 }
 
-/// Quoted evidence from the hops that led to the end: the last few steps in the namespace
-/// where the branch died (rules with counters, routes, neighbours, checks, encapsulation).
-fn evidence_of(b: &Branch) -> Vec<String> {
-    let Some(last) = b.hops.last() else {
-        return vec![];
-    };
-    let mut ev = Vec::new();
-    // The routing decision is evidence only for routing dispositions, and then only the last
-    // one (earlier lookups, such as the local-table hit of an arriving underlay packet, are
-    // noise). Accepting firewall hooks are not evidence.
-    let routing_matters = matches!(
-        b.disposition,
-        Disposition::NoRoute
-            | Disposition::NeighborUnreachable
-            | Disposition::Exits
-            | Disposition::RpFilter
-            | Disposition::MartianSource
-            | Disposition::Loop
-            | Disposition::MtuExceeded
-            | Disposition::ForwardingDisabled
-    );
-    let tail: Vec<&Hop> = b
-        .hops
-        .iter()
-        .rev()
-        .take_while(|h| h.node == last.node && h.netns == last.netns && h.leg == last.leg)
-        .collect::<Vec<_>>()
-        .into_iter()
-        .rev()
-        .collect();
-    let last_route = tail
-        .iter()
-        .rposition(|h| matches!(h.step, Step::Route { .. }));
-    for (i, h) in tail.iter().enumerate() {
-        match &h.step {
-            Step::Route { .. } if !routing_matters || Some(i) != last_route => {}
-            Step::Route {
-                rule, table, route, ..
-            } => {
-                if let Some(r) = rule {
-                    ev.push(format!("ip rule: {r}"));
-                }
-                ev.push(format!("route (table {table}): {route}"));
-            }
-            Step::Netfilter {
-                hook,
-                bridged,
-                verdict,
-                rules,
-            } if verdict != "accept" => {
-                for r in rules {
-                    let counters = match (r.packets, r.bytes) {
-                        (Some(p), Some(by)) => format!(" [{p} pkts, {by} bytes]"),
-                        _ => String::new(),
-                    };
-                    let at = match r.index {
-                        Some(i) => format!("{} {} #{i}", r.table, r.chain),
-                        None => format!("{} {} policy", r.table, r.chain),
-                    };
-                    ev.push(format!(
-                        "{hook}{}: {at}: {}{counters}",
-                        if *bridged {
-                            " (bridged, br_netfilter)"
-                        } else {
-                            ""
-                        },
-                        r.text
-                    ));
-                }
-            }
-            Step::Neighbour {
-                addr,
-                lladdr,
-                state,
-            } => ev.push(format!(
-                "neighbour {addr} {} {state}",
-                lladdr
-                    .as_deref()
-                    .map(|l| format!("lladdr {l}"))
-                    .unwrap_or_default()
-            )),
-            Step::Check { check, detail } => ev.push(format!("{check}: {detail}")),
-            Step::Encap {
-                dev,
-                vni,
-                inner_dst_mac,
-                remote,
-                port,
-                fdb,
-            } => ev.push(format!(
-                "{dev}: vxlan vni {vni} inner dst {inner_dst_mac} → {remote}:{port} (fdb: {fdb})"
-            )),
-            Step::Nat {
-                kind,
-                before,
-                after,
-            } => ev.push(format!("{kind}: {before} → {after}")),
-            Step::Conntrack { state, entry } => ev.push(format!("conntrack {state}: {entry}")),
-            Step::Bridge {
-                bridge,
-                in_port,
-                out_port,
-                fdb,
-            } => ev.push(format!("{bridge}: {in_port} → {out_port} ({fdb})")),
-            _ => {}
-        }
-    }
-    if ev.is_empty() {
-        ev.push(b.reason.clone());
-    }
-    ev
-}
-
 /// `text` ending with a full stop.
 fn sentence(text: &str) -> String {
     let t = text.trim_end();
@@ -271,42 +917,6 @@ fn sentence(text: &str) -> String {
         out.push('.');
     }
     out
-}
-
-/// Scan codes that explain a disposition when found on the node where a branch died.
-fn explaining_codes(d: Disposition) -> &'static [&'static str] {
-    match d {
-        Disposition::Dropped => &[
-            "stale-vxlan-neighbor",
-            "stale-vxlan-fdb",
-            "missing-vxlan-fdb",
-            "forward-policy-drop",
-            "interface-down",
-            "bridge-port-blocked",
-        ],
-        Disposition::NeighborUnreachable => &[
-            "stale-vxlan-neighbor",
-            "stale-vxlan-fdb",
-            "missing-vxlan-fdb",
-            "no-route",
-            "pod-no-default-route",
-            "neighbor-unreachable",
-        ],
-        Disposition::NoRoute => &[
-            "pod-no-default-route",
-            "no-route",
-            "blackhole-route",
-            "ip-rule-diverts",
-        ],
-        Disposition::ForwardingDisabled => &["ip-forward-disabled", "forwarding-disabled-iface"],
-        Disposition::MartianSource => &["lb-ip-in-local-table"],
-        Disposition::RpFilter => &["rp-filter-strict-asymmetric"],
-        Disposition::MtuExceeded => &["mtu-blackhole", "pod-mtu-exceeds-overlay"],
-        Disposition::ReplyMismatch => &["bridge-nf-snat-conflict"],
-        Disposition::Rejected => &["no-endpoints", "port-not-listening"],
-        Disposition::Exits => &["no-route", "pod-no-default-route"],
-        _ => &[],
-    }
 }
 
 /// The `stale-conntrack-entry` finding, when `b`'s request followed a collected conntrack
@@ -354,395 +964,39 @@ fn stale_entry_followed(b: &Branch, findings: &[Finding]) -> Option<Finding> {
                     h.node,
                     sentence(&b.reason)
                 );
-                f.fix = format!(
-                    "on {}: conntrack -D -p {} --orig-src {} --orig-dst {} --orig-port-src {} \
-                     --orig-port-dst {} (kube-proxy should have deleted it when the endpoint \
-                     went away)",
-                    h.node,
+                let run = format!(
+                    "conntrack -D -p {} --orig-src {} --orig-dst {} --orig-port-src {} \
+                     --orig-port-dst {}",
                     orig.split_whitespace().next().unwrap_or("udp"),
                     field("src="),
                     field("dst="),
                     field("sport="),
                     field("dport="),
                 );
+                f.fix = format!(
+                    "on {}: {run} (kube-proxy should have deleted it when the endpoint went away)",
+                    h.node
+                );
+                let at = Place {
+                    node: h.node.clone(),
+                    netns: h.netns.clone(),
+                };
+                f.objects = vec![KernelObject::Conntrack {
+                    at,
+                    entry: entry.clone(),
+                    collected: true,
+                }];
+                f.pod = h.pod.clone();
+                f.fix_commands = vec![FixCommand {
+                    node: h.node.clone(),
+                    netns: h.netns.clone(),
+                    pod: h.pod.clone(),
+                    run,
+                }];
                 Some(f)
             }
             _ => None,
         })
-}
-
-/// A rule generated from a Kubernetes NetworkPolicy (kube-router, Calico layouts, or a
-/// comment saying so).
-fn is_network_policy(r: &netray_datapath::result::RuleRef) -> bool {
-    let chain = r.chain.to_ascii_uppercase();
-    let text = r.text.to_ascii_lowercase();
-    [
-        "KUBE-NWPLCY",
-        "KUBE-POD-FW",
-        "KUBE-ROUTER-",
-        "NETPOL",
-        "POLICY",
-        "CALI-PI-",
-        "CALI-PO-",
-    ]
-    .iter()
-    .any(|p| chain.contains(p))
-        || text.contains("network policy")
-        || text.contains("netpol")
-}
-
-/// The code a branch's disposition maps to when no finding explains it better.
-fn default_code(b: &Branch) -> &'static str {
-    let last_nf = b.hops.iter().rev().find_map(|h| match &h.step {
-        Step::Netfilter {
-            hook,
-            rules,
-            verdict,
-            ..
-        } if verdict != "accept" => Some((hook, rules)),
-        _ => None,
-    });
-    let nft = |rules: &[netray_datapath::result::RuleRef]| {
-        rules
-            .last()
-            .is_some_and(|r| r.text.starts_with('{') || r.text.contains("\"expr\""))
-    };
-    match b.disposition {
-        Disposition::Dropped => match last_nf {
-            Some((hook, rules))
-                if hook == "FORWARD" && rules.last().is_some_and(|r| r.index.is_none()) =>
-            {
-                "forward-policy-drop"
-            }
-            Some((_, rules)) if rules.iter().any(is_network_policy) => "network-policy-drop",
-            Some((_, rules)) if nft(rules) => "nft-drop-rule",
-            Some(_) => "iptables-drop-rule",
-            None => "dropped",
-        },
-        Disposition::Rejected => match last_nf {
-            Some((_, rules)) if rules.iter().any(|r| r.text.contains("has no endpoints")) => {
-                "no-endpoints"
-            }
-            Some(_) => "iptables-reject-rule",
-            None => "port-not-listening",
-        },
-        Disposition::NoRoute => {
-            if b.reason.contains("blackhole")
-                || b.reason.contains("unreachable route")
-                || b.reason.contains("prohibit")
-            {
-                "blackhole-route"
-            } else {
-                "no-route"
-            }
-        }
-        Disposition::NeighborUnreachable => "neighbor-unreachable",
-        Disposition::MartianSource => "martian-source",
-        Disposition::RpFilter => "rp-filter-drop",
-        Disposition::ForwardingDisabled => "ip-forward-disabled",
-        Disposition::ReplyMismatch => "nat-reply-mismatch",
-        Disposition::MtuExceeded => "mtu-blackhole",
-        Disposition::Exits => "exits-cluster",
-        Disposition::Loop => "routing-loop",
-        Disposition::Unknown => "uncertain-rule",
-        Disposition::Delivered | Disposition::AcceptedByHost => "ok",
-    }
-}
-
-fn default_fix(code: &str, b: &Branch) -> String {
-    let last = b.hops.last();
-    let node = last.map(|h| h.node.as_str()).unwrap_or("?");
-    match code {
-        "forward-policy-drop" => format!(
-            "on {node}: accept the traffic in FORWARD (iptables -I FORWARD -i IN -o OUT -j ACCEPT, \
-             with Docker in DOCKER-USER) or set the policy to ACCEPT; make it persistent"
-        ),
-        "iptables-drop-rule" | "iptables-reject-rule" | "nft-drop-rule" | "network-policy-drop" => {
-            format!("on {node}: remove or narrow the rule quoted in the evidence (or the policy that generated it)")
-        }
-        "no-endpoints" => "make the Service's pods Ready or fix its selector (kubectl get endpointslices)".into(),
-        "port-not-listening" => "start the server or fix the Service's targetPort".into(),
-        "no-route" => format!("on {node}: add the missing route (or restart the CNI agent that owns it)"),
-        "blackhole-route" => format!("on {node}: delete the blackhole/unreachable route quoted in the evidence"),
-        "neighbor-unreachable" => format!("on {node}: check that the next hop is up on that segment; ip neigh show"),
-        "martian-source" => "do not send packets whose source is one of the receiving host's own addresses (or set accept_local=1 where that is intended)".into(),
-        "rp-filter-drop" => format!("on {node}: use loose reverse-path filtering (rp_filter=2) or make routing symmetric"),
-        "ip-forward-disabled" => format!("on {node}: sysctl -w net.ipv4.ip_forward=1"),
-        "nat-reply-mismatch" => "make the reply return through the host that NATed the request before anything reverses the NAT (see bridge-nf-call-iptables)".into(),
-        "mtu-blackhole" => "lower the sending MTU below the path MTU (overlay MTU = underlay MTU − 50)".into(),
-        "exits-cluster" => "the destination is outside the collected nodes: collect the missing node, or check the address".into(),
-        "routing-loop" => "fix the routes that send the packet back where it came from".into(),
-        "uncertain-rule" => "netray does not model the construct named in the evidence; check it by hand (counters, nft monitor trace)".into(),
-        _ => "see the evidence".into(),
-    }
-}
-
-fn severity_of(d: Disposition) -> Severity {
-    match d {
-        Disposition::Unknown => Severity::Warning,
-        _ => Severity::Critical,
-    }
-}
-
-/// Causes are merged by (code, node, netns).
-type CauseKey = (&'static str, String, String);
-/// A merged cause: the finding, how many branches, their probability mass, their endpoints.
-type CauseTally = (Finding, usize, f64, Vec<String>);
-
-/// Build the diagnosis of `flows` using the bundle's scan findings as supporting evidence.
-pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], findings: &[Finding]) -> Diagnosis {
-    let mut branches = Vec::new();
-    let mut per_endpoint: BTreeMap<String, (bool, f64, Vec<String>)> = BTreeMap::new();
-    let mut causes: BTreeMap<CauseKey, CauseTally> = BTreeMap::new();
-    let mut failures: BTreeMap<String, Vec<FailurePoint>> = BTreeMap::new();
-    let total_mass: f64 = flows
-        .iter()
-        .map(|f| f.trace.branches.iter().map(|b| b.probability).sum::<f64>())
-        .sum::<f64>()
-        .max(f64::MIN_POSITIVE);
-    for f in flows {
-        for b in &f.trace.branches {
-            let endpoint = endpoint_of(b, &f.trace);
-            let ok = b.disposition.is_success();
-            let e = per_endpoint
-                .entry(endpoint.clone())
-                .or_insert((true, 0.0, Vec::new()));
-            e.0 &= ok;
-            e.1 += b.probability / total_mass;
-            if !e.2.contains(&b.disposition.as_str().to_string()) {
-                e.2.push(b.disposition.as_str().to_string());
-            }
-            branches.push(BranchReport {
-                flow: format!("{} → {}", f.from, f.to),
-                endpoint: endpoint.clone(),
-                disposition: b.disposition,
-                reachable: ok,
-                probability: b.probability,
-                reason: b.reason.clone(),
-                assumptions: b.assumptions.clone(),
-                hops: b.hops.clone(),
-            });
-            if ok {
-                continue;
-            }
-            let last = b.hops.last();
-            let node = last.map(|h| h.node.clone()).unwrap_or_default();
-            let netns = last.map(|h| h.netns.clone()).unwrap_or_default();
-            // A scan finding on the node where it died that explains this disposition.
-            // A finding that explains the disposition, on the node where the branch died or,
-            // failing that, on the nodes it crossed before (latest first): a frame dropped at
-            // decapsulation was addressed wrongly by the node that encapsulated it.
-            let explaining = explaining_codes(b.disposition);
-            let mut nodes_crossed: Vec<&str> = Vec::new();
-            for h in b.hops.iter().rev() {
-                if !nodes_crossed.contains(&h.node.as_str()) {
-                    nodes_crossed.push(&h.node);
-                }
-            }
-            // A packet that followed a collected conntrack entry to a backend that is no
-            // longer an endpoint failed because of that entry, whatever happened next.
-            let support: Option<Finding> = stale_entry_followed(b, findings).or_else(|| {
-                nodes_crossed.iter().find_map(|n| {
-                    explaining.iter().find_map(|code| {
-                        findings
-                            .iter()
-                            .find(|x| x.code == *code && (x.node == *n || x.node == "-"))
-                            .cloned()
-                    })
-                })
-            });
-            // The walk's own cause code, unless the rules show a NetworkPolicy at work.
-            let walk_code = default_code(b);
-            let branch_code = match b.cause.as_deref().and_then(crate::catalog::known_code) {
-                Some(c) if walk_code != "network-policy-drop" => c,
-                _ => walk_code,
-            };
-            let mut evidence = evidence_of(b);
-            // A failure that rests on an assumption about an unmodelled match is uncertain:
-            // name the rule, whatever the walk's own code says.
-            let support = if b.assumptions.is_empty() {
-                support
-            } else {
-                None
-            };
-            let branch_code = if b.assumptions.is_empty() {
-                branch_code
-            } else {
-                evidence.splice(0..0, b.assumptions.iter().cloned());
-                "uncertain-rule"
-            };
-            let cause = match support {
-                Some(s) => {
-                    // The walk's own observation is already quoted as evidence.
-                    let explanation = if evidence.contains(&b.reason)
-                        || s.explanation.contains(&sentence(&b.reason))
-                    {
-                        s.explanation.clone()
-                    } else {
-                        format!("{} {}", sentence(&b.reason), s.explanation)
-                    };
-                    evidence.extend(s.evidence.iter().cloned());
-                    Finding {
-                        // The flow-level root-cause vocabulary wins over a scan-only code
-                        // (`rp-filter-strict-asymmetric` explains an `rp-filter-drop`).
-                        code: if crate::catalog::ROOT_CAUSE_CODES.contains(&s.code) {
-                            s.code
-                        } else {
-                            branch_code
-                        },
-                        severity: Severity::Critical,
-                        node: if s.node == "-" {
-                            node.clone()
-                        } else {
-                            s.node.clone()
-                        },
-                        netns: if s.node == "-" {
-                            netns.clone()
-                        } else {
-                            s.netns.clone()
-                        },
-                        evidence,
-                        explanation,
-                        fix: s.fix.clone(),
-                    }
-                }
-                None if !b.assumptions.is_empty() => Finding {
-                    code: branch_code,
-                    severity: Severity::Warning,
-                    node: node.clone(),
-                    netns: netns.clone(),
-                    evidence,
-                    explanation: format!(
-                        "This branch fails ({}) only if the assumption above holds: netray does \
-                         not model that match, so it explores both outcomes. {}",
-                        b.disposition.as_str(),
-                        sentence(&b.reason)
-                    ),
-                    fix: default_fix(branch_code, b),
-                },
-                None => Finding {
-                    code: branch_code,
-                    severity: severity_of(b.disposition),
-                    node: node.clone(),
-                    netns: netns.clone(),
-                    evidence,
-                    explanation: sentence(&b.reason),
-                    fix: default_fix(branch_code, b),
-                },
-            };
-            let point = FailurePoint {
-                disposition: b.disposition,
-                leg: b.ended_on,
-                node: node.clone(),
-                netns: netns.clone(),
-                code: cause.code.to_string(),
-                cause_node: cause.node.clone(),
-            };
-            let points = failures.entry(endpoint.clone()).or_default();
-            if !points.contains(&point) {
-                points.push(point);
-            }
-            let key = (cause.code, cause.node.clone(), cause.netns.clone());
-            let entry = causes.entry(key).or_insert((cause, 0, 0.0, Vec::new()));
-            entry.1 += 1;
-            entry.2 += b.probability / total_mass;
-            if !entry.3.contains(&endpoint) {
-                entry.3.push(endpoint.clone());
-            }
-        }
-    }
-    let endpoints: Vec<EndpointOutcome> = per_endpoint
-        .into_iter()
-        .map(
-            |(endpoint, (reachable, share, dispositions))| EndpointOutcome {
-                failures: failures.remove(&endpoint).unwrap_or_default(),
-                endpoint,
-                reachable,
-                share,
-                dispositions,
-            },
-        )
-        .collect();
-    let n = endpoints.len();
-    let k = endpoints.iter().filter(|e| e.reachable).count();
-    // A branch is uncertain when it ends on something unmodelled or rests on an assumption.
-    let uncertain =
-        |b: &BranchReport| b.disposition == Disposition::Unknown || !b.assumptions.is_empty();
-    let any_failed_known = branches.iter().any(|b| !b.reachable && !uncertain(b));
-    let verdict = if branches.is_empty() {
-        Verdict::Uncertain
-    } else if branches.iter().all(|b| b.reachable) {
-        Verdict::Reachable
-    } else if !any_failed_known {
-        // Every failure rests on something netray does not model.
-        Verdict::Uncertain
-    } else if k == 0 {
-        Verdict::Unreachable
-    } else {
-        Verdict::Partial
-    };
-    let mut causes: Vec<Finding> = causes
-        .into_values()
-        .map(|(mut f, count, share, eps)| {
-            if n > 1 {
-                f.explanation = format!(
-                    "Affects {} of {n} endpoints ({}; {:.0}% of connections, {count} branch{}). {}",
-                    eps.len(),
-                    eps.join(", "),
-                    share * 100.0,
-                    if count == 1 { "" } else { "es" },
-                    f.explanation
-                );
-            }
-            f
-        })
-        .collect();
-    causes.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
-    let summary = match verdict {
-        Verdict::Reachable => format!(
-            "{to} is reachable from {from} ({n} endpoint{}; replies return)",
-            if n == 1 { "" } else { "s" }
-        ),
-        Verdict::Unreachable => format!(
-            "{to} is unreachable from {from}: {}",
-            causes
-                .first()
-                .map(|c| format!("{} on {}", c.code, c.node))
-                .unwrap_or_else(|| "no branch delivers".into())
-        ),
-        Verdict::Partial => format!(
-            "{to} is partially reachable from {from}: {k} of {n} endpoints work; {}",
-            causes
-                .iter()
-                .map(|c| format!("{} on {}", c.code, c.node))
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-        Verdict::Uncertain => format!(
-            "reachability of {to} from {from} is uncertain: it depends on constructs netray does not model ({})",
-            causes
-                .iter()
-                .filter(|c| c.code == "uncertain-rule")
-                .flat_map(|c| c.evidence.first())
-                .cloned()
-                .collect::<Vec<_>>()
-                .join("; ")
-        ),
-    };
-    Diagnosis {
-        schema: SCHEMA,
-        from: from.to_string(),
-        to: to.to_string(),
-        verdict,
-        summary,
-        endpoints,
-        branches,
-        causes,
-        notes: flows
-            .iter()
-            .filter_map(|f| stale_entries_note(f, findings))
-            .collect(),
-    }
 }
 
 /// A walk of a new connection says nothing of the client's existing ones: when the scan found

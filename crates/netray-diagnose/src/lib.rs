@@ -9,6 +9,7 @@ pub mod catalog;
 pub mod checks;
 pub mod diagnose;
 pub mod finding;
+mod fix;
 pub mod scan;
 
-pub use finding::{Finding, Severity};
+pub use finding::{Finding, FixProof, Severity};

@@ -52,9 +52,13 @@ impl<'a> Ns<'a> {
             severity,
             node: self.node.node.name.clone(),
             netns: self.label(),
+            pod: None,
+            objects: Vec::new(),
             evidence,
             explanation,
             fix,
+            fix_commands: Vec::new(),
+            proof: None,
         }
     }
 }

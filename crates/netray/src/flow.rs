@@ -283,6 +283,17 @@ pub struct FlowArgs {
     /// follows that entry (its DNAT, no new load-balancing), as the kernel would.
     #[arg(long, value_name = "PORT")]
     pub sport: Option<u16>,
+    /// Walk the snapshots as if COMMAND had been run as root in that namespace first
+    /// (repeatable, applied in order): `NODE: sysctl -w net.ipv4.ip_forward=1`,
+    /// `NODE/NETNS: ip route add …`, `pod/NS/NAME: ip route add default via …`. The vocabulary
+    /// of the `fix_commands` diagnose prints: sysctl -w, ip route|rule|neigh|link|addr,
+    /// bridge fdb, iptables/ip6tables -P/-A/-I/-D/-R/-N/-F, nft add|insert|delete rule,
+    /// conntrack -D. The snapshots on disk are not changed.
+    #[arg(long = "what-if", value_name = "TARGET: COMMAND")]
+    pub what_if: Vec<String>,
+    /// Stop exploring after this many branches (the verdict is then uncertain).
+    #[arg(long, default_value_t = 4096, value_name = "N")]
+    pub max_branches: usize,
 }
 
 impl FlowArgs {
@@ -309,6 +320,7 @@ impl FlowArgs {
     pub fn walk_options(&self) -> netray_datapath::Options {
         netray_datapath::Options {
             collected_conntrack: self.sport.is_some(),
+            max_branches: self.max_branches.max(1),
             ..netray_datapath::Options::default()
         }
     }

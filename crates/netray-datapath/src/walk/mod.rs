@@ -326,17 +326,19 @@ impl<'w, 'a> Walker<'w, 'a> {
     }
 
     fn finish(&self, mut st: St, e: End, done: &mut Vec<Branch>) {
-        let (ns_label, node) = match self.pos_ns(&st.pos) {
+        let (ns_label, node, pod) = match self.pos_ns(&st.pos) {
             Some(ns) => (
                 self.world.ns[ns].netns_label(),
                 self.world.ns[ns].node.to_string(),
+                self.world.pod_of(ns).map(str::to_string),
             ),
-            None => (String::new(), String::new()),
+            None => (String::new(), String::new(), None),
         };
         st.hops.push(Hop {
             leg: st.leg,
             node,
             netns: ns_label,
+            pod,
             iif: None,
             oif: None,
             packet: st.pkt.view(),
@@ -393,6 +395,7 @@ impl<'w, 'a> Walker<'w, 'a> {
             leg: st.leg,
             node: v.node.to_string(),
             netns: v.netns_label(),
+            pod: self.world.pod_of(ns).map(str::to_string),
             iif: iif.map(|i| v.link_name(i).to_string()),
             oif: oif.map(|i| v.link_name(i).to_string()),
             packet: st.pkt.view(),

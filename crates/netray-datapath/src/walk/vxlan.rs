@@ -244,8 +244,17 @@ impl Walker<'_, '_> {
         st: &St,
         expected: Option<&str>,
     ) -> Option<crate::KernelObject> {
-        let h = st
-            .hops
+        self.neighbour_obj_before(st, st.hops.len(), expected)
+    }
+
+    /// Same as [`Self::last_neighbour_obj`], among the hops before `upto`.
+    pub(super) fn neighbour_obj_before(
+        &self,
+        st: &St,
+        upto: usize,
+        expected: Option<&str>,
+    ) -> Option<crate::KernelObject> {
+        let h = st.hops[..upto.min(st.hops.len())]
             .iter()
             .rev()
             .find(|h| matches!(h.step, Step::Neighbour { .. }))?;
@@ -283,14 +292,14 @@ impl Walker<'_, '_> {
     /// (`own_mac`) does not have: the neighbour entry that chose the MAC and the FDB entry
     /// that sent it to this VTEP.
     pub(super) fn stale_vtep_objs(&self, st: &St, own_mac: &str) -> Vec<crate::KernelObject> {
-        let Some(enc) = st
+        let Some(enc_at) = st
             .hops
             .iter()
-            .rev()
-            .find(|h| matches!(h.step, Step::Encap { .. }))
+            .rposition(|h| matches!(h.step, Step::Encap { .. }))
         else {
             return Vec::new();
         };
+        let enc = &st.hops[enc_at];
         let Step::Encap {
             dev,
             inner_dst_mac,
@@ -305,7 +314,7 @@ impl Walker<'_, '_> {
             netns: enc.netns.clone(),
         };
         let mut out: Vec<crate::KernelObject> =
-            self.last_neighbour_obj(st, Some(own_mac)).into_iter().collect();
+            self.neighbour_obj_before(st, enc_at, Some(own_mac)).into_iter().collect();
         out.push(crate::KernelObject::Fdb {
             at,
             dev: dev.clone(),

@@ -36,6 +36,10 @@ pub(crate) fn services_without_endpoints(input: &ScanInput, out: &mut Vec<Findin
                          endpointslices -l kubernetes.io/service-name={}",
                         s.namespace, s.name
                     ),
+                    pod: None,
+                    objects: Vec::new(),
+                    fix_commands: Vec::new(),
+                    proof: None,
                 });
             }
         }
@@ -117,6 +121,10 @@ pub(crate) fn cluster_cidr(input: &ScanInput, out: &mut Vec<Finding>) {
             evidence: vec![format!("kube-proxy clusterCIDR: {}", kp.cluster_cidr)],
             explanation: "kube-proxy's clusterCIDR is not a valid CIDR list.".into(),
             fix: "fix clusterCIDR in the kube-proxy ConfigMap".into(),
+            pod: None,
+            objects: Vec::new(),
+            fix_commands: Vec::new(),
+            proof: None,
         });
         return;
     }
@@ -153,6 +161,10 @@ pub(crate) fn cluster_cidr(input: &ScanInput, out: &mut Vec<Finding>) {
             fix: "set clusterCIDR to the pod network (or leave it empty and use \
                   --detect-local-mode)"
                 .into(),
+            pod: None,
+            objects: Vec::new(),
+            fix_commands: Vec::new(),
+            proof: None,
         });
     }
 }

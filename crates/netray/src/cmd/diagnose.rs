@@ -4,7 +4,7 @@ use std::process::ExitCode;
 
 use netray_datapath::result::{Disposition, Leg};
 use netray_datapath::{RulesetEngine, World, trace};
-use netray_diagnose::diagnose::{Diagnosis, FailurePoint, TracedFlow, Verdict, diagnose};
+use netray_diagnose::diagnose::{Context, Diagnosis, FailurePoint, TracedFlow, Verdict, diagnose};
 use netray_diagnose::scan::scan_world;
 
 use super::{ClusterArgs, CmdResult, Format, load_bundle};
@@ -33,21 +33,52 @@ pub struct Args {
 
 /// Run `netray diagnose`. Exit 0 reachable, 1 not (fully) reachable or uncertain.
 pub fn run(args: Args) -> CmdResult {
-    let (bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
+    let (mut bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
+    super::apply_what_if(&mut bundle, cluster.as_ref(), &args.flow.what_if)?;
     let flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
-    let world = World::new(&bundle);
-    let engine = RulesetEngine::new(&world);
-    super::warn_input_problems(&world, &engine);
-    let mut traced = Vec::new();
-    for f in &flows {
-        let t = trace(&world, &engine, &f.flow, args.flow.walk_options())?;
-        traced.push(TracedFlow {
-            from: f.from_label.clone(),
-            to: f.to_label.clone(),
-            trace: t,
-        });
-    }
-    let findings = scan_world(&world, &engine, cluster.as_ref());
+    let pods = cluster.as_ref().map(super::pod_names).unwrap_or_default();
+    let opts = args.flow.walk_options();
+    // Walk every flow over `bundle`.
+    let walk_all = |bundle: &netray_snapshot::Bundle,
+                    warn: bool|
+     -> Result<(Vec<TracedFlow>, Vec<netray_diagnose::Finding>), String> {
+        let mut world = World::new(bundle);
+        world.name_pods(pods.iter().cloned());
+        let engine = RulesetEngine::new(&world);
+        if warn {
+            super::warn_input_problems(&world, &engine);
+        }
+        let mut traced = Vec::new();
+        for f in &flows {
+            let t = trace(&world, &engine, &f.flow, opts).map_err(|e| e.to_string())?;
+            traced.push(TracedFlow {
+                from: f.from_label.clone(),
+                to: f.to_label.clone(),
+                trace: t,
+            });
+        }
+        let findings = if warn {
+            scan_world(&world, &engine, cluster.as_ref())
+        } else {
+            Vec::new()
+        };
+        Ok((traced, findings))
+    };
+    let (traced, findings) = walk_all(&bundle, true)?;
+    // A fix is proven by applying its commands to a copy of the snapshots and walking again.
+    let rewalk = |cmds: &[netray_patch::FixCommand]| -> Result<Vec<TracedFlow>, String> {
+        let mut copy = bundle.clone();
+        netray_patch::apply_all(&mut copy, cmds).map_err(|e| e.to_string())?;
+        walk_all(&copy, false).map(|(t, _)| t)
+    };
+    let mut world = World::new(&bundle);
+    world.name_pods(pods.iter().cloned());
+    let ctx = Context {
+        findings: &findings,
+        world: &world,
+        pod_network: cluster.as_ref().and_then(super::pod_network),
+        rewalk: Some(&rewalk),
+    };
     let from = flows
         .first()
         .map(|f| f.from_label.clone())
@@ -61,7 +92,7 @@ pub fn run(args: Args) -> CmdResult {
             .collect::<Vec<_>>()
             .join(" + ")
     };
-    let d = diagnose(&from, &to, &traced, &findings);
+    let d = diagnose(&from, &to, &traced, &ctx);
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
         Format::Text => print_text(&d, &traced, args.hops),
@@ -113,12 +144,45 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
                 c.node,
                 c.netns
             );
+            if let Some(p) = &c.pod {
+                println!("     pod: {p}");
+            }
             println!("     why: {}", c.explanation);
             for e in &c.evidence {
                 println!("     evidence: {e}");
             }
-            println!("     fix: {}", c.fix);
+            if c.fix_commands.is_empty() {
+                println!("     fix: {}", c.fix);
+            } else {
+                let status = match &c.proof {
+                    Some(p) if p.proven && p.with.is_empty() => "proven: ".to_string() + &p.detail,
+                    Some(p) if p.proven => format!(
+                        "proven together with the fix of {}: {}",
+                        p.with.join(", "),
+                        p.detail
+                    ),
+                    Some(p) => format!("NOT proven: {}", p.detail),
+                    None => "not checked".into(),
+                };
+                println!("     fix ({status}):");
+                for f in &c.fix_commands {
+                    println!("       on {}: {}", netray_diagnose_where(f), f.run);
+                }
+            }
         }
+    }
+    if let Some(all) = &d.all_fixes
+        && d.causes.iter().any(|c| !c.fix_commands.is_empty())
+    {
+        println!();
+        println!(
+            "all fixes together: {}",
+            if all.proven {
+                format!("proven — {}", all.detail)
+            } else {
+                format!("not enough — {}", all.detail)
+            }
+        );
     }
     for n in &d.notes {
         println!();
@@ -152,4 +216,13 @@ fn describe_failure(f: &FailurePoint) -> String {
         d => format!("{leg} {}", d.as_str()),
     };
     format!("{what} at {}/{} ({cause})", f.node, f.netns)
+}
+
+/// `node1 (host)` or `node0 (pod default/web-0, netns cni-…)`: where a fix command runs.
+fn netray_diagnose_where(c: &netray_patch::FixCommand) -> String {
+    match (&c.pod, c.netns.as_str()) {
+        (Some(p), ns) => format!("{} in pod {p} (netns {ns})", c.node),
+        (None, "host") => format!("{} (host namespace)", c.node),
+        (None, ns) => format!("{} (netns {ns})", c.node),
+    }
 }

@@ -160,3 +160,117 @@ pub fn warn_input_problems(
         eprintln!("netray: warning: {}: ipvs: {d}", world.ns[ns].label());
     }
 }
+
+/// `(pod IP, "NS/NAME")` of every pod that is not host-network, for
+/// [`netray_datapath::World::name_pods`].
+pub fn pod_names(c: &netray_kube::ClusterView) -> Vec<(std::net::IpAddr, String)> {
+    c.pods
+        .iter()
+        .filter(|p| !p.host_network)
+        .flat_map(|p| {
+            p.ips
+                .iter()
+                .map(move |ip| (*ip, format!("{}/{}", p.namespace, p.name)))
+        })
+        .collect()
+}
+
+/// The cluster's pod network: flannel's `Network`, else kube-proxy's `clusterCIDR`, else the
+/// smallest prefix covering every node's pod CIDR.
+pub fn pod_network(c: &netray_kube::ClusterView) -> Option<ipnet::IpNet> {
+    if let Some(n) = c.flannel_network {
+        return Some(n);
+    }
+    if let Some(n) = c
+        .kube_proxy
+        .as_ref()
+        .and_then(|k| k.cluster_cidr.split(',').next())
+        .and_then(|s| s.trim().parse().ok())
+    {
+        return Some(n);
+    }
+    let mut acc: Option<ipnet::IpNet> = None;
+    for n in c.nodes.iter().flat_map(|n| n.pod_cidrs.iter()) {
+        acc = Some(match acc {
+            None => *n,
+            Some(a) if a.contains(n) => a,
+            Some(a) => {
+                let mut w = a.trunc();
+                while !w.contains(n) && w.prefix_len() > 0 {
+                    w = w.supernet()?;
+                }
+                w
+            }
+        });
+    }
+    acc
+}
+
+/// Parse `--what-if` targets into commands: `NODE: CMD`, `NODE/NETNS: CMD`, or
+/// `pod/NS/NAME: CMD` (the pod's namespace found through its IP in the snapshots).
+pub fn what_if_commands(
+    bundle: &netray_snapshot::Bundle,
+    cluster: Option<&netray_kube::ClusterView>,
+    specs: &[String],
+) -> Result<Vec<netray_patch::FixCommand>, CmdError> {
+    let mut out = Vec::new();
+    for s in specs {
+        if let Some(rest) = s.strip_prefix("pod/") {
+            let (target, run) = rest
+                .split_once(": ")
+                .ok_or_else(|| format!("--what-if `{s}`: expected `pod/NS/NAME: COMMAND`"))?;
+            let (ns, name) = target
+                .split_once('/')
+                .ok_or_else(|| format!("--what-if `{s}`: expected `pod/NS/NAME: COMMAND`"))?;
+            let c = cluster.ok_or_else(|| {
+                format!("--what-if `{s}`: naming a pod needs the cluster view (cluster.json or --kube)")
+            })?;
+            let pod = c
+                .pods
+                .iter()
+                .find(|p| p.namespace == ns && p.name == name)
+                .ok_or_else(|| format!("--what-if `{s}`: no pod {ns}/{name} in the cluster view"))?;
+            let world = netray_datapath::World::new(bundle);
+            let place = pod
+                .ips
+                .iter()
+                .flat_map(|ip| world.owners_of(*ip).iter())
+                .map(|o| &world.ns[o.0])
+                .find(|v| !v.is_host)
+                .ok_or_else(|| {
+                    format!("--what-if `{s}`: the snapshots hold no namespace with the pod's IP")
+                })?;
+            out.push(netray_patch::FixCommand {
+                node: place.node.to_string(),
+                netns: place.netns_label(),
+                pod: Some(format!("{ns}/{name}")),
+                run: run.trim().to_string(),
+            });
+        } else {
+            let s = s.strip_prefix("node/").unwrap_or(s);
+            out.push(
+                netray_patch::FixCommand::parse_what_if(s)
+                    .map_err(|e| format!("--what-if: {e}"))?,
+            );
+        }
+    }
+    Ok(out)
+}
+
+/// Apply `--what-if` commands to the loaded snapshots (in memory), saying what changed on
+/// standard error.
+pub fn apply_what_if(
+    bundle: &mut netray_snapshot::Bundle,
+    cluster: Option<&netray_kube::ClusterView>,
+    specs: &[String],
+) -> Result<(), CmdError> {
+    if specs.is_empty() {
+        return Ok(());
+    }
+    let cmds = what_if_commands(bundle, cluster, specs)?;
+    for c in &cmds {
+        let applied = netray_patch::apply(bundle, c).map_err(|e| format!("--what-if: {e}"))?;
+        eprintln!("netray: what-if on {}/{}: {}", c.node, c.netns, applied);
+    }
+    Ok(())
+}

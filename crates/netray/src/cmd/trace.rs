@@ -23,14 +23,12 @@ pub struct Args {
     /// Output format (JSON: one trace, schema in crates/netray-datapath/README.md).
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Format,
-    /// Stop after this many branches.
-    #[arg(long, default_value_t = 4096)]
-    pub max_branches: usize,
 }
 
 /// Run `netray trace`.
 pub fn run(args: Args) -> CmdResult {
-    let (bundle, cluster) = super::load_bundle(&args.source, &args.cluster)?;
+    let (mut bundle, cluster) = super::load_bundle(&args.source, &args.cluster)?;
+    super::apply_what_if(&mut bundle, cluster.as_ref(), &args.flow.what_if)?;
     let mut flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
     if flows.len() > 1 {
         let ports: Vec<&str> = flows.iter().map(|f| f.to_label.as_str()).collect();
@@ -42,14 +40,13 @@ pub fn run(args: Args) -> CmdResult {
         .into());
     }
     let flow = flows.remove(0).flow;
-    let world = netray_datapath::World::new(&bundle);
+    let mut world = netray_datapath::World::new(&bundle);
+    if let Some(c) = &cluster {
+        world.name_pods(super::pod_names(c));
+    }
     let engine = netray_datapath::RulesetEngine::new(&world);
     super::warn_input_problems(&world, &engine);
-    let opts = netray_datapath::Options {
-        max_branches: args.max_branches,
-        ..args.flow.walk_options()
-    };
-    let trace = netray_datapath::trace(&world, &engine, &flow, opts)?;
+    let trace = netray_datapath::trace(&world, &engine, &flow, args.flow.walk_options())?;
     match args.output {
         Format::Text => print!("{}", netray_datapath::text::render(&trace)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
