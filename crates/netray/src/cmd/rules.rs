@@ -4,8 +4,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use netray_netfilter::{
-    EvalOptions, Hook, HostContext, IpFamily, IptablesBackend, LocalAddr, Matched, NatAction,
-    Outcome, Packet, Ruleset, Verdict, ct_status,
+    Assumption, EvalOptions, Hook, HostContext, IpFamily, IptablesBackend, LocalAddr, Matched,
+    NatAction, Outcome, Packet, Ruleset, Verdict, ct_status,
 };
 use netray_snapshot::{Firewall, IptablesDump};
 use serde_json::json;
@@ -90,7 +90,8 @@ fn addr_of(t: &Target, what: &str) -> Result<IpAddr, String> {
     }
 }
 
-/// One combined path through the hooks.
+/// One combined path through the hooks. The probabilities of all paths sum to 1: an unknown
+/// fact splits its path 0.5 / 0.5 and is decided once per path, across hooks too.
 struct Path {
     prob: f64,
     verdict: Verdict,
@@ -200,6 +201,7 @@ fn trace(a: TraceArgs) -> CmdResult {
         pkt,
         1.0,
         Vec::new(),
+        &[],
         &is_local,
         local_src,
         &mut paths,
@@ -237,6 +239,8 @@ fn netray_netfilter_mark(s: &str) -> Result<u32, String> {
     r.map_err(|_| format!("--mark: `{s}` is not a number"))
 }
 
+/// Walk the hooks from `hook`; `decided`: the unknown facts this path decided at earlier
+/// hooks (followed, not decided again).
 #[allow(clippy::too_many_arguments)]
 fn walk(
     rs: &Ruleset,
@@ -246,12 +250,15 @@ fn walk(
     pkt: Packet,
     prob: f64,
     done: Vec<(Hook, Outcome)>,
+    decided: &[Assumption],
     is_local: &dyn Fn(IpAddr) -> bool,
     local_src: bool,
     out: &mut Vec<Path>,
 ) {
-    for o in rs.evaluate(hook, &pkt, ctx, opts) {
+    for o in rs.evaluate_given(hook, &pkt, ctx, opts, decided) {
         let p = prob * o.probability;
+        let mut facts = decided.to_vec();
+        facts.extend(o.assumptions.iter().cloned());
         let mut next_pkt = pkt.clone();
         o.apply_marks(&mut next_pkt);
         if let Some(n) = &o.nat {
@@ -279,7 +286,7 @@ fn walk(
         };
         match next {
             Some(h) => walk(
-                rs, ctx, opts, h, next_pkt, p, trail, is_local, local_src, out,
+                rs, ctx, opts, h, next_pkt, p, trail, &facts, is_local, local_src, out,
             ),
             None => out.push(Path {
                 prob: p,
@@ -432,14 +439,11 @@ fn print_path(n: usize, p: &Path) {
         }
         for a in &o.assumptions {
             println!(
-                "    assumes {} {} {}",
+                "    assumes {} {} (decided at {}: {})",
+                a.key,
+                if a.matched { "holds" } else { "does not hold" },
                 a.rule,
-                a.what,
-                if a.matched {
-                    "matched"
-                } else {
-                    "did not match"
-                }
+                a.what
             );
         }
     }
