@@ -355,7 +355,11 @@ struct Tally {
 impl Tally {
     fn add(&mut self, f: Finding, share: f64, target: (usize, String)) {
         let key = cause_key(&f);
-        match self.causes.iter_mut().find(|m| cause_key(&m.finding) == key) {
+        match self
+            .causes
+            .iter_mut()
+            .find(|m| cause_key(&m.finding) == key)
+        {
             Some(m) => {
                 m.branches += 1;
                 m.share += share;
@@ -595,8 +599,12 @@ fn cause_of(b: &Branch, ctx: &Context) -> Finding {
     }
     let last = b.hops.last();
     let objects = b.decided_by.clone();
+    // The cause lives where the deciding state is; a conntrack entry is where the packet
+    // met the consequence (a mismatching reply), not what decided it when something else is
+    // named.
     let place = objects
-        .first()
+        .iter()
+        .min_by_key(|o| matches!(o, KernelObject::Conntrack { .. }))
         .map(|o| o.place().clone())
         .unwrap_or_else(|| Place {
             node: last.map(|h| h.node.clone()).unwrap_or_default(),
@@ -614,6 +622,24 @@ fn cause_of(b: &Branch, ctx: &Context) -> Finding {
     }
     if objects.is_empty() {
         evidence.push(b.reason.clone());
+    }
+    // A failed lookup is shown with what the table does hold.
+    if matches!(code, "no-route" | "pod-no-default-route")
+        && let Some(v) = ns_at(ctx.world, &place)
+    {
+        let routes: Vec<String> = v
+            .snap
+            .routes
+            .iter()
+            .filter(|r| r.table == 254)
+            .take(8)
+            .map(netray_datapath::fib::route_text)
+            .collect();
+        evidence.push(if routes.is_empty() {
+            "routes (table main): none".to_string()
+        } else {
+            format!("routes (table main): {}", routes.join("; "))
+        });
     }
     let mut explanation = if certain {
         sentence(&b.reason)
@@ -814,9 +840,9 @@ fn root_code(b: &Branch, objects: &[KernelObject], ctx: &Context) -> &'static st
             }
         }
         "no-route" => {
-            let in_pod = objects.iter().any(|o| {
-                matches!(o, KernelObject::RouteLookup { at, .. } if at.netns != "host")
-            });
+            let in_pod = objects
+                .iter()
+                .any(|o| matches!(o, KernelObject::RouteLookup { at, .. } if at.netns != "host"));
             if in_pod && !has_default_route(b, ctx) {
                 "pod-no-default-route"
             } else {
@@ -824,9 +850,9 @@ fn root_code(b: &Branch, objects: &[KernelObject], ctx: &Context) -> &'static st
             }
         }
         "nat-reply-mismatch"
-            if objects.iter().any(|o| {
-                matches!(o, KernelObject::Sysctl { key, .. } if key.contains("bridge-nf-call"))
-            }) =>
+            if objects.iter().any(
+                |o| matches!(o, KernelObject::Sysctl { key, .. } if key.contains("bridge-nf-call")),
+            ) =>
         {
             "bridge-nf-snat-conflict"
         }

@@ -48,23 +48,33 @@ fn advice(code: &str) -> &'static str {
         "forward-policy-drop" => {
             "accept the pod network in FORWARD (as flannel does), or set the policy to ACCEPT; with Docker put the rules in DOCKER-USER; make it persistent"
         }
-        "chain-policy-drop" => "accept this traffic before the chain policy applies; make it persistent",
+        "chain-policy-drop" => {
+            "accept this traffic before the chain policy applies; make it persistent"
+        }
         "iptables-drop-rule" | "iptables-reject-rule" | "nft-drop-rule" => {
             "remove or narrow the rule (and whatever generates it, or it comes back)"
         }
         "network-policy-drop" => {
             "the rule is generated from a NetworkPolicy: allow this traffic in the policy (deleting the rule lasts only until the controller resyncs)"
         }
-        "no-endpoints" => "make the Service's pods Ready or fix its selector (kubectl get endpointslices)",
+        "no-endpoints" => {
+            "make the Service's pods Ready or fix its selector (kubectl get endpointslices)"
+        }
         "port-not-listening" => "start the server or fix the Service's targetPort",
-        "no-route" => "restore the route (normally the CNI agent installs it: check it on this node)",
-        "pod-no-default-route" => "restore the pod's default route (recreate the pod, or check the CNI plugin)",
+        "no-route" => {
+            "restore the route (normally the CNI agent installs it: check it on this node)"
+        }
+        "pod-no-default-route" => {
+            "restore the pod's default route (recreate the pod, or check the CNI plugin)"
+        }
         "blackhole-route" | "blackhole-rule" => "delete the blackhole/unreachable route or rule",
         "neighbor-unreachable" => "check that the next hop is up on that segment (ip neigh show)",
         "martian-source" => {
             "keep the address out of the local table of a host that receives packets from it (or set accept_local=1 where that is intended)"
         }
-        "rp-filter-drop" => "use loose reverse-path filtering (rp_filter=2), or make routing symmetric",
+        "rp-filter-drop" => {
+            "use loose reverse-path filtering (rp_filter=2), or make routing symmetric"
+        }
         "ip-forward-disabled" => "enable forwarding; make it persistent (/etc/sysctl.d)",
         "stale-vxlan-neighbor" | "stale-vxlan-fdb" | "missing-vxlan-fdb" => {
             "point the VTEP's neighbour and FDB entries at the MAC its device has now (restarting flannel on this node rewrites them)"
@@ -73,8 +83,12 @@ fn advice(code: &str) -> &'static str {
         "bridge-nf-snat-conflict" | "nat-reply-mismatch" => {
             "keep bridged replies out of iptables (bridge-nf-call-iptables=0), or route the reply back through the host that NATed the request"
         }
-        "stale-conntrack-entry" => "delete the stale entry (kube-proxy should have when the endpoint went away)",
-        "mtu-blackhole" => "lower the sending MTU below the path MTU (overlay MTU = underlay MTU − 50)",
+        "stale-conntrack-entry" => {
+            "delete the stale entry (kube-proxy should have when the endpoint went away)"
+        }
+        "mtu-blackhole" => {
+            "lower the sending MTU below the path MTU (overlay MTU = underlay MTU − 50)"
+        }
         "hairpin-off" => "turn hairpin mode on for the bridge port (the CNI's hairpinMode)",
         "routing-loop" => "fix the routes that send the packet back where it came from",
         _ => "see the evidence",
@@ -96,7 +110,11 @@ fn cmd(at: &Place, b: &Branch, run: String) -> FixCommand {
 
 /// `iptables` or `ip6tables` for a rule family.
 fn ipt_tool(family: &str) -> &'static str {
-    if family == "ip6" { "ip6tables" } else { "iptables" }
+    if family == "ip6" {
+        "ip6tables"
+    } else {
+        "iptables"
+    }
 }
 
 fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> Vec<FixCommand> {
@@ -248,7 +266,11 @@ fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> 
                 if let KernelObject::RouteLookup { at, .. } = o
                     && let Some((gw, dev)) = pod_gateway(ctx, at)
                 {
-                    out.push(cmd(at, b, format!("ip route add default via {gw} dev {dev}")));
+                    out.push(cmd(
+                        at,
+                        b,
+                        format!("ip route add default via {gw} dev {dev}"),
+                    ));
                 }
             }
         }
@@ -423,13 +445,18 @@ fn pod_gateway(ctx: &Context, at: &Place) -> Option<(IpAddr, String)> {
             continue;
         }
         let net = a.addr.trunc();
-        let gw = ctx.world.ns.iter().filter(|v| v.is_host && v.node == at.node).find_map(|v| {
-            v.snap
-                .addresses
-                .iter()
-                .find(|h| net.contains(&h.addr.addr()) && h.addr.addr() != a.addr.addr())
-                .map(|h| h.addr.addr())
-        });
+        let gw = ctx
+            .world
+            .ns
+            .iter()
+            .filter(|v| v.is_host && v.node == at.node)
+            .find_map(|v| {
+                v.snap
+                    .addresses
+                    .iter()
+                    .find(|h| net.contains(&h.addr.addr()) && h.addr.addr() != a.addr.addr())
+                    .map(|h| h.addr.addr())
+            });
         if let Some(gw) = gw {
             return Some((gw, a.dev.clone()));
         }

@@ -38,6 +38,23 @@ impl<'a> Ns<'a> {
         }
     }
 
+    /// Where this namespace is, for [`netray_datapath::KernelObject`] references.
+    pub fn place(&self) -> netray_datapath::Place {
+        netray_datapath::Place {
+            node: self.node.node.name.clone(),
+            netns: self.label(),
+        }
+    }
+
+    /// A reference to sysctl `key` as collected here.
+    pub fn sysctl_obj(&self, key: &str) -> netray_datapath::KernelObject {
+        netray_datapath::KernelObject::Sysctl {
+            at: self.place(),
+            key: key.to_string(),
+            value: self.ns.sysctl(key).map(|v| v.trim().to_string()),
+        }
+    }
+
     /// A finding about this namespace.
     pub fn finding(
         &self,

@@ -165,6 +165,26 @@ pub fn cluster_list(spec: &ClusterSpec, vtep_macs: &[String]) -> Value {
             "ports": slice_ports,
         }));
     }
+    // The CNI's and kube-proxy's configuration, as a cluster has them: the pod network.
+    items.push(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+        "data": {"net-conf.json": format!(
+            "{{\"Network\": \"{}\", \"Backend\": {{\"Type\": \"vxlan\", \"Port\": {}}}}}",
+            crate::spec::CLUSTER_CIDR,
+            VXLAN_PORT
+        )},
+    }));
+    items.push(json!({
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
+        "data": {"config.conf": format!(
+            "mode: iptables\nclusterCIDR: {}\n",
+            crate::spec::CLUSTER_CIDR
+        )},
+    }));
     json!({"apiVersion": "v1", "kind": "List", "items": items, "metadata": {"resourceVersion": ""}})
 }
 

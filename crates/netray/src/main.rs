@@ -3,6 +3,7 @@
 mod cmd;
 mod flow;
 mod resolve;
+mod term;
 
 use std::process::ExitCode;
 
@@ -61,7 +62,14 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
-    let result = match cli.command {
+    // Everything printed from here on may quote input (rule comments, node names, API
+    // answers): it goes through one escaping layer (see `term`). Not for `lab`, whose
+    // background servers inherit standard output and outlive this process.
+    let guard = match cli.command {
+        Command::Lab(_) => None,
+        _ => term::install(),
+    };
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cli.command {
         Command::Collect(a) => cmd::collect::run(a),
         Command::Trace(a) => cmd::trace::run(a),
         Command::Diagnose(a) => cmd::diagnose::run(a),
@@ -69,12 +77,18 @@ fn main() -> ExitCode {
         Command::Cluster(a) => cmd::cluster::run(a),
         Command::Rules(c) => cmd::rules::run(c),
         Command::Lab(c) => cmd::lab::run(c),
-    };
-    match result {
-        Ok(code) => code,
-        Err(e) => {
+    }));
+    let code = match result {
+        Ok(Ok(code)) => code,
+        Ok(Err(e)) => {
             eprintln!("netray: error: {e}");
             ExitCode::from(2)
         }
+        // The panic message was printed by the hook; let it through the layer first.
+        Err(_) => ExitCode::from(101),
+    };
+    if let Some(g) = guard {
+        g.finish();
     }
+    code
 }

@@ -111,7 +111,13 @@ const CASES: &[Expect] = &[
         from: "external/192.168.50.100",
         to: "node/node2:30080",
         verdict: "unreachable",
-        causes: &[("rp-filter-drop", "node2")],
+        // rp_filter drops every client packet on node2; behind it (revealed by the fix proof)
+        // the endpoints on node1 meet ip_forward=0 and web-1 on node0 has no default route.
+        causes: &[
+            ("rp-filter-drop", "node2"),
+            ("ip-forward-disabled", "node1"),
+            ("pod-no-default-route", "node0"),
+        ],
         reachable: (0, 6),
         evidence: "eth1",
     },

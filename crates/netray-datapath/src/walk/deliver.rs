@@ -105,7 +105,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                 self.last_nat_hop(st)
             ),
             Some("nat-reply-mismatch"),
-        ))
+        )
+        .by_all(self.bridged_nat_objs(st)))
     }
 
     fn socket_check(

@@ -102,6 +102,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                             // br_netfilter.
                             stop = stop.by(v.sysctl_obj("net.bridge.bridge-nf-call-iptables"));
                         }
+                        stop = stop.by_all(self.bridged_nat_objs(&st));
                         return vec![Next::Stop(st, stop)];
                     }
                     let e = CtEntry {
@@ -298,6 +299,28 @@ impl<'w, 'a> Walker<'w, 'a> {
     }
 
     /// The rewrites the reply went through so far (evidence for a reply mismatch).
+    /// The br_netfilter switch of every namespace where the reply was NATed inside a bridge:
+    /// what put the bridged reply through iptables (seed 000).
+    pub(super) fn bridged_nat_objs(&self, st: &St) -> Vec<crate::KernelObject> {
+        let mut out: Vec<crate::KernelObject> = Vec::new();
+        for h in st.hops.iter().filter(|h| h.leg == Leg::Reply) {
+            if let Step::Nat { kind, .. } = &h.step
+                && kind.contains("inside the bridge")
+                && let Some(v) = self
+                    .world
+                    .ns
+                    .iter()
+                    .find(|v| v.node == h.node && v.netns_label() == h.netns)
+            {
+                let o = v.sysctl_obj("net.bridge.bridge-nf-call-iptables");
+                if !out.contains(&o) {
+                    out.push(o);
+                }
+            }
+        }
+        out
+    }
+
     pub(super) fn last_nat_hop(&self, st: &St) -> String {
         let nats: Vec<String> = st
             .hops

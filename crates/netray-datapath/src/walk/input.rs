@@ -114,7 +114,11 @@ impl<'w, 'a> Walker<'w, 'a> {
                         format!(
                             "forwarding is disabled on {iname} in {} ({key} = {})",
                             v.label(),
-                            if deciding.is_some() { "0" } else { "not collected, kernel default 0" }
+                            if deciding.is_some() {
+                                "0"
+                            } else {
+                                "not collected, kernel default 0"
+                            }
                         ),
                         Some("ip-forward-disabled"),
                     )

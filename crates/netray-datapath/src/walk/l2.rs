@@ -516,7 +516,9 @@ impl<'w, 'a> Walker<'w, 'a> {
             let by = if is_vxlan {
                 self.stale_vtep_objs(st, &own)
             } else {
-                self.last_neighbour_obj(st, Some(&own)).into_iter().collect()
+                self.last_neighbour_obj(st, Some(&own))
+                    .into_iter()
+                    .collect()
             };
             let (why, cause) = if is_vxlan {
                 (

@@ -313,8 +313,10 @@ impl Walker<'_, '_> {
             node: enc.node.clone(),
             netns: enc.netns.clone(),
         };
-        let mut out: Vec<crate::KernelObject> =
-            self.neighbour_obj_before(st, enc_at, Some(own_mac)).into_iter().collect();
+        let mut out: Vec<crate::KernelObject> = self
+            .neighbour_obj_before(st, enc_at, Some(own_mac))
+            .into_iter()
+            .collect();
         out.push(crate::KernelObject::Fdb {
             at,
             dev: dev.clone(),

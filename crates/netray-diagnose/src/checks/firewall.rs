@@ -117,7 +117,7 @@ pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
                      made persistent",
                     pod_net, pod_net
                 ),
-            ));
+            ).about([netray_datapath::KernelObject::Rule { at: n.place(), family: "ip".into(), table: "filter".into(), chain: "FORWARD".into(), index: None, text: decl.clone() }]));
         }
     }
 }
@@ -374,7 +374,7 @@ pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>)
                             ),
                         }
                     ),
-                ));
+                ).about([h.sysctl_obj("net.bridge.bridge-nf-call-iptables")]));
             }
         }
     }

@@ -99,7 +99,7 @@ pub(crate) fn vxlan_consistency(input: &ScanInput, out: &mut Vec<Finding>) {
                                  (or restart the CNI agent, e.g. flanneld, on {me})",
                                 peer.mac, mine.dev
                             ),
-                        ));
+                        ).about([netray_datapath::KernelObject::Neighbour { at: h.place(), dev: mine.dev.to_string(), addr: *addr, lladdr: Some(ll.clone()), state: ne.state.join(","), expected_lladdr: Some(peer.mac.to_string()) }]));
                     }
                     // The FDB must map the neighbour's MAC to the peer's underlay address.
                     match fdb.iter().find(|f| f.mac.eq_ignore_ascii_case(ll)) {

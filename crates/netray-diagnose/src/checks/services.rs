@@ -93,6 +93,24 @@ pub(crate) fn lb_ip_in_local_table(input: &ScanInput, out: &mut Vec<Finding>) {
                          bind LB IPs, or use the LB's ipMode: Proxy), or have the LB probe from \
                          another source address"
                                 .into(),
+                        )
+                        .about(
+                            std::iter::once(netray_datapath::KernelObject::Route {
+                                at: h.place(),
+                                table: 255,
+                                route: route_text(r),
+                                rule: None,
+                            })
+                            .chain(
+                                h.ns.addresses
+                                    .iter()
+                                    .filter(|a| a.addr.addr() == *vip)
+                                    .map(|a| netray_datapath::KernelObject::Address {
+                                        at: h.place(),
+                                        dev: a.dev.clone(),
+                                        addr: a.addr.to_string(),
+                                    }),
+                            ),
                         ),
                     );
                 }

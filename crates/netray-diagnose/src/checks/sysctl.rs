@@ -19,7 +19,7 @@ pub(crate) fn ip_forward(input: &ScanInput, out: &mut Vec<Finding>) {
                  instead of routed."
                     .into(),
                 "sysctl -w net.ipv4.ip_forward=1 (and persist it in /etc/sysctl.d/)".into(),
-            ));
+            ).about([h.sysctl_obj("net.ipv4.ip_forward")]));
         }
     }
 }
@@ -124,26 +124,35 @@ pub(crate) fn rp_filter_asymmetric(input: &ScanInput, out: &mut Vec<Finding>) {
             )
         }));
         let list = strict.join(", ");
-        out.push(n.finding(
-            "rp-filter-strict-asymmetric",
-            Severity::Warning,
-            evidence,
-            format!(
-                "Strict reverse-path filtering (effective rp_filter = max(all, IFACE) = 1 on \
+        out.push(
+            n.finding(
+                "rp-filter-strict-asymmetric",
+                Severity::Warning,
+                evidence,
+                format!(
+                    "Strict reverse-path filtering (effective rp_filter = max(all, IFACE) = 1 on \
                  {list}) is on while this namespace routes asymmetrically (gateway routes through \
                  several interfaces, several default routes, ECMP or policy rules): a packet \
                  arriving on one interface from a source that the routing table reaches through \
                  another is dropped silently."
+                ),
+                format!(
+                    "use loose mode: sysctl -w net.ipv4.conf.all.rp_filter=2 {}",
+                    strict
+                        .iter()
+                        .map(|d| format!("{}=2", conf_key(d, "rp_filter")))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            )
+            .about(
+                std::iter::once(n.sysctl_obj("net.ipv4.conf.all.rp_filter")).chain(
+                    strict
+                        .iter()
+                        .map(|d| n.sysctl_obj(&conf_key(d, "rp_filter"))),
+                ),
             ),
-            format!(
-                "use loose mode: sysctl -w net.ipv4.conf.all.rp_filter=2 {}",
-                strict
-                    .iter()
-                    .map(|d| format!("{}=2", conf_key(d, "rp_filter")))
-                    .collect::<Vec<_>>()
-                    .join(" ")
-            ),
-        ));
+        );
     }
 }
 

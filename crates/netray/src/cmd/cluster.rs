@@ -30,7 +30,8 @@ pub fn run(args: Args) -> CmdResult {
     let mut text = serde_json::to_string_pretty(&list)?;
     text.push('\n');
     match &args.output {
-        Some(path) => std::fs::write(path, text)
+        // As `collect -o`: never through a planted link, never half written.
+        Some(path) => netray_collect::output::write_file_atomic(path, text.as_bytes())
             .map_err(|e| format!("cannot write {}: {e}", path.display()))?,
         None => std::io::stdout().lock().write_all(text.as_bytes())?,
     }

@@ -32,11 +32,12 @@ pub fn run(args: Args) -> CmdResult {
     let json = serde_json::to_string_pretty(&snap)?;
     match &args.output {
         Some(p) => {
-            // Write next to the target and rename, so a reader never sees half a snapshot.
-            let tmp = p.with_extension("json.partial");
-            std::fs::write(&tmp, json.as_bytes() as &[u8])
-                .and_then(|_| std::fs::rename(&tmp, p))
-                .map_err(|e| format!("{}: {e}", p.display()))?;
+            // A fresh O_EXCL|O_NOFOLLOW file next to the target, renamed over it: a reader
+            // never sees half a snapshot and a planted link is never written through.
+            let mut data = json.into_bytes();
+            data.push(b'\n');
+            netray_collect::output::write_file_atomic(p, &data)
+                .map_err(|e| format!("cannot write {}: {e}", p.display()))?;
         }
         None => {
             let mut out = std::io::stdout().lock();

@@ -223,13 +223,17 @@ pub fn what_if_commands(
                 .split_once('/')
                 .ok_or_else(|| format!("--what-if `{s}`: expected `pod/NS/NAME: COMMAND`"))?;
             let c = cluster.ok_or_else(|| {
-                format!("--what-if `{s}`: naming a pod needs the cluster view (cluster.json or --kube)")
+                format!(
+                    "--what-if `{s}`: naming a pod needs the cluster view (cluster.json or --kube)"
+                )
             })?;
             let pod = c
                 .pods
                 .iter()
                 .find(|p| p.namespace == ns && p.name == name)
-                .ok_or_else(|| format!("--what-if `{s}`: no pod {ns}/{name} in the cluster view"))?;
+                .ok_or_else(|| {
+                    format!("--what-if `{s}`: no pod {ns}/{name} in the cluster view")
+                })?;
             let world = netray_datapath::World::new(bundle);
             let place = pod
                 .ips
