@@ -26,8 +26,8 @@ use crate::netns::LabError;
 use crate::probe::{Probe, ProbeKind, run_bounded};
 use crate::spec::{ClusterSpec, Proto, node_ip};
 
-/// Tries per round for a load-balanced flow.
-pub const ROUND: usize = 24;
+/// Tries per round for a load-balanced flow (all at once: they mostly wait for timeouts).
+pub const ROUND: usize = 36;
 /// Most tries for a load-balanced flow (rounds stop early once every endpoint answered).
 pub const MAX_TRIES: usize = 72;
 /// Tries for a flow to one destination.
@@ -444,7 +444,16 @@ impl Lab {
                 (DIRECT_TRIES, DIRECT_TRIES)
             };
             while truth.tries < max {
-                for r in self.probe_all(&vec![flow.probe.clone(); round]) {
+                let results: Vec<_> = std::thread::scope(|s| {
+                    let handles: Vec<_> = (0..round)
+                        .map(|_| s.spawn(|| self.probe(&flow.probe)))
+                        .collect();
+                    handles
+                        .into_iter()
+                        .map(|h| h.join().expect("probe thread"))
+                        .collect()
+                });
+                for r in results {
                     truth.tries += 1;
                     match (&r.answered_by, &flow.probe.kind) {
                         (_, ProbeKind::Ping { .. }) if r.ok => {
