@@ -4,7 +4,7 @@ use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use netray_datapath::nf::{Netfilter, NfHook, NfOutcome, NfPacket};
+use netray_datapath::nf::{Fact, Netfilter, NfHook, NfOutcome, NfPacket};
 use netray_datapath::{Flow, Options, RulesetEngine, Start, World, trace};
 use netray_snapshot::{Bundle, IpFamily, IptablesBackend, IptablesDump, NetnsRole};
 
@@ -13,9 +13,16 @@ type Stats = BTreeMap<String, (usize, Duration)>;
 struct Timed<'a>(&'a RulesetEngine, RefCell<Stats>);
 
 impl Netfilter for Timed<'_> {
-    fn evaluate(&self, ns: usize, hook: NfHook, pkt: &NfPacket, nat: bool) -> Vec<NfOutcome> {
+    fn evaluate(
+        &self,
+        ns: usize,
+        hook: NfHook,
+        pkt: &NfPacket,
+        nat: bool,
+        given: &[Fact],
+    ) -> Vec<NfOutcome> {
         let t = Instant::now();
-        let r = self.0.evaluate(ns, hook, pkt, nat);
+        let r = self.0.evaluate(ns, hook, pkt, nat, given);
         let mut m = self.1.borrow_mut();
         let e = m
             .entry(format!(

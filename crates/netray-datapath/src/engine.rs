@@ -4,7 +4,7 @@ use std::net::IpAddr;
 
 use netray_netfilter as nfl;
 
-use crate::nf::{CtState, NatAction, Netfilter, NfHook, NfOutcome, NfPacket, NfVerdict};
+use crate::nf::{CtState, Fact, NatAction, Netfilter, NfHook, NfOutcome, NfPacket, NfVerdict};
 use crate::result::RuleRef;
 use crate::world::{NsIdx, World};
 
@@ -229,11 +229,26 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
         notrack: o.ct.notrack,
         rules,
         assumptions,
+        facts: o
+            .assumptions
+            .iter()
+            .map(|a| Fact {
+                key: a.key.clone(),
+                matched: a.matched,
+            })
+            .collect(),
     }
 }
 
 impl Netfilter for RulesetEngine {
-    fn evaluate(&self, ns: NsIdx, hook: NfHook, pkt: &NfPacket, nat: bool) -> Vec<NfOutcome> {
+    fn evaluate(
+        &self,
+        ns: NsIdx,
+        hook: NfHook,
+        pkt: &NfPacket,
+        nat: bool,
+        given: &[Fact],
+    ) -> Vec<NfOutcome> {
         match self.rulesets.get(ns) {
             None | Some(None) => vec![NfOutcome::accept(pkt)],
             Some(Some(Err(e))) => vec![NfOutcome {
@@ -249,7 +264,16 @@ impl Netfilter for RulesetEngine {
                     ..nfl::EvalOptions::default()
                 };
                 let ctx = &self.contexts[ns];
-                let outs = rs.evaluate(hook_of(hook), &to_packet(pkt), ctx, &opts);
+                let decided: Vec<nfl::Assumption> = given
+                    .iter()
+                    .map(|f| nfl::Assumption {
+                        key: f.key.clone(),
+                        rule: String::new(),
+                        what: String::new(),
+                        matched: f.matched,
+                    })
+                    .collect();
+                let outs = rs.evaluate_given(hook_of(hook), &to_packet(pkt), ctx, &opts, &decided);
                 if outs.is_empty() {
                     return vec![NfOutcome::accept(pkt)];
                 }

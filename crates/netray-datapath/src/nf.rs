@@ -181,6 +181,18 @@ pub struct NfOutcome {
     /// Unknown matches this outcome assumes the result of (`table/chain#N matches (-m recent
     /// is not modelled)`); empty when the outcome is certain.
     pub assumptions: Vec<String>,
+    /// The unknown facts this outcome decided (to be kept for the rest of the path).
+    pub facts: Vec<Fact>,
+}
+
+/// An unknown fact decided on a path (an ipset that was not collected, an unmodelled match
+/// with its arguments): once decided, later rules and hooks asking it follow the decision.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Fact {
+    /// Stable identity of the fact (the construct with its arguments and the packet values).
+    pub key: String,
+    /// The value assumed.
+    pub matched: bool,
 }
 
 impl NfOutcome {
@@ -195,6 +207,7 @@ impl NfOutcome {
             notrack: false,
             rules: Vec::new(),
             assumptions: Vec::new(),
+            facts: Vec::new(),
         }
     }
 }
@@ -202,8 +215,17 @@ impl NfOutcome {
 /// A netfilter engine: evaluates every table attached to `hook` in namespace `ns`, in the
 /// kernel's priority order (conntrack lookup is done by the walk before the call).
 pub trait Netfilter {
-    /// Evaluate. `nat` is true when the nat table may run (first packet of a connection).
-    fn evaluate(&self, ns: NsIdx, hook: NfHook, pkt: &NfPacket, nat: bool) -> Vec<NfOutcome>;
+    /// Evaluate. `nat` is true when the nat table may run (first packet of a connection);
+    /// `given` are the facts this path already decided in namespace `ns`. The probabilities
+    /// of the outcomes sum to 1.
+    fn evaluate(
+        &self,
+        ns: NsIdx,
+        hook: NfHook,
+        pkt: &NfPacket,
+        nat: bool,
+        given: &[Fact],
+    ) -> Vec<NfOutcome>;
 }
 
 /// A conntrack tuple.

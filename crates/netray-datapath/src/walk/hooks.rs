@@ -173,7 +173,13 @@ impl<'w, 'a> Walker<'w, 'a> {
             (Some((i, CtDir::Orig, true)), Some(Manip::Src)) => !st.cts[i].nat_done_src,
             _ => false,
         };
-        let outcomes = self.nf.evaluate(ns, hook, &nfp, nat_allowed);
+        let given: Vec<crate::nf::Fact> = st
+            .facts
+            .iter()
+            .filter(|(n, _)| *n == ns)
+            .map(|(_, f)| f.clone())
+            .collect();
+        let outcomes = self.nf.evaluate(ns, hook, &nfp, nat_allowed, &given);
         let total: f64 = outcomes.iter().map(|o| o.probability).sum();
         let mut alive = Vec::new();
         let n = outcomes.len();
@@ -191,6 +197,11 @@ impl<'w, 'a> Walker<'w, 'a> {
             };
             if total > 0.0 {
                 s.prob *= o.probability / total.max(1.0);
+            }
+            for f in &o.facts {
+                if !s.facts.iter().any(|(n, g)| *n == ns && g.key == f.key) {
+                    s.facts.push((ns, f.clone()));
+                }
             }
             s.pkt.mark = o.mark;
             if let Some((i, _, _)) = s.skb_ct {

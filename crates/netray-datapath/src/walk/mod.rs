@@ -173,6 +173,7 @@ pub fn trace(
         ipvs: Vec::new(),
         untracked_ns: None,
         assumptions: Vec::new(),
+        facts: Vec::new(),
     };
     let (branches, truncated) = w.run(st);
     let mut shares = std::collections::BTreeMap::new();

@@ -204,6 +204,8 @@ pub(super) struct St {
     pub(super) untracked_ns: Option<NsIdx>,
     /// Assumptions about unmodelled rule matches this branch rests on.
     pub(super) assumptions: Vec<String>,
+    /// The unknown facts this branch decided, per namespace: later hooks follow them.
+    pub(super) facts: Vec<(NsIdx, crate::nf::Fact)>,
 }
 
 pub(super) enum Next {
