@@ -407,3 +407,481 @@ fn targets_and_what_if() {
     err_kind(&mut b, "reboot", ErrorKind::Unsupported);
     err_kind(&mut b, "", ErrorKind::Syntax);
 }
+
+fn ipt(b: &netray_snapshot::Bundle) -> String {
+    host(b).firewall.iptables[0].text.clone()
+}
+
+#[test]
+fn iptables_rules() {
+    let mut b = healthy();
+    let a = ok(
+        &mut b,
+        "iptables -A FORWARD -p tcp -s 10.244.0.5 --dport 80 -m comment --comment 'no web' -j DROP",
+    );
+    assert_eq!(
+        a.changes[0].after.as_deref(),
+        Some(
+            "-A FORWARD -s 10.244.0.5/32 -p tcp -m tcp --dport 80 -m comment --comment \"no web\" -j DROP"
+        )
+    );
+    let t = ipt(&b);
+    let lines: Vec<&str> = t.lines().collect();
+    let i = lines.iter().position(|l| l.contains("\"no web\"")).unwrap();
+    assert!(lines[i].starts_with("[0:0] -A FORWARD"));
+    assert!(
+        lines[i - 1]
+            .contains("-A FORWARD -m comment --comment \"flanneld forward\" -j FLANNEL-FWD")
+    );
+    // Delete by another spelling of the same spec.
+    ok(
+        &mut b,
+        "iptables -D FORWARD -s 10.244.0.5/32 -p 6 --destination-port 80 -m comment --comment \"no web\" -j DROP",
+    );
+    assert_eq!(ipt(&b), ipt(&healthy()));
+    // Insert at a position; delete by number.
+    ok(
+        &mut b,
+        "iptables -I FORWARD 2 -m conntrack --ctstate ESTABLISHED,RELATED -j ACCEPT",
+    );
+    let t = ipt(&b);
+    let fwd: Vec<&str> = t.lines().filter(|l| l.contains("-A FORWARD ")).collect();
+    assert_eq!(
+        fwd[1],
+        "[0:0] -A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+    );
+    ok(&mut b, "iptables -D FORWARD 2");
+    assert_eq!(ipt(&b), ipt(&healthy()));
+    // Delete a collected rule by its saved text (as evidence quotes it).
+    ok(
+        &mut b,
+        "iptables -t filter -D KUBE-SERVICES -d 10.96.0.200/32 -p tcp -m comment --comment \"default/empty:http has no endpoints\" -m tcp --dport 80 -j REJECT --reject-with icmp-port-unreachable",
+    );
+    assert!(!ipt(&b).contains("has no endpoints"));
+    // Replace, new chain, flush, delete chain.
+    ok(
+        &mut b,
+        "iptables -R FLANNEL-FWD 1 -s 10.244.0.0/16 -j ACCEPT",
+    );
+    assert!(ipt(&b).contains("[0:0] -A FLANNEL-FWD -s 10.244.0.0/16 -j ACCEPT\n"));
+    ok(&mut b, "iptables -N NETRAY-TEST");
+    err_kind(&mut b, "iptables -N NETRAY-TEST", ErrorKind::Exists);
+    ok(
+        &mut b,
+        "iptables -A NETRAY-TEST -i eth0 ! -o cni0 -j RETURN",
+    );
+    assert!(ipt(&b).contains("[0:0] -A NETRAY-TEST -i eth0 ! -o cni0 -j RETURN\n"));
+    ok(&mut b, "iptables -A INPUT -j NETRAY-TEST");
+    err_kind(&mut b, "iptables -X NETRAY-TEST", ErrorKind::Invalid);
+    ok(&mut b, "iptables -D INPUT -j NETRAY-TEST");
+    ok(&mut b, "iptables -F NETRAY-TEST");
+    ok(&mut b, "iptables -X NETRAY-TEST");
+    assert!(!ipt(&b).contains("NETRAY-TEST"));
+    // NAT and MARK targets in save form.
+    let a = ok(
+        &mut b,
+        "iptables -t nat -A POSTROUTING -s 10.244.1.0/24 ! -d 10.244.0.0/16 -j MASQUERADE --random-fully",
+    );
+    assert_eq!(
+        a.changes[0].after.as_deref(),
+        Some("-A POSTROUTING -s 10.244.1.0/24 ! -d 10.244.0.0/16 -j MASQUERADE --random-fully")
+    );
+    let a = ok(
+        &mut b,
+        "iptables -t mangle -A PREROUTING -j MARK --set-mark 0x10",
+    );
+    assert_eq!(
+        a.changes[0].after.as_deref(),
+        Some("-A PREROUTING -j MARK --set-xmark 0x10/0xffffffff")
+    );
+    let a = ok(&mut b, "iptables -A INPUT -p udp --dport 53 -j REJECT");
+    assert_eq!(
+        a.changes[0].after.as_deref(),
+        Some("-A INPUT -p udp -m udp --dport 53 -j REJECT --reject-with icmp-port-unreachable")
+    );
+}
+
+#[test]
+fn iptables_errors_and_backends() {
+    let mut b = healthy();
+    err_kind(
+        &mut b,
+        "iptables -A FORWARD -m foo --bar 1 -j DROP",
+        ErrorKind::Unsupported,
+    );
+    err_kind(
+        &mut b,
+        "iptables -A FORWARD -p tcp --dport http -j DROP",
+        ErrorKind::Unsupported,
+    );
+    err_kind(
+        &mut b,
+        "iptables -A FORWARD --dport 80 -j DROP",
+        ErrorKind::Unsupported,
+    );
+    err_kind(
+        &mut b,
+        "iptables -A FORWARD -j NOPE-CHAIN",
+        ErrorKind::NotFound,
+    );
+    err_kind(&mut b, "iptables -A NOPE -j DROP", ErrorKind::NotFound);
+    err_kind(
+        &mut b,
+        "iptables -D FORWARD -s 1.2.3.4 -j DROP",
+        ErrorKind::NotFound,
+    );
+    err_kind(&mut b, "iptables -D FORWARD 99", ErrorKind::NotFound);
+    err_kind(&mut b, "iptables -I FORWARD 99 -j DROP", ErrorKind::Invalid);
+    err_kind(
+        &mut b,
+        "iptables -A FORWARD -j DNAT --to-destination 1.2.3.4",
+        ErrorKind::Invalid,
+    );
+    err_kind(
+        &mut b,
+        "iptables -A FORWARD -s 1.2.3.4,5.6.7.8 -j DROP",
+        ErrorKind::Unsupported,
+    );
+    err_kind(
+        &mut b,
+        "iptables -A FORWARD -j DROP -j ACCEPT",
+        ErrorKind::Invalid,
+    );
+    // A legacy ruleset does not exist yet: it is started empty, and says so.
+    let a = ok(&mut b, "iptables-legacy -A FORWARD -j DROP");
+    assert!(
+        a.notes
+            .iter()
+            .any(|n| n.contains("no iptables-legacy ipv4 rules")),
+        "{a}"
+    );
+    let h = host(&b);
+    assert_eq!(h.firewall.iptables.len(), 2);
+    assert_eq!(
+        h.firewall.iptables[1].text,
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n[0:0] -A FORWARD -j DROP\nCOMMIT\n"
+    );
+    // Plain iptables still picks the nft backend, and names the other one.
+    let a = ok(&mut b, "iptables -A FORWARD -j ACCEPT");
+    assert!(
+        a.notes
+            .iter()
+            .any(|n| n.contains("iptables-nft ipv4")
+                && n.contains("iptables-legacy also holds rules")),
+        "{a}"
+    );
+    ok(&mut b, "ip6tables -P FORWARD DROP");
+    assert!(
+        host(&b)
+            .firewall
+            .iptables
+            .iter()
+            .any(|d| d.family == netray_snapshot::IpFamily::Ipv6)
+    );
+}
+
+#[test]
+fn rule_add_del() {
+    let mut b = healthy();
+    let a = ok(
+        &mut b,
+        "ip rule add from 10.244.1.0/24 fwmark 0x10/0xff lookup 100",
+    );
+    assert!(a.notes.iter().any(|n| n.contains("32765")), "{a}");
+    let r = host(&b)
+        .rules
+        .iter()
+        .find(|r| r.table == Some(100))
+        .unwrap();
+    assert_eq!(
+        (r.priority, r.fwmark, r.fwmask),
+        (32765, Some(0x10), Some(0xff))
+    );
+    // Without a priority the same rule is added again one step earlier, as on a real host.
+    let a = ok(
+        &mut b,
+        "ip rule add from 10.244.1.0/24 fwmark 0x10/0xff lookup 100",
+    );
+    assert!(a.notes.iter().any(|n| n.contains("32764")), "{a}");
+    ok(&mut b, "ip rule del priority 32764");
+    err_kind(
+        &mut b,
+        "ip rule add from 10.244.1.0/24 fwmark 0x10/0xff lookup 100 pref 32765",
+        ErrorKind::Exists,
+    );
+    ok(
+        &mut b,
+        "ip ru add not to 10.0.0.0/8 iif cni0 pref 100 blackhole",
+    );
+    let r = host(&b).rules.iter().find(|r| r.priority == 100).unwrap();
+    assert!(r.invert && r.table.is_none());
+    assert_eq!(r.action, netray_snapshot::RuleAction::Blackhole);
+    let order: Vec<u32> = host(&b)
+        .rules
+        .iter()
+        .filter(|r| r.family == "inet")
+        .map(|r| r.priority)
+        .collect();
+    assert!(order.windows(2).all(|w| w[0] <= w[1]), "{order:?}");
+    ok(&mut b, "ip rule del pref 100");
+    ok(&mut b, "ip rule del from 10.244.1.0/24 table 100");
+    assert_eq!(b.nodes, healthy().nodes);
+    err_kind(&mut b, "ip rule del table 100", ErrorKind::NotFound);
+    ok(
+        &mut b,
+        "ip -6 rule add from 2001:db8::/64 table 7 priority 5",
+    );
+    assert!(
+        host(&b)
+            .rules
+            .iter()
+            .any(|r| r.family == "inet6" && r.priority == 5)
+    );
+    err_kind(
+        &mut b,
+        "ip rule add from 1.2.3.4 nat 5.6.7.8",
+        ErrorKind::Unsupported,
+    );
+}
+
+#[test]
+fn link_down_up() {
+    let mut b = healthy();
+    let routes = host(&b).routes.clone();
+    let a = ok(&mut b, "ip link set cni0 down");
+    assert_eq!(a.changes[0].kind, ObjectKind::Link);
+    let h = host(&b);
+    let l = h.link("cni0").unwrap();
+    assert!(!l.is_up() && l.operstate == "down");
+    assert!(!h.routes.iter().any(|r| r.dev.as_deref() == Some("cni0")));
+    assert!(!h.neighbours.iter().any(|n| n.dev == "cni0"));
+    let a = ok(&mut b, "ip link set dev cni0 up");
+    let h = host(&b);
+    assert!(h.link("cni0").unwrap().is_up());
+    // The kernel routes of cni0's address come back (v4: prefix, local, broadcast).
+    for r in routes
+        .iter()
+        .filter(|r| r.dev.as_deref() == Some("cni0") && r.dst.addr().is_ipv4())
+    {
+        assert!(h.routes.contains(r), "{r:?} not restored: {a}");
+    }
+    // A veth end going down takes the carrier off its peer in the pod namespace.
+    let a = ok(&mut b, "ip link set veth77b7b8b2 down");
+    assert!(a.notes.iter().any(|n| n.contains("loses carrier")), "{a}");
+    let pod = b.nodes.iter().find(|n| n.node.name == "node1").unwrap().namespaces.iter()
+        .find(|n| n.links.iter().any(|l| matches!(l.kind, netray_snapshot::LinkKind::Veth { peer_ifindex: Some(i), .. } if i == host(&b).link("veth77b7b8b2").unwrap().ifindex)))
+        .unwrap();
+    let eth0 = pod.link("eth0").unwrap();
+    assert_eq!(eth0.operstate, "lowerlayerdown");
+    ok(&mut b, "ip link set veth77b7b8b2 up");
+    ok(&mut b, "ip link set eth0 mtu 1400");
+    assert_eq!(host(&b).link("eth0").unwrap().mtu, 1400);
+    ok(&mut b, "ip link set flannel.1 address 0e:6e:72:00:00:99");
+    assert_eq!(
+        host(&b).link("flannel.1").unwrap().mac.as_deref(),
+        Some("0e:6e:72:00:00:99")
+    );
+    err_kind(&mut b, "ip link set eth0 mtu 20", ErrorKind::Invalid);
+    err_kind(&mut b, "ip link set nope up", ErrorKind::Invalid);
+    err_kind(&mut b, "ip link add foo type dummy", ErrorKind::Unsupported);
+    err_kind(
+        &mut b,
+        "ip link set eth0 promisc on",
+        ErrorKind::Unsupported,
+    );
+    // Up when already up: valid, nothing changes.
+    assert!(ok(&mut b, "ip link set eth0 up").changes.is_empty());
+}
+
+#[test]
+fn addr_add_del() {
+    let mut b = healthy();
+    let a = ok(&mut b, "ip addr add 10.99.0.1/24 dev eth0");
+    let kinds: Vec<_> = a.changes.iter().map(|c| c.kind).collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == ObjectKind::Route).count(),
+        3,
+        "{a}"
+    );
+    let h = host(&b);
+    assert!(h.routes.iter().any(|r| r.table == 254
+        && r.dst.to_string() == "10.99.0.0/24"
+        && r.prefsrc.map(|p| p.to_string()) == Some("10.99.0.1".into())));
+    assert!(h.routes.iter().any(|r| r.table == 255
+        && r.dst.to_string() == "10.99.0.255/32"
+        && r.route_type == RouteType::Broadcast));
+    err_kind(
+        &mut b,
+        "ip addr add 10.99.0.1/24 dev eth0",
+        ErrorKind::Exists,
+    );
+    ok(&mut b, "ip a add 10.99.0.2/24 dev eth0");
+    assert!(host(&b).addresses.iter().any(
+        |a| a.addr.to_string() == "10.99.0.2/24" && a.flags.contains(&"secondary".to_string())
+    ));
+    ok(&mut b, "ip addr del 10.99.0.2/24 dev eth0");
+    ok(&mut b, "ip addr del 10.99.0.1/24 dev eth0");
+    assert_eq!(b.nodes, healthy().nodes);
+    err_kind(
+        &mut b,
+        "ip addr del 10.99.0.1/24 dev eth0",
+        ErrorKind::NotFound,
+    );
+    err_kind(&mut b, "ip addr add 10.99.0.1/24", ErrorKind::Invalid);
+    err_kind(
+        &mut b,
+        "ip addr add 10.99.0.1/24 dev eth0 label eth0:1",
+        ErrorKind::Unsupported,
+    );
+    ok(&mut b, "ip -6 addr add 2001:db8::1/64 dev eth0");
+    assert!(
+        host(&b)
+            .routes
+            .iter()
+            .any(|r| r.dst.to_string() == "2001:db8::/64" && r.metric == 256)
+    );
+}
+
+const NFT: &str = r#"{"nftables":[{"metainfo":{"version":"1.0.9","release_name":"Old Doc Yak #3","json_schema_version":1}},{"table":{"family":"inet","name":"fw","handle":1}},{"chain":{"family":"inet","table":"fw","name":"input","handle":1,"type":"filter","hook":"input","prio":0,"policy":"accept"}},{"chain":{"family":"inet","table":"fw","name":"allowed","handle":2}},{"rule":{"family":"inet","table":"fw","chain":"input","handle":3,"expr":[{"match":{"op":"==","left":{"payload":{"protocol":"tcp","field":"dport"}},"right":22}},{"accept":null}]}}]}"#;
+
+fn nft_doc(b: &netray_snapshot::Bundle) -> serde_json::Value {
+    serde_json::from_str(host(b).firewall.nft_json.as_deref().unwrap()).unwrap()
+}
+
+fn with_nft() -> netray_snapshot::Bundle {
+    let mut b = healthy();
+    let n = b.nodes.iter_mut().find(|n| n.node.name == "node1").unwrap();
+    n.namespaces[0].firewall.nft_json = Some(NFT.to_string());
+    b
+}
+
+#[test]
+fn nft_rules() {
+    let mut b = with_nft();
+    let a = ok(
+        &mut b,
+        r#"nft add rule inet fw input ip saddr 10.244.0.0/16 tcp dport { 80, 443 } iifname "eth0" ct state established,related counter accept comment "web in""#,
+    );
+    assert_eq!(a.changes[0].kind, ObjectKind::NftRule);
+    let d = nft_doc(&b);
+    let r = &d["nftables"][5]["rule"];
+    assert_eq!(r["handle"], 4);
+    assert_eq!(r["comment"], "web in");
+    let e = &r["expr"];
+    assert_eq!(e[0]["match"]["right"]["prefix"]["addr"], "10.244.0.0");
+    assert_eq!(e[1]["match"]["right"]["set"], serde_json::json!([80, 443]));
+    assert_eq!(e[2]["match"]["left"]["meta"]["key"], "iifname");
+    assert_eq!(e[3]["match"]["op"], "in");
+    assert_eq!(
+        e[3]["match"]["right"],
+        serde_json::json!(["established", "related"])
+    );
+    assert_eq!(e[4]["counter"]["packets"], 0);
+    assert_eq!(e[5], serde_json::json!({"accept": null}));
+    ok(&mut b, "nft insert rule inet fw input udp dport 53 drop");
+    assert_eq!(nft_doc(&b)["nftables"][4]["rule"]["handle"], 5);
+    ok(
+        &mut b,
+        "nft 'add rule inet fw input position 3 ip6 daddr != 2001:db8::/32 jump allowed'",
+    );
+    assert_eq!(nft_doc(&b)["nftables"][6]["rule"]["handle"], 6);
+    ok(
+        &mut b,
+        "nft add rule inet fw input reject with icmpx type admin-prohibited",
+    );
+    ok(
+        &mut b,
+        "nft replace rule inet fw input handle 3 tcp dport 2222 accept",
+    );
+    for h in [4, 5, 6, 7] {
+        ok(&mut b, &format!("nft delete rule inet fw input handle {h}"));
+    }
+    ok(
+        &mut b,
+        "nft replace rule inet fw input handle 3 tcp dport 22 accept",
+    );
+    assert_eq!(
+        nft_doc(&b),
+        serde_json::from_str::<serde_json::Value>(NFT).unwrap()
+    );
+    err_kind(
+        &mut b,
+        "nft delete rule inet fw input handle 42",
+        ErrorKind::NotFound,
+    );
+    err_kind(
+        &mut b,
+        "nft add rule inet fw nochain accept",
+        ErrorKind::NotFound,
+    );
+    err_kind(
+        &mut b,
+        "nft add rule inet nofw input accept",
+        ErrorKind::NotFound,
+    );
+    err_kind(
+        &mut b,
+        "nft add rule inet fw input tcp flags syn accept",
+        ErrorKind::Unsupported,
+    );
+    err_kind(
+        &mut b,
+        "nft add rule inet fw input limit rate 5/second accept",
+        ErrorKind::Unsupported,
+    );
+    err_kind(
+        &mut b,
+        "nft add rule inet fw input jump nowhere",
+        ErrorKind::NotFound,
+    );
+    err_kind(&mut b, "nft add table inet x", ErrorKind::Unsupported);
+    err_kind(
+        &mut b,
+        "nft delete rule inet fw input tcp dport 22 accept",
+        ErrorKind::Unsupported,
+    );
+    err_kind(&mut b, "nft list ruleset", ErrorKind::Unsupported);
+    let mut h = healthy();
+    err_kind(
+        &mut h,
+        "nft add rule inet fw input accept",
+        ErrorKind::NotFound,
+    );
+}
+
+#[test]
+fn conntrack_delete() {
+    let mut b = healthy();
+    let before = host(&b).conntrack.clone().unwrap();
+    let a = ok(
+        &mut b,
+        "conntrack -D -p udp --orig-dst 192.168.50.10 --dport 8472",
+    );
+    let ct = host(&b).conntrack.clone().unwrap();
+    let n = a.changes.len();
+    assert!(n >= 1, "{a}");
+    assert!(
+        a.changes
+            .iter()
+            .all(|c| c.kind == ObjectKind::ConntrackEntry && c.after.is_none())
+    );
+    assert_eq!(ct.entries.len() + n, before.entries.len());
+    assert_eq!(ct.count + n as u64, before.count);
+    assert!(!ct.entries.iter().any(|e| e.proto == 17
+        && e.orig.dst.to_string() == "192.168.50.10"
+        && e.orig.dport == Some(8472)));
+    err_kind(
+        &mut b,
+        "conntrack -D -p udp --orig-dst 192.168.50.10 --dport 8472",
+        ErrorKind::NotFound,
+    );
+    err_kind(&mut b, "conntrack -D --dport 8472", ErrorKind::Invalid);
+    err_kind(&mut b, "conntrack -L", ErrorKind::Invalid);
+    err_kind(
+        &mut b,
+        "conntrack -D --status ASSURED",
+        ErrorKind::Unsupported,
+    );
+    ok(&mut b, "conntrack -F");
+    assert!(host(&b).conntrack.as_ref().unwrap().entries.is_empty());
+}
