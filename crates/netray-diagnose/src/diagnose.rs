@@ -655,11 +655,13 @@ fn cause_of(b: &Branch, ctx: &Context) -> Finding {
     used.extend(used_objects(b).iter().map(KernelObject::key));
     for f in ctx.findings {
         if f.objects.iter().any(|o| used.contains(&o.key())) {
-            for e in &f.evidence {
-                let line = format!("scan {}: {e}", f.code);
-                if !evidence.contains(&line) {
-                    evidence.push(line);
-                }
+            // Named, not quoted: a scan check's evidence can be about its own probe packet.
+            let line = format!(
+                "scan finding {} ({}) on {}/{} is about the same object",
+                f.code, f.severity, f.node, f.netns
+            );
+            if !evidence.contains(&line) {
+                evidence.push(line);
             }
             if !explanation.contains(&f.explanation) {
                 explanation.push_str(&format!(" (scan, {}: {})", f.code, f.explanation));

@@ -158,7 +158,7 @@ const CASES: &[Expect] = &[
         verdict: "unreachable",
         causes: &[("martian-source", "node1")],
         reachable: (0, 1),
-        evidence: "local 192.168.60.200 dev kube-ipvs0",
+        evidence: "address 192.168.60.200/32 dev kube-ipvs0",
     },
     Expect {
         bundle: "005-stale-conntrack",

@@ -327,6 +327,23 @@ impl<'w, 'a> Walker<'w, 'a> {
                 if !out.contains(&o) {
                     out.push(o);
                 }
+                // The source NAT of the request whose mapping the bridged reply reversed.
+                for f in st
+                    .hops
+                    .iter()
+                    .filter(|f| f.leg == Leg::Forward && f.node == h.node && f.netns == h.netns)
+                {
+                    if let Step::Netfilter { rules, .. } = &f.step {
+                        for r in rules.iter().filter(|r| {
+                            r.text.contains("-j MASQUERADE") || r.text.contains("-j SNAT")
+                        }) {
+                            let o = r.object(&v.place());
+                            if !out.contains(&o) {
+                                out.push(o);
+                            }
+                        }
+                    }
+                }
             }
         }
         out
