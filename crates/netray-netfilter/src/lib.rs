@@ -414,7 +414,8 @@ pub enum Verdict {
         /// Queue number.
         num: u16,
     },
-    /// Could not be decided: an unmodelled target, an error item, or too many branches.
+    /// Could not be decided: an unmodelled target, a line or policy that did not parse, or a
+    /// [`limits`] bound reached (too many branches, steps, jumps + gotos or nesting).
     Unknown {
         /// Why, naming the rule.
         reason: String,
