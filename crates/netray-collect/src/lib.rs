@@ -15,6 +15,7 @@ pub mod ct;
 pub mod diag;
 pub mod fw;
 pub mod nl;
+pub mod output;
 pub mod rtnl;
 pub mod sysctl;
 mod time;
@@ -415,6 +416,66 @@ fn resolve_netns_arg(arg: &str) -> PathBuf {
     }
 }
 
+/// `NS_GET_NSTYPE` (`_IO(0xb7, 0x3)`, Linux 4.11): the `CLONE_NEW*` type of a namespace file.
+const NS_GET_NSTYPE: libc::c_ulong = 0xb703;
+
+/// Open a `--netns` argument, checking that it is a network namespace: opened with
+/// `O_NONBLOCK` (a FIFO cannot block), a regular nsfs file on the namespace file system
+/// (`nsfs_dev`), and of type `CLONE_NEWNET` by `NS_GET_NSTYPE`.
+fn open_netns(arg: &str, nsfs_dev: u64) -> Result<(File, u64), CollectError> {
+    use std::os::unix::fs::{FileTypeExt, OpenOptionsExt};
+    let path = resolve_netns_arg(arg);
+    let fail = |reason: String| CollectError::Netns {
+        arg: netray_snapshot::text::clip_quote(arg),
+        reason,
+    };
+    let shown = netray_snapshot::text::clip_quote(&path.display().to_string());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY | libc::O_CLOEXEC)
+        .open(&path)
+        .map_err(|e| fail(format!("{shown}: {e}")))?;
+    let meta = file.metadata().map_err(|e| fail(format!("{shown}: {e}")))?;
+    let ft = meta.file_type();
+    if !ft.is_file() {
+        let what = if ft.is_fifo() {
+            "a FIFO"
+        } else if ft.is_dir() {
+            "a directory"
+        } else if ft.is_char_device() || ft.is_block_device() {
+            "a device"
+        } else if ft.is_socket() {
+            "a socket"
+        } else {
+            "not a regular file"
+        };
+        return Err(fail(format!("{shown} is {what}, not a network namespace")));
+    }
+    if meta.dev() != nsfs_dev {
+        return Err(fail(format!(
+            "{shown} is not a namespace file (expected /run/netns/NAME or /proc/PID/ns/net)"
+        )));
+    }
+    // SAFETY: ioctl without argument on a valid, open descriptor.
+    let kind = unsafe { libc::ioctl(file.as_raw_fd(), NS_GET_NSTYPE as _) };
+    if kind >= 0 && kind != libc::CLONE_NEWNET {
+        let what = match kind {
+            libc::CLONE_NEWNS => "mount",
+            libc::CLONE_NEWUTS => "UTS",
+            libc::CLONE_NEWIPC => "IPC",
+            libc::CLONE_NEWUSER => "user",
+            libc::CLONE_NEWPID => "PID",
+            libc::CLONE_NEWCGROUP => "cgroup",
+            0x80 => "time",
+            _ => "non-network",
+        };
+        return Err(fail(format!(
+            "{shown} is a {what} namespace, not a network namespace"
+        )));
+    }
+    Ok((file, meta.ino()))
+}
+
 /// Collect the node: host namespace, its veth peers, and `opts.netns`.
 pub fn collect(opts: &Options) -> Result<NodeSnapshot, CollectError> {
     let io = |what: &str| {
@@ -460,19 +521,7 @@ pub fn collect(opts: &Options) -> Result<NodeSnapshot, CollectError> {
         }
     }
     for arg in &opts.netns {
-        let path = resolve_netns_arg(arg);
-        let file = File::open(&path).map_err(|e| CollectError::Netns {
-            arg: arg.clone(),
-            reason: format!("{}: {e}", path.display()),
-        })?;
-        let meta = file.metadata().map_err(io(arg))?;
-        if meta.dev() != host.0 {
-            return Err(CollectError::Netns {
-                arg: arg.clone(),
-                reason: format!("{} is not a network namespace", path.display()),
-            });
-        }
-        let ino = meta.ino();
+        let (file, ino) = open_netns(arg, host.0)?;
         if cands.get(ino).is_none() {
             let name = (!arg.contains('/')).then(|| arg.clone());
             extra_files.push(Candidate {

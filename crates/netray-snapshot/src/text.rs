@@ -14,8 +14,9 @@ pub fn is_unsafe_control(c: char) -> bool {
     (c.is_control() && c != '\n' && c != '\t') || ('\u{80}'..='\u{9f}').contains(&c)
 }
 
-/// `s` with every unsafe control character (see [`is_unsafe_control`]) written as `\xNN`
-/// (`\u{NNNN}` for C1); borrowed when nothing needs escaping.
+/// `s` with every unsafe control character (see [`is_unsafe_control`]) written as `\xNN` (C0)
+/// or `\u00NN` (DEL and C1: also a valid escape inside a JSON string, where serializers leave
+/// these characters raw); borrowed when nothing needs escaping.
 pub fn escape_controls(s: &str) -> Cow<'_, str> {
     if !s.chars().any(is_unsafe_control) {
         return Cow::Borrowed(s);
@@ -50,10 +51,10 @@ fn push_escaped(out: &mut String, c: char) {
     use std::fmt::Write;
     if is_unsafe_control(c) {
         let n = c as u32;
-        if n < 0x80 {
+        if n < 0x7f {
             let _ = write!(out, "\\x{n:02x}");
         } else {
-            let _ = write!(out, "\\u{{{n:04x}}}");
+            let _ = write!(out, "\\u{n:04x}");
         }
     } else {
         out.push(c);
@@ -76,7 +77,7 @@ pub fn clip_quote(s: &str) -> String {
 }
 
 /// A streaming escaper for bytes on their way to a terminal: unsafe control characters (see
-/// [`is_unsafe_control`]) become `\xNN` / `\u{NNNN}`, bytes that are not UTF-8 become `\xNN`,
+/// [`is_unsafe_control`]) become `\xNN` / `\u00NN`, bytes that are not UTF-8 become `\xNN`,
 /// and, when `max_line` is set, lines longer than that many bytes are cut with
 /// `… (N bytes)`. Input may be split anywhere, even inside a UTF-8 sequence.
 #[derive(Debug, Default)]
@@ -197,9 +198,9 @@ mod tests {
         assert_eq!(escape_controls("a\tb\n"), "a\tb\n");
         assert_eq!(
             escape_controls("\x1b[31mred\x07\r\x7f"),
-            "\\x1b[31mred\\x07\\x0d\\x7f"
+            "\\x1b[31mred\\x07\\x0d\\u007f"
         );
-        assert_eq!(escape_controls("é\u{9b}2J"), "é\\u{009b}2J");
+        assert_eq!(escape_controls("é\u{9b}2J"), "é\\u009b2J");
         assert_eq!(escape_line("a\nb\t"), "a\\nb\\t");
     }
 
