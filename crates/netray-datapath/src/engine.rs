@@ -209,13 +209,10 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
         .iter()
         .map(|a| {
             format!(
-                "assumed {} {} ({} is not modelled)",
+                "assumed `{}` is {} (asked first by {}; {})",
+                a.key,
+                if a.matched { "true" } else { "false" },
                 a.rule,
-                if a.matched {
-                    "matches"
-                } else {
-                    "does not match"
-                },
                 a.what
             )
         })

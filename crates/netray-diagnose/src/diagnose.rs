@@ -731,7 +731,7 @@ fn quote_with_counters(o: &KernelObject, b: &Branch) -> String {
 
 /// The objects a branch used on its way (routes, rules, neighbours, FDB entries, conntrack
 /// entries), as typed references.
-fn used_objects(b: &Branch) -> Vec<KernelObject> {
+pub(crate) fn used_objects(b: &Branch) -> Vec<KernelObject> {
     let mut out = Vec::new();
     for h in &b.hops {
         let at = Place {
@@ -909,7 +909,7 @@ fn is_network_policy(chain: &str, text: &str) -> bool {
 
 /// The endpoint of a branch: the destination after the first DNAT on the forward leg, else
 /// the branch's own endpoint, else the packet's destination.
-fn endpoint_of(b: &Branch, trace: &Trace) -> String {
+pub(crate) fn endpoint_of(b: &Branch, trace: &Trace) -> String {
     let dnat = b.hops.iter().find(|h| {
         h.leg == Leg::Forward
             && matches!(&h.step, Step::Nat { kind, .. } if kind.contains("dnat") || kind.contains("redirect"))

@@ -8,6 +8,7 @@
 pub mod catalog;
 pub mod checks;
 pub mod diagnose;
+pub mod diff;
 pub mod finding;
 mod fix;
 pub mod scan;

@@ -38,6 +38,12 @@ enum Command {
         after_help = "Examples:\n  netray diagnose --bundle examples/002-stale-vtep --from pod/default/web-0 --to svc/default/web:53/udp\n  netray diagnose --bundle b.tar.gz --from node/node-a --to svc/default/web:http -o json\n  netray diagnose --bundle examples/005-stale-conntrack --from pod/default/web-0 --to svc/default/web:53/udp --sport 5300\n  sudo netray diagnose --live --from 10.244.0.5 --to 10.244.0.7:8080\n\nExit codes: 0 reachable, 1 unreachable / partial / uncertain, 2 usage or input error."
     )]
     Diagnose(cmd::diagnose::Args),
+    /// Compare the same flows over two snapshots: which endpoints changed outcome and which
+    /// objects on their paths changed (before/after a reboot, an upgrade, a fix).
+    #[command(
+        after_help = "Examples:\n  netray diff --before b1 --after b2 --from pod/default/web-0 --to svc/default/web:80\n  netray diff --before b1 --after b2 --flows flows.txt -o json\n\nExit codes: 0 no endpoint changed outcome, 1 some did, 2 usage or input error."
+    )]
+    Diff(cmd::diff::Args),
     /// Check every node and namespace of a bundle for known-bad state (the check catalog).
     #[command(
         after_help = "Examples:\n  netray scan --bundle examples/001-checklist\n  netray scan --bundle b.tar.gz -o json\n  netray scan --bundle examples/healthy --fail-on critical\n  netray scan --list-checks\n\nExit codes: 0 clean (nothing at or above --fail-on, default warning), 1 findings, 2 usage or input error."
@@ -73,6 +79,7 @@ fn main() -> ExitCode {
         Command::Collect(a) => cmd::collect::run(a),
         Command::Trace(a) => cmd::trace::run(a),
         Command::Diagnose(a) => cmd::diagnose::run(a),
+        Command::Diff(a) => cmd::diff::run(a),
         Command::Scan(a) => cmd::scan::run(a),
         Command::Cluster(a) => cmd::cluster::run(a),
         Command::Rules(c) => cmd::rules::run(c),

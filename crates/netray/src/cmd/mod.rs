@@ -3,6 +3,7 @@
 pub mod cluster;
 pub mod collect;
 pub mod diagnose;
+pub mod diff;
 pub mod lab;
 pub mod rules;
 pub mod scan;
