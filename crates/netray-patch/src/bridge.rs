@@ -63,8 +63,9 @@ pub fn run(ctx: &mut Ctx<'_>, args: &[String]) -> R<Out> {
     }
     match args.get(i).map(String::as_str) {
         Some(o) if matches(o, "fdb") => fdb(ctx, &args[i + 1..]),
+        Some(o) if matches(o, "link") => link(ctx, &args[i + 1..]),
         Some(o) => Err(unsupported(format!(
-            "`bridge {o}` is not supported (only `bridge fdb`)"
+            "`bridge {o}` is not supported (only `bridge fdb` and `bridge link set`)"
         ))),
         None => Err(invalid("`bridge`: no object given")),
     }
@@ -282,6 +283,96 @@ fn fdb(ctx: &mut Ctx<'_>, args: &[String]) -> R<Out> {
                 ns.fdb.push(entry);
             }
         },
+    }
+    Ok(out)
+}
+
+/// `bridge link set dev DEV [hairpin on|off] [learning on|off] [state N]` on the port's
+/// [`BridgePort`](netray_snapshot::BridgePort) settings.
+fn link(ctx: &mut Ctx<'_>, args: &[String]) -> R<Out> {
+    match args.first().map(String::as_str) {
+        Some("set") => {}
+        Some(w) if matches(w, "show") => {
+            return Err(invalid(format!(
+                "`bridge link {w}` only reads, changes nothing"
+            )));
+        }
+        Some(w) => return Err(unsupported(format!("`bridge link {w}` is not supported"))),
+        None => return Err(invalid("`bridge link` without a verb only lists")),
+    }
+    let (mut dev, mut hairpin, mut learning, mut state) = (None, None, None, None);
+    let onoff = |w: &str, v: &str| match v {
+        "on" => Ok(true),
+        "off" => Ok(false),
+        _ => Err(invalid(format!(
+            "`bridge link set … {w} {v}`: expected on or off"
+        ))),
+    };
+    let mut it = args[1..].iter();
+    while let Some(w) = it.next() {
+        let w = w.as_str();
+        match w {
+            "dev" => dev = Some(next(&mut it, w)?.to_string()),
+            "hairpin" => hairpin = Some(onoff(w, next(&mut it, w)?)?),
+            "learning" => learning = Some(onoff(w, next(&mut it, w)?)?),
+            "state" => {
+                let v = next(&mut it, w)?;
+                state = Some(
+                    match v {
+                        "0" | "disabled" => "disabled",
+                        "1" | "listening" => "listening",
+                        "2" | "learning" => "learning",
+                        "3" | "forwarding" => "forwarding",
+                        "4" | "blocking" => "blocking",
+                        _ => return Err(invalid(format!("bridge link: bad state `{v}`"))),
+                    }
+                    .to_string(),
+                );
+            }
+            other => {
+                return Err(unsupported(format!(
+                    "`bridge link set` option `{other}` is not supported (hairpin, learning, state)"
+                )));
+            }
+        }
+    }
+    let dev = dev.ok_or_else(|| invalid("`bridge link set`: `dev DEV` is required"))?;
+    let ns = ctx.ns();
+    let Some(l) = ns.links.iter_mut().find(|l| l.name == dev) else {
+        return Err(invalid(format!("Cannot find device \"{dev}\"")));
+    };
+    let Some(bp) = l.bridge_port.as_mut() else {
+        return Err(invalid(format!(
+            "RTNETLINK answers: Operation not supported (`{dev}` is not a bridge port)"
+        )));
+    };
+    let before = bp.clone();
+    if let Some(h) = hairpin {
+        bp.hairpin = h;
+    }
+    if let Some(x) = learning {
+        bp.learning = x;
+    }
+    if let Some(s) = state {
+        bp.state = s;
+    }
+    let show = |p: &netray_snapshot::BridgePort| {
+        format!(
+            "state {} hairpin {} learning {}",
+            p.state,
+            if p.hairpin { "on" } else { "off" },
+            if p.learning { "on" } else { "off" }
+        )
+    };
+    let mut out = Out::default();
+    if *bp != before {
+        let after = show(bp);
+        out.change(
+            ObjectKind::Link,
+            format!("{dev} (bridge port)"),
+            Some(show(&before)),
+            Some(after),
+        );
     }
     Ok(out)
 }

@@ -353,7 +353,7 @@ fn bridge_fdb() {
     );
     err_kind(
         &mut b,
-        "bridge link set dev eth0 hairpin on",
+        "bridge vlan add dev eth0 vid 5",
         ErrorKind::Unsupported,
     );
 }
@@ -884,4 +884,52 @@ fn conntrack_delete() {
     );
     ok(&mut b, "conntrack -F");
     assert!(host(&b).conntrack.as_ref().unwrap().entries.is_empty());
+}
+
+#[test]
+fn bridge_link_and_multipath_delete() {
+    let mut b = healthy();
+    let a = ok(&mut b, "bridge link set dev veth77b7b8b2 hairpin off");
+    assert_eq!(a.changes.len(), 1);
+    assert!(
+        !host(&b)
+            .link("veth77b7b8b2")
+            .unwrap()
+            .bridge_port
+            .as_ref()
+            .unwrap()
+            .hairpin
+    );
+    ok(&mut b, "bridge link set dev veth77b7b8b2 hairpin on");
+    assert_eq!(b.nodes, healthy().nodes);
+    err_kind(
+        &mut b,
+        "bridge link set dev eth0 hairpin on",
+        ErrorKind::Invalid,
+    );
+    err_kind(
+        &mut b,
+        "bridge link set dev veth77b7b8b2 isolated on",
+        ErrorKind::Unsupported,
+    );
+    // `ip route del` with the text netray prints for a multipath route.
+    ok(
+        &mut b,
+        "ip route add 10.7.0.0/16 nexthop via 192.168.50.1 dev eth0 weight 2 nexthop via 192.168.50.10 dev eth0 weight 1",
+    );
+    err_kind(
+        &mut b,
+        "ip route del 10.7.0.0/16 nexthop via 192.168.50.1 dev eth0 weight 1 nexthop via 192.168.50.10 dev eth0 weight 1",
+        ErrorKind::NotFound,
+    );
+    ok(
+        &mut b,
+        "ip route del 10.7.0.0/16 nexthop via 192.168.50.1 dev eth0 weight 2 nexthop via 192.168.50.10 dev eth0 weight 1",
+    );
+    assert_eq!(b.nodes, healthy().nodes);
+    // Route text as netray prints a local-table route.
+    ok(
+        &mut b,
+        "ip route del broadcast 10.244.1.255 dev cni0 scope link src 10.244.1.1 table local",
+    );
 }

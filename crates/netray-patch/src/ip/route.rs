@@ -580,10 +580,16 @@ fn delete(
     table: u32,
     mut out: Out,
 ) -> R<Out> {
-    if !a.hops.is_empty() {
-        return Err(unsupported("`ip route del … nexthop …` is not supported"));
-    }
     let ns = ctx.ns();
+    let hops_match = |r: &Route| {
+        a.hops.is_empty()
+            || (r.multipath.len() == a.hops.len()
+                && r.multipath.iter().zip(&a.hops).all(|(x, h)| {
+                    h.gateway.is_none_or(|g| x.gateway == Some(g))
+                        && h.dev.as_ref().is_none_or(|d| x.dev.as_ref() == Some(d))
+                        && x.weight == h.weight
+                }))
+    };
     let m = |r: &Route| {
         r.table == table
             && r.dst == dst
@@ -600,6 +606,7 @@ fn delete(
             && a.dev.as_ref().is_none_or(|d| {
                 r.dev.as_ref() == Some(d) || r.multipath.iter().any(|h| h.dev.as_ref() == Some(d))
             })
+            && hops_match(r)
     };
     let Some(i) = ns.routes.iter().position(m) else {
         return Err(not_found(format!(
