@@ -251,8 +251,11 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Di
     };
     let mut merged = tally.finish(n);
     let all_fixes = ctx.rewalk.map(|rw| prove(&mut merged, flows, ctx, rw));
-    let mut causes: Vec<Finding> = merged.into_iter().map(|m| m.finding).collect();
-    causes.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
+    // The causes the walk met first, most severe first; then those found behind them.
+    merged.sort_by(|a, b| {
+        (a.revealed, a.finding.sort_key()).cmp(&(b.revealed, b.finding.sort_key()))
+    });
+    let causes: Vec<Finding> = merged.into_iter().map(|m| m.finding).collect();
     let list = |cs: &[Finding]| {
         cs.iter()
             .map(|c| format!("{} on {}", c.code, c.node))
@@ -341,6 +344,8 @@ fn exit_notes(flows: &[TracedFlow]) -> Vec<String> {
 /// pairs it was named for.
 struct Merged {
     finding: Finding,
+    /// Found only by walking again after another cause's fix (listed after the others).
+    revealed: bool,
     branches: usize,
     share: f64,
     targets: BTreeSet<(usize, String)>,
@@ -372,6 +377,7 @@ impl Tally {
             }
             None => self.causes.push(Merged {
                 finding: f,
+                revealed: false,
                 branches: 1,
                 share,
                 targets: BTreeSet::from([target]),
@@ -445,7 +451,7 @@ fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rew
                     break;
                 }
             };
-            let failing: Vec<(usize, &Branch, String)> = traces
+            let all: Vec<(usize, &Branch, String)> = traces
                 .iter()
                 .enumerate()
                 .flat_map(|(fi, t)| {
@@ -454,8 +460,19 @@ fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rew
                         .iter()
                         .map(move |b| (fi, b, endpoint_of(b, &t.trace)))
                 })
+                .collect();
+            // A target whose endpoint no longer appears (the fix let the packet reach a DNAT
+            // it never reached before) stands for every branch of its flow.
+            let whole_flow: BTreeSet<usize> = targets
+                .iter()
+                .filter(|(fi, ep)| !all.iter().any(|(f, _, e)| f == fi && e == ep))
+                .map(|(fi, _)| *fi)
+                .collect();
+            let failing: Vec<(usize, &Branch, String)> = all
+                .into_iter()
                 .filter(|(fi, b, ep)| {
-                    !b.disposition.is_success() && targets.contains(&(*fi, ep.clone()))
+                    !b.disposition.is_success()
+                        && (whole_flow.contains(fi) || targets.contains(&(*fi, ep.clone())))
                 })
                 .collect();
             if failing.is_empty() {
@@ -498,6 +515,7 @@ fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rew
                     );
                     revealed.push(Merged {
                         finding: f,
+                        revealed: true,
                         branches: 1,
                         share: 0.0,
                         targets: BTreeSet::from([(*fi, ep.clone())]),

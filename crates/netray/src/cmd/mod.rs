@@ -275,7 +275,7 @@ pub fn apply_what_if(
     let cmds = what_if_commands(bundle, cluster, specs)?;
     for c in &cmds {
         let applied = netray_patch::apply(bundle, c).map_err(|e| format!("--what-if: {e}"))?;
-        eprintln!("netray: what-if on {}/{}: {}", c.node, c.netns, applied);
+        eprintln!("netray: what-if {applied}");
     }
     Ok(())
 }
