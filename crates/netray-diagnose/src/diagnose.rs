@@ -425,7 +425,8 @@ fn cause_key(f: &Finding) -> (&'static str, String, String, Vec<String>) {
 /// then every fix together. Causes revealed behind a fixed one are added to `merged`.
 fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rewalk) -> FixProof {
     const ROUNDS: usize = 4;
-    let mut revealed: Vec<Merged> = Vec::new();
+    // Causes found behind a fixed one, with the index of the cause that revealed them.
+    let mut revealed: Vec<(Merged, usize)> = Vec::new();
     for i in 0..merged.len() {
         if merged[i].finding.fix_commands.is_empty() {
             merged[i].finding.proof = Some(FixProof {
@@ -506,20 +507,23 @@ fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rew
                 }
                 let key = cause_key(&next);
                 let known = merged.iter().any(|m| cause_key(&m.finding) == key)
-                    || revealed.iter().any(|m| cause_key(&m.finding) == key);
+                    || revealed.iter().any(|(m, _)| cause_key(&m.finding) == key);
                 if !known {
                     let mut f = next.clone();
                     f.explanation = format!(
                         "Revealed once {} on {} is fixed: {}",
                         merged[i].finding.code, merged[i].finding.node, f.explanation
                     );
-                    revealed.push(Merged {
-                        finding: f,
-                        revealed: true,
-                        branches: 1,
-                        share: 0.0,
-                        targets: BTreeSet::from([(*fi, ep.clone())]),
-                    });
+                    revealed.push((
+                        Merged {
+                            finding: f,
+                            revealed: true,
+                            branches: 1,
+                            share: 0.0,
+                            targets: BTreeSet::from([(*fi, ep.clone())]),
+                        },
+                        i,
+                    ));
                 }
             }
             if !added {
@@ -541,13 +545,19 @@ fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rew
             detail: format!("still failing after {ROUNDS} rounds of fixes"),
         }));
     }
-    // Revealed causes get their own proof-less entry (their fix was proven with the cause
-    // that revealed them).
-    for mut r in revealed {
+    // A revealed cause's fix was proven (or not) together with the cause that revealed it.
+    for (mut r, parent) in revealed {
+        let p = &merged[parent].finding;
+        let proven = p.proof.as_ref().is_some_and(|x| x.proven);
         r.finding.proof = Some(FixProof {
-            proven: false,
-            with: Vec::new(),
-            detail: "found behind another cause; its fix is part of that cause's proof".into(),
+            proven,
+            with: vec![p.code.to_string()],
+            detail: format!(
+                "found behind {} on {}; {} together with its fix",
+                p.code,
+                p.node,
+                if proven { "proven" } else { "not proven" }
+            ),
         });
         merged.push(r);
     }

@@ -126,7 +126,11 @@ const CASES: &[Expect] = &[
         from: "pod/default/web-1",
         to: "svc/default/web:80",
         verdict: "unreachable",
-        causes: &[("pod-no-default-route", "node0")],
+        // Behind the missing route (revealed by the fix proof): ip_forward=0 on node1.
+        causes: &[
+            ("pod-no-default-route", "node0"),
+            ("ip-forward-disabled", "node1"),
+        ],
         reachable: (0, 1),
         evidence: "10.244.0.0/24 dev eth0",
     },
