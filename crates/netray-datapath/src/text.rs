@@ -68,7 +68,10 @@ pub fn render_branch(n: usize, b: &Branch) -> String {
             );
             place.clear();
         }
-        let here = format!("{}/{}", h.node, h.netns);
+        let here = match &h.pod {
+            Some(p) => format!("{}/pod {p}", h.node),
+            None => format!("{}/{}", h.node, h.netns),
+        };
         if here != place {
             let _ = writeln!(s, "  [{here}]");
             place = here;

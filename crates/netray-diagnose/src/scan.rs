@@ -290,9 +290,26 @@ pub fn lookup(ns: &NetnsSnapshot, table: u32, dst: IpAddr) -> Option<&Route> {
 
 /// Run every check over a bundle; findings sorted most severe first.
 pub fn scan(bundle: &Bundle, cluster: Option<&ClusterView>) -> Vec<Finding> {
-    let world = World::new(bundle);
+    let mut world = World::new(bundle);
+    if let Some(c) = cluster {
+        world.name_pods(pod_names(c));
+    }
     let engine = RulesetEngine::new(&world);
     scan_world(&world, &engine, cluster)
+}
+
+/// `(pod IP, "NS/NAME")` of every pod that is not host-network, for
+/// [`World::name_pods`].
+pub fn pod_names(c: &ClusterView) -> Vec<(IpAddr, String)> {
+    c.pods
+        .iter()
+        .filter(|p| !p.host_network)
+        .flat_map(|p| {
+            p.ips
+                .iter()
+                .map(move |ip| (*ip, format!("{}/{}", p.namespace, p.name)))
+        })
+        .collect()
 }
 
 /// Run every check over an indexed world whose firewalls are already parsed.
@@ -305,6 +322,17 @@ pub fn scan_world(
     let mut out = Vec::new();
     for check in crate::catalog::CATALOG {
         (check.run)(&input, &mut out);
+    }
+    // Name the pod of every finding about a pod's namespace.
+    for f in &mut out {
+        if f.pod.is_none()
+            && let Some(i) = world
+                .ns
+                .iter()
+                .position(|v| v.node == f.node && v.netns_label() == f.netns)
+        {
+            f.pod = world.pod_of(i).map(str::to_string);
+        }
     }
     out.sort_by(|a, b| a.sort_key().cmp(&b.sort_key()));
     out.dedup();

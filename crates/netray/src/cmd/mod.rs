@@ -162,19 +162,7 @@ pub fn warn_input_problems(
     }
 }
 
-/// `(pod IP, "NS/NAME")` of every pod that is not host-network, for
-/// [`netray_datapath::World::name_pods`].
-pub fn pod_names(c: &netray_kube::ClusterView) -> Vec<(std::net::IpAddr, String)> {
-    c.pods
-        .iter()
-        .filter(|p| !p.host_network)
-        .flat_map(|p| {
-            p.ips
-                .iter()
-                .map(move |ip| (*ip, format!("{}/{}", p.namespace, p.name)))
-        })
-        .collect()
-}
+pub use netray_diagnose::scan::pod_names;
 
 /// The cluster's pod network: flannel's `Network`, else kube-proxy's `clusterCIDR`, else the
 /// smallest prefix covering every node's pod CIDR.
