@@ -202,7 +202,7 @@ pub const WALK_CODES: &[&str] = &[
     "ip-forward-disabled",
     "nat-reply-mismatch",
     "mtu-blackhole",
-    "exits-cluster",
+    "reply-leaves-snapshot",
     "routing-loop",
     "uncertain-rule",
     "dropped",
