@@ -31,7 +31,7 @@ pub mod walk;
 pub mod world;
 
 pub use engine::RulesetEngine;
-pub use object::{KernelObject, Place};
+pub use object::{CtTuple, KernelObject, Place};
 pub use result::{Branch, Disposition, FlowView, Hop, Leg, PacketView, RuleRef, Step, Trace};
 pub use walk::{Flow, Options, Start, TraceError, trace};
 pub use world::World;

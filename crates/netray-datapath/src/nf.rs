@@ -287,6 +287,53 @@ pub struct CtEntry {
 }
 
 impl CtEntry {
+    /// The entry of a collected conntrack table, as the walk holds it (its NAT bindings
+    /// decided, as for any confirmed entry).
+    pub fn from_collected(ns: NsIdx, e: &netray_snapshot::ConntrackEntry) -> CtEntry {
+        let tuple = |c: &netray_snapshot::ConntrackTuple| Tuple {
+            src: c.src,
+            dst: c.dst,
+            sport: c.sport.unwrap_or(0),
+            dport: c.dport.unwrap_or(0),
+        };
+        let status = |s: &str| e.status.iter().any(|x| x == s);
+        CtEntry {
+            ns,
+            proto: e.proto,
+            orig: tuple(&e.orig),
+            reply: tuple(&e.reply),
+            snat: status("SRC_NAT"),
+            dnat: status("DST_NAT"),
+            nat_done_dst: true,
+            nat_done_src: true,
+            mark: e.mark,
+        }
+    }
+
+    /// The tuples, typed for reports.
+    pub fn tuples(&self) -> (crate::CtTuple, crate::CtTuple) {
+        let view = |t: &Tuple| crate::CtTuple {
+            proto: proto_name(self.proto),
+            src: t.src,
+            dst: t.dst,
+            sport: t.sport,
+            dport: t.dport,
+        };
+        (view(&self.orig), view(&self.reply))
+    }
+
+    /// The entry as a [`crate::KernelObject`] of namespace `at`.
+    pub fn object(&self, at: crate::Place, collected: bool) -> crate::KernelObject {
+        let (orig, reply) = self.tuples();
+        crate::KernelObject::Conntrack {
+            at,
+            entry: self.text(),
+            collected,
+            orig,
+            reply,
+        }
+    }
+
     /// `conntrack -L` style text.
     pub fn text(&self) -> String {
         let mut s = format!("{} {} {}", proto_name(self.proto), self.orig, self.reply);

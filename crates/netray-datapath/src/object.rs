@@ -7,6 +7,21 @@ use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 
+/// A conntrack tuple in one direction.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct CtTuple {
+    /// `tcp`, `udp`, `icmp`, …
+    pub proto: String,
+    /// Source address.
+    pub src: IpAddr,
+    /// Destination address.
+    pub dst: IpAddr,
+    /// Source port (ICMP: id).
+    pub sport: u16,
+    /// Destination port.
+    pub dport: u16,
+}
+
 /// Where an object lives: a node and one of its network namespaces.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 pub struct Place {
@@ -134,6 +149,10 @@ pub enum KernelObject {
         entry: String,
         /// True for an entry of the collected table.
         collected: bool,
+        /// The original tuple.
+        orig: CtTuple,
+        /// The reply tuple (after NAT: its source is the backend a DNAT chose).
+        reply: CtTuple,
     },
     /// A listening socket, or the absence of one.
     Socket {

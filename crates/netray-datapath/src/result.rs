@@ -213,6 +213,10 @@ pub enum Step {
         state: String,
         /// The entry as `conntrack -L` would show the tuples.
         entry: String,
+        /// The entry's original tuple.
+        orig: crate::CtTuple,
+        /// The entry's reply tuple.
+        reply: crate::CtTuple,
     },
     /// An address/port rewrite.
     Nat {

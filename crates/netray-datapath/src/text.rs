@@ -132,7 +132,7 @@ pub fn hop_line(h: &Hop) -> String {
             }
             s
         }
-        Step::Conntrack { state, entry } => format!("conntrack {state}: {entry}"),
+        Step::Conntrack { state, entry, .. } => format!("conntrack {state}: {entry}"),
         Step::Nat {
             kind,
             before,
@@ -186,14 +186,4 @@ pub fn hop_line(h: &Hop) -> String {
             reason,
         } => format!("{}: {reason}", disposition.as_str()),
     }
-}
-
-/// `s` cut to at most `max` characters, saying how long it was when cut: quoted input stays
-/// bounded whatever the snapshot holds.
-pub fn clip(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        return s.to_string();
-    }
-    let head: String = s.chars().take(max).collect();
-    format!("{head}… ({} bytes)", s.len())
 }

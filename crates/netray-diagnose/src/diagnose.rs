@@ -800,10 +800,17 @@ pub(crate) fn used_objects(b: &Branch) -> Vec<KernelObject> {
                 dst: Some(*remote),
                 present: true,
             }),
-            Step::Conntrack { state, entry } => out.push(KernelObject::Conntrack {
+            Step::Conntrack {
+                state,
+                entry,
+                orig,
+                reply,
+            } => out.push(KernelObject::Conntrack {
                 at,
                 entry: entry.clone(),
                 collected: state.contains("collected"),
+                orig: orig.clone(),
+                reply: reply.clone(),
             }),
             _ => {}
         }
@@ -975,42 +982,39 @@ fn sentence(text: &str) -> String {
     out
 }
 
-/// The `stale-conntrack-entry` finding, when `b`'s request followed a collected conntrack
-/// entry (a flow given with its real source port) that the scan found stale: same node, same
-/// original tuple. Its evidence is narrowed to this flow's entry, its explanation and fix
-/// rewritten for it.
+/// The `stale-conntrack-entry` cause, when `b`'s request followed a collected conntrack entry
+/// (a flow given with its real source port) that the scan found stale: the finding about that
+/// very entry (same node, namespace and tuple), narrowed to it.
 fn stale_entry_followed(b: &Branch, findings: &[Finding]) -> Option<Finding> {
     b.hops
         .iter()
         .filter(|h| h.leg == Leg::Forward)
         .find_map(|h| match &h.step {
-            Step::Conntrack { state, entry }
-                if state == CT_COLLECTED_ORIG && entry.contains("[DST_NAT]") =>
-            {
-                // `udp src=A dst=B sport=P dport=Q src=...`: protocol and original tuple.
-                let orig: Vec<&str> = entry.split_whitespace().take(5).collect();
-                let orig = orig.join(" ");
-                let f = findings.iter().find(|f| {
-                    f.code == "stale-conntrack-entry"
-                        && f.node == h.node
-                        && f.evidence.iter().any(|e| e.starts_with(&orig))
-                })?;
-                let mut f = f.clone();
-                f.evidence.retain(|e| e.starts_with(&orig));
-                // `udp src=A dst=B sport=P dport=Q → backend IP:PORT (...)`
-                let backend = f
-                    .evidence
-                    .first()
-                    .and_then(|e| e.split_once("→ backend "))
-                    .and_then(|(_, r)| r.split_whitespace().next())
-                    .unwrap_or("a backend")
-                    .to_string();
-                let field = |k: &str| {
-                    orig.split_whitespace()
-                        .find_map(|w| w.strip_prefix(k))
-                        .unwrap_or("?")
-                        .to_string()
+            Step::Conntrack {
+                state,
+                orig,
+                reply,
+                entry,
+            } if state == CT_COLLECTED_ORIG => {
+                let at = Place {
+                    node: h.node.clone(),
+                    netns: h.netns.clone(),
                 };
+                let followed = KernelObject::Conntrack {
+                    at: at.clone(),
+                    entry: entry.clone(),
+                    collected: true,
+                    orig: orig.clone(),
+                    reply: reply.clone(),
+                };
+                let key = followed.key();
+                let f = findings.iter().find(|f| {
+                    f.code == "stale-conntrack-entry" && f.objects.iter().any(|o| o.key() == key)
+                })?;
+                let pos = f.objects.iter().position(|o| o.key() == key)?;
+                let mut f = f.clone();
+                let backend = addr_port(reply.src, Some(reply.sport), &reply.proto);
+                f.evidence = vec![followed.quote()];
                 f.explanation = format!(
                     "This flow's tuple is already in {}'s conntrack table, and that entry DNATs \
                      it to {backend}, which is no longer a ready endpoint of the Service. The \
@@ -1020,35 +1024,20 @@ fn stale_entry_followed(b: &Branch, findings: &[Finding]) -> Option<Finding> {
                     h.node,
                     sentence(&b.reason)
                 );
-                let run = format!(
-                    "conntrack -D -p {} --orig-src {} --orig-dst {} --orig-port-src {} \
-                     --orig-port-dst {}",
-                    orig.split_whitespace().next().unwrap_or("udp"),
-                    field("src="),
-                    field("dst="),
-                    field("sport="),
-                    field("dport="),
-                );
+                f.fix_commands = f.fix_commands.get(pos).cloned().into_iter().collect();
+                f.fix_commands
+                    .iter_mut()
+                    .for_each(|c| c.pod = h.pod.clone());
                 f.fix = format!(
-                    "on {}: {run} (kube-proxy should have deleted it when the endpoint went away)",
-                    h.node
+                    "on {}: {} (kube-proxy should have deleted it when the endpoint went away)",
+                    h.node,
+                    f.fix_commands
+                        .first()
+                        .map(|c| c.run.as_str())
+                        .unwrap_or("conntrack -D …")
                 );
-                let at = Place {
-                    node: h.node.clone(),
-                    netns: h.netns.clone(),
-                };
-                f.objects = vec![KernelObject::Conntrack {
-                    at,
-                    entry: entry.clone(),
-                    collected: true,
-                }];
+                f.objects = vec![followed];
                 f.pod = h.pod.clone();
-                f.fix_commands = vec![FixCommand {
-                    node: h.node.clone(),
-                    netns: h.netns.clone(),
-                    pod: h.pod.clone(),
-                    run,
-                }];
                 Some(f)
             }
             _ => None,
@@ -1068,22 +1057,20 @@ fn stale_entries_note(f: &TracedFlow, findings: &[Finding]) -> Option<String> {
         return None;
     }
     let dport = p.dport?;
-    let prefix = format!("udp src={} dst={} sport=", p.src, p.dst);
-    let mut ports: Vec<&str> = Vec::new();
+    let mut ports: Vec<u16> = Vec::new();
     let mut nodes: Vec<&str> = Vec::new();
     for fi in findings
         .iter()
         .filter(|x| x.code == "stale-conntrack-entry")
     {
-        for e in &fi.evidence {
-            let Some(rest) = e.strip_prefix(&prefix) else {
-                continue;
-            };
-            let Some((sport, after)) = rest.split_once(' ') else {
-                continue;
-            };
-            if after.starts_with(&format!("dport={dport} ")) {
-                ports.push(sport);
+        for o in &fi.objects {
+            if let KernelObject::Conntrack { orig, .. } = o
+                && orig.proto == "udp"
+                && orig.src == p.src
+                && orig.dst == p.dst
+                && orig.dport == dport
+            {
+                ports.push(orig.sport);
                 if !nodes.contains(&fi.node.as_str()) {
                     nodes.push(&fi.node);
                 }
@@ -1091,6 +1078,7 @@ fn stale_entries_note(f: &TracedFlow, findings: &[Finding]) -> Option<String> {
         }
     }
     let first = ports.first()?;
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
     Some(format!(
         "{} existing UDP conntrack entr{} from {} to {}:{dport} on {} still point{} to backends that \
          are no longer endpoints (source port{} {}): a client that keeps its source port keeps \
@@ -1102,6 +1090,6 @@ fn stale_entries_note(f: &TracedFlow, findings: &[Finding]) -> Option<String> {
         nodes.join(", "),
         if ports.len() == 1 { "s" } else { "" },
         if ports.len() == 1 { "" } else { "s" },
-        ports.join(", ")
+        list.join(", ")
     ))
 }

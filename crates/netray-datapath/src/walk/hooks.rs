@@ -54,6 +54,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                 Some((i, dir)) => {
                     st.skb_ct = Some((i, dir, false));
                     let text = st.cts[i].text();
+                    let (orig, reply) = st.cts[i].tuples();
                     let state = match (dir, collected) {
                         (CtDir::Orig, false) => "established",
                         (CtDir::Reply, false) => "reply",
@@ -68,6 +69,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         Step::Conntrack {
                             state: state.into(),
                             entry: text,
+                            orig,
+                            reply,
                         },
                     );
                 }
@@ -92,11 +95,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                             ),
                             Some("nat-reply-mismatch"),
                         )
-                        .by(crate::KernelObject::Conntrack {
-                            at: v.place(),
-                            entry: e.text(),
-                            collected: false,
-                        });
+                        .by(e.object(v.place(), false));
                         if phys.is_some() {
                             // The reply met netfilter inside the bridge only because of
                             // br_netfilter.
@@ -285,7 +284,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                 .by_all(deciding)
                 .by(crate::KernelObject::Unmodelled {
                     at: place.clone(),
-                    what: crate::text::clip(why, 300),
+                    what: netray_snapshot::text::clip(why, 300).into_owned(),
                 })),
             };
             if let Err(e) = res {
@@ -544,6 +543,7 @@ impl<'w, 'a> Walker<'w, 'a> {
             let after = s.pkt.view().to_string();
             if after != before {
                 let text = s.cts[i].text();
+                let (orig, reply) = s.cts[i].tuples();
                 self.hop(
                     s,
                     ns,
@@ -565,6 +565,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         Step::Conntrack {
                             state: st.into(),
                             entry: text,
+                            orig,
+                            reply,
                         },
                     );
                 }
@@ -615,35 +617,17 @@ fn collected_entry(
     if proto != 17 {
         return None;
     }
-    let tuple = |c: &netray_snapshot::ConntrackTuple| Tuple {
-        src: c.src,
-        dst: c.dst,
-        sport: c.sport.unwrap_or(0),
-        dport: c.dport.unwrap_or(0),
-    };
     snap.conntrack.as_ref()?.entries.iter().find_map(|e| {
         if e.proto != proto || e.zone != 0 {
             return None;
         }
-        let (orig, reply) = (tuple(&e.orig), tuple(&e.reply));
-        let dir = if orig == t {
+        let entry = CtEntry::from_collected(ns, e);
+        let dir = if entry.orig == t {
             CtDir::Orig
-        } else if reply == t {
+        } else if entry.reply == t {
             CtDir::Reply
         } else {
             return None;
-        };
-        let status = |s: &str| e.status.iter().any(|x| x == s);
-        let entry = CtEntry {
-            ns,
-            proto,
-            orig,
-            reply,
-            snat: status("SRC_NAT"),
-            dnat: status("DST_NAT"),
-            nat_done_dst: true,
-            nat_done_src: true,
-            mark: e.mark,
         };
         Some((entry, dir))
     })

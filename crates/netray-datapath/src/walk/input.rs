@@ -100,7 +100,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                         format!(
                             "{k} in {} is `{}`, not a number: whether {iname} forwards is unknown",
                             v.label(),
-                            crate::text::clip(raw, 80)
+                            netray_snapshot::text::clip(raw, 80)
                         ),
                         Some("uncertain-rule"),
                     )

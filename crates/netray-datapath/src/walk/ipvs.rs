@@ -307,6 +307,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                         "net.ipv4.vs.conntrack=1"
                     };
                     let text = format!("{} (reply tuple altered by IPVS; {assumed})", e.text());
+                    let (orig, reply) = e.tuples();
                     self.hop(
                         &mut s,
                         ns,
@@ -315,6 +316,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         Step::Conntrack {
                             state: "new".into(),
                             entry: text,
+                            orig,
+                            reply,
                         },
                     );
                 }

@@ -253,6 +253,8 @@ pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
         let Some(ct) = &n.ns.conntrack else { continue };
         let mut stale: Vec<String> = Vec::new();
         let mut vips: Vec<String> = Vec::new();
+        let mut objects = Vec::new();
+        let mut fix_commands = Vec::new();
         for e in &ct.entries {
             if !e.status.iter().any(|s| s == "DST_NAT") {
                 continue;
@@ -305,6 +307,21 @@ pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
                         .join(" ")
                 }
             ));
+            let entry = netray_datapath::nf::CtEntry::from_collected(n.idx, e);
+            fix_commands.push(netray_patch::FixCommand {
+                node: n.node.node.name.clone(),
+                netns: n.label(),
+                pod: None,
+                run: format!(
+                    "conntrack -D -p {} --orig-src {} --orig-dst {} --orig-port-src {} --orig-port-dst {}",
+                    proto.to_ascii_lowercase(),
+                    entry.orig.src,
+                    entry.orig.dst,
+                    entry.orig.sport,
+                    entry.orig.dport
+                ),
+            });
+            objects.push(entry.object(n.place(), true));
             let v = format!("{}/{}", e.orig.dst, proto.to_ascii_lowercase());
             if !vips.contains(&v) {
                 vips.push(v);
@@ -315,7 +332,7 @@ pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
         }
         let count = stale.len();
         stale.truncate(8);
-        out.push(n.finding(
+        let mut f = n.finding(
             "stale-conntrack-entry",
             Severity::Warning,
             stale,
@@ -337,6 +354,9 @@ pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
                     .collect::<Vec<_>>()
                     .join("; ")
             ),
-        ));
+        );
+        f.objects = objects;
+        f.fix_commands = fix_commands;
+        out.push(f);
     }
 }
