@@ -296,26 +296,25 @@ fn run_case(case: &str, faults: &[&str]) {
                             f.code, f.cause_node
                         ));
                     }
-                    if let Some((leg, node)) = &t.lost {
-                        if f.leg != leg.as_str() || &f.node != node {
-                            problems.push(format!(
-                                "drop point: kernel lost {} @{node}, netray {} @{} ({})",
-                                leg.as_str(),
-                                f.leg,
-                                f.node,
-                                t.detail
-                            ));
-                        }
-                    }
-                }
-                if let Some(p) = primary {
-                    if !ne.failures.is_empty()
-                        && !ne.failures.iter().any(|f| failure_is_from(f, p, &spec))
+                    if let Some((leg, node)) = &t.lost
+                        && (f.leg != leg.as_str() || &f.node != node)
                     {
                         problems.push(format!(
-                            "the packet meets {p} first (kernel), netray does not name it"
+                            "drop point: kernel lost {} @{node}, netray {} @{} ({})",
+                            leg.as_str(),
+                            f.leg,
+                            f.node,
+                            t.detail
                         ));
                     }
+                }
+                if let Some(p) = primary
+                    && !ne.failures.is_empty()
+                    && !ne.failures.iter().any(|f| failure_is_from(f, p, &spec))
+                {
+                    problems.push(format!(
+                        "the packet meets {p} first (kernel), netray does not name it"
+                    ));
                 }
             }
             if !problems.is_empty() {
