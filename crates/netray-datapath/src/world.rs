@@ -92,7 +92,7 @@ impl<'a> NsView<'a> {
     pub fn sysctl_obj(&self, key: &str) -> crate::KernelObject {
         crate::KernelObject::Sysctl {
             at: self.place(),
-            key: key.to_string(),
+            key: netray_snapshot::sysctl_key(key),
             value: self.snap.sysctl(key).map(|v| v.trim().to_string()),
         }
     }

@@ -27,6 +27,11 @@ pub const CATALOG: &[Check] = &[
         run: sysctl::iface_forwarding,
     },
     Check {
+        codes: &["sysctl-unparsable"],
+        title: "a sysctl the datapath decides on (forwarding, rp_filter, …) holds no number",
+        run: sysctl::unparsable,
+    },
+    Check {
         codes: &["rp-filter-strict-asymmetric"],
         title: "strict rp_filter where routing is asymmetric (several defaults, ECMP, policy rules)",
         run: sysctl::rp_filter_asymmetric,

@@ -50,7 +50,7 @@ impl<'a> Ns<'a> {
     pub fn sysctl_obj(&self, key: &str) -> netray_datapath::KernelObject {
         netray_datapath::KernelObject::Sysctl {
             at: self.place(),
-            key: key.to_string(),
+            key: netray_snapshot::sysctl_key(key),
             value: self.ns.sysctl(key).map(|v| v.trim().to_string()),
         }
     }

@@ -652,9 +652,14 @@ pub struct Socket {
 }
 
 impl NetnsSnapshot {
-    /// A sysctl value as read, if recorded.
+    /// A sysctl value as read, if recorded. `name` may spell an interface with dots
+    /// (`net.ipv4.conf.flannel.1.rp_filter`); the snapshot stores it as sysctl(8) does
+    /// (`net.ipv4.conf.flannel/1.rp_filter`), see [`sysctl_key`].
     pub fn sysctl(&self, name: &str) -> Option<&str> {
-        self.sysctls.get(name).map(String::as_str)
+        self.sysctls
+            .get(name)
+            .or_else(|| self.sysctls.get(&sysctl_key(name)))
+            .map(String::as_str)
     }
 
     /// The link named `name`.
@@ -682,5 +687,46 @@ impl NodeSnapshot {
     /// The host namespace (the one `netray collect` ran in).
     pub fn host(&self) -> Option<&NetnsSnapshot> {
         self.namespaces.iter().find(|n| n.role == NetnsRole::Host)
+    }
+}
+
+/// The key of a sysctl as sysctl(8) prints it: in the per-interface trees
+/// (`net.ipv{4,6}.conf.IFACE.X`, `net.ipv{4,6}.neigh.IFACE.X`) the dots of the interface name
+/// are written `/` (`flannel.1` → `flannel/1`). Other keys are returned unchanged.
+pub fn sysctl_key(name: &str) -> String {
+    for prefix in [
+        "net.ipv4.conf.",
+        "net.ipv6.conf.",
+        "net.ipv4.neigh.",
+        "net.ipv6.neigh.",
+    ] {
+        if let Some(rest) = name.strip_prefix(prefix)
+            && let Some((iface, setting)) = rest.rsplit_once('.')
+        {
+            return format!("{prefix}{}.{setting}", iface.replace('.', "/"));
+        }
+    }
+    name.to_string()
+}
+
+#[cfg(test)]
+mod sysctl_key_tests {
+    use super::sysctl_key;
+
+    #[test]
+    fn interface_dots_become_slashes() {
+        assert_eq!(
+            sysctl_key("net.ipv4.conf.flannel.1.rp_filter"),
+            "net.ipv4.conf.flannel/1.rp_filter"
+        );
+        assert_eq!(
+            sysctl_key("net.ipv4.conf.all.rp_filter"),
+            "net.ipv4.conf.all.rp_filter"
+        );
+        assert_eq!(sysctl_key("net.ipv4.ip_forward"), "net.ipv4.ip_forward");
+        assert_eq!(
+            sysctl_key("net.ipv6.conf.eth0.100.forwarding"),
+            "net.ipv6.conf.eth0/100.forwarding"
+        );
     }
 }

@@ -24,6 +24,58 @@ pub(crate) fn ip_forward(input: &ScanInput, out: &mut Vec<Finding>) {
     }
 }
 
+/// Sysctls the walk reads as integers whose collected value is not one: the walk answers
+/// `uncertain` where they decide, and this says which and where.
+pub(crate) fn unparsable(input: &ScanInput, out: &mut Vec<Finding>) {
+    const DECIDING: &[&str] = &[
+        ".forwarding",
+        ".rp_filter",
+        ".accept_local",
+        ".route_localnet",
+        ".arp_ignore",
+        ".src_valid_mark",
+        "net.ipv4.ip_forward",
+        "net.bridge.bridge-nf-call-iptables",
+        "net.bridge.bridge-nf-call-ip6tables",
+        "net.ipv4.icmp_echo_ignore_all",
+    ];
+    for n in &input.namespaces {
+        let bad: Vec<(&String, &String)> =
+            n.ns.sysctls
+                .iter()
+                .filter(|(k, _)| DECIDING.iter().any(|d| k.ends_with(d)))
+                .filter(|(_, v)| v.trim().parse::<i64>().is_err())
+                .collect();
+        if bad.is_empty() {
+            continue;
+        }
+        let keys: Vec<&str> = bad.iter().map(|(k, _)| k.as_str()).collect();
+        out.push(
+            n.finding(
+                "sysctl-unparsable",
+                Severity::Warning,
+                bad.iter()
+                    .map(|(k, v)| format!("{k} = `{}`", netray_snapshot::text::clip(v.trim(), 80)))
+                    .collect(),
+                format!(
+                    "The snapshot holds {} that should be a number but is not ({}): packets whose \
+                     fate depends on {} are reported as uncertain instead of guessed. The \
+                     snapshot may be damaged or edited; collect it again.",
+                    if bad.len() == 1 {
+                        "a sysctl"
+                    } else {
+                        "sysctls"
+                    },
+                    keys.join(", "),
+                    if bad.len() == 1 { "it" } else { "them" }
+                ),
+                "collect the node again (netray collect); check the value with sysctl KEY".into(),
+            )
+            .about(keys.iter().map(|k| n.sysctl_obj(k))),
+        );
+    }
+}
+
 pub(crate) fn iface_forwarding(input: &ScanInput, out: &mut Vec<Finding>) {
     for h in input.hosts() {
         if h.ns.sysctl("net.ipv4.ip_forward").map(str::trim) != Some("1") {

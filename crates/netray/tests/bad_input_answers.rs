@@ -1,0 +1,132 @@
+//! Bad input never gives a confident answer (issue 15, item 9): an unparsable forwarding
+//! sysctl is uncertain in diagnose and a finding in scan; an iptables line with an unterminated
+//! quote on the path makes the verdict uncertain, naming the line.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use serde_json::Value;
+
+const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
+
+/// A copy of `examples/NAME` in a temporary directory.
+fn copy_example(name: &str) -> tempfile::TempDir {
+    let src = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../../examples")
+        .join(name);
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(dir.path().join("nodes")).unwrap();
+    std::fs::copy(src.join("cluster.json"), dir.path().join("cluster.json")).unwrap();
+    for e in std::fs::read_dir(src.join("nodes")).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), dir.path().join("nodes").join(e.file_name())).unwrap();
+    }
+    dir
+}
+
+/// Edit the host namespace of `node` in the bundle at `dir`.
+fn edit_host(dir: &Path, node: &str, f: impl FnOnce(&mut Value)) {
+    let p = dir.join("nodes").join(format!("{node}.json"));
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let host = v["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|n| n["role"] == "host")
+        .unwrap();
+    f(host);
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+}
+
+fn json(args: &[&str]) -> (i32, Value) {
+    let out = Command::new(NETRAY).args(args).output().unwrap();
+    let v = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "{args:?}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    (out.status.code().unwrap_or(-1), v)
+}
+
+#[test]
+fn unparsable_forwarding_sysctl_is_uncertain_and_reported() {
+    let dir = copy_example("healthy");
+    edit_host(dir.path(), "node1", |h| {
+        h["sysctls"]["net.ipv4.ip_forward"] = "yes please".into();
+        for (k, _) in h["sysctls"].clone().as_object().unwrap() {
+            if k.ends_with(".forwarding") {
+                h["sysctls"].as_object_mut().unwrap().remove(k);
+            }
+        }
+    });
+    let b = dir.path().to_str().unwrap();
+    let (code, d) = json(&[
+        "diagnose",
+        "--bundle",
+        b,
+        "--from",
+        "pod/default/web-0",
+        "--to",
+        "pod/default/web-2:8080",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(d["verdict"], "uncertain", "{:#}", d["causes"]);
+    let text = d["causes"].to_string();
+    assert!(text.contains("net.ipv4.ip_forward"), "{text}");
+    assert!(
+        !text.contains("net.ipv4.ip_forward = 0"),
+        "never read as 0: {text}"
+    );
+    let (code, s) = json(&["scan", "--bundle", b, "-o", "json"]);
+    assert_eq!(code, 1);
+    let found = s["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|f| f["code"] == "sysctl-unparsable" && f["node"] == "node1");
+    assert!(found, "{:#}", s["findings"]);
+}
+
+#[test]
+fn unterminated_quote_on_the_path_is_uncertain() {
+    let dir = copy_example("healthy");
+    edit_host(dir.path(), "node1", |h| {
+        for d in h["firewall"]["iptables"].as_array_mut().unwrap() {
+            let text = d["text"].as_str().unwrap().to_string();
+            // A rule at the top of FORWARD whose comment never closes.
+            let at = text
+                .lines()
+                .find(|l| l.contains("-A FORWARD "))
+                .expect("a FORWARD rule")
+                .to_string();
+            let broken = text.replacen(
+                &at,
+                &format!("-A FORWARD -m comment --comment \"unterminated -j DROP\n{at}"),
+                1,
+            );
+            d["text"] = broken.into();
+        }
+    });
+    let b = dir.path().to_str().unwrap();
+    let (code, d) = json(&[
+        "diagnose",
+        "--bundle",
+        b,
+        "--from",
+        "pod/default/web-0",
+        "--to",
+        "pod/default/web-2:8080",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 1, "{:#}", d);
+    assert_eq!(d["verdict"], "uncertain", "{:#}", d["causes"]);
+    assert!(
+        d["causes"].to_string().contains("unterminated"),
+        "the line is named: {:#}",
+        d["causes"]
+    );
+}
