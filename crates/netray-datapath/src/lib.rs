@@ -25,6 +25,7 @@ pub mod ipvs;
 pub mod nf;
 pub mod object;
 pub mod result;
+pub mod single;
 pub mod testkit;
 pub mod text;
 pub mod walk;

@@ -199,6 +199,43 @@ impl<'w, 'a> Walker<'w, 'a> {
         }
         let v = &self.world.ns[ns];
         let place = format!("{} via {}", v.label(), v.link_name(link));
+        // The destination lives in a collected namespace, yet the route sends the packet out
+        // of the snapshot: the route this namespace lacks is the cause.
+        let dst = st.pkt.dst;
+        if let Some(&(owner, _)) = self.world.owners_of(dst).iter().find(|o| o.0 != ns) {
+            let route = st.hops.iter().rev().find_map(|h| match &h.step {
+                Step::Route {
+                    rule, table, route, ..
+                } if h.node == v.node && h.netns == v.netns_label() => {
+                    Some(crate::KernelObject::Route {
+                        at: v.place(),
+                        table: *table,
+                        route: route.clone(),
+                        rule: rule.clone(),
+                    })
+                }
+                _ => None,
+            });
+            let via = match &route {
+                Some(crate::KernelObject::Route { route, .. }) => format!("`{route}`"),
+                _ => "a route".to_string(),
+            };
+            return end(
+                Disposition::NoRoute,
+                format!(
+                    "{dst} lives in {}, but {} has no route to it inside the cluster: {via} sends it out of the collected namespaces from {place}",
+                    self.world.ns[owner].label(),
+                    v.label()
+                ),
+                Some("no-route"),
+            )
+            .by(crate::KernelObject::RouteLookup {
+                at: v.place(),
+                dst,
+                result: format!("no route inside the cluster; only {via}"),
+            })
+            .by_all(route);
+        }
         if st.leg == Leg::Reply {
             // The reply of an internal client leaves the snapshot: whether something outside
             // routes it back is not known.

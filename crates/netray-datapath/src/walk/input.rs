@@ -14,10 +14,12 @@ use super::Walker;
 use super::state::{End, RouteSel, St, end, sysctl_or};
 
 impl<'w, 'a> Walker<'w, 'a> {
-    /// The addresses of `ns` equal to `ip` (a martian's local source).
+    /// The addresses of `ns` equal to `ip` (a martian's local source) and the `local` routes
+    /// they put in the local table.
     fn local_addr_objs(&self, ns: NsIdx, ip: IpAddr) -> Vec<crate::KernelObject> {
         let v = &self.world.ns[ns];
-        v.snap
+        let addrs = v
+            .snap
             .addresses
             .iter()
             .filter(|a| a.addr.addr() == ip)
@@ -25,8 +27,19 @@ impl<'w, 'a> Walker<'w, 'a> {
                 at: v.place(),
                 dev: a.dev.clone(),
                 addr: a.addr.to_string(),
-            })
-            .collect()
+            });
+        let routes = v
+            .snap
+            .routes
+            .iter()
+            .filter(|r| r.table == 255 && r.route_type == RouteType::Local && r.dst.contains(&ip))
+            .map(|r| crate::KernelObject::Route {
+                at: v.place(),
+                table: 255,
+                route: fib::route_text(r),
+                rule: None,
+            });
+        addrs.chain(routes).collect()
     }
 
     /// Input checks and input route.
