@@ -189,9 +189,18 @@ fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> 
             }
         }
         "ip-forward-disabled" => {
-            for o in objects {
+            // Writing net.ipv4.ip_forward sets every interface's switch, as the kernel does:
+            // when it is 0, that one command is the fix; otherwise the interface's own.
+            let global_off = objects.iter().find(|o| {
+                matches!(o, KernelObject::Sysctl { key, value, .. }
+                    if key == "net.ipv4.ip_forward" && value.as_deref() != Some("1"))
+            });
+            for o in global_off.into_iter().chain(objects.iter()) {
                 if let KernelObject::Sysctl { at, key, .. } = o {
                     out.push(cmd(at, b, format!("sysctl -w {key}=1")));
+                }
+                if global_off.is_some() {
+                    break;
                 }
             }
         }
