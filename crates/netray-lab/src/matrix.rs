@@ -605,11 +605,11 @@ pub fn check_fix_command(run: &str) -> Result<(), String> {
                 ALLOWED.join(", ")
             ));
         }
-        if words.iter().any(|w| {
-            matches!(*w, "netns" | "-n" | "-netns" | "--netns" | "-N") || w.starts_with("-netns=")
-        }) && prog != "iptables"
-            && prog != "ip6tables"
-            && prog != "nft"
+        // `ip -n NS`, `ip netns exec`, `ip link set … netns NS`, `bridge -n NS`.
+        if matches!(prog, "ip" | "bridge")
+            && words.iter().any(|w| {
+                matches!(*w, "netns" | "-n" | "-netns" | "--netns") || w.starts_with("-netns=")
+            })
         {
             return Err(format!(
                 "fix command `{run}`: switching namespaces is refused"
@@ -786,4 +786,68 @@ pub fn failure_is_from(f: &NetrayFailure, fault: &Fault, spec: &ClusterSpec) -> 
     expected_causes(fault, spec)
         .iter()
         .any(|(c, n)| *c == f.code && n.as_ref().is_none_or(|n| *n == f.cause_node))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fix_commands_stay_in_their_namespace_and_vocabulary() {
+        for ok in [
+            "iptables -t filter -I FORWARD 1 -s 10.244.0.0/16 -j ACCEPT",
+            "sysctl -w net.ipv4.ip_forward=1",
+            "ip neigh replace 10.244.2.0 lladdr 0e:6e:72:01:00:02 dev flannel.1 nud permanent && bridge fdb append 0e:6e:72:01:00:02 dev flannel.1 dst 192.168.50.12",
+            "conntrack -D -p udp --orig-port-src 5300",
+            "/usr/sbin/ip route replace 10.244.1.0/24 via 10.244.1.0 dev flannel.1 onlink",
+        ] {
+            assert_eq!(check_fix_command(ok), Ok(()), "{ok}");
+        }
+        for bad in [
+            "ip netns exec other ip route flush all",
+            "ip -n nrl-1x0-node1 route del default",
+            "ip link set eth0 netns 1",
+            "bridge -n other fdb flush",
+            "rm -rf /",
+            "sysctl -w net.ipv4.ip_forward=1; reboot",
+            "ip route show | sh",
+            "ip route add $(cat /etc/x) dev eth0",
+            "echo 1 > /proc/sys/net/ipv4/ip_forward",
+        ] {
+            assert!(check_fix_command(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn diagnosis_endpoints_by_address() {
+        let json = serde_json::json!({
+            "verdict": "partial",
+            "endpoints": [
+                {"endpoint": "10.244.0.2:8080", "reachable": true},
+                {"endpoint": "10.244.1.2:8080", "reachable": false, "failures": [
+                    {"code": "forward-policy-drop", "cause_node": "node1", "node": "node1",
+                     "leg": "forward", "disposition": "dropped"}]}
+            ]
+        });
+        let d = Diagnosis::parse(1, json).unwrap();
+        let ep = &d.endpoints[&"10.244.1.2".parse::<Ipv4Addr>().unwrap()];
+        assert!(!ep.reachable);
+        let f = &ep.failures[0];
+        let spec = ClusterSpec::standard(3, 2);
+        assert!(failure_is_from(
+            f,
+            &"forward-drop:node1".parse().unwrap(),
+            &spec
+        ));
+        assert!(!failure_is_from(
+            f,
+            &"forward-drop:node2".parse().unwrap(),
+            &spec
+        ));
+        assert!(!failure_is_from(
+            f,
+            &"stale-vtep:node1:node0".parse().unwrap(),
+            &spec
+        ));
+    }
 }
