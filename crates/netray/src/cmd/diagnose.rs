@@ -29,6 +29,9 @@ pub struct Args {
     /// Also print every branch hop by hop (text output).
     #[arg(long)]
     pub hops: bool,
+    /// Also write a self-contained HTML report to FILE (the path as a diagram, causes, evidence, fixes).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Run `netray diagnose`. Exit 0 reachable, 1 not (fully) reachable or uncertain.
@@ -96,6 +99,14 @@ pub fn run(args: Args) -> CmdResult {
     match args.output {
         Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
         Format::Text => print_text(&d, &traced, args.hops),
+    }
+    if let Some(path) = &args.html {
+        let meta = netray_report::Meta {
+            source: args.source.describe(),
+        };
+        let html = netray_report::diagnosis(&d, &meta);
+        netray_collect::output::write_file_atomic(path, html.as_bytes())
+            .map_err(|e| format!("--html {}: {e}", path.display()))?;
     }
     Ok(match d.verdict {
         Verdict::Reachable => ExitCode::SUCCESS,

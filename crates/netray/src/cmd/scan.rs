@@ -24,6 +24,9 @@ pub struct Args {
     /// Lowest severity that makes the exit code 1 (findings below it are still listed).
     #[arg(long, value_enum, default_value_t = FailOn::Warning)]
     pub fail_on: FailOn,
+    /// Also write a self-contained HTML report to FILE (findings grouped by cause code).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Severity threshold of `--fail-on`.
@@ -81,6 +84,15 @@ pub fn run(args: Args) -> CmdResult {
             println!("{}", serde_json::to_string_pretty(&report)?);
         }
         Format::Text => print_text(&bundle, &findings),
+    }
+    if let Some(path) = &args.html {
+        let meta = netray_report::Meta {
+            source: args.source.describe(),
+        };
+        let nodes: Vec<&str> = bundle.nodes.iter().map(|n| n.node.name.as_str()).collect();
+        let html = netray_report::scan(&findings, &nodes, &meta);
+        netray_collect::output::write_file_atomic(path, html.as_bytes())
+            .map_err(|e| format!("--html {}: {e}", path.display()))?;
     }
     // Severity orders most severe first: Critical < Warning < Info.
     let threshold = args.fail_on.threshold();

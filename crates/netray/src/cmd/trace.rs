@@ -23,6 +23,9 @@ pub struct Args {
     /// Output format (JSON: one trace, schema in crates/netray-datapath/README.md).
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Format,
+    /// Also write a self-contained HTML report to FILE (every branch's path as a diagram).
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Run `netray trace`.
@@ -50,6 +53,14 @@ pub fn run(args: Args) -> CmdResult {
     match args.output {
         Format::Text => print!("{}", netray_datapath::text::render(&trace)),
         Format::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
+    }
+    if let Some(path) = &args.html {
+        let meta = netray_report::Meta {
+            source: args.source.describe(),
+        };
+        let html = netray_report::trace(&trace, &meta);
+        netray_collect::output::write_file_atomic(path, html.as_bytes())
+            .map_err(|e| format!("--html {}: {e}", path.display()))?;
     }
     Ok(if trace.reachable {
         ExitCode::SUCCESS

@@ -1,0 +1,60 @@
+// netray report: clicking a hop or a root cause shows its details in the side panel.
+(function () {
+  'use strict';
+  var panel = document.getElementById('panel');
+  if (!panel) { document.body.dataset.ready = 'true'; return; }
+  function clearSel() {
+    document.querySelectorAll('.sel').forEach(function (e) { e.classList.remove('sel'); });
+  }
+  function appendCause(idx) {
+    var card = document.getElementById('cause-' + idx);
+    if (!card) { return; }
+    var h = document.createElement('h3');
+    h.className = 'panel-h';
+    h.textContent = 'Root cause';
+    panel.appendChild(h);
+    var copy = card.cloneNode(true);
+    copy.removeAttribute('id');
+    copy.classList.add('in-panel');
+    panel.appendChild(copy);
+    card.classList.add('sel');
+  }
+  function selectHop(el) {
+    clearSel();
+    el.classList.add('sel');
+    panel.replaceChildren();
+    var tpl = document.getElementById('hd-' + el.dataset.hop);
+    if (tpl) { panel.appendChild(tpl.content.cloneNode(true)); }
+    if (el.dataset.causeIdx !== undefined) { appendCause(el.dataset.causeIdx); }
+    panel.dataset.selected = 'hop-' + el.dataset.hop;
+    panel.scrollTop = 0;
+  }
+  function selectCause(card) {
+    clearSel();
+    panel.replaceChildren();
+    var idx = card.dataset.causeIdx;
+    appendCause(idx);
+    document.querySelectorAll('.hop.fail[data-cause-idx="' + idx + '"]').forEach(function (h) {
+      h.classList.add('sel');
+      var lane = h.closest('details');
+      if (lane) { lane.open = true; }
+    });
+    panel.dataset.selected = 'cause-' + idx;
+    panel.scrollTop = 0;
+  }
+  document.addEventListener('click', function (ev) {
+    var hop = ev.target.closest('[data-hop]');
+    if (hop) { selectHop(hop); return; }
+    var head = ev.target.closest('.cause > header');
+    if (head && !head.closest('#panel')) { selectCause(head.parentElement); }
+  });
+  document.addEventListener('keydown', function (ev) {
+    if (ev.key !== 'Enter' && ev.key !== ' ') { return; }
+    var head = ev.target.closest && ev.target.closest('.cause > header');
+    if (head && !head.closest('#panel')) { ev.preventDefault(); selectCause(head.parentElement); }
+  });
+  // Open on the first place a packet was lost.
+  var first = document.querySelector('.lane.fail .hop.fail');
+  if (first) { selectHop(first); }
+  document.body.dataset.ready = 'true';
+}());
