@@ -231,3 +231,103 @@ impl HostSpec {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Disposition, Flow, RulesetEngine, Start, World};
+    use netray_snapshot::{IpFamily, IptablesBackend, IptablesDump};
+
+    fn host(dump: &str) -> HostSpec {
+        HostSpec {
+            firewall: Firewall {
+                iptables: vec![IptablesDump {
+                    backend: IptablesBackend::Legacy,
+                    family: IpFamily::Ipv4,
+                    text: dump.into(),
+                }],
+                ..Firewall::default()
+            },
+            local: vec![("192.168.50.10".parse().unwrap(), None)],
+            remote: vec!["1.2.3.4".parse().unwrap()],
+            ..HostSpec::default()
+        }
+    }
+
+    fn walk(spec: &HostSpec, src: &str, dst: &str) -> crate::Trace {
+        let b = spec.bundle().unwrap();
+        let w = World::new(&b);
+        let e = RulesetEngine::new(&w);
+        let src = src.parse().unwrap();
+        let f = Flow {
+            src,
+            dst: dst.parse().unwrap(),
+            proto: 6,
+            sport: 40000,
+            dport: Some(22),
+            size: None,
+            start: spec.start(src),
+        };
+        crate::trace(&w, &e, &f, Default::default()).unwrap()
+    }
+
+    const OPEN: &str =
+        "*filter\n:INPUT ACCEPT [0:0]\n:FORWARD ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\nCOMMIT\n";
+
+    #[test]
+    fn the_host_has_its_interfaces_addresses_and_routes() {
+        let mut s = host(OPEN);
+        s.local
+            .push(("10.0.0.1".parse().unwrap(), Some("eth1".into())));
+        let b = s.bundle().unwrap();
+        let ns = &b.nodes[0].namespaces[0];
+        let names: Vec<&str> = ns.links.iter().map(|l| l.name.as_str()).collect();
+        assert_eq!(names, ["lo", "in0", "out0", "eth1"]);
+        let on = |a: &str| {
+            ns.addresses
+                .iter()
+                .find(|x| x.addr.addr().to_string() == a)
+                .unwrap()
+                .dev
+                .clone()
+        };
+        assert_eq!(on("192.168.50.10"), "in0");
+        assert_eq!(on("10.0.0.1"), "eth1");
+        assert!(
+            ns.routes
+                .iter()
+                .any(|r| r.dst.to_string() == "1.2.3.4/32" && r.dev.as_deref() == Some("in0"))
+        );
+        assert!(
+            ns.routes
+                .iter()
+                .any(|r| r.dst.to_string() == "0.0.0.0/0" && r.dev.as_deref() == Some("out0"))
+        );
+        assert_eq!(s.start("192.168.50.10".parse().unwrap()), Start::Auto);
+        assert_eq!(
+            s.start("1.2.3.4".parse().unwrap()),
+            Start::Node(NODE.into())
+        );
+    }
+
+    #[test]
+    fn a_hostile_interface_name_is_refused() {
+        let s = HostSpec {
+            iif: "in\u{1b}[2J/x".into(),
+            ..host(OPEN)
+        };
+        assert!(s.bundle().is_err());
+    }
+
+    #[test]
+    fn forwarded_packets_leave_through_out0_and_local_ones_are_accepted_by_the_host() {
+        let s = host(OPEN);
+        let t = walk(&s, "1.2.3.4", "8.8.8.8");
+        assert_eq!(t.branches.len(), 1);
+        assert_eq!(t.branches[0].disposition, Disposition::Exits);
+        let t = walk(&s, "1.2.3.4", "192.168.50.10");
+        assert_eq!(t.branches[0].disposition, Disposition::AcceptedByHost);
+        let t = walk(&s, "192.168.50.10", "8.8.8.8");
+        assert_eq!(t.branches[0].disposition, Disposition::Exits);
+    }
+}
