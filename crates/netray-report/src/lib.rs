@@ -526,7 +526,7 @@ pub fn scan(findings: &[Finding], nodes: &[&str], meta: &Meta) -> String {
             for f in fs {
                 let _ = write!(
                     o,
-                    "<tr class=\"finding sev-{}\" data-node=\"{}\" data-netns=\"{}\"><td><span class=\"sev\">{}</span></td><td class=\"where\">{}<br><span class=\"ns\">{}</span></td><td>",
+                    "<tr class=\"finding sev-{}\" data-node=\"{}\" data-netns=\"{}\"><td><span class=\"sev\">{}</span></td><td class=\"where\">{}<br><span class=\"place-ns\">{}</span></td><td>",
                     f.severity,
                     E(&f.node),
                     E(&f.netns),

@@ -19,6 +19,12 @@
     panel.appendChild(copy);
     card.classList.add('sel');
   }
+  var loaded = false;
+  function remember(hash) {
+    if (loaded && window.location.hash !== hash) {
+      try { window.history.replaceState(null, '', hash); } catch (e) { /* file:// in some browsers */ }
+    }
+  }
   function selectHop(el) {
     clearSel();
     el.classList.add('sel');
@@ -28,6 +34,7 @@
     if (el.dataset.causeIdx !== undefined) { appendCause(el.dataset.causeIdx); }
     panel.dataset.selected = 'hop-' + el.dataset.hop;
     panel.scrollTop = 0;
+    remember('#hop-' + el.dataset.hop);
   }
   function selectCause(card) {
     clearSel();
@@ -41,6 +48,7 @@
     });
     panel.dataset.selected = 'cause-' + idx;
     panel.scrollTop = 0;
+    remember('#cause-' + idx);
   }
   document.addEventListener('click', function (ev) {
     var hop = ev.target.closest('[data-hop]');
@@ -53,8 +61,30 @@
     var head = ev.target.closest && ev.target.closest('.cause > header');
     if (head && !head.closest('#panel')) { ev.preventDefault(); selectCause(head.parentElement); }
   });
-  // Open on the first place a packet was lost.
-  var first = document.querySelector('.lane.fail .hop.fail');
-  if (first) { selectHop(first); }
+  // `#hop-L-H` and `#cause-N` select that hop or cause (links can be shared); otherwise open
+  // on the first place a packet was lost.
+  function fromHash() {
+    var m = /^#(hop|cause)-([0-9]+(?:-[0-9]+)?)$/.exec(window.location.hash);
+    if (!m) { return false; }
+    if (m[1] === 'cause') {
+      var card = document.getElementById('cause-' + m[2]);
+      if (!card) { return false; }
+      selectCause(card);
+    } else {
+      var hop = document.querySelector('[data-hop="' + m[2] + '"]');
+      if (!hop) { return false; }
+      var lane = hop.closest('details');
+      if (lane) { lane.open = true; }
+      selectHop(hop);
+      hop.scrollIntoView({block: 'center'});
+    }
+    return true;
+  }
+  window.addEventListener('hashchange', fromHash);
+  if (!fromHash()) {
+    var first = document.querySelector('.lane.fail .hop.fail');
+    if (first) { selectHop(first); }
+  }
+  loaded = true;
   document.body.dataset.ready = 'true';
 }());

@@ -70,10 +70,15 @@ fn chromium(test: &str) -> Option<PathBuf> {
 /// Run headless Chromium on `page` with `mode` (`--dump-dom` or `--screenshot=…`), offline,
 /// with a fresh profile; stdout.
 fn run_chromium(bin: &Path, mode: &str, page: &Path) -> String {
+    run_chromium_at(bin, mode, page, "")
+}
+
+/// [`run_chromium`] on `page` + `fragment` (`#cause-1`).
+fn run_chromium_at(bin: &Path, mode: &str, page: &Path, fragment: &str) -> String {
     let _one = CHROMIUM.lock().unwrap_or_else(|e| e.into_inner());
     let profile = tempfile::tempdir().unwrap();
     let url = format!(
-        "file://{}",
+        "file://{}{fragment}",
         page.canonicalize()
             .unwrap()
             .display()
@@ -615,6 +620,9 @@ fn scan_report_groups_findings_by_code_in_chromium() {
         if want.is_empty() {
             assert!(dom.contains("no findings: clean"), "{bundle}");
         }
+        let png = dir.join(format!("scan--{bundle}.png"));
+        run_chromium(&bin, &format!("--screenshot={}", png.display()), &html);
+        assert!(png.is_file(), "{bundle}: screenshot");
     }
 }
 
@@ -681,4 +689,56 @@ fn hostile_names_are_escaped_and_never_run_in_chromium() {
         1,
         "only the report's own script"
     );
+}
+
+#[test]
+fn clicking_a_cause_or_hop_selects_it_in_chromium() {
+    let Some(bin) = chromium("clicking_a_cause_or_hop_selects_it_in_chromium") else {
+        return;
+    };
+    // A selection is kept in the address (`#cause-N`, `#hop-L-H`), so loading one is what a
+    // click does.
+    let html = artifacts().join("select--002-stale-vtep.html");
+    let bundle = workspace().join("examples/002-stale-vtep");
+    let (_, json) = netray(&[
+        "diagnose",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--from",
+        "pod/default/web-0",
+        "--to",
+        "svc/default/web:53/udp",
+        "-o",
+        "json",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    let second = &doc["causes"][1];
+    let dom = run_chromium_at(&bin, "--dump-dom", &html, "#cause-1");
+    let p = panel(&dom);
+    assert!(p.contains("data-selected=\"cause-1\""), "{p}");
+    assert!(p.contains(&format!(
+        "data-code=\"{}\" data-node=\"{}\"",
+        second["code"].as_str().unwrap(),
+        second["node"].as_str().unwrap()
+    )));
+    for f in second["fix_commands"].as_array().unwrap() {
+        assert!(p.contains(&text(f["run"].as_str().unwrap())), "{p}");
+    }
+    // The hops that cause decided are highlighted, and only those.
+    let selected: Vec<BTreeMap<String, String>> = tags(&dom, "button")
+        .into_iter()
+        .filter(|t| has_class(t, "sel"))
+        .collect();
+    assert!(!selected.is_empty());
+    for t in &selected {
+        assert_eq!(t["data-cause-idx"], "1");
+        assert_eq!(t["data-cause-node"], second["node"].as_str().unwrap());
+    }
+    // A hop: its details (the route it took) in the panel.
+    let dom = run_chromium_at(&bin, "--dump-dom", &html, "#hop-0-1");
+    let p = panel(&dom);
+    assert!(p.contains("data-selected=\"hop-0-1\""), "{p}");
+    assert!(p.contains("class=\"detail\"") && p.contains("route"), "{p}");
 }
