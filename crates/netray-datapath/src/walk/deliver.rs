@@ -52,6 +52,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                 st.pkt = reply;
                 st.leg = Leg::Reply;
                 st.untracked_ns = None;
+                // The reply is a new skb: conntrack looks it up (reply direction) at OUTPUT.
+                st.skb_ct = None;
                 st.route = None;
                 st.pos = Pos::Out { ns, oif: None };
                 self.hop(&mut st, ns, None, None, Step::Originate);

@@ -979,7 +979,6 @@ COMMIT
 
     /// To itself: OUTPUT out lo, INPUT in lo, and the reply back the same way, ESTABLISHED.
     #[test]
-    #[ignore = "needs the datapath to look the locally generated reply up in conntrack (see the rules trace report)"]
     fn a_packet_to_itself_goes_through_lo_and_its_reply_is_established() {
         let r = run(
             HOST,
@@ -1001,7 +1000,6 @@ COMMIT
     /// A hardened host (OUTPUT DROP but ESTABLISHED) answers a REDIRECTed port: the reply
     /// is ESTABLISHED at OUTPUT and leaves with the port the client asked for (de-NAT).
     #[test]
-    #[ignore = "needs the datapath to look the locally generated reply up in conntrack (see the rules trace report)"]
     fn a_redirected_connection_is_answered_established_and_de_natted() {
         let dump = "*nat
 :PREROUTING ACCEPT [0:0]
