@@ -529,3 +529,39 @@ fn stale_udp_conntrack_entry_after_pod_deletion() {
     let s = scan(dir.path());
     assert_finding(&s, "stale-conntrack-entry", "node0");
 }
+
+/// Issue 10, item 1: with forwarding off on a node, a pod calling a ClusterIP whose chosen
+/// endpoint sits on the same node's bridge is dropped too (br_netfilter re-routes the DNATed
+/// frame and gets the `ip_error` route), so the Service is fully broken from there — while
+/// pod-to-pod traffic on the bridge still works.
+#[test]
+fn bridged_dnat_with_forwarding_off() {
+    if !can_run("bridged_dnat_with_forwarding_off") {
+        return;
+    }
+    let lab = lab(&["ip-forward-off:node0"], false);
+    let same_bridge = lab.probe(&lab.pod_probe("web-0", "web-1", Proto::Tcp).unwrap());
+    assert!(
+        same_bridge.ok,
+        "pod to pod on one bridge needs no forwarding"
+    );
+    let spread = lab.spread(&lab.service_probe("web-0", "web", Proto::Tcp).unwrap(), 12);
+    assert!(
+        spread.answered.is_empty(),
+        "the kernel answered through the Service: {:?}",
+        spread.answered
+    );
+    let dir = bundle(&lab);
+    let d = diagnose(dir.path(), "pod/default/web-0", "svc/default/web:80", &[]);
+    assert_cause(&d, "unreachable", "ip-forward-disabled", "node0");
+    for e in d.json["endpoints"].as_array().unwrap() {
+        assert_eq!(e["reachable"], false, "{e}");
+    }
+    let d = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "pod/default/web-1:8080",
+        &[],
+    );
+    assert_eq!(d.json["verdict"], "reachable", "{}", d.json["summary"]);
+}

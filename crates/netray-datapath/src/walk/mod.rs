@@ -684,7 +684,39 @@ impl<'w, 'a> Walker<'w, 'a> {
                     // br_netfilter DNAT: route the new destination; bridged again if it is on
                     // this bridge, else handed to IP forwarding.
                     let key = self.key(&st, Some(br));
-                    match fib::lookup(&self.world.ns[ns], &key) {
+                    let res = fib::lookup(&self.world.ns[ns], &key);
+                    // `br_nf_pre_routing_finish` routes the DNATed packet as input on the
+                    // bridge: with forwarding off there, `ip_route_input` hands back the
+                    // `ip_error` route (not an error), so the "bridged DNAT needs no
+                    // forwarding" shortcut is not taken and the packet is dropped.
+                    let to_local = matches!(&res, FibResult::Route { route, .. }
+                        if matches!(route.route_type, RouteType::Local | RouteType::Broadcast));
+                    if !to_local && st.pkt.dst.is_ipv4() {
+                        let v = &self.world.ns[ns];
+                        let bname = v.link_name(br).to_string();
+                        let keys = [
+                            format!("net.ipv4.conf.{bname}.forwarding"),
+                            "net.ipv4.ip_forward".to_string(),
+                        ];
+                        let deciding = keys.iter().find(|k| v.snap.sysctl(k).is_some());
+                        if deciding.and_then(|k| v.sysctl_int(k)).unwrap_or(0) == 0
+                            && deciding.is_none_or(|k| v.sysctl_unparsable(k).is_none())
+                        {
+                            let key = deciding.cloned().unwrap_or_else(|| keys[1].clone());
+                            let e = end(
+                                    Disposition::ForwardingDisabled,
+                                    format!(
+                                        "the packet was DNATed to {} inside bridge {bname} (br_netfilter) and forwarding is off on {bname} in {} ({key} = 0): br_nf_pre_routing_finish gets the ip_error route and drops it",
+                                        st.pkt.dst,
+                                        v.label()
+                                    ),
+                                    Some("ip-forward-disabled"),
+                                )
+                                .by(v.sysctl_obj(&key));
+                            fail!(e);
+                        }
+                    }
+                    match res {
                         FibResult::Route { route, .. }
                             if route.route_type == RouteType::Unicast
                                 && route.dev.as_deref()
