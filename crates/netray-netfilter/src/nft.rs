@@ -308,10 +308,56 @@ fn diag(pos: usize, msg: impl Into<String>, j: &J) -> Diagnostic {
     }
 }
 
+/// What to say about `nft list ruleset` text given where the JSON form is read.
+pub const NFT_TEXT_FORM: &str = "this is the text form of `nft list ruleset`; netray reads \
+its JSON form: run `nft -j list ruleset > ruleset.json` as root on that host (in a \
+namespace: `ip netns exec NAME nft -j list ruleset > ruleset.json`) and give that file";
+
+/// The first line that shows `text` is nft's text form (`table inet filter {`,
+/// `flush ruleset`, `add table …`, `#!/usr/sbin/nft -f`), skipping blank and `#` lines; `None`
+/// for anything else (JSON, garbage). 1-based line and its text.
+pub fn nft_text_form(text: &str) -> Option<(u32, &str)> {
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.starts_with("#!") && l.contains("nft") {
+            return Some((i as u32 + 1, line));
+        }
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        let mut w = l.split_whitespace();
+        let first = w.next().unwrap_or("");
+        let second = w.next().unwrap_or("");
+        let text_form = match first {
+            "table" => l.ends_with('{'),
+            "flush" => second == "ruleset" || second == "table",
+            "add" | "create" | "insert" | "delete" | "destroy" => {
+                matches!(
+                    second,
+                    "table" | "chain" | "rule" | "set" | "map" | "element"
+                )
+            }
+            "define" | "include" => true,
+            _ => false,
+        };
+        return text_form.then_some((i as u32 + 1, line));
+    }
+    None
+}
+
 impl NftRuleset {
     /// Parse `nft -j list ruleset`, skipping tables in `skip` ((family, name) of iptables-nft
     /// managed tables, read from their iptables-save text instead).
     pub fn parse(json: &str, skip: &[(IpFamily, String)]) -> Result<NftRuleset, ParseError> {
+        if let Some((line, text)) = nft_text_form(json) {
+            return Err(ParseError(Diagnostic {
+                source: "nft -j".into(),
+                line,
+                column: 1,
+                message: NFT_TEXT_FORM.into(),
+                text: text.chars().take(200).collect(),
+            }));
+        }
         let root: J = serde_json::from_str(json).map_err(|e| {
             ParseError(Diagnostic {
                 source: "nft -j".into(),

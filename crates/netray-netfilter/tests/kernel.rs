@@ -320,6 +320,94 @@ fn iptables_round_trip_both_backends() {
     }
 }
 
+/// Rules whose options iptables binds to a match other than the one being read (the implicit
+/// match of `-p`, a module loaded earlier, getopt abbreviations), and rules it refuses.
+const OPTION_BINDING: &[&str] = &[
+    "-p tcp -m conntrack --ctstate NEW --dport 22 -j ACCEPT",
+    "-p udp -m conntrack --ctstate NEW --dport 53 -j ACCEPT",
+    "-p tcp --dport 22 -m conntrack --ctstate NEW --sport 1024:65535 -j ACCEPT",
+    "-p tcp -m comment --comment a --dport 22 -m comment --comment b --sport 3 -j ACCEPT",
+    "-p tcp -m mark --mark 0x1 -m mark --mark 0x2 --dport 22 -j ACCEPT",
+    "-p tcp -m multiport --dport 22,23 -j ACCEPT",
+    "-p tcp --dpo 22 -j ACCEPT",
+    "-p tcp -m conntrack --ctstate NEW --syn -j ACCEPT",
+    "-p icmp -m conntrack --ctstate NEW --icmp-type 8 -j ACCEPT",
+    "-p tcp -m tcp --dport 22 -m conntrack --ctstate NEW --sport 3 -j ACCEPT",
+    "-p tcp -m conntrack --ctstate NEW ! --dport 22 -j ACCEPT",
+    "-p tcp -m conntrack --ctstate NEW --ctorigdstport 80 --dport 22 -j ACCEPT",
+    "-p tcp -m conntrack --ctstate NEW -m tcp --dport 22 -j ACCEPT",
+    // Refused by iptables.
+    "-p tcp -m conntrack --ctstat NEW -j ACCEPT",
+    "-m conntrack --ctstate NEW --dport 22 -j ACCEPT",
+    "-p all -m conntrack --ctstate NEW --dport 22 -j ACCEPT",
+    "-p tcp -m conntrack --ctstate NEW --dport 22 --dport 23 -j ACCEPT",
+    "-p tcp --d 22 -j ACCEPT",
+    "-p tcp -m conntrack --ctstate NEW --bogus 1 -j ACCEPT",
+];
+
+/// Differential: each rule of [`OPTION_BINDING`] is loaded with `iptables-restore` (both
+/// backends). What the kernel accepts must parse without diagnostics to the same model as its
+/// `iptables-save` reading; what it refuses must be a parse error here.
+#[test]
+fn option_binding_agrees_with_iptables_restore() {
+    if !lab_ok() {
+        return;
+    }
+    let ns = Netns::create(&format!("ob{}", lab_tag())).unwrap();
+    let mut checked = 0;
+    for backend in [IptablesBackend::Legacy, IptablesBackend::Nft] {
+        let (restore, save) = match backend {
+            IptablesBackend::Legacy => ("iptables-legacy-restore", "iptables-legacy-save"),
+            IptablesBackend::Nft => ("iptables-nft-restore", "iptables-nft-save"),
+        };
+        for rule in OPTION_BINDING {
+            let text = format!("*filter\n:INPUT ACCEPT [0:0]\n-A INPUT {rule}\nCOMMIT\n");
+            let mut c = ns.command(restore);
+            c.stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            let mut child = c.spawn().unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(text.as_bytes())
+                .unwrap();
+            let accepted = child.wait().unwrap().success();
+            let ours = ipt::parse_dump(backend, IpFamily::Ipv4, text.as_str().into());
+            if accepted {
+                assert!(
+                    ours.diagnostics.is_empty(),
+                    "{backend:?} accepts `{rule}`, netray does not: {:#?}",
+                    ours.diagnostics
+                );
+                let back = pipe(&ns, save, &["-t", "filter"], "");
+                let theirs = parse(backend, &back);
+                let rules = |d: &ipt::Dump| {
+                    d.table("filter")
+                        .unwrap()
+                        .chain("INPUT")
+                        .unwrap()
+                        .rules
+                        .clone()
+                };
+                assert_eq!(
+                    rules(&ours),
+                    rules(&theirs),
+                    "{backend:?}: `{rule}` is read back as\n{back}"
+                );
+            } else {
+                assert!(
+                    !ours.diagnostics.is_empty(),
+                    "{backend:?} refuses `{rule}`, netray accepts it"
+                );
+            }
+            checked += 1;
+        }
+    }
+    assert_eq!(checked, 2 * OPTION_BINDING.len());
+}
+
 const NFT_TEXT: &str = "table ip nr {
   set blocked {
     type ipv4_addr
