@@ -6,8 +6,14 @@ use crate::result::{Branch, Hop, Leg, Step, Trace};
 
 /// Render a whole trace.
 pub fn render(t: &Trace) -> String {
+    render_with(t, false)
+}
+
+/// Render a trace; with `failing_only`, only the branches that do not succeed are listed in
+/// full (the summary still counts every branch).
+pub fn render_with(t: &Trace, failing_only: bool) -> String {
+    let places = pod_places(std::slice::from_ref(t));
     let mut s = String::new();
-    let _ = writeln!(s, "flow: {}  (from {})", t.flow.packet, t.flow.start);
     let verdict = if t.reachable {
         "reachable"
     } else if t.branches.iter().any(|b| b.disposition.is_success()) {
@@ -15,18 +21,111 @@ pub fn render(t: &Trace) -> String {
     } else {
         "unreachable"
     };
-    let _ = writeln!(s, "verdict: {verdict}, {} branch(es)", t.branches.len());
+    let failing = t
+        .branches
+        .iter()
+        .filter(|b| !b.disposition.is_success())
+        .count();
+    // The answer first, before hundreds of lines of hops.
+    let n = t.branches.len();
+    let summary = if failing == 0 {
+        format!(
+            "every branch succeeds ({})",
+            netray_snapshot::text::count(n, "branch", "branches")
+        )
+    } else {
+        format!(
+            "{failing} of {} {}",
+            netray_snapshot::text::count(n, "branch", "branches"),
+            if failing == 1 { "fails" } else { "fail" }
+        )
+    };
+    let _ = writeln!(s, "{}: {summary}", verdict.to_uppercase());
+    let _ = writeln!(
+        s,
+        "flow: {}  (from {})",
+        t.flow.packet,
+        name_pods(&t.flow.start, &places)
+    );
     for (d, p) in &t.shares {
         let _ = writeln!(s, "  {:>6.1}%  {}", p * 100.0, d.as_str());
     }
     if t.truncated {
         let _ = writeln!(s, "  (branch limit reached: not every branch was explored)");
     }
+    let mut shown = 0;
     for (i, b) in t.branches.iter().enumerate() {
+        if failing_only && b.disposition.is_success() {
+            continue;
+        }
+        shown += 1;
         s.push('\n');
-        s.push_str(&render_branch(i + 1, b));
+        s.push_str(&name_pods(&render_branch(i + 1, b), &places));
+    }
+    if failing_only && shown < t.branches.len() {
+        let _ = writeln!(
+            s,
+            "\n({} not shown: --failing lists only the failing ones)",
+            netray_snapshot::text::count(
+                t.branches.len() - shown,
+                "succeeding branch",
+                "succeeding branches"
+            )
+        );
     }
     s
+}
+
+/// `(node/netns, node/pod/NS/NAME)` for every pod namespace the traces pass through, longest
+/// first: see [`name_pods`].
+pub fn pod_places(traces: &[Trace]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = traces
+        .iter()
+        .flat_map(|t| &t.branches)
+        .flat_map(|b| &b.hops)
+        .filter_map(|h| {
+            h.pod.as_ref().map(|p| {
+                (
+                    format!("{}/{}", h.node, h.netns),
+                    format!("{}/pod/{p}", h.node),
+                )
+            })
+        })
+        .collect();
+    v.sort_by(|a, b| b.0.len().cmp(&a.0.len()).then(a.cmp(b)));
+    v.dedup();
+    v
+}
+
+/// `text` with every `node/netns` of a pod namespace written `node/pod/NS/NAME` (a pod's
+/// namespace is called `cni-<uuid>` on a real node: the pod's name is what a person knows).
+pub fn name_pods(text: &str, places: &[(String, String)]) -> String {
+    let mut out = text.to_string();
+    for (from, to) in places {
+        if !out.contains(from.as_str()) {
+            continue;
+        }
+        let mut next = String::with_capacity(out.len());
+        let mut rest = out.as_str();
+        while let Some(i) = rest.find(from.as_str()) {
+            let end = i + from.len();
+            let before_ok = rest[..i]
+                .chars()
+                .next_back()
+                .is_none_or(|c| !is_name_char(c));
+            let after_ok = rest[end..].chars().next().is_none_or(|c| !is_name_char(c));
+            next.push_str(&rest[..i]);
+            next.push_str(if before_ok && after_ok { to } else { from });
+            rest = &rest[end..];
+        }
+        next.push_str(rest);
+        out = next;
+    }
+    out
+}
+
+fn is_name_char(c: char) -> bool {
+    c.is_alphanumeric() || matches!(c, '-' | '_')
 }
 
 /// Render one branch.
@@ -69,7 +168,7 @@ pub fn render_branch(n: usize, b: &Branch) -> String {
             place.clear();
         }
         let here = match &h.pod {
-            Some(p) => format!("{}/pod {p}", h.node),
+            Some(p) => format!("{}/pod/{p}", h.node),
             None => format!("{}/{}", h.node, h.netns),
         };
         if here != place {

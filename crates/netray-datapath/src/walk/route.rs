@@ -242,37 +242,85 @@ impl<'w, 'a> Walker<'w, 'a> {
         nh: IpAddr,
         prefsrc: Option<IpAddr>,
     ) -> IpAddr {
-        if let Some(p) = prefsrc {
-            return p;
+        select_src(&self.world.ns[ns], dev, nh, prefsrc)
+    }
+}
+
+/// Source address selection (`inet_select_addr`): the route's preferred source, else an
+/// address of `dev` in the next hop's subnet, else its primary address, else any global
+/// address of the namespace.
+pub(super) fn select_src(
+    v: &crate::world::NsView<'_>,
+    dev: usize,
+    nh: IpAddr,
+    prefsrc: Option<IpAddr>,
+) -> IpAddr {
+    if let Some(p) = prefsrc {
+        return p;
+    }
+    let name = v.link_name(dev);
+    let v4 = nh.is_ipv4();
+    let fam = |a: &&netray_snapshot::Address| a.addr.addr().is_ipv4() == v4;
+    v.snap
+        .addresses
+        .iter()
+        .filter(fam)
+        .find(|a| a.dev == name && a.addr.contains(&nh))
+        .or_else(|| {
+            v.snap
+                .addresses
+                .iter()
+                .filter(fam)
+                .find(|a| a.dev == name && a.scope != "host")
+        })
+        .or_else(|| {
+            v.snap
+                .addresses
+                .iter()
+                .filter(fam)
+                .find(|a| a.scope == "global" && !a.addr.addr().is_loopback())
+        })
+        .map(|a| a.addr.addr())
+        .unwrap_or(if v4 {
+            IpAddr::V4(Ipv4Addr::UNSPECIFIED)
+        } else {
+            IpAddr::V6(Ipv6Addr::UNSPECIFIED)
+        })
+}
+
+/// The source the kernel gives a packet a socket in `v` sends to `dst` without binding: the
+/// output route's preferred source, else the address selection on its device (`None` when
+/// there is no usable route).
+pub(super) fn kernel_source(v: &crate::world::NsView<'_>, dst: IpAddr, proto: u8) -> Option<IpAddr> {
+    let key = FlowKey {
+        src: None,
+        dst,
+        iif: None,
+        oif: None,
+        mark: 0,
+        tos: 0,
+        proto,
+        sport: None,
+        dport: None,
+    };
+    match fib::lookup(v, &key) {
+        FibResult::Route { route, .. } => {
+            if let Some(p) = route.prefsrc {
+                return Some(p);
+            }
+            if matches!(route.route_type, RouteType::Local | RouteType::Broadcast) {
+                return Some(dst);
+            }
+            let (dev, gw) = match route.dev.as_deref() {
+                Some(d) => (d, route.gateway),
+                None => {
+                    let nh = route.multipath.first()?;
+                    (nh.dev.as_deref()?, nh.gateway)
+                }
+            };
+            let src = select_src(v, v.link(dev)?, gw.unwrap_or(dst), None);
+            (!src.is_unspecified()).then_some(src)
         }
-        let v = &self.world.ns[ns];
-        let name = v.link_name(dev);
-        let v4 = nh.is_ipv4();
-        let fam = |a: &&netray_snapshot::Address| a.addr.addr().is_ipv4() == v4;
-        v.snap
-            .addresses
-            .iter()
-            .filter(fam)
-            .find(|a| a.dev == name && a.addr.contains(&nh))
-            .or_else(|| {
-                v.snap
-                    .addresses
-                    .iter()
-                    .filter(fam)
-                    .find(|a| a.dev == name && a.scope != "host")
-            })
-            .or_else(|| {
-                v.snap
-                    .addresses
-                    .iter()
-                    .filter(fam)
-                    .find(|a| a.scope == "global" && !a.addr.addr().is_loopback())
-            })
-            .map(|a| a.addr.addr())
-            .unwrap_or(if v4 {
-                IpAddr::V4(Ipv4Addr::UNSPECIFIED)
-            } else {
-                IpAddr::V6(Ipv6Addr::UNSPECIFIED)
-            })
+        _ => None,
     }
 }

@@ -54,8 +54,15 @@ pub fn run(args: Args) -> CmdResult {
         let mut traced = Vec::new();
         for f in &flows {
             let t = trace(&world, &engine, &f.flow, opts).map_err(|e| e.to_string())?;
+            // A node's own socket: say which source the kernel picked.
+            let from = match f.flow.start {
+                netray_datapath::Start::Host(_) => {
+                    format!("{} ({})", f.from_label, t.flow.packet.src)
+                }
+                _ => f.from_label.clone(),
+            };
             traced.push(TracedFlow {
-                from: f.from_label.clone(),
+                from,
                 to: f.to_label.clone(),
                 trace: t,
             });
@@ -82,10 +89,7 @@ pub fn run(args: Args) -> CmdResult {
         pod_network: cluster.as_ref().and_then(super::pod_network),
         rewalk: Some(&rewalk),
     };
-    let from = flows
-        .first()
-        .map(|f| f.from_label.clone())
-        .unwrap_or_default();
+    let from = traced.first().map(|f| f.from.clone()).unwrap_or_default();
     let to = if flows.len() == 1 {
         flows[0].to_label.clone()
     } else {
@@ -96,10 +100,7 @@ pub fn run(args: Args) -> CmdResult {
             .join(" + ")
     };
     let d = diagnose(&from, &to, &traced, &ctx);
-    match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
-        Format::Text => print_text(&d, &traced, args.hops),
-    }
+    super::output::print(&d, args.output, || print_text(&d, &traced, args.hops))?;
     if let Some(path) = &args.html {
         let meta = netray_report::Meta {
             source: args.source.describe(),
@@ -115,6 +116,10 @@ pub fn run(args: Args) -> CmdResult {
 }
 
 fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
+    // Pod namespaces are named by their pods (`node0/pod/default/web-0`), not `cni-<uuid>`.
+    let traces: Vec<netray_datapath::Trace> = traced.iter().map(|t| t.trace.clone()).collect();
+    let places = netray_datapath::text::pod_places(&traces);
+    let pods = |s: &str| netray_datapath::text::name_pods(s, &places);
     println!("from {}", d.from);
     println!("to   {}", d.to);
     println!();
@@ -124,18 +129,20 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
         Verdict::Partial => "PARTIAL",
         Verdict::Uncertain => "UNCERTAIN",
     };
-    println!("{verdict}: {}", d.summary);
+    println!("{verdict}: {}", pods(&d.summary));
     println!();
     println!("endpoints:");
     for e in &d.endpoints {
         let outcome = if e.failures.is_empty() {
             e.dispositions.join(", ")
         } else {
-            e.failures
-                .iter()
-                .map(describe_failure)
-                .collect::<Vec<_>>()
-                .join("; ")
+            pods(
+                &e.failures
+                    .iter()
+                    .map(describe_failure)
+                    .collect::<Vec<_>>()
+                    .join("; "),
+            )
         };
         println!(
             "  {} {:<24} {:>5.1}%  {outcome}",
@@ -148,19 +155,25 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
         println!();
         println!("root causes:");
         for (i, c) in d.causes.iter().enumerate() {
-            println!(
-                "  {}. {}  (node {}, netns {})",
-                i + 1,
-                c.code,
-                c.node,
-                c.netns
-            );
-            if let Some(p) = &c.pod {
-                println!("     pod: {p}");
+            match &c.pod {
+                Some(p) => println!(
+                    "  {}. {}  (node {}, pod/{p}, netns {})",
+                    i + 1,
+                    c.code,
+                    c.node,
+                    c.netns
+                ),
+                None => println!(
+                    "  {}. {}  (node {}, netns {})",
+                    i + 1,
+                    c.code,
+                    c.node,
+                    c.netns
+                ),
             }
-            println!("     why: {}", c.explanation);
+            println!("     why: {}", pods(&c.explanation));
             for e in &c.evidence {
-                println!("     evidence: {e}");
+                println!("     evidence: {}", pods(e));
             }
             if c.fix_commands.is_empty() {
                 println!("     fix: {}", c.fix);
@@ -197,7 +210,7 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
     }
     for n in &d.notes {
         println!();
-        println!("note: {n}");
+        println!("note: {}", pods(n));
     }
     if hops {
         for t in traced {
@@ -232,7 +245,7 @@ fn describe_failure(f: &FailurePoint) -> String {
 /// `node1 (host)` or `node0 (pod default/web-0, netns cni-…)`: where a fix command runs.
 fn netray_diagnose_where(c: &netray_patch::FixCommand) -> String {
     match (&c.pod, c.netns.as_str()) {
-        (Some(p), ns) => format!("{} in pod {p} (netns {ns})", c.node),
+        (Some(p), ns) => format!("{} in pod/{p} (netns {ns})", c.node),
         (None, "host") => format!("{} (host namespace)", c.node),
         (None, ns) => format!("{} (netns {ns})", c.node),
     }
