@@ -14,6 +14,16 @@ pub struct Check {
     pub run: fn(&ScanInput, &mut Vec<Finding>),
 }
 
+/// The checks that read the cluster view (Services, EndpointSlices, pods, kube-proxy's
+/// configuration): without one they do not run, and `scan` says so.
+pub const NEEDS_CLUSTER: &[&str] = &[
+    "no-endpoints",
+    "lb-ip-in-local-table",
+    "cluster-cidr-mismatch",
+    "port-not-listening",
+    "stale-conntrack-entry",
+];
+
 /// Every check, in the order they run.
 pub const CATALOG: &[Check] = &[
     Check {

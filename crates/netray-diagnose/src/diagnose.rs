@@ -646,7 +646,16 @@ fn cause_of(b: &Branch, ctx: &Context) -> Finding {
         code = "uncertain-rule";
     }
     for o in &objects {
-        evidence.push(quote_with_counters(o, b));
+        evidence.push(match o {
+            // "nothing listens" is the why already: the evidence is what does listen there.
+            KernelObject::Socket {
+                at,
+                proto,
+                socket: None,
+                ..
+            } => listening_evidence(ctx.world, at, proto),
+            o => quote_with_counters(o, b),
+        });
     }
     if objects.is_empty() {
         evidence.push(b.reason.clone());
@@ -915,6 +924,43 @@ fn has_default_route(b: &Branch, ctx: &Context) -> bool {
 }
 
 /// The namespace of the world at `at`.
+/// What does listen in the namespace of a missing socket (`tcp` sockets for a TCP flow, …):
+/// the evidence of `port-not-listening`, which adds to its "why" instead of repeating it.
+fn listening_evidence(world: &World<'_>, at: &Place, proto: &str) -> String {
+    let Some(v) = ns_at(world, at) else {
+        return format!("no {proto} socket listens there");
+    };
+    let mut have: Vec<String> = v
+        .snap
+        .sockets
+        .iter()
+        .filter(|s| format!("{:?}", s.proto).eq_ignore_ascii_case(proto))
+        .map(|s| match s.addr {
+            std::net::IpAddr::V6(a) => format!("[{a}]:{}", s.port),
+            a => format!("{a}:{}", s.port),
+        })
+        .collect();
+    have.sort();
+    have.dedup();
+    if have.is_empty() {
+        format!("sockets ({proto}) in {}/{}: none at all", at.node, at.netns)
+    } else {
+        let n = have.len();
+        have.truncate(8);
+        format!(
+            "sockets ({proto}) in {}/{}: {}{}",
+            at.node,
+            at.netns,
+            have.join(", "),
+            if n > 8 {
+                format!(" … ({n} in all)")
+            } else {
+                String::new()
+            }
+        )
+    }
+}
+
 fn ns_at<'w>(world: &'w World<'_>, at: &Place) -> Option<&'w netray_datapath::world::NsView<'w>> {
     world
         .ns
@@ -967,19 +1013,10 @@ fn addr_port(ip: std::net::IpAddr, port: Option<u16>, proto: &str) -> String {
     }
 }
 
-/// `text` ending with a full stop.
+/// `text` as a sentence (identifiers keep their spelling): see
+/// [`netray_snapshot::text::sentence`].
 fn sentence(text: &str) -> String {
-    let t = text.trim_end();
-    let mut out: String = t
-        .chars()
-        .take(1)
-        .flat_map(char::to_uppercase)
-        .chain(t.chars().skip(1))
-        .collect();
-    if !out.ends_with(['.', '!', '?']) {
-        out.push('.');
-    }
-    out
+    netray_snapshot::text::sentence(text)
 }
 
 /// The `stale-conntrack-entry` cause, when `b`'s request followed a collected conntrack entry

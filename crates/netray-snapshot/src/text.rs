@@ -76,6 +76,35 @@ pub fn clip_quote(s: &str) -> String {
     escape_line(&clip(s, MAX_QUOTE_CHARS)).into_owned()
 }
 
+/// `N thing` / `N things`: the one place counts are put into words (`1 finding`,
+/// `2 findings`, `0 branches`). `plural` is the plural form (`"branches"`, `"entries"`).
+pub fn count(n: usize, singular: &str, plural: &str) -> String {
+    format!("{n} {}", if n == 1 { singular } else { plural })
+}
+
+/// `text` as a sentence: ending with a full stop, and its first letter capitalised only when
+/// the first word is a plain English word — never an identifier such as `flannel.1`, `eth0`,
+/// `cni0:` or `web-0`, which keep their spelling.
+pub fn sentence(text: &str) -> String {
+    let t = text.trim();
+    let first: &str = t.split(' ').next().unwrap_or("");
+    let plain_word =
+        t.contains(' ') && !first.is_empty() && first.chars().all(|c| c.is_ascii_lowercase());
+    let mut out: String = if plain_word {
+        t.chars()
+            .take(1)
+            .flat_map(char::to_uppercase)
+            .chain(t.chars().skip(1))
+            .collect()
+    } else {
+        t.to_string()
+    };
+    if !out.is_empty() && !out.ends_with(['.', '!', '?']) {
+        out.push('.');
+    }
+    out
+}
+
 /// A streaming escaper for bytes on their way to a terminal: unsafe control characters (see
 /// [`is_unsafe_control`]) become `\xNN` / `\u00NN`, bytes that are not UTF-8 become `\xNN`,
 /// and, when `max_line` is set, lines longer than that many bytes are cut with
@@ -191,6 +220,21 @@ mod tests {
         }
         e.finish(&mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn counts_and_sentences() {
+        assert_eq!(count(1, "finding", "findings"), "1 finding");
+        assert_eq!(count(0, "branch", "branches"), "0 branches");
+        assert_eq!(count(6, "branch", "branches"), "6 branches");
+        assert_eq!(sentence("no route to 10.0.0.1"), "No route to 10.0.0.1.");
+        assert_eq!(
+            sentence("flannel.1: no neighbour"),
+            "flannel.1: no neighbour."
+        );
+        assert_eq!(sentence("eth0 is down."), "eth0 is down.");
+        assert_eq!(sentence("web-0 refuses"), "web-0 refuses.");
+        assert_eq!(sentence("dropped"), "dropped.");
     }
 
     #[test]

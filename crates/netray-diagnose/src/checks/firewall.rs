@@ -483,9 +483,10 @@ pub(crate) fn unreadable_rules(input: &ScanInput, out: &mut Vec<Finding>) {
                     Severity::Info,
                     evidence,
                     format!(
-                        "{} firewall item(s) use constructs netray does not model or could not \
-                         parse; traces through them explore both outcomes and say 'uncertain'.",
-                        d.len()
+                        "{} {} constructs netray does not model or could not parse; traces \
+                         through them explore both outcomes and say 'uncertain'.",
+                        netray_snapshot::text::count(d.len(), "firewall item", "firewall items"),
+                        if d.len() == 1 { "uses" } else { "use" }
                     ),
                     "check those rules by hand (iptables -nvL counters, nft monitor trace)".into(),
                 ));
