@@ -362,10 +362,14 @@ async fn config(source: &Source) -> Result<(Config, String, Secrets), LiveError>
     let (kubeconfig, origin) = match &source.kubeconfig {
         Some(path) => (
             Kubeconfig::read_from(path).map_err(|e| {
-                cfg_err(
-                    &secrets,
-                    format!("kubeconfig {}: {}", path.display(), kubeconfig_reason(&e)),
-                )
+                let msg = match &e {
+                    // kube's own message quotes the path twice over: say it once.
+                    kube::config::KubeconfigError::ReadConfig(io, _) => {
+                        format!("kubeconfig {}: cannot read it: {io}", path.display())
+                    }
+                    e => format!("kubeconfig {}: {}", path.display(), kubeconfig_reason(e)),
+                };
+                cfg_err(&secrets, msg)
             })?,
             path.display().to_string(),
         ),
@@ -417,6 +421,32 @@ async fn config(source: &Source) -> Result<(Config, String, Secrets), LiveError>
         .clone()
         .or_else(|| kubeconfig.current_context.clone())
         .unwrap_or_default();
+    let known: Vec<String> = kubeconfig.contexts.iter().map(|c| c.name.clone()).collect();
+    if !known.contains(&context) {
+        // An unknown context: say which ones the file has, and the closest.
+        let hint =
+            netray_kube::suggest::did_you_mean(&context, known.iter().map(String::as_str), |c| {
+                format!("--context {c}")
+            });
+        let what = if source.context.is_some() {
+            format!("has no context \"{context}\"")
+        } else if context.is_empty() {
+            "sets no current-context".to_string()
+        } else {
+            format!("names current-context \"{context}\", which it does not define")
+        };
+        return Err(cfg_err(
+            &secrets,
+            format!(
+                "kubeconfig {origin} {what}{hint} (its contexts: {}; choose one with --context NAME)",
+                if known.is_empty() {
+                    "none".to_string()
+                } else {
+                    known.join(", ")
+                }
+            ),
+        ));
+    }
     let mut cfg = Config::from_custom_kubeconfig(kubeconfig, &options)
         .await
         .map_err(|e| {
@@ -448,6 +478,7 @@ fn kubeconfig_reason(e: &kube::config::KubeconfigError) -> String {
             let first = msg.lines().next().unwrap_or("").trim();
             format!("not a valid kubeconfig (YAML): {first}")
         }
+        K::ReadConfig(io, path) => format!("cannot read {}: {io}", path.display()),
         other => chain(other),
     }
 }

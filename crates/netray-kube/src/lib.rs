@@ -5,6 +5,8 @@
 //! Only the fields netray uses are read; unknown fields are ignored (Kubernetes objects carry
 //! many), but a field netray uses with the wrong type is an error naming its JSON path.
 
+pub mod suggest;
+
 use std::net::IpAddr;
 
 use ipnet::IpNet;

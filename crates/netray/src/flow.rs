@@ -219,9 +219,17 @@ fn split_port(s: &str) -> Result<(&str, Option<PortRef>), String> {
     match s.split_once(':') {
         None => Ok((s, None)),
         Some((n, p)) => match p.parse::<u16>() {
-            Ok(0) => Err("port 0 is not a destination".into()),
+            Ok(0) => Err("port 0 is not a port (1-65535)".into()),
             Ok(num) => Ok((n, Some(PortRef::Number(num)))),
-            Err(_) if !p.is_empty() && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') => {
+            // All digits but too large: a number out of range, not a name.
+            Err(_) if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => {
+                Err(format!("port {p} is out of range (1-65535)"))
+            }
+            Err(_)
+                if !p.is_empty()
+                    && p.chars().any(|c| c.is_ascii_alphabetic())
+                    && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '-') =>
+            {
                 Ok((n, Some(PortRef::Name(p.to_string()))))
             }
             Err(_) => Err(format!("`{p}` is not a port number or name")),
@@ -233,8 +241,11 @@ fn split_port(s: &str) -> Result<(&str, Option<PortRef>), String> {
 fn split_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
     let port = |p: &str| -> Result<u16, String> {
         match p.parse::<u16>() {
-            Ok(0) | Err(_) => Err(format!("`{p}` is not a port (1-65535)")),
-            Ok(n) => Ok(n),
+            Ok(n) if n > 0 => Ok(n),
+            _ if !p.is_empty() && p.chars().all(|c| c.is_ascii_digit()) => {
+                Err(format!("port {p} is out of range (1-65535)"))
+            }
+            _ => Err(format!("`{p}` is not a port (1-65535)")),
         }
     };
     if let Some(rest) = s.strip_prefix('[') {
@@ -265,7 +276,8 @@ fn split_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
 /// The flow options every flow-taking command accepts.
 #[derive(Debug, Clone, clap::Args)]
 pub struct FlowArgs {
-    /// Source: IP, IP@node/NAME, IP@netns/NAME, pod/NS/NAME, node/NAME, external/IP.
+    /// Source: IP, IP@node/NAME, IP@netns/NAME, pod/NS/NAME, node/NAME, external/IP; a
+    /// `:PORT` on it is the source port (as --sport).
     #[arg(long, value_name = "SRC")]
     pub from: Endpoint,
     /// Destination: IP[:PORT][/PROTO], svc/NS/NAME[:PORT|:PORTNAME][/PROTO], pod/NS/NAME[:PORT],
@@ -281,7 +293,7 @@ pub struct FlowArgs {
     /// Source port (default: an ephemeral port, 40000). Given explicitly it is taken as the
     /// client's real port: a UDP packet whose tuple the collected conntrack table already holds
     /// follows that entry (its DNAT, no new load-balancing), as the kernel would.
-    #[arg(long, value_name = "PORT")]
+    #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
     pub sport: Option<u16>,
     /// Walk the snapshots as if COMMAND had been run as root in that namespace first
     /// (repeatable, applied in order): `NODE: sysctl -w net.ipv4.ip_forward=1`,
@@ -310,16 +322,37 @@ impl FlowArgs {
         }
     }
 
-    /// Source port in force.
+    /// The source port the user gave: `--sport`, or a `:PORT` on `--from` (the same thing;
+    /// both given and different is an error, as is a port name on the source).
+    pub fn given_source_port(&self) -> Result<Option<u16>, String> {
+        let on_from = match &self.from.port {
+            None => None,
+            Some(PortRef::Number(n)) => Some(*n),
+            Some(PortRef::Name(n)) => {
+                return Err(format!(
+                    "--from: `{n}` is a port name; a source port is a number (--from …:PORT or \
+                     --sport PORT)"
+                ));
+            }
+        };
+        match (self.sport, on_from) {
+            (Some(a), Some(b)) if a != b => Err(format!(
+                "--sport {a} conflicts with the port {b} on --from; give the source port once"
+            )),
+            (a, b) => Ok(a.or(b)),
+        }
+    }
+
+    /// Source port in force: the one given, else an ephemeral port, 40000.
     pub fn source_port(&self) -> u16 {
-        self.sport.unwrap_or(40000)
+        self.given_source_port().ok().flatten().unwrap_or(40000)
     }
 
     /// Walk options for this flow: the collected conntrack tables are consulted only for a
     /// source port the user gave (an invented one would only meet accidental clashes).
     pub fn walk_options(&self) -> netray_datapath::Options {
         netray_datapath::Options {
-            collected_conntrack: self.sport.is_some(),
+            collected_conntrack: self.given_source_port().ok().flatten().is_some(),
             max_branches: self.max_branches.max(1),
             ..netray_datapath::Options::default()
         }
@@ -393,8 +426,13 @@ mod tests {
             "nonsense",
             "[::1",
             "10.0.0.1:80:90",
+            "svc/default/web:99999",
         ] {
             assert!(bad.parse::<Endpoint>().is_err(), "{bad} should be rejected");
         }
+        let e = "svc/default/web:99999".parse::<Endpoint>().unwrap_err();
+        assert!(e.contains("port 99999 is out of range (1-65535)"), "{e}");
+        let e = "10.0.0.1:99999".parse::<Endpoint>().unwrap_err();
+        assert!(e.contains("port 99999 is out of range (1-65535)"), "{e}");
     }
 }

@@ -7,16 +7,23 @@ mod term;
 
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+
+/// `0.1.0 (git 1a2b3c4)`: the version with the git revision built from (see build.rs).
+const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NETRAY_GIT_REV"), ")");
 
 /// Why does a packet not arrive? netray snapshots the real networking state of Linux and
 /// Kubernetes nodes and simulates a packet and its reply through the kernel's datapath,
 /// naming the rule, route, neighbour entry or sysctl that drops or rewrites it.
 ///
-/// Exit codes: 0 success (reachable / clean), 1 not reachable or findings, 2 usage or input error.
+/// Exit codes: 0 success (reachable / clean), 1 the answer is "no" (not reachable, partial or
+/// uncertain; findings; a changed endpoint), 2 usage or input error.
 #[derive(Parser)]
-#[command(name = "netray", version, propagate_version = true)]
+#[command(name = "netray", version = VERSION, propagate_version = true)]
 struct Cli {
+    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
+    #[arg(long, global = true, value_enum, default_value_t = term::ColorChoice::Auto)]
+    color: term::ColorChoice,
     #[command(subcommand)]
     command: Command,
 }
@@ -58,6 +65,69 @@ enum Command {
     /// Build, list and tear down namespace labs (small clusters made of network namespaces).
     #[command(subcommand)]
     Lab(cmd::lab::LabCommand),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    #[command(
+        after_help = "Install:\n  netray completions bash > /etc/bash_completion.d/netray\n  netray completions zsh > \"${fpath[1]}/_netray\"\n  netray completions fish > ~/.config/fish/completions/netray.fish"
+    )]
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from this command line's definition.
+    #[command(
+        after_help = "Examples:\n  netray man | man -l -\n  netray man --out-dir /usr/local/share/man/man1   # netray.1 and netray-SUBCOMMAND.1"
+    )]
+    Man {
+        /// Write netray.1 and one page per subcommand (netray-trace.1, …) into DIR instead.
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<std::path::PathBuf>,
+    },
+}
+
+impl Command {
+    /// The output format of a command that prints a report (colour is for text only).
+    fn format(&self) -> cmd::Format {
+        match self {
+            Command::Trace(a) => a.output,
+            Command::Diagnose(a) => a.output,
+            Command::Diff(a) => a.output,
+            Command::Scan(a) => a.output,
+            Command::Rules(cmd::rules::RulesCommand::Trace(a)) => a.output,
+            Command::Collect(_) | Command::Cluster(_) | Command::Completions { .. } => {
+                cmd::Format::Json
+            }
+            Command::Man { .. } => cmd::Format::Json,
+            Command::Lab(_) => cmd::Format::Text,
+        }
+    }
+}
+
+/// `netray completions SHELL`.
+fn completions(shell: clap_complete::Shell) -> cmd::CmdResult {
+    let mut c = Cli::command();
+    clap_complete::generate(shell, &mut c, "netray", &mut std::io::stdout());
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `netray man [--out-dir DIR]`.
+fn man(out_dir: Option<std::path::PathBuf>) -> cmd::CmdResult {
+    let c = Cli::command();
+    match out_dir {
+        None => {
+            let mut out = Vec::new();
+            clap_mangen::Man::new(c).render(&mut out)?;
+            std::io::Write::write_all(&mut std::io::stdout(), &out)?;
+        }
+        Some(dir) => {
+            std::fs::create_dir_all(&dir)
+                .map_err(|e| format!("--out-dir {}: {e}", dir.display()))?;
+            clap_mangen::generate_to(c, &dir)
+                .map_err(|e| format!("--out-dir {}: {e}", dir.display()))?;
+            eprintln!("netray: man pages written to {}", dir.display());
+        }
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn main() -> ExitCode {
@@ -68,12 +138,19 @@ fn main() -> ExitCode {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
     let cli = Cli::parse();
+    // Colour is decided on the real descriptors, before the layer below replaces them, and
+    // only for text reports.
+    let colors = term::Colors {
+        stdout: cli.command.format() == cmd::Format::Text && cli.color.enabled(1),
+        stderr: cli.color.enabled(2),
+    };
     // Everything printed from here on may quote input (rule comments, node names, API
-    // answers): it goes through one escaping layer (see `term`). Not for `lab`, whose
-    // background servers inherit standard output and outlive this process.
+    // answers): it goes through one escaping layer (see `term`), which also adds colour to
+    // the escaped text. Not for `lab`, whose background servers inherit standard output and
+    // outlive this process.
     let guard = match cli.command {
         Command::Lab(_) => None,
-        _ => term::install(),
+        _ => term::install(colors),
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cli.command {
         Command::Collect(a) => cmd::collect::run(a),
@@ -84,11 +161,20 @@ fn main() -> ExitCode {
         Command::Cluster(a) => cmd::cluster::run(a),
         Command::Rules(c) => cmd::rules::run(c),
         Command::Lab(c) => cmd::lab::run(c),
+        Command::Completions { shell } => completions(shell),
+        Command::Man { out_dir } => man(out_dir),
     }));
     let code = match result {
         Ok(Ok(code)) => code,
         Ok(Err(e)) => {
-            eprintln!("netray: error: {e}");
+            // One style: `netray: error: WHAT`, then indented lines saying where and how to
+            // fix it (a list of known names, a "did you mean").
+            let msg = e.to_string();
+            let mut lines = msg.lines();
+            eprintln!("netray: error: {}", lines.next().unwrap_or(""));
+            for l in lines {
+                eprintln!("  {}", l.trim_start());
+            }
             ExitCode::from(2)
         }
         // The panic message was printed by the hook; let it through the layer first.

@@ -116,10 +116,7 @@ pub fn run(args: Args) -> CmdResult {
         .into());
     }
     let d = diff(&before, &after);
-    match args.output {
-        Format::Json => println!("{}", serde_json::to_string_pretty(&d)?),
-        Format::Text => print_text(&d),
-    }
+    super::output::print(&d, args.output, || print_text(&d))?;
     Ok(if d.changed == 0 {
         ExitCode::SUCCESS
     } else {

@@ -90,17 +90,40 @@ pub fn run(c: LabCommand) -> CmdResult {
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Down { tag, all } => {
+            if let Some(t) = tag.as_deref().filter(|_| !all) {
+                // An unknown tag is an error (exit 2), with the tags there are.
+                let labs = netray_lab::labs_on_host();
+                if !labs.contains_key(t) {
+                    let tags: Vec<&str> = labs.keys().map(String::as_str).collect();
+                    return Err(format!(
+                        "no lab `{t}` on this host{}\n  {}",
+                        netray_kube::suggest::did_you_mean(t, tags.iter().copied(), |c| {
+                            format!("`netray lab down {c}`")
+                        }),
+                        if tags.is_empty() {
+                            "there are no labs (`netray lab list`)".to_string()
+                        } else {
+                            format!("labs on this host: {}", tags.join(", "))
+                        }
+                    )
+                    .into());
+                }
+            }
             let deleted = netray_lab::down(if all { None } else { tag.as_deref() })?;
             for ns in &deleted {
                 println!("deleted {ns}");
             }
             if deleted.is_empty() {
-                eprintln!("no lab namespaces to delete");
+                eprintln!("netray: no lab namespaces to delete");
             }
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::List => {
-            for (tag, names) in netray_lab::labs_on_host() {
+            let labs = netray_lab::labs_on_host();
+            if labs.is_empty() {
+                println!("no labs on this host (start one with `sudo netray lab up`)");
+            }
+            for (tag, names) in labs {
                 println!("{tag}: {}", names.join(" "));
             }
             Ok(ExitCode::SUCCESS)

@@ -5,6 +5,7 @@ pub mod collect;
 pub mod diagnose;
 pub mod diff;
 pub mod lab;
+pub mod output;
 pub mod rules;
 pub mod scan;
 pub mod trace;
@@ -22,6 +23,8 @@ pub enum Format {
     Text,
     /// JSON (documented schema; stable field names).
     Json,
+    /// YAML (the same document as JSON).
+    Yaml,
 }
 
 /// How to reach the Kubernetes API: `netray cluster`, and the bundle commands with `--kube`.

@@ -37,14 +37,9 @@ pub enum RulesCommand {
     Trace(TraceArgs),
 }
 
-/// Output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum Format {
-    /// Human-readable.
-    Text,
-    /// JSON (`verdict`, `outcomes[]`, `diagnostics[]`).
-    Json,
-}
+/// Output format: the one of every report (JSON and YAML: `verdict`, `outcomes[]`,
+/// `diagnostics[]`).
+pub use super::Format;
 
 /// Options of `netray rules trace`.
 #[derive(clap::Args)]
@@ -148,7 +143,7 @@ fn trace(a: TraceArgs) -> CmdResult {
         .collect();
     let verdict = summary(&trace, &outcomes);
     match a.output {
-        Format::Json => {
+        Format::Json | Format::Yaml => {
             let v = json!({
                 "verdict": verdict,
                 "flow": trace.flow,
@@ -156,15 +151,15 @@ fn trace(a: TraceArgs) -> CmdResult {
                 "outcomes": outcomes.iter().map(Outcome::json).collect::<Vec<_>>(),
                 "diagnostics": diagnostics,
             });
-            println!("{}", serde_json::to_string_pretty(&v)?);
+            super::output::print(&v, a.output, || {})?;
         }
         Format::Text => {
             for d in &diagnostics {
-                eprintln!("warning: {d}");
+                eprintln!("netray: warning: {d}");
             }
             println!(
-                "verdict: {verdict}, {} outcome(s)  (from {})",
-                outcomes.len(),
+                "verdict: {verdict}, {}  (from {})",
+                netray_snapshot::text::count(outcomes.len(), "outcome", "outcomes"),
                 trace.flow.start
             );
             if trace.truncated {

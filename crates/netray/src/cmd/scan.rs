@@ -61,29 +61,96 @@ struct ScanReport<'a> {
     nodes: Vec<&'a str>,
     /// Findings, most severe first.
     findings: &'a [Finding],
+    /// Checks that did not run, and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    not_run: Vec<NotRun>,
+}
+
+/// Checks that did not run.
+#[derive(serde::Serialize)]
+struct NotRun {
+    /// Their codes.
+    codes: Vec<&'static str>,
+    /// Why, and how to make them run.
+    reason: String,
+}
+
+/// One check of the catalog, for `--list-checks -o json|yaml`.
+#[derive(serde::Serialize)]
+struct CheckInfo {
+    codes: &'static [&'static str],
+    title: &'static str,
+    needs_cluster_view: bool,
+}
+
+/// The Kubernetes checks that cannot run on this cluster view.
+fn not_run(cluster: Option<&netray_kube::ClusterView>) -> Vec<NotRun> {
+    let reason = match cluster {
+        None => {
+            "the bundle has no cluster view (cluster.json): the Kubernetes checks did not run; \
+                 add one with `netray cluster -o BUNDLE/cluster.json`, or pass --kube"
+                .to_string()
+        }
+        Some(c) if c.services.is_empty() && c.pods.is_empty() => {
+            "the cluster view lists no pods and no Services: the Kubernetes checks found nothing \
+             to check; is cluster.json from this cluster (`netray cluster`)?"
+                .to_string()
+        }
+        Some(_) => return Vec::new(),
+    };
+    vec![NotRun {
+        codes: netray_diagnose::catalog::NEEDS_CLUSTER.to_vec(),
+        reason,
+    }]
 }
 
 /// Run `netray scan`.
 pub fn run(args: Args) -> CmdResult {
     if args.list_checks {
-        for c in CATALOG {
-            println!("{:<60} {}", c.codes.join(", "), c.title);
-        }
+        let checks: Vec<CheckInfo> = CATALOG
+            .iter()
+            .map(|c| CheckInfo {
+                codes: c.codes,
+                title: c.title,
+                needs_cluster_view: c
+                    .codes
+                    .iter()
+                    .any(|k| netray_diagnose::catalog::NEEDS_CLUSTER.contains(k)),
+            })
+            .collect();
+        super::output::print(&checks, args.output, || {
+            for c in &checks {
+                println!(
+                    "{:<60} {}{}",
+                    c.codes.join(", "),
+                    c.title,
+                    if c.needs_cluster_view {
+                        " (needs the cluster view)"
+                    } else {
+                        ""
+                    }
+                );
+            }
+        })?;
         return Ok(ExitCode::SUCCESS);
     }
     let (bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
     let findings = scan(&bundle, cluster.as_ref());
-    match args.output {
-        Format::Json => {
-            let report = ScanReport {
-                schema: "netray.scan/v1",
-                bundle: args.source.describe(),
-                nodes: bundle.nodes.iter().map(|n| n.node.name.as_str()).collect(),
-                findings: &findings,
-            };
-            println!("{}", serde_json::to_string_pretty(&report)?);
+    let not_run = not_run(cluster.as_ref());
+    let report = ScanReport {
+        schema: "netray.scan/v1",
+        bundle: args.source.describe(),
+        nodes: bundle.nodes.iter().map(|n| n.node.name.as_str()).collect(),
+        findings: &findings,
+        not_run,
+    };
+    super::output::print(&report, args.output, || {
+        print_text(&bundle, &findings, &report.not_run)
+    })?;
+    if args.output != Format::Text {
+        for n in &report.not_run {
+            eprintln!("netray: warning: {}", n.reason);
         }
-        Format::Text => print_text(&bundle, &findings),
     }
     if let Some(path) = &args.html {
         let meta = netray_report::Meta {
@@ -104,27 +171,47 @@ pub fn run(args: Args) -> CmdResult {
     })
 }
 
-fn print_text(bundle: &netray_snapshot::Bundle, findings: &[Finding]) {
+fn print_text(bundle: &netray_snapshot::Bundle, findings: &[Finding], not_run: &[NotRun]) {
+    use netray_snapshot::text::count;
     let nodes: Vec<&str> = bundle.nodes.iter().map(|n| n.node.name.as_str()).collect();
     let namespaces: usize = bundle.nodes.iter().map(|n| n.namespaces.len()).sum();
+    let skipped: usize = not_run.iter().map(|n| n.codes.len()).sum();
     println!(
-        "scanned {} nodes ({}), {namespaces} namespaces, {} checks",
-        nodes.len(),
+        "scanned {} ({}), {}, {}{}",
+        count(nodes.len(), "node", "nodes"),
         nodes.join(", "),
-        CATALOG.len()
+        count(namespaces, "namespace", "namespaces"),
+        count(CATALOG.len(), "check", "checks"),
+        if skipped == 0 {
+            String::new()
+        } else {
+            format!(
+                " ({} did not run)",
+                count(skipped, "Kubernetes check", "Kubernetes checks")
+            )
+        }
     );
+    for n in not_run {
+        println!("note: {} ({})", n.reason, n.codes.join(", "));
+    }
     if findings.is_empty() {
-        println!("no findings: clean");
+        if not_run.is_empty() {
+            println!("no findings: clean");
+        } else {
+            println!("no findings from the checks that ran");
+        }
         return;
     }
     for f in findings {
         println!();
+        let place = match &f.pod {
+            Some(p) => format!("node {}  pod/{p}  (netns {})", f.node, f.netns),
+            None => format!("node {}  netns {}", f.node, f.netns),
+        };
         println!(
-            "[{}] {}  node {}  netns {}",
+            "[{}] {}  {place}",
             f.severity.to_string().to_uppercase(),
             f.code,
-            f.node,
-            f.netns
         );
         for e in &f.evidence {
             println!("    evidence: {e}");
@@ -132,13 +219,13 @@ fn print_text(bundle: &netray_snapshot::Bundle, findings: &[Finding]) {
         println!("    why:      {}", f.explanation);
         println!("    fix:      {}", f.fix);
     }
-    let count = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
+    let by = |s: Severity| findings.iter().filter(|f| f.severity == s).count();
     println!();
     println!(
-        "{} findings: {} critical, {} warning, {} info",
-        findings.len(),
-        count(Severity::Critical),
-        count(Severity::Warning),
-        count(Severity::Info)
+        "{}: {} critical, {} warning, {} info",
+        count(findings.len(), "finding", "findings"),
+        by(Severity::Critical),
+        by(Severity::Warning),
+        by(Severity::Info)
     );
 }

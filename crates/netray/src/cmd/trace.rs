@@ -20,9 +20,13 @@ pub struct Args {
     /// Where the cluster view comes from (cluster.json or `--kube`).
     #[command(flatten)]
     pub cluster: super::ClusterArgs,
-    /// Output format (JSON: one trace, schema in crates/netray-datapath/README.md).
+    /// Output format (JSON/YAML: one trace, schema in crates/netray-datapath/README.md).
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Format,
+    /// List only the branches that fail (the summary still counts every branch; with -o
+    /// json|yaml, only failing branches are in `branches`).
+    #[arg(long)]
+    pub failing: bool,
     /// Also write a self-contained HTML report to FILE (every branch's path as a diagram).
     #[arg(long, value_name = "FILE")]
     pub html: Option<std::path::PathBuf>,
@@ -50,9 +54,17 @@ pub fn run(args: Args) -> CmdResult {
     let engine = netray_datapath::RulesetEngine::new(&world);
     super::warn_input_problems(&world, &engine);
     let trace = netray_datapath::trace(&world, &engine, &flow, args.flow.walk_options())?;
-    match args.output {
-        Format::Text => print!("{}", netray_datapath::text::render(&trace)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&trace)?),
+    if args.output == Format::Text {
+        print!(
+            "{}",
+            netray_datapath::text::render_with(&trace, args.failing)
+        );
+    } else if args.failing {
+        let mut only = trace.clone();
+        only.branches.retain(|b| !b.disposition.is_success());
+        super::output::print(&only, args.output, || {})?;
+    } else {
+        super::output::print(&trace, args.output, || {})?;
     }
     if let Some(path) = &args.html {
         let meta = netray_report::Meta {
