@@ -886,9 +886,23 @@ fn root_code(b: &Branch, objects: &[KernelObject], ctx: &Context) -> &'static st
             }
         }
         "no-route" => {
-            let in_pod = objects
-                .iter()
-                .any(|o| matches!(o, KernelObject::RouteLookup { at, .. } if at.netns != "host"));
+            // A workload's namespace: a pod's, or one whose only interface is a veth.
+            let in_pod = objects.iter().any(|o| match o {
+                KernelObject::RouteLookup { at, .. } if at.netns != "host" => {
+                    pod_at(b, at).is_some()
+                        || ns_at(ctx.world, at).is_some_and(|v| {
+                            let links: Vec<_> = v
+                                .snap
+                                .links
+                                .iter()
+                                .filter(|l| !matches!(l.kind, netray_snapshot::LinkKind::Loopback))
+                                .collect();
+                            links.len() == 1
+                                && matches!(links[0].kind, netray_snapshot::LinkKind::Veth { .. })
+                        })
+                }
+                _ => false,
+            });
             if in_pod && !has_default_route(b, ctx) {
                 "pod-no-default-route"
             } else {

@@ -205,34 +205,55 @@ impl<'w, 'a> Walker<'w, 'a> {
         // of the snapshot: the route this namespace lacks is the cause.
         let dst = st.pkt.dst;
         if let Some(&(owner, _)) = self.world.owners_of(dst).iter().find(|o| o.0 != ns) {
-            let route = st.hops.iter().rev().find_map(|h| match &h.step {
-                Step::Route {
-                    rule, table, route, ..
-                } if h.node == v.node && h.netns == v.netns_label() => {
-                    Some(crate::KernelObject::Route {
-                        at: v.place(),
-                        table: *table,
-                        route: route.clone(),
-                        rule: rule.clone(),
-                    })
+            // The wrong turn was the last routing decision for this destination on this leg
+            // (a node's default route), wherever the frame then left (an L2 switch).
+            let decided = st
+                .hops
+                .iter()
+                .rev()
+                .take_while(|h| h.leg == st.leg)
+                .find_map(|h| match &h.step {
+                    Step::Route {
+                        rule, table, route, ..
+                    } if h.packet.dst == dst => Some((
+                        crate::Place {
+                            node: h.node.clone(),
+                            netns: h.netns.clone(),
+                        },
+                        crate::KernelObject::Route {
+                            at: crate::Place {
+                                node: h.node.clone(),
+                                netns: h.netns.clone(),
+                            },
+                            table: *table,
+                            route: route.clone(),
+                            rule: rule.clone(),
+                        },
+                    )),
+                    _ => None,
+                });
+            let (at, via, route) = match decided {
+                Some((at, r)) => {
+                    let via = match &r {
+                        crate::KernelObject::Route { route, .. } => format!("`{route}`"),
+                        _ => String::new(),
+                    };
+                    (at, via, Some(r))
                 }
-                _ => None,
-            });
-            let via = match &route {
-                Some(crate::KernelObject::Route { route, .. }) => format!("`{route}`"),
-                _ => "a route".to_string(),
+                None => (v.place(), "a route".to_string(), None),
             };
             return end(
                 Disposition::NoRoute,
                 format!(
-                    "{dst} lives in {}, but {} has no route to it inside the cluster: {via} sends it out of the collected namespaces from {place}",
+                    "{dst} lives in {}, but {}/{} has no route to it inside the cluster: {via} sends it out of the collected namespaces (from {place})",
                     self.world.ns[owner].label(),
-                    v.label()
+                    at.node,
+                    at.netns
                 ),
                 Some("no-route"),
             )
             .by(crate::KernelObject::RouteLookup {
-                at: v.place(),
+                at,
                 dst,
                 result: format!("no route inside the cluster; only {via}"),
             })
