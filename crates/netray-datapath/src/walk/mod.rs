@@ -138,13 +138,14 @@ pub fn trace(
     let (pos, client_ns, label) = resolve_start(world, flow)?;
     // A host socket without a bound source: the address the kernel selects for `dst`.
     let src = match (&flow.start, &pos) {
-        (Start::Host(n), Pos::Out { ns, .. }) => route::kernel_source(&world.ns[*ns], flow.dst, proto)
-            .ok_or_else(|| {
+        (Start::Host(n), Pos::Out { ns, .. }) => {
+            route::kernel_source(&world.ns[*ns], flow.dst, proto).ok_or_else(|| {
                 TraceError::Start(format!(
                     "node {n} has no route to {} to pick a source address from",
                     flow.dst
                 ))
-            })?,
+            })?
+        }
         _ => flow.src,
     };
     let label = match &flow.start {

@@ -291,7 +291,11 @@ pub(super) fn select_src(
 /// The source the kernel gives a packet a socket in `v` sends to `dst` without binding: the
 /// output route's preferred source, else the address selection on its device (`None` when
 /// there is no usable route).
-pub(super) fn kernel_source(v: &crate::world::NsView<'_>, dst: IpAddr, proto: u8) -> Option<IpAddr> {
+pub(super) fn kernel_source(
+    v: &crate::world::NsView<'_>,
+    dst: IpAddr,
+    proto: u8,
+) -> Option<IpAddr> {
     let key = FlowKey {
         src: None,
         dst,
