@@ -64,8 +64,14 @@ pub fn find_tool(name: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Run `tool args…` (in the current thread's namespace); stdout or a reason.
-pub fn run(tool: &str, args: &[&str]) -> Result<String, String> {
+/// Run `tool args…` (in the current thread's namespace); stdout or a reason. Output that is
+/// not UTF-8 is read with U+FFFD for the bad bytes, and each such line is reported to
+/// `problems` (the rest of the output is kept).
+pub fn run(
+    tool: &str,
+    args: &[&str],
+    problems: &mut Vec<(String, String)>,
+) -> Result<String, String> {
     let Some(path) = find_tool(tool) else {
         return Err(format!("`{tool}` is not installed"));
     };
@@ -83,7 +89,40 @@ pub fn run(tool: &str, args: &[&str]) -> Result<String, String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ));
     }
-    String::from_utf8(out.stdout).map_err(|_| format!("`{tool}` printed invalid UTF-8"))
+    Ok(lossy(tool, args, out.stdout, problems))
+}
+
+/// `bytes` as text, bad bytes as U+FFFD, each line holding some reported as (tool, reason).
+pub fn lossy(
+    tool: &str,
+    args: &[&str],
+    bytes: Vec<u8>,
+    problems: &mut Vec<(String, String)>,
+) -> String {
+    match String::from_utf8(bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            let bytes = e.into_bytes();
+            let mut bad: Vec<usize> = Vec::new();
+            for (i, line) in bytes.split(|&b| b == b'\n').enumerate() {
+                if std::str::from_utf8(line).is_err() {
+                    bad.push(i + 1);
+                }
+            }
+            let shown: Vec<String> = bad.iter().take(10).map(|l| l.to_string()).collect();
+            problems.push((
+                tool.to_string(),
+                format!(
+                    "`{tool} {}` printed bytes that are not UTF-8 on line{} {}{}: kept as U+FFFD",
+                    args.join(" "),
+                    if bad.len() == 1 { "" } else { "s" },
+                    shown.join(", "),
+                    if bad.len() > 10 { ", …" } else { "" }
+                ),
+            ));
+            String::from_utf8_lossy(&bytes).into_owned()
+        }
+    }
 }
 
 /// Whether an `iptables-save` text holds at least one table.
@@ -93,7 +132,8 @@ fn has_table(text: &str) -> bool {
 
 /// Collect the firewall of the current thread's namespace; failures go to `problems` as
 /// (what, reason).
-pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
+/// nf_tables is asked only when `nftables` (its module is present, see [`crate::modules`]).
+pub fn collect(firewall: &mut Firewall, nftables: bool, problems: &mut Vec<(String, String)>) {
     let proc_net = "/proc/thread-self/net";
     // Legacy x_tables: only tables that already exist are listed in *_names.
     for (fam, names, tool) in [
@@ -104,7 +144,7 @@ pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
         if listed.trim().is_empty() {
             continue;
         }
-        match run(tool, &["-c"]) {
+        match run(tool, &["-c"], problems) {
             Ok(text) => firewall.iptables.push(IptablesDump {
                 backend: IptablesBackend::Legacy,
                 family: fam,
@@ -112,6 +152,10 @@ pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
             }),
             Err(r) => problems.push((tool.to_string(), r)),
         }
+    }
+    if !nftables {
+        // Reported once per node.
+        return;
     }
     let tables = match nft_tables() {
         Ok(t) => t,
@@ -132,7 +176,7 @@ pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
         if !tables.iter().any(|(f, _)| *f == nfproto) {
             continue;
         }
-        match run(tool, &["-c"]) {
+        match run(tool, &["-c"], problems) {
             Ok(text) if has_table(&text) => {
                 for (f, name) in tables.iter().filter(|(f, _)| *f == nfproto) {
                     let listed = text.lines().any(|l| l.strip_prefix('*') == Some(name));
@@ -157,7 +201,7 @@ pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
     }
     if covered.is_empty() {
         // Only native tables: the whole ruleset, verbatim.
-        match run("nft", &["-j", "list", "ruleset"]) {
+        match run("nft", &["-j", "list", "ruleset"], problems) {
             Ok(text) => firewall.nft_json = Some(text),
             Err(r) => problems.push(("nft".into(), r)),
         }
@@ -172,7 +216,7 @@ pub fn collect(firewall: &mut Firewall, problems: &mut Vec<(String, String)>) {
             problems.push(("nft".into(), format!("table {name} of unknown family {f}")));
             continue;
         };
-        match run("nft", &["-j", "list", "table", fam, name]) {
+        match run("nft", &["-j", "list", "table", fam, name], problems) {
             Ok(text) => match serde_json::from_str::<serde_json::Value>(&text) {
                 Ok(serde_json::Value::Object(mut o)) => {
                     if let Some(serde_json::Value::Array(a)) = o.remove("nftables") {
@@ -235,17 +279,39 @@ pub fn ipset_any() -> Option<bool> {
 
 /// `ipset save` of the current thread's namespace; `Ok("")` without spawning when the
 /// kernel says the namespace has no set.
-pub fn ipset() -> Result<String, String> {
+pub fn ipset(problems: &mut Vec<(String, String)>) -> Result<String, String> {
     if ipset_any() == Some(false) {
         return Ok(String::new());
     }
-    run("ipset", &["save"])
+    run("ipset", &["save"], problems)
 }
 
 /// IPVS services, where the kernel has IPVS.
-pub fn ipvs() -> Result<Option<String>, String> {
+pub fn ipvs(problems: &mut Vec<(String, String)>) -> Result<Option<String>, String> {
     if !std::path::Path::new("/proc/thread-self/net/ip_vs").exists() {
         return Ok(None);
     }
-    run("ipvsadm", &["-Sn"]).map(Some)
+    run("ipvsadm", &["-Sn"], problems).map(Some)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn output_that_is_not_utf8_is_kept_and_its_lines_named() {
+        let mut problems = Vec::new();
+        let text = super::lossy(
+            "iptables-nft-save",
+            &["-c"],
+            b"*filter\n-A INPUT -m comment --comment \"caf\xe9\" -j DROP\nCOMMIT\n".to_vec(),
+            &mut problems,
+        );
+        assert!(text.contains("caf\u{FFFD}"));
+        assert!(text.ends_with("COMMIT\n"));
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "iptables-nft-save");
+        assert!(problems[0].1.contains("on line 2:"), "{problems:?}");
+        let mut none = Vec::new();
+        assert_eq!(super::lossy("x", &[], b"ok\n".to_vec(), &mut none), "ok\n");
+        assert!(none.is_empty());
+    }
 }

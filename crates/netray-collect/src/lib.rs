@@ -14,6 +14,7 @@
 pub mod ct;
 pub mod diag;
 pub mod fw;
+pub mod modules;
 pub mod nl;
 pub mod output;
 pub mod rtnl;
@@ -252,6 +253,7 @@ fn collect_here(
     role: NetnsRole,
     cands: &Candidates,
     opts: &Options,
+    gates: &modules::Gates,
 ) -> (NetnsSnapshot, Vec<NotCollected>) {
     let ino = id.inode;
     let mut problems: Vec<(String, String)> = Vec::new();
@@ -324,20 +326,24 @@ fn collect_here(
                 Err(e) => problems.push(("fdb".into(), e.to_string())),
             }
             problems.extend(p.drain(..).map(|x| ("fdb".to_string(), x)));
-            match diag::sockets(&names) {
-                Ok(v) => snap.sockets = v,
-                Err(e) => problems.push(("sockets".into(), e.to_string())),
+            if gates.sockets.is_ok() {
+                match diag::sockets(&names) {
+                    Ok(v) => snap.sockets = v,
+                    Err(e) => problems.push(("sockets".into(), e.to_string())),
+                }
             }
         }
     }
     snap.sysctls = sysctl::read(Path::new("/proc/sys"));
 
-    fw::collect(&mut snap.firewall, &mut problems);
-    match fw::ipset() {
-        Ok(t) => snap.firewall.ipset = Some(t),
-        Err(r) => problems.push(("ipset".into(), r)),
+    fw::collect(&mut snap.firewall, gates.nftables.is_ok(), &mut problems);
+    if gates.ipset.is_ok() {
+        match fw::ipset(&mut problems) {
+            Ok(t) => snap.firewall.ipset = Some(t),
+            Err(r) => problems.push(("ipset".into(), r)),
+        }
     }
-    match fw::ipvs() {
+    match fw::ipvs(&mut problems) {
         Ok(Some(t)) => snap.firewall.ipvs = Some(t),
         Ok(None) => {
             // Reported once per node (the kernel either has IPVS or not).
@@ -352,13 +358,17 @@ fn collect_here(
         .sysctls
         .get("net.netfilter.nf_conntrack_count")
         .is_some_and(|c| c.trim() == "0");
-    let dumped = if ct_empty {
-        Ok((Vec::new(), 0))
+    let dumped = if gates.conntrack.is_err() {
+        // Reported once per node.
+        None
+    } else if ct_empty {
+        Some(Ok((Vec::new(), 0)))
     } else {
-        ct::dump(opts.conntrack_limit, &mut ctp)
+        Some(ct::dump(opts.conntrack_limit, &mut ctp))
     };
     match dumped {
-        Ok((entries, total)) => {
+        None => {}
+        Some(Ok((entries, total))) => {
             let stats = std::fs::read_to_string("/proc/thread-self/net/stat/nf_conntrack")
                 .ok()
                 .and_then(|t| ct::stats(&t));
@@ -375,7 +385,7 @@ fn collect_here(
                 stats: stats.unwrap_or_default(),
             });
         }
-        Err(e) => problems.push(("conntrack".into(), format!("ctnetlink dump failed: {e}"))),
+        Some(Err(e)) => problems.push(("conntrack".into(), format!("ctnetlink dump failed: {e}"))),
     }
     problems.extend(ctp.into_iter().map(|x| ("conntrack".to_string(), x)));
 
@@ -478,6 +488,21 @@ fn open_netns(arg: &str, nsfs_dev: u64) -> Result<(File, u64), CollectError> {
 
 /// Collect the node: host namespace, its veth peers, and `opts.netns`.
 pub fn collect(opts: &Options) -> Result<NodeSnapshot, CollectError> {
+    let (_, kernel) = uname();
+    let host = modules::HostModules::read(&kernel);
+    match std::env::var(modules::ASSUME_ABSENT_ENV) {
+        // Tests only: a host where these modules are absent (collects less, never more).
+        Ok(list) => collect_with(opts, &modules::AssumeAbsent::new(&host, &list)),
+        Err(_) => collect_with(opts, &host),
+    }
+}
+
+/// [`collect`], with module presence read from `modules` (see [`modules`]).
+pub fn collect_with(
+    opts: &Options,
+    modules: &dyn modules::ModuleSource,
+) -> Result<NodeSnapshot, CollectError> {
+    let gates = modules::Gates::from(modules);
     let io = |what: &str| {
         let what = what.to_string();
         move |source| CollectError::Io { what, source }
@@ -565,7 +590,7 @@ pub fn collect(opts: &Options) -> Result<NodeSnapshot, CollectError> {
                         }
                         continue;
                     }
-                    let (snap, nc) = collect_here(c.id.clone(), role, &cands, opts);
+                    let (snap, nc) = collect_here(c.id.clone(), role, &cands, opts, &gates);
                     if let Ok(mut r) = results.lock() {
                         r.push((order, snap, nc));
                     }
@@ -585,6 +610,13 @@ pub fn collect(opts: &Options) -> Result<NodeSnapshot, CollectError> {
         return Err(CollectError::Io {
             what: "host namespace".into(),
             source: std::io::Error::other("could not be collected"),
+        });
+    }
+    for (what, reason) in gates.skipped() {
+        node_problems.push(NotCollected {
+            what: what.into(),
+            netns: None,
+            reason,
         });
     }
     if !Path::new("/proc/net/ip_vs").exists() {

@@ -27,6 +27,22 @@ fn mask_after(line: &str, keys: &[&str]) -> String {
     out.join(" ")
 }
 
+/// `/proc/modules` as text ("" when the kernel cannot load modules).
+fn modules() -> String {
+    std::fs::read_to_string("/proc/modules").unwrap_or_default()
+}
+
+/// Whether running a tool that needs `module` cannot load it: the module is there already,
+/// or the kernel cannot load modules at all. The dumps below skip tools whose module is
+/// absent, so that the comparison itself loads nothing and cannot mask a load by collect.
+fn may_use(module: &str) -> bool {
+    !std::path::Path::new("/proc/modules").exists()
+        || std::path::Path::new("/sys/module").join(module).exists()
+        || modules()
+            .lines()
+            .any(|l| l.split_whitespace().next() == Some(module))
+}
+
 fn run(ns: &Netns, program: &str, args: &[&str]) -> String {
     match ns.command(program).args(args).output() {
         Ok(o) => format!(
@@ -104,12 +120,16 @@ fn dump(ns: &Netns) -> Vec<(String, String)> {
     );
     // Without -c: packet counters move with background traffic (IPv6 MLD/ND). The header
     // and footer comments carry the time of the dump.
-    for tool in [
-        "iptables-legacy-save",
-        "ip6tables-legacy-save",
-        "iptables-nft-save",
-        "ip6tables-nft-save",
+    for (tool, module) in [
+        ("iptables-legacy-save", "ip_tables"),
+        ("ip6tables-legacy-save", "ip6_tables"),
+        ("iptables-nft-save", "nf_tables"),
+        ("ip6tables-nft-save", "nf_tables"),
     ] {
+        if !may_use(module) {
+            add(tool, format!("skipped: module {module} is not loaded"));
+            continue;
+        }
         add(
             tool,
             run(ns, tool, &[])
@@ -122,13 +142,24 @@ fn dump(ns: &Netns) -> Vec<(String, String)> {
     // nft counters move with traffic, like iptables counters.
     add(
         "nft list ruleset",
-        run(ns, "nft", &["list", "ruleset"])
-            .lines()
-            .map(|l| mask_after(l, &["packets", "bytes"]))
-            .collect::<Vec<_>>()
-            .join("\n"),
+        if !may_use("nf_tables") {
+            "skipped: module nf_tables is not loaded".to_string()
+        } else {
+            run(ns, "nft", &["list", "ruleset"])
+        }
+        .lines()
+        .map(|l| mask_after(l, &["packets", "bytes"]))
+        .collect::<Vec<_>>()
+        .join("\n"),
     );
-    add("ipset save", run(ns, "ipset", &["save"]));
+    add(
+        "ipset save",
+        if may_use("ip_set") {
+            run(ns, "ipset", &["save"])
+        } else {
+            "skipped: module ip_set is not loaded".to_string()
+        },
+    );
     // The conntrack count is a live gauge.
     add(
         "sysctl net.*",
@@ -138,7 +169,7 @@ fn dump(ns: &Netns) -> Vec<(String, String)> {
             .collect::<Vec<_>>()
             .join("\n"),
     );
-    if have("conntrack") {
+    if have("conntrack") && may_use("nf_conntrack_netlink") {
         // Each entry's remaining timeout (third field) counts down.
         add(
             "conntrack -L",
@@ -164,15 +195,23 @@ fn collect_changes_nothing() {
     if !root_or_skip("collect_changes_nothing") {
         return;
     }
+    // Before any tool runs: what the lab and the dumps load is told apart from collect.
+    let mods_start = modules();
     let lab = build();
+    let mods_lab = modules();
     let all: Vec<&Netns> = [&lab.node, &lab.ul]
         .into_iter()
         .chain(lab.pods.iter())
         .collect();
-    let modules = || std::fs::read_to_string("/proc/modules").unwrap_or_default();
     let before: Vec<_> = all.iter().map(|n| dump(n)).collect();
     let mods_before = modules();
+    assert_eq!(
+        mods_lab, mods_before,
+        "the comparison dumps loaded a module (they must not: it would hide a load by collect)"
+    );
     let snap = collect(&lab.node, &["--netns", lab.ul.name()]);
+    // Right after collect, before the dumps run again.
+    let mods_after = modules();
     assert!(
         snap["namespaces"].as_array().map(|a| a.len()).unwrap_or(0) >= 4,
         "all lab namespaces were collected"
@@ -192,5 +231,74 @@ fn collect_changes_nothing() {
             }
         }
     }
-    assert_eq!(mods_before, modules(), "no kernel module was loaded");
+    assert_eq!(
+        mods_before, mods_after,
+        "netray collect loaded a kernel module (modules at the start, before the lab: {mods_start:?})"
+    );
+}
+
+/// On a kernel that loads modules, a subsystem whose module is absent is not asked (asking
+/// would load it) and `not_collected` says so. This kernel has everything built in, so the
+/// absence is simulated (`NETRAY_TEST_ASSUME_ABSENT_MODULES`); the decision itself is unit
+/// tested in `netray_collect::modules`.
+#[test]
+fn collect_skips_subsystems_whose_module_is_absent() {
+    if !root_or_skip("collect_skips_subsystems_whose_module_is_absent") {
+        return;
+    }
+    let lab = build();
+    let out = lab
+        .node
+        .command(env!("CARGO_BIN_EXE_netray"))
+        .arg("collect")
+        .env(
+            "NETRAY_TEST_ASSUME_ABSENT_MODULES",
+            "nf_tables,nf_conntrack_netlink,ip_set",
+        )
+        .output()
+        .expect("run netray collect");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let snap: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let nc = snap["not_collected"].as_array().unwrap();
+    for what in ["nftables", "conntrack", "ipset"] {
+        let e = nc
+            .iter()
+            .find(|e| e["what"] == what && e["netns"].is_null())
+            .unwrap_or_else(|| panic!("no node-level not_collected for {what}: {nc:#?}"));
+        assert!(e["reason"].as_str().unwrap().contains("not loaded"), "{e}");
+    }
+    let host = &snap["namespaces"][0];
+    let fw = &host["firewall"];
+    assert!(fw["nft_json"].is_null(), "nf_tables was asked: {fw}");
+    assert!(
+        fw["iptables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|d| d["backend"] == "legacy"),
+        "iptables-nft-save ran: {fw}"
+    );
+    assert!(
+        fw["iptables"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|d| d["backend"] == "legacy"),
+        "the legacy tables (x_tables present) are still collected: {fw}"
+    );
+    assert!(fw["ipset"].is_null(), "ipset was asked: {fw}");
+    assert!(host["conntrack"].is_null(), "ctnetlink was asked");
+    assert!(
+        !host["sockets"].as_array().unwrap().is_empty()
+            || !snap["namespaces"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|n| n["sockets"].as_array().unwrap().is_empty()),
+        "sockets (module present) are still collected"
+    );
 }
