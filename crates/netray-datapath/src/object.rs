@@ -129,6 +129,9 @@ pub enum KernelObject {
         name: String,
         /// The state that matters (`down`, `mtu 1400`, `hairpin off`, …).
         state: String,
+        /// The device's MTU, when collected.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        mtu: Option<u32>,
     },
     /// An address configured on a device.
     Address {

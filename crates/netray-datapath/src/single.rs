@@ -192,6 +192,7 @@ impl HostSpec {
             firewall: self.firewall.clone(),
             conntrack: None,
             sockets: Vec::new(),
+            attachments: Vec::new(),
         };
         let node = NodeSnapshot {
             schema_version: SCHEMA_VERSION,
@@ -210,6 +211,7 @@ impl HostSpec {
                 netns: None,
                 reason: "built from firewall dumps: listening sockets are unknown".into(),
             }],
+            cgroup_programs: Vec::new(),
         };
         node.validate("rules trace host")
             .map_err(|e| e.to_string())?;

@@ -46,6 +46,7 @@ fn empty_ns(inode: u64, name: Option<&str>, role: NetnsRole) -> NetnsSnapshot {
         firewall: Firewall::default(),
         conntrack: None,
         sockets: Vec::new(),
+        attachments: Vec::new(),
     };
     add_addr(&mut ns, "lo", "127.0.0.1/8".parse().expect("static"));
     ns
@@ -331,6 +332,7 @@ impl Kit {
             namespaces: vec![empty_ns(inode, None, NetnsRole::Host)],
             referenced_netns: Vec::new(),
             not_collected: Vec::new(),
+            cgroup_programs: Vec::new(),
         });
         self
     }

@@ -103,6 +103,7 @@ impl<'a> NsView<'a> {
             at: self.place(),
             name: self.link_name(i).to_string(),
             state: state.into(),
+            mtu: self.snap.links.get(i).map(|l| l.mtu).filter(|m| *m > 0),
         }
     }
 

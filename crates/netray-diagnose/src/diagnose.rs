@@ -68,6 +68,9 @@ pub struct Context<'a, 'w> {
     pub pod_network: Option<IpNet>,
     /// Proves fixes by walking again; `None` leaves every proof out.
     pub rewalk: Option<&'a Rewalk<'a>>,
+    /// Walks a sample of the cluster's other flows with commands applied: a fix that breaks
+    /// one of them that works today is not proven. `None`: no such check (said in the proof).
+    pub collateral: Option<&'a Rewalk<'a>>,
 }
 
 /// Outcome per endpoint reached (after DNAT) or per destination.
@@ -425,6 +428,11 @@ fn cause_key(f: &Finding) -> (&'static str, String, String, Vec<String>) {
 /// then every fix together. Causes revealed behind a fixed one are added to `merged`.
 fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rewalk) -> FixProof {
     const ROUNDS: usize = 4;
+    // The sample of other flows that work today (none when there is no sample).
+    let baseline: BTreeSet<(String, String)> = match ctx.collateral.map(|w| w(&[])) {
+        Some(Ok(t)) => working(&t),
+        _ => BTreeSet::new(),
+    };
     // Causes found behind a fixed one, with the index of the cause that revealed them.
     let mut revealed: Vec<(Merged, usize)> = Vec::new();
     for i in 0..merged.len() {
@@ -539,11 +547,15 @@ fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rew
                 break;
             }
         }
-        merged[i].finding.proof = Some(proof.unwrap_or(FixProof {
+        let mut proof = proof.unwrap_or(FixProof {
             proven: false,
             with,
             detail: format!("still failing after {ROUNDS} rounds of fixes"),
-        }));
+        });
+        if proof.proven {
+            add_damage(&mut proof, collateral_damage(ctx, &baseline, &cmds));
+        }
+        merged[i].finding.proof = Some(proof);
     }
     // A revealed cause's fix was proven (or not) together with the cause that revealed it.
     for (mut r, parent) in revealed {
@@ -596,7 +608,7 @@ fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rew
                         .map(move |b| format!("{}: {}", endpoint_of(b, &t.trace), b.reason))
                 })
                 .collect();
-            FixProof {
+            let mut p = FixProof {
                 proven: bad.is_empty(),
                 with: merged.iter().map(|m| m.finding.code.to_string()).collect(),
                 detail: if bad.is_empty() {
@@ -614,7 +626,67 @@ fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rew
                         bad.first().cloned().unwrap_or_default()
                     )
                 },
+            };
+            if p.proven {
+                add_damage(&mut p, collateral_damage(ctx, &baseline, &all));
             }
+            p
+        }
+    }
+}
+
+/// The (flow, endpoint) pairs of `flows` that succeed.
+fn working(flows: &[TracedFlow]) -> BTreeSet<(String, String)> {
+    let mut ok = BTreeSet::new();
+    let mut bad = BTreeSet::new();
+    for f in flows {
+        for b in &f.trace.branches {
+            let k = (format!("{} → {}", f.from, f.to), endpoint_of(b, &f.trace));
+            if b.disposition.is_success() {
+                ok.insert(k);
+            } else {
+                bad.insert(k);
+            }
+        }
+    }
+    ok.difference(&bad).cloned().collect()
+}
+
+/// What a fix breaks among the sample of other flows: the pairs that worked before and do not
+/// after, as `FLOW (ENDPOINT)`; an error when the sample could not be walked.
+fn collateral_damage(
+    ctx: &Context,
+    before: &BTreeSet<(String, String)>,
+    cmds: &[FixCommand],
+) -> Result<Vec<String>, String> {
+    let Some(walk) = ctx.collateral else {
+        return Ok(Vec::new());
+    };
+    let after = working(&walk(cmds)?);
+    Ok(before
+        .difference(&after)
+        .map(|(f, e)| format!("{f} ({e})"))
+        .collect())
+}
+
+/// Turn a proof into "not proven" when the fix breaks other flows.
+fn add_damage(p: &mut FixProof, broken: Result<Vec<String>, String>) {
+    match broken {
+        Ok(b) if b.is_empty() => {}
+        Ok(b) => {
+            p.proven = false;
+            p.detail = format!(
+                "{}; but it breaks {} flow{} that work{} today: {}",
+                p.detail,
+                b.len(),
+                if b.len() == 1 { "" } else { "s" },
+                if b.len() == 1 { "s" } else { "" },
+                b.iter().take(3).cloned().collect::<Vec<_>>().join("; ")
+            );
+        }
+        Err(e) => {
+            p.proven = false;
+            p.detail = format!("{}; the other flows could not be checked: {e}", p.detail);
         }
     }
 }
@@ -1143,4 +1215,99 @@ fn stale_entries_note(f: &TracedFlow, findings: &[Finding]) -> Option<String> {
         if ports.len() == 1 { "" } else { "s" },
         list.join(", ")
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use netray_datapath::result::{FlowView, PacketView};
+
+    fn flow(to: &str, ok: bool) -> TracedFlow {
+        let packet = PacketView {
+            src: "10.0.0.1".parse().unwrap(),
+            dst: "10.0.0.2".parse().unwrap(),
+            proto: "tcp".into(),
+            sport: Some(40000),
+            dport: Some(80),
+            len: 60,
+            mark: 0,
+        };
+        let disposition = if ok {
+            Disposition::Delivered
+        } else {
+            Disposition::Dropped
+        };
+        TracedFlow {
+            from: "a".into(),
+            to: to.into(),
+            trace: Trace {
+                flow: FlowView {
+                    packet,
+                    start: "n/host".into(),
+                },
+                branches: vec![Branch {
+                    probability: 1.0,
+                    endpoint: Some("10.0.0.2:80".into()),
+                    disposition,
+                    cause: None,
+                    reason: "r".into(),
+                    ended_on: Leg::Forward,
+                    decided_by: Vec::new(),
+                    assumptions: Vec::new(),
+                    hops: Vec::new(),
+                }],
+                shares: Default::default(),
+                reachable: ok,
+                truncated: false,
+            },
+        }
+    }
+
+    /// A fix that makes its own flow work but breaks one that works today is not proven.
+    #[test]
+    fn a_fix_that_breaks_another_flow_is_not_proven() {
+        let bundle = netray_snapshot::Bundle {
+            source: "t".into(),
+            cluster: None,
+            nodes: Vec::new(),
+        };
+        let world = World::new(&bundle);
+        // Today x works and y works; with any command applied, y breaks.
+        let sample = |cmds: &[FixCommand]| -> Result<Vec<TracedFlow>, String> {
+            Ok(vec![flow("x", true), flow("y", cmds.is_empty())])
+        };
+        let ctx = Context {
+            findings: &[],
+            world: &world,
+            pod_network: None,
+            rewalk: None,
+            collateral: Some(&sample),
+        };
+        let before = working(&sample(&[]).unwrap());
+        assert_eq!(before.len(), 2);
+        let cmd = FixCommand {
+            node: "n".into(),
+            netns: "host".into(),
+            pod: None,
+            run: "sysctl -w x=1".into(),
+        };
+        let mut p = FixProof {
+            proven: true,
+            with: Vec::new(),
+            detail: "ok".into(),
+        };
+        add_damage(&mut p, collateral_damage(&ctx, &before, &[cmd]));
+        assert!(!p.proven, "{p:?}");
+        assert!(
+            p.detail.contains("breaks 1 flow") && p.detail.contains("a → y"),
+            "{p:?}"
+        );
+        let mut q = FixProof {
+            proven: true,
+            with: Vec::new(),
+            detail: "ok".into(),
+        };
+        add_damage(&mut q, collateral_damage(&ctx, &before, &[]));
+        assert!(q.proven);
+    }
 }

@@ -214,10 +214,44 @@ fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> 
             }
         }
         "bridge-nf-snat-conflict" => {
+            // Take the conflicting bridge out of iptables only: every other bridge of the
+            // namespace keeps br_netfilter through its own switch (pods on one bridge calling
+            // a Service need it), then the namespace-wide switch goes off.
             for o in objects {
                 if let KernelObject::Sysctl { at, key, .. } = o
                     && key.contains("bridge-nf-call")
                 {
+                    let crossed: Vec<&str> = b
+                        .hops
+                        .iter()
+                        .filter(|h| h.node == at.node && h.netns == at.netns)
+                        .filter_map(|h| match &h.step {
+                            Step::Bridge { bridge, .. } => Some(bridge.as_str()),
+                            _ => None,
+                        })
+                        .collect();
+                    if let Some(v) = ns_at(ctx, at) {
+                        for l in &v.snap.links {
+                            let in_use = v
+                                .snap
+                                .links
+                                .iter()
+                                .any(|p| p.master.as_deref() == Some(l.name.as_str()));
+                            if matches!(l.kind, LinkKind::Bridge { .. })
+                                && in_use
+                                && !crossed.contains(&l.name.as_str())
+                            {
+                                out.push(cmd(
+                                    at,
+                                    b,
+                                    format!(
+                                        "ip link set {} type bridge nf_call_iptables 1",
+                                        l.name
+                                    ),
+                                ));
+                            }
+                        }
+                    }
                     out.push(cmd(at, b, format!("sysctl -w {key}=0")));
                 }
             }
@@ -281,6 +315,34 @@ fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> 
                         format!("ip route add default via {gw} dev {dev}"),
                     ));
                 }
+            }
+        }
+        "mtu-blackhole" => {
+            // Dropped on receive by a device whose MTU is below the sender's (a veth peer, a
+            // bridge port): give it the sender's MTU. A packet too big for its own egress
+            // (DF) needs the sender's MTU lowered instead: no command.
+            let links: Vec<(&Place, &String, u32)> = objects
+                .iter()
+                .filter_map(|o| match o {
+                    KernelObject::Link {
+                        at,
+                        name,
+                        mtu: Some(m),
+                        ..
+                    } => Some((at, name, *m)),
+                    _ => None,
+                })
+                .collect();
+            if let (Some(small), Some(big)) = (
+                links.iter().min_by_key(|l| l.2),
+                links.iter().max_by_key(|l| l.2),
+            ) && small.2 < big.2
+            {
+                out.push(cmd(
+                    small.0,
+                    b,
+                    format!("ip link set {} mtu {}", small.1, big.2),
+                ));
             }
         }
         "hairpin-off" => {

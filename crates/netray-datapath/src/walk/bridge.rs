@@ -137,7 +137,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                     ),
                     Some("mtu-blackhole"),
                 )
-                .by(v.link_obj(p, format!("mtu {}", pl.mtu))));
+                .by(v.link_obj(p, format!("mtu {}", pl.mtu)))
+                .by_all(in_port.map(|i| v.link_obj(i, "ingress port"))));
             }
             if Some(p) == in_port {
                 let hair = self

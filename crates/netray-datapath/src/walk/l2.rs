@@ -68,12 +68,33 @@ impl<'w, 'a> Walker<'w, 'a> {
             return Err(end(Disposition::Unknown, "internal: bad link", None));
         };
         if !is_up(l) {
-            return Err(end(
-                Disposition::Dropped,
-                format!("{what}{} in {} is down", l.name, v.label()),
-                Some("interface-down"),
-            )
-            .by(v.link_obj(link, "down")));
+            // Administratively up but without carrier: the veth peer that is down decided.
+            let peer = v
+                .peer
+                .get(link)
+                .copied()
+                .flatten()
+                .filter(|&(pn, pi)| l.is_up() && self.link(pn, pi).is_some_and(|p| !is_up(p)));
+            return Err(match peer {
+                Some((pn, pi)) => end(
+                    Disposition::Dropped,
+                    format!(
+                        "{what}{} in {} has no carrier: its veth peer {} in {} is down",
+                        l.name,
+                        v.label(),
+                        self.world.ns[pn].link_name(pi),
+                        self.world.ns[pn].label()
+                    ),
+                    Some("interface-down"),
+                )
+                .by(self.world.ns[pn].link_obj(pi, "down")),
+                None => end(
+                    Disposition::Dropped,
+                    format!("{what}{} in {} is down", l.name, v.label()),
+                    Some("interface-down"),
+                )
+                .by(v.link_obj(link, "down")),
+            });
         }
         Ok(l)
     }
@@ -330,7 +351,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                         ),
                         Some("mtu-blackhole"),
                     )
-                    .by(self.world.ns[pns].link_obj(pl, format!("mtu {}", p.mtu))));
+                    .by(self.world.ns[pns].link_obj(pl, format!("mtu {}", p.mtu)))
+                    .by(v.link_obj(link, format!("sender, mtu {}", l.mtu))));
                 }
                 self.wire(st, ns, link, (pns, pl), mac);
                 Ok(None)

@@ -653,14 +653,35 @@ impl<'w, 'a> Walker<'w, 'a> {
                 if let Some(bp) = &pl.bridge_port
                     && bp.state != "forwarding"
                 {
-                    fail!(
-                        end(
+                    // A port without carrier is `disabled`: the interface that is down (the
+                    // port itself or its veth peer) is what decided.
+                    let peer = v.peer.get(port).copied().flatten();
+                    let down = if !is_up(pl) {
+                        Some((ns, port))
+                    } else {
+                        peer.filter(|&(pn, pi)| self.link(pn, pi).is_some_and(|l| !is_up(l)))
+                    };
+                    let e = match down {
+                        Some((dn, di)) => end(
+                            Disposition::Dropped,
+                            format!(
+                                "bridge port {} is in state {}: {} in {} is down",
+                                pl.name,
+                                bp.state,
+                                self.world.ns[dn].link_name(di),
+                                self.world.ns[dn].label()
+                            ),
+                            Some("interface-down"),
+                        )
+                        .by(self.world.ns[dn].link_obj(di, "down")),
+                        None => end(
                             Disposition::Dropped,
                             format!("bridge port {} is in state {}", pl.name, bp.state),
-                            Some("bridge-port-blocked")
+                            Some("bridge-port-blocked"),
                         )
-                        .by(v.link_obj(port, format!("bridge port state {}", bp.state)))
-                    );
+                        .by(v.link_obj(port, format!("bridge port state {}", bp.state))),
+                    };
+                    fail!(e);
                 }
                 let dst_before = st.pkt.dst;
                 if self.br_nf(ns, br, st.pkt.dst.is_ipv4()) {

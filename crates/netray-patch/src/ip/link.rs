@@ -46,6 +46,8 @@ pub fn run(ctx: &mut Ctx<'_>, args: &[String]) -> R<Out> {
     }
     let mut dev: Option<String> = None;
     let (mut state, mut mtu, mut mac) = (None, None, None);
+    // `type bridge nf_call_iptables 0|1`: the bridge's own br_netfilter switch.
+    let mut nf_call: Option<bool> = None;
     let mut it = args[1..].iter();
     while let Some(w) = it.next() {
         let w = w.as_str();
@@ -58,9 +60,28 @@ pub fn run(ctx: &mut Ctx<'_>, args: &[String]) -> R<Out> {
                 mtu = Some(util::u32_c(v, "mtu")?);
             }
             "address" => mac = Some(util::mac(next(&mut it, w)?)?),
+            "type" => {
+                let kind = next(&mut it, w)?;
+                if kind != "bridge" {
+                    return Err(unsupported(format!(
+                        "`ip link set … type {kind}` is not supported (only `type bridge nf_call_iptables 0|1`)"
+                    )));
+                }
+                let opt = next(&mut it, kind)?;
+                if opt != "nf_call_iptables" {
+                    return Err(unsupported(format!(
+                        "`ip link set … type bridge {opt}` is not supported (only nf_call_iptables)"
+                    )));
+                }
+                nf_call = Some(match next(&mut it, opt)? {
+                    "0" => false,
+                    "1" => true,
+                    v => return Err(invalid(format!("nf_call_iptables takes 0 or 1, not `{v}`"))),
+                });
+            }
             "arp" | "multicast" | "allmulticast" | "promisc" | "master" | "nomaster" | "name"
-            | "alias" | "txqueuelen" | "qlen" | "netns" | "type" | "vf" | "xdp" | "group"
-            | "carrier" | "trailers" | "dynamic" | "broadcast" | "brd" | "peer" | "link-netns" => {
+            | "alias" | "txqueuelen" | "qlen" | "netns" | "vf" | "xdp" | "group" | "carrier"
+            | "trailers" | "dynamic" | "broadcast" | "brd" | "peer" | "link-netns" => {
                 return Err(unsupported(format!("`ip link set … {w}` is not supported")));
             }
             _ if dev.is_none() => dev = Some(w.to_string()),
@@ -73,9 +94,9 @@ pub fn run(ctx: &mut Ctx<'_>, args: &[String]) -> R<Out> {
     }
     let dev =
         dev.ok_or_else(|| invalid("Not enough of information: \"dev\" argument is required."))?;
-    if state.is_none() && mtu.is_none() && mac.is_none() {
+    if state.is_none() && mtu.is_none() && mac.is_none() && nf_call.is_none() {
         return Err(invalid(
-            "`ip link set`: nothing to change (up, down, mtu, address)",
+            "`ip link set`: nothing to change (up, down, mtu, address, type bridge nf_call_iptables)",
         ));
     }
     let ni = ctx.ns;
@@ -92,6 +113,14 @@ pub fn run(ctx: &mut Ctx<'_>, args: &[String]) -> R<Out> {
             )));
         }
         ctx.ns().links[li].mtu = m;
+    }
+    if let Some(on) = nf_call {
+        match &mut ctx.ns().links[li].kind {
+            LinkKind::Bridge {
+                nf_call_iptables, ..
+            } => *nf_call_iptables = on,
+            _ => return Err(invalid(format!("`{dev}` is not a bridge"))),
+        }
     }
     if let Some(m) = &mac {
         if matches!(before.kind, LinkKind::Loopback) || before.mac.is_none() {

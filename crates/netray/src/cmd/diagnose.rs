@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use netray_datapath::result::{Disposition, Leg};
 use netray_datapath::{RulesetEngine, World, trace};
-use netray_diagnose::diagnose::{Context, Diagnosis, FailurePoint, TracedFlow, Verdict, diagnose};
+use netray_diagnose::diagnose::{
+    Context, Diagnosis, FailurePoint, Rewalk, TracedFlow, Verdict, diagnose,
+};
 use netray_diagnose::scan::scan_world;
 
 use super::{ClusterArgs, CmdResult, Format, load_bundle};
@@ -43,6 +45,7 @@ pub fn run(args: Args) -> CmdResult {
     let opts = args.flow.walk_options();
     // Walk every flow over `bundle`.
     let walk_all = |bundle: &netray_snapshot::Bundle,
+                    flows: &[crate::resolve::ResolvedFlow],
                     warn: bool|
      -> Result<(Vec<TracedFlow>, Vec<netray_diagnose::Finding>), String> {
         let mut world = World::new(bundle);
@@ -52,7 +55,7 @@ pub fn run(args: Args) -> CmdResult {
             super::warn_input_problems(&world, &engine);
         }
         let mut traced = Vec::new();
-        for f in &flows {
+        for f in flows {
             let t = trace(&world, &engine, &f.flow, opts).map_err(|e| e.to_string())?;
             // A node's own socket: say which source the kernel picked.
             let from = match f.flow.start {
@@ -74,12 +77,20 @@ pub fn run(args: Args) -> CmdResult {
         };
         Ok((traced, findings))
     };
-    let (traced, findings) = walk_all(&bundle, true)?;
-    // A fix is proven by applying its commands to a copy of the snapshots and walking again.
+    let (traced, findings) = walk_all(&bundle, &flows, true)?;
+    // A fix is proven by applying its commands to a copy of the snapshots and walking again:
+    // the diagnosed flow must then work, and a sample of the cluster's other flows must not
+    // break.
     let rewalk = |cmds: &[netray_patch::FixCommand]| -> Result<Vec<TracedFlow>, String> {
         let mut copy = bundle.clone();
         netray_patch::apply_all(&mut copy, cmds).map_err(|e| e.to_string())?;
-        walk_all(&copy, false).map(|(t, _)| t)
+        walk_all(&copy, &flows, false).map(|(t, _)| t)
+    };
+    let sample = sample_flows(&args.flow, &flows, &bundle, cluster.as_ref());
+    let collateral = |cmds: &[netray_patch::FixCommand]| -> Result<Vec<TracedFlow>, String> {
+        let mut copy = bundle.clone();
+        netray_patch::apply_all(&mut copy, cmds).map_err(|e| e.to_string())?;
+        walk_all(&copy, &sample, false).map(|(t, _)| t)
     };
     let mut world = World::new(&bundle);
     world.name_pods(pods.iter().cloned());
@@ -88,6 +99,7 @@ pub fn run(args: Args) -> CmdResult {
         world: &world,
         pod_network: cluster.as_ref().and_then(super::pod_network),
         rewalk: Some(&rewalk),
+        collateral: (!sample.is_empty()).then_some(&collateral as &Rewalk),
     };
     let from = traced.first().map(|f| f.from.clone()).unwrap_or_default();
     let to = if flows.len() == 1 {
@@ -249,4 +261,64 @@ fn netray_diagnose_where(c: &netray_patch::FixCommand) -> String {
         (None, "host") => format!("{} (host namespace)", c.node),
         (None, ns) => format!("{} (netns {ns})", c.node),
     }
+}
+
+/// Flows of the cluster besides the diagnosed ones, walked before and after a fix so a fix
+/// that breaks something else is not called proven: from one pod per node and from every node
+/// to each port of every Service with a cluster IP (at most 48 flows).
+fn sample_flows(
+    base: &FlowArgs,
+    diagnosed: &[crate::resolve::ResolvedFlow],
+    bundle: &netray_snapshot::Bundle,
+    cluster: Option<&netray_kube::ClusterView>,
+) -> Vec<crate::resolve::ResolvedFlow> {
+    const MAX: usize = 48;
+    let Some(c) = cluster else {
+        return Vec::new();
+    };
+    let mut sources: Vec<String> = Vec::new();
+    for n in &c.nodes {
+        if let Some(p) = c
+            .pods
+            .iter()
+            .find(|p| p.node.as_deref() == Some(n.name.as_str()) && !p.host_network)
+        {
+            sources.push(format!("pod/{}/{}", p.namespace, p.name));
+        }
+        sources.push(format!("node/{}", n.name));
+    }
+    let mut out: Vec<crate::resolve::ResolvedFlow> = Vec::new();
+    'all: for svc in c.services.iter().filter(|s| !s.cluster_ips.is_empty()) {
+        for port in &svc.ports {
+            for src in &sources {
+                let to = format!(
+                    "svc/{}/{}:{}/{}",
+                    svc.namespace,
+                    svc.name,
+                    port.port,
+                    port.protocol.to_ascii_lowercase()
+                );
+                let (Ok(from), Ok(to)) = (src.parse(), to.parse()) else {
+                    continue;
+                };
+                let fa = FlowArgs {
+                    from,
+                    to,
+                    proto: None,
+                    sport: None,
+                    ..base.clone()
+                };
+                for f in resolve(&fa, bundle, cluster).unwrap_or_default() {
+                    if diagnosed.iter().any(|d| d.flow == f.flow) {
+                        continue;
+                    }
+                    out.push(f);
+                    if out.len() >= MAX {
+                        break 'all;
+                    }
+                }
+            }
+        }
+    }
+    out
 }
