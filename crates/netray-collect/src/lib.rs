@@ -11,6 +11,7 @@
 //! verbatim from `iptables-save`/`nft`/`ipset`, which are run only in ways that do not
 //! change state (see [`fw`]).
 
+pub mod bpf;
 pub mod ct;
 pub mod diag;
 pub mod fw;
@@ -213,6 +214,7 @@ fn links_with_peers(
     cands: &Candidates,
     self_ino: u64,
     problems: &mut Vec<(String, String)>,
+    attachments: &mut Vec<netray_snapshot::Attachment>,
 ) -> std::io::Result<Vec<netray_snapshot::Link>> {
     let mut raw_problems = Vec::new();
     let raw = rtnl::links(sock, &mut raw_problems)?;
@@ -224,6 +226,11 @@ fn links_with_peers(
     };
     let mut out = Vec::with_capacity(raw.len());
     for mut r in raw {
+        if let Some((mode, id)) = r.xdp
+            && let Some(a) = bpf::xdp(&r.link.name, mode, id)
+        {
+            attachments.push(a);
+        }
         if let LinkKind::Veth { peer_netns, .. } = &mut r.link.kind {
             *peer_netns = match r.link_netnsid {
                 None => Some(self_ino),
@@ -270,11 +277,12 @@ fn collect_here(
         firewall: Firewall::default(),
         conntrack: None,
         sockets: Vec::new(),
+        attachments: Vec::new(),
     };
     match nl::Conn::open(nl::NETLINK_ROUTE) {
         Err(e) => problems.push(("rtnetlink".into(), e.to_string())),
         Ok(mut sock) => {
-            match links_with_peers(&mut sock, cands, ino, &mut problems) {
+            match links_with_peers(&mut sock, cands, ino, &mut problems, &mut snap.attachments) {
                 Ok(l) => snap.links = l,
                 Err(e) => problems.push(("links".into(), e.to_string())),
             }
@@ -299,6 +307,14 @@ fn collect_here(
                     }
                     Err(e) => problems.push(("bridge-vlans".into(), e.to_string())),
                 }
+            }
+            match bpf::tc_filters(&mut sock, &names) {
+                Ok(v) => snap.attachments.extend(v),
+                Err(e) => problems.push(("tc-filters".into(), e.to_string())),
+            }
+            match bpf::tcx(&names) {
+                Ok(v) => snap.attachments.extend(v),
+                Err(e) => problems.push(("tcx".into(), e)),
             }
             let mut p = Vec::new();
             match rtnl::addresses(&mut sock, &names, &mut p) {
@@ -533,7 +549,8 @@ pub fn collect_with(
     {
         let mut sock = nl::Conn::open(nl::NETLINK_ROUTE).map_err(io("rtnetlink"))?;
         let mut p = Vec::new();
-        let links = links_with_peers(&mut sock, &cands, host.1, &mut p).map_err(io("links"))?;
+        let links = links_with_peers(&mut sock, &cands, host.1, &mut p, &mut Vec::new())
+            .map_err(io("links"))?;
         for l in links {
             if let LinkKind::Veth {
                 peer_netns: Some(peer),
@@ -653,6 +670,27 @@ pub fn collect_with(
         })
         .collect();
 
+    let mut cgroup_programs = Vec::new();
+    match bpf::cgroup_programs() {
+        Ok((v, cut)) => {
+            cgroup_programs = v;
+            if cut {
+                node_problems.push(NotCollected {
+                    what: "cgroup-bpf".into(),
+                    netns: None,
+                    reason: format!(
+                        "only the first {} cgroups were queried for BPF programs",
+                        bpf::MAX_CGROUPS
+                    ),
+                });
+            }
+        }
+        Err(reason) => node_problems.push(NotCollected {
+            what: "cgroup-bpf".into(),
+            netns: None,
+            reason,
+        }),
+    }
     let (hostname, kernel) = uname();
     let boot_id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
         .map(|s| s.trim().to_string())
@@ -670,5 +708,6 @@ pub fn collect_with(
         namespaces,
         referenced_netns,
         not_collected: node_problems,
+        cgroup_programs,
     })
 }

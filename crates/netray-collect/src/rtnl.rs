@@ -15,7 +15,7 @@ use netlink_packet_route::address::{AddressAttribute, AddressMessage};
 use netlink_packet_route::link::{
     AfSpecBridge, InfoBridge, InfoBridgePort, InfoData, InfoGre, InfoGre6, InfoIpTunnel,
     InfoMacVlan, InfoMacVtap, InfoPortData, InfoVlan, InfoVti, InfoVxlan, LinkAttribute,
-    LinkExtentMask, LinkInfo, LinkMessage,
+    LinkExtentMask, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
 };
 use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
@@ -44,6 +44,8 @@ pub struct RawLink {
     pub master_index: Option<u32>,
     /// vxlan `IFLA_VXLAN_LINK`.
     pub vxlan_dev: Option<u32>,
+    /// `IFLA_XDP`: attach mode (`IFLA_XDP_ATTACHED`, 0 = none) and program id.
+    pub xdp: Option<(u8, Option<u32>)>,
 }
 
 fn family(fam: u8) -> AddressFamily {
@@ -169,8 +171,30 @@ fn parse_link(m: LinkMessage) -> RawLink {
     let mut info_data: Option<InfoData> = None;
     let mut slave_kind: Option<String> = None;
     let mut slave_data: Option<InfoPortData> = None;
+    let mut xdp: Option<(u8, Option<u32>)> = None;
     for a in m.attributes {
         match a {
+            LinkAttribute::Xdp(x) => {
+                let (mut mode, mut id) = (0u8, None);
+                for i in x {
+                    match i {
+                        LinkXdp::Attached(a) => {
+                            mode = match a {
+                                XdpAttached::None => 0,
+                                XdpAttached::Driver => 1,
+                                XdpAttached::SocketBuffer => 2,
+                                XdpAttached::Hardware => 3,
+                                XdpAttached::Multiple => 4,
+                                XdpAttached::Other(x) => x,
+                                _ => 255,
+                            }
+                        }
+                        LinkXdp::ProgId(p) => id = Some(p),
+                        _ => {}
+                    }
+                }
+                xdp = Some((mode, id));
+            }
             LinkAttribute::Address(v) => addr = Some(v),
             LinkAttribute::IfName(v) => name = v,
             LinkAttribute::Mtu(v) => mtu = v,
@@ -358,6 +382,7 @@ fn parse_link(m: LinkMessage) -> RawLink {
         link_netnsid,
         master_index,
         vxlan_dev,
+        xdp,
     }
 }
 

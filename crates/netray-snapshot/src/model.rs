@@ -29,6 +29,10 @@ pub struct NodeSnapshot {
     /// What could not be collected, and why.
     #[serde(default)]
     pub not_collected: Vec<NotCollected>,
+    /// BPF programs attached to cgroups (point `cgroup`): they act on the sockets of every
+    /// process in the cgroup (and its descendants), whatever its network namespace.
+    #[serde(default)]
+    pub cgroup_programs: Vec<Attachment>,
 }
 
 /// Identity and provenance of a snapshot.
@@ -118,6 +122,80 @@ pub struct NetnsSnapshot {
     pub conntrack: Option<Conntrack>,
     /// Listening TCP sockets and bound UDP sockets.
     pub sockets: Vec<Socket>,
+    /// What runs on this namespace's interfaces that netray does not model: tc filters on
+    /// the clsact/ingress qdisc (every classifier kind), tcx and XDP programs.
+    #[serde(default)]
+    pub attachments: Vec<Attachment>,
+}
+
+/// Where an [`Attachment`] runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum AttachPoint {
+    /// XDP on `dev`: every frame `dev` receives, before tc, netfilter and routing.
+    Xdp,
+    /// tc ingress (clsact or ingress qdisc filter, or tcx) on `dev`: every packet `dev`
+    /// receives, after XDP, before netfilter PREROUTING and routing.
+    TcIngress,
+    /// tc egress (clsact filter, or tcx) on `dev`: every packet `dev` transmits, after
+    /// netfilter POSTROUTING.
+    TcEgress,
+    /// A cgroup hook (`attach_type`): sockets of the cgroup's processes.
+    Cgroup,
+}
+
+/// A tc filter, tcx/XDP program or cgroup BPF program: it may drop, redirect or rewrite what
+/// crosses it, and netray does not model what it does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Attachment {
+    /// Where it runs.
+    pub point: AttachPoint,
+    /// Interface (xdp, tc); `None` for cgroup programs.
+    #[serde(default)]
+    pub dev: Option<String>,
+    /// tc: the classifier (`bpf`, `u32`, `flower`, `matchall`, …); `tcx` for a tcx program;
+    /// `bpf` for XDP and cgroup programs.
+    pub kind: String,
+    /// The BPF program, when there is one (and the kernel said which).
+    #[serde(default)]
+    pub prog: Option<BpfProgram>,
+    /// tc: filter priority (`pref`).
+    #[serde(default)]
+    pub pref: Option<u16>,
+    /// tc: filter chain.
+    #[serde(default)]
+    pub chain: Option<u32>,
+    /// tc: filter handle.
+    #[serde(default)]
+    pub handle: Option<u32>,
+    /// tc `bpf`: direct-action (the program's return code is the verdict, e.g. `TC_ACT_SHOT`
+    /// drops); always true for tcx.
+    #[serde(default)]
+    pub direct_action: bool,
+    /// XDP: `driver`, `generic`, `offload` or `multi`.
+    #[serde(default)]
+    pub mode: Option<String>,
+    /// cgroup: the cgroup's path under the cgroup2 mount (`/` for the root).
+    #[serde(default)]
+    pub cgroup: Option<String>,
+    /// cgroup: the attach type (`cgroup_inet4_connect`, `cgroup_inet_ingress`, …).
+    #[serde(default)]
+    pub attach_type: Option<String>,
+}
+
+/// A loaded BPF program, as the kernel reports it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BpfProgram {
+    /// Kernel-wide program id (`bpftool prog show id N`).
+    pub id: u32,
+    /// Program name (at most 15 characters), or tc's name for it (object file and section).
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Program tag (hex).
+    #[serde(default)]
+    pub tag: Option<String>,
 }
 
 /// A network interface.
