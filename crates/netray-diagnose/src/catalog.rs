@@ -37,6 +37,11 @@ pub const CATALOG: &[Check] = &[
         run: sysctl::iface_forwarding,
     },
     Check {
+        codes: &["bpf-datapath"],
+        title: "tc / XDP / cgroup BPF programs attached: traces crossing them are uncertain",
+        run: links::bpf_programs,
+    },
+    Check {
         codes: &["sysctl-unparsable"],
         title: "a sysctl the datapath decides on (forwarding, rp_filter, …) holds no number",
         run: sysctl::unparsable,
@@ -218,6 +223,7 @@ pub const WALK_CODES: &[&str] = &[
     "nat-reply-mismatch",
     "mtu-blackhole",
     "reply-leaves-snapshot",
+    "bpf-program",
     "routing-loop",
     "uncertain-rule",
     "dropped",

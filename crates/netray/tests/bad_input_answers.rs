@@ -130,3 +130,66 @@ fn unterminated_quote_on_the_path_is_uncertain() {
         d["causes"]
     );
 }
+
+/// Issue 10: a branch that crosses a BPF program (here tc ingress on web-2's host-side veth)
+/// is uncertain, naming the program; scan says the node carries BPF programs.
+#[test]
+fn a_bpf_program_on_the_path_is_uncertain_and_named() {
+    let dir = copy_example("healthy");
+    let p = dir.path().join("nodes/node1.json");
+    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
+    let host = v["namespaces"]
+        .as_array_mut()
+        .unwrap()
+        .iter_mut()
+        .find(|n| n["role"] == "host")
+        .unwrap();
+    host["attachments"] = serde_json::json!([{
+        "point": "tc-ingress", "dev": "flannel.1", "kind": "bpf",
+        "prog": {"id": 42, "name": "cil_from_overlay", "tag": "0123456789abcdef"},
+        "pref": 1, "chain": 0, "handle": 1, "direct_action": true
+    }]);
+    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    let b = dir.path().to_str().unwrap();
+    let (code, d) = json(&[
+        "diagnose",
+        "--bundle",
+        b,
+        "--from",
+        "pod/default/web-0",
+        "--to",
+        "pod/default/web-2:8080",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, 1);
+    assert_eq!(d["verdict"], "uncertain", "{:#}", d["causes"]);
+    let causes = d["causes"].to_string();
+    assert!(
+        causes.contains("program id 42") && causes.contains("cil_from_overlay"),
+        "{causes}"
+    );
+    // Traffic that does not cross it stays certain.
+    let (code, d) = json(&[
+        "diagnose",
+        "--bundle",
+        b,
+        "--from",
+        "pod/default/web-0",
+        "--to",
+        "pod/default/web-1:8080",
+        "-o",
+        "json",
+    ]);
+    assert_eq!((code, d["verdict"].as_str()), (0, Some("reachable")));
+    let (_, s) = json(&["scan", "--bundle", b, "-o", "json"]);
+    assert!(
+        s["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["code"] == "bpf-datapath" && f["node"] == "node1"),
+        "{:#}",
+        s["findings"]
+    );
+}

@@ -430,6 +430,55 @@ impl<'w, 'a> Walker<'w, 'a> {
         });
     }
 
+    /// A tc filter, tcx or XDP program on `link` in the direction the packet crosses it
+    /// (receive: XDP then tc ingress; transmit: tc egress): netray does not model what it
+    /// does, so the branch ends `unknown`, naming it.
+    fn attached_program(&self, ns: NsIdx, link: usize, ingress: bool) -> Option<End> {
+        use netray_snapshot::AttachPoint;
+        let v = &self.world.ns[ns];
+        let name = v.link_name(link);
+        let a = v.snap.attachments.iter().find(|a| {
+            a.dev.as_deref() == Some(name)
+                && if ingress {
+                    matches!(a.point, AttachPoint::Xdp | AttachPoint::TcIngress)
+                } else {
+                    a.point == AttachPoint::TcEgress
+                }
+        })?;
+        let point = match a.point {
+            AttachPoint::Xdp => "XDP",
+            AttachPoint::TcIngress => "tc ingress",
+            AttachPoint::TcEgress => "tc egress",
+            AttachPoint::Cgroup => "cgroup",
+        };
+        let prog = match &a.prog {
+            Some(p) => format!(
+                " program id {}{}",
+                p.id,
+                p.name
+                    .as_deref()
+                    .map(|n| format!(" `{n}`"))
+                    .unwrap_or_default()
+            ),
+            None => String::new(),
+        };
+        let what = format!("{point} {} filter{prog} on {name}", a.kind);
+        Some(
+            end(
+                Disposition::Unknown,
+                format!(
+                    "the packet crosses a {what} in {}: netray does not model what it does (drop, redirect, rewrite)",
+                    v.label()
+                ),
+                Some("bpf-program"),
+            )
+            .by(crate::KernelObject::Unmodelled {
+                at: v.place(),
+                what,
+            }),
+        )
+    }
+
     fn link(&self, ns: NsIdx, i: usize) -> Option<&'a netray_snapshot::Link> {
         self.world.ns.get(ns).and_then(|v| v.snap.links.get(i))
     }
@@ -625,16 +674,24 @@ impl<'w, 'a> Walker<'w, 'a> {
                 Err(e) => fail!(e),
             },
             Pos::FrameOut { ns, link, mac, nh } => {
+                if let Some(e) = self.attached_program(ns, link, false) {
+                    fail!(e);
+                }
                 match self.frame_out(&mut st, ns, link, mac, nh) {
                     Ok(Some(v)) => out.extend(v.into_iter().map(Next::Go)),
                     Ok(None) => out.push(Next::Go(st)),
                     Err(e) => fail!(e),
                 }
             }
-            Pos::FrameIn { ns, link, mac } => match self.frame_in(&mut st, ns, link, mac) {
-                Ok(()) => out.push(Next::Go(st)),
-                Err(e) => fail!(e),
-            },
+            Pos::FrameIn { ns, link, mac } => {
+                if let Some(e) = self.attached_program(ns, link, true) {
+                    fail!(e);
+                }
+                match self.frame_in(&mut st, ns, link, mac) {
+                    Ok(()) => out.push(Next::Go(st)),
+                    Err(e) => fail!(e),
+                }
+            }
             Pos::BrIn { ns, br, port, mac } => {
                 let v = &self.world.ns[ns];
                 let (Some(bl), Some(pl)) = (self.link(ns, br), self.link(ns, port)) else {

@@ -139,3 +139,86 @@ pub(crate) fn duplicate_addresses(input: &ScanInput, out: &mut Vec<Finding>) {
         ));
     }
 }
+
+/// BPF datapaths (Cilium, Calico eBPF) and other tc filters are not modelled: say up front which
+/// devices carry programs, so a confident-looking trace elsewhere is read with that in mind.
+pub(crate) fn bpf_programs(input: &ScanInput, out: &mut Vec<Finding>) {
+    for n in &input.namespaces {
+        if n.ns.attachments.is_empty() {
+            continue;
+        }
+        let evidence: Vec<String> =
+            n.ns.attachments
+                .iter()
+                .take(12)
+                .map(|a| {
+                    format!(
+                        "{:?} {} on {}{}",
+                        a.point,
+                        a.kind,
+                        a.dev.as_deref().unwrap_or("-"),
+                        a.prog
+                            .as_ref()
+                            .map(|p| format!(
+                                ": program id {}{}",
+                                p.id,
+                                p.name
+                                    .as_deref()
+                                    .map(|x| format!(" `{x}`"))
+                                    .unwrap_or_default()
+                            ))
+                            .unwrap_or_default()
+                    )
+                })
+                .collect();
+        let devs: std::collections::BTreeSet<&str> =
+            n.ns.attachments
+                .iter()
+                .filter_map(|a| a.dev.as_deref())
+                .collect();
+        out.push(n.finding(
+            "bpf-datapath",
+            Severity::Warning,
+            evidence,
+            format!(
+                "{} program{} or tc filter{} attached to {} device{} here ({}): netray does not \
+                 model what they do, so every branch crossing them is uncertain, named. If this \
+                 is a BPF dataplane (Cilium, Calico eBPF), kube-proxy may be replaced and the \
+                 iptables rules are not what forwards traffic.",
+                n.ns.attachments.len(),
+                if n.ns.attachments.len() == 1 { "" } else { "s" },
+                if n.ns.attachments.len() == 1 { "" } else { "s" },
+                devs.len(),
+                if devs.len() == 1 { "" } else { "s" },
+                devs.into_iter().collect::<Vec<_>>().join(", ")
+            ),
+            "check the programs with bpftool (bpftool net show; bpftool prog show id N)".into(),
+        ));
+    }
+    for node in &input.bundle.nodes {
+        if node.cgroup_programs.is_empty() {
+            continue;
+        }
+        if let Some(h) = input.hosts().find(|h| h.node.node.name == node.node.name) {
+            out.push(h.finding(
+                "bpf-datapath",
+                Severity::Info,
+                node.cgroup_programs
+                    .iter()
+                    .take(12)
+                    .map(|a| {
+                        format!(
+                            "cgroup {} {}",
+                            a.cgroup.as_deref().unwrap_or("?"),
+                            a.attach_type.as_deref().unwrap_or("?")
+                        )
+                    })
+                    .collect(),
+                "cgroup BPF programs act on sockets of this node (socket-level load balancing \
+                 replaces kube-proxy's DNAT for connect() when present); netray does not model them."
+                    .into(),
+                "check them with bpftool cgroup tree".into(),
+            ));
+        }
+    }
+}
