@@ -739,3 +739,39 @@ fn bridged_reply_de_snat_breaks_the_handshake_seed_000() {
         Disposition::Delivered
     );
 }
+
+/// Issue 10, item 3: an outside client reaching an address of the node arrives on the
+/// interface holding that address (the router on its subnet delivers it there), so that
+/// interface's strict rp_filter decides — not the interface facing the client's route.
+#[test]
+fn external_client_enters_on_the_interface_holding_the_destination() {
+    let mut k = routed();
+    k.link("r", "up0", netray_snapshot::LinkKind::Device, 1500);
+    k.addr("r", "up0", "198.51.100.1/24");
+    k.route("r", "192.0.2.0/24 via 198.51.100.254 dev up0");
+    k.sysctl("r", "net.ipv4.conf.all.rp_filter", "1");
+    // To the address on vc (a second LAN): enters on vc, and the route back leaves by up0.
+    let t = run(
+        &k,
+        "192.0.2.9",
+        "10.0.1.1",
+        1,
+        None,
+        None,
+        Start::Node("r".into()),
+    );
+    assert!(t.flow.start.contains("entering on vc"), "{}", t.flow.start);
+    assert_eq!(only(&t), Disposition::RpFilter);
+    // To the address on up0: enters there and passes.
+    let t = run(
+        &k,
+        "192.0.2.9",
+        "198.51.100.1",
+        1,
+        None,
+        None,
+        Start::Node("r".into()),
+    );
+    assert!(t.flow.start.contains("entering on up0"), "{}", t.flow.start);
+    assert_eq!(only(&t), Disposition::Delivered);
+}

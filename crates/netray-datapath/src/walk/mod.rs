@@ -285,7 +285,24 @@ fn resolve_start(
     } else {
         IpAddr::V6(Ipv6Addr::UNSPECIFIED)
     };
-    // An interface whose subnet holds the source (the client is on-link there) first.
+    // A client outside reaching one of this namespace's own addresses arrives on the
+    // interface holding it (the router on that subnet delivers it there), so that
+    // interface's rp_filter decides; else an interface whose subnet holds the source (the
+    // client is on-link there).
+    let by_dst = v
+        .snap
+        .addresses
+        .iter()
+        .filter(|a| a.addr.addr() == flow.dst)
+        .filter(|a| {
+            v.link(&a.dev).is_some_and(|i| {
+                v.snap.links.get(i).is_some_and(|l| {
+                    l.is_up() && !matches!(l.kind, LinkKind::Loopback | LinkKind::Dummy)
+                })
+            })
+        })
+        .max_by_key(|a| a.addr.prefix_len())
+        .and_then(|a| v.link(&a.dev));
     let onlink = v
         .snap
         .addresses
@@ -294,7 +311,8 @@ fn resolve_start(
         .filter(|a| a.addr.contains(&flow.src) && a.addr.addr() != flow.src)
         .max_by_key(|a| a.addr.prefix_len())
         .and_then(|a| v.link(&a.dev));
-    let link = onlink
+    let link = by_dst
+        .or(onlink)
         .or_else(|| facing(flow.src))
         .or_else(|| facing(any))
         .or_else(|| {
