@@ -194,8 +194,9 @@ fn resolve_source(
     }
 }
 
-/// One destination: address, port, protocol, label.
-type Dest = (IpAddr, Option<u16>, Proto, String);
+/// One destination: address, port, protocol, label, and the nodes an outside client's
+/// packets enter at (empty: the default entry, see `resolve_source`).
+type Dest = (IpAddr, Option<u16>, Proto, String, Vec<String>);
 
 fn resolve_destination(
     args: &FlowArgs,
@@ -219,7 +220,7 @@ fn resolve_destination(
             Some(p) if proto != Proto::Icmp => format!("{label} port {p}/{proto}"),
             _ => format!("{label} {proto}"),
         };
-        Ok(vec![(ip, port, proto, label)])
+        Ok(vec![(ip, port, proto, label, Vec::new())])
     };
     match &ep.target {
         Target::Addr { ip, at: None } => one(*ip, ip.to_string()),
@@ -259,11 +260,60 @@ fn resolve_destination(
                     listing(&format!("Services in namespace {namespace}"), &here)
                 )
             })?;
-            let ip = *svc.cluster_ips.first().ok_or_else(|| {
-                format!(
-                    "service {namespace}/{name} is headless (no ClusterIP); trace a pod instead"
-                )
-            })?;
+            // A client outside the cluster reaches a LoadBalancer Service at its ingress
+            // address (or an external IP), entering at the nodes the load balancer sends to:
+            // with externalTrafficPolicy Local only those hosting a ready endpoint (the others
+            // fail its health check), else every node.
+            let outside = matches!(args.from.target, Target::External(_));
+            let ext_ip = svc
+                .lb_ingress
+                .first()
+                .or(svc.external_ips.first())
+                .copied()
+                .filter(|_| outside);
+            if outside && ext_ip.is_none() {
+                let np: Vec<String> = svc
+                    .ports
+                    .iter()
+                    .filter_map(|p| p.node_port.map(|n| format!("node/NAME:{n}")))
+                    .collect();
+                return Err(format!(
+                    "service {namespace}/{name} has no LoadBalancer ingress or external IP: a \
+                     client outside the cluster cannot reach its ClusterIP{}",
+                    if np.is_empty() {
+                        String::new()
+                    } else {
+                        format!("; try its NodePort ({})", np.join(", "))
+                    }
+                ));
+            }
+            let ip = match ext_ip {
+                Some(ip) => ip,
+                None => *svc.cluster_ips.first().ok_or_else(|| {
+                    format!(
+                        "service {namespace}/{name} is headless (no ClusterIP); trace a pod instead"
+                    )
+                })?,
+            };
+            let entries = |port: &netray_kube::ServicePort| -> Vec<String> {
+                if ext_ip.is_none() {
+                    return Vec::new();
+                }
+                let nodes: Vec<String> = c.nodes.iter().map(|n| n.name.clone()).collect();
+                if svc.external_traffic_policy != "Local" {
+                    return nodes;
+                }
+                let ready = c.ready_endpoints(svc, port);
+                nodes
+                    .into_iter()
+                    .filter(|n| {
+                        c.pods.iter().any(|p| {
+                            p.node.as_deref() == Some(n.as_str())
+                                && p.ips.iter().any(|ip| ready.iter().any(|(a, _)| a == ip))
+                        })
+                    })
+                    .collect()
+            };
             let explicit_proto = args.proto.or(ep.proto);
             let ports: Vec<_> = svc
                 .ports
@@ -301,6 +351,7 @@ fn resolve_destination(
                             "svc/{namespace}/{name}:{}/{} ({ip}:{})",
                             p.port, proto, p.port
                         ),
+                        entries(p),
                     ))
                 })
                 .collect()
@@ -317,26 +368,51 @@ pub fn resolve(
     let dests = resolve_destination(args, bundle, cluster)?;
     args.given_source_port()?;
     let mut out = Vec::new();
-    for (dst, dport, proto, to_label) in dests {
-        let (src, start, from_label) = resolve_source(&args.from, bundle, cluster, dst)?;
+    for (dst, dport, proto, to_label, entries) in dests {
         if matches!(proto, Proto::Tcp | Proto::Udp | Proto::Sctp) && dport.is_none() {
             return Err(format!(
                 "{proto} needs a destination port (--to {to_label}:PORT), or use --proto icmp"
             ));
         }
-        out.push(ResolvedFlow {
-            to_label,
-            from_label,
-            flow: Flow {
-                src,
-                dst,
-                proto: proto.number(),
-                sport: args.source_port(),
-                dport: if proto == Proto::Icmp { None } else { dport },
-                size: args.size.map(u32::from),
-                start,
-            },
-        });
+        let mut starts = Vec::new();
+        if entries.is_empty() {
+            starts.push((
+                resolve_source(&args.from, bundle, cluster, dst)?,
+                to_label.clone(),
+            ));
+        } else if let Target::External(ip) = &args.from.target {
+            // One flow per node the load balancer sends to.
+            for n in &entries {
+                starts.push((
+                    (
+                        *ip,
+                        Start::Node(n.clone()),
+                        format!("external/{ip} (entering node/{n})"),
+                    ),
+                    format!("{to_label} via node/{n}"),
+                ));
+            }
+        }
+        if starts.is_empty() {
+            return Err(format!(
+                "{to_label}: no node can receive it from the load balancer (externalTrafficPolicy Local and no node hosts a ready endpoint)"
+            ));
+        }
+        for ((src, start, from_label), to_label) in starts {
+            out.push(ResolvedFlow {
+                to_label,
+                from_label,
+                flow: Flow {
+                    src,
+                    dst,
+                    proto: proto.number(),
+                    sport: args.source_port(),
+                    dport: if proto == Proto::Icmp { None } else { dport },
+                    size: args.size.map(u32::from),
+                    start,
+                },
+            });
+        }
     }
     Ok(out)
 }
