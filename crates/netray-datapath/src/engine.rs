@@ -171,6 +171,9 @@ fn nat_of(a: &nfl::NatAction) -> NatAction {
     }
 }
 
+/// Longest rule text quoted in a trace (characters); longer ones are cut, saying their size.
+pub const MAX_RULE_QUOTE: usize = 2000;
+
 /// Convert one engine outcome.
 pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
     let verdict = match &o.verdict {
@@ -183,7 +186,9 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
             nfl::RejectWith::Other(s) => s.clone(),
         }),
         nfl::Verdict::Queue { .. } => NfVerdict::Queue,
-        nfl::Verdict::Unknown { reason } => NfVerdict::Unknown(reason.clone()),
+        nfl::Verdict::Unknown { reason } => {
+            NfVerdict::Unknown(netray_snapshot::text::clip(reason, MAX_RULE_QUOTE).into_owned())
+        }
     };
     let rules: Vec<RuleRef> = o
         .matched_rules()
@@ -199,7 +204,8 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
             table: h.table.to_string(),
             chain: h.chain.to_string(),
             index: (h.index != 0).then_some(h.index as usize),
-            text: h.text.as_str().to_string(),
+            // A rule is quoted, not echoed: a hostile 10 MB line stays a bounded quote.
+            text: netray_snapshot::text::clip(h.text.as_str(), MAX_RULE_QUOTE).into_owned(),
             packets: h.counters.map(|c| c.0),
             bytes: h.counters.map(|c| c.1),
         })

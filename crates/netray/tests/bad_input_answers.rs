@@ -193,3 +193,51 @@ fn a_bpf_program_on_the_path_is_uncertain_and_named() {
         s["findings"]
     );
 }
+
+/// Issue 15, item 10: a 10 MB garbage rule line is quoted, not echoed — `rules trace` output
+/// stays small in text and JSON, and standard error is bounded too.
+#[test]
+fn a_huge_rule_line_is_quoted_not_echoed() {
+    let dump = std::fs::read_to_string(
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../examples/rules/iptables-save.txt"),
+    )
+    .unwrap();
+    let at = dump.find("-A FORWARD").expect("a FORWARD rule");
+    let big = format!(
+        "{}-A FORWARD {} -j DROP\n{}",
+        &dump[..at],
+        "x".repeat(10_000_000),
+        &dump[at..]
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("big.txt");
+    std::fs::write(&file, big).unwrap();
+    for fmt in ["text", "json"] {
+        let out = Command::new(NETRAY)
+            .args([
+                "rules",
+                "trace",
+                "--iptables",
+                file.to_str().unwrap(),
+                "--backend",
+                "nft",
+                "--local",
+                "192.168.50.10",
+                "--from",
+                "10.244.1.5",
+                "--to",
+                "10.244.0.2:8080",
+                "-o",
+                fmt,
+            ])
+            .output()
+            .unwrap();
+        assert!(
+            out.stdout.len() < 200_000 && out.stderr.len() < 200_000,
+            "-o {fmt}: {} bytes of stdout, {} of stderr for a 10 MB line",
+            out.stdout.len(),
+            out.stderr.len()
+        );
+        assert!(matches!(out.status.code(), Some(0..=2)));
+    }
+}

@@ -263,8 +263,20 @@ fn walk(a: &TraceArgs) -> Result<Walked, super::CmdError> {
         start: spec.start(src),
     };
     let trace = netray_datapath::trace(&world, &rec, &flow, a.flow.walk_options())?;
+    // Quoted, not echoed: a hostile 10 MB line stays a bounded quote.
+    let clip = |t: &str| {
+        netray_snapshot::text::clip(t, netray_datapath::engine::MAX_RULE_QUOTE).into_owned()
+    };
     let diagnostics = match engine.ruleset(0) {
-        Some(Ok(rs)) => rs.diagnostics().to_vec(),
+        Some(Ok(rs)) => rs
+            .diagnostics()
+            .iter()
+            .map(|d| nfl::Diagnostic {
+                message: clip(&d.message),
+                text: clip(&d.text),
+                ..d.clone()
+            })
+            .collect(),
         _ => Vec::new(),
     };
     Ok(Walked {
@@ -449,7 +461,11 @@ impl RuleLine {
             chain: h.chain.to_string(),
             index: (h.index != 0).then_some(h.index as usize),
             handle: h.handle,
-            text: h.text.as_str().to_string(),
+            text: netray_snapshot::text::clip(
+                h.text.as_str(),
+                netray_datapath::engine::MAX_RULE_QUOTE,
+            )
+            .into_owned(),
             counters: h.counters,
             matched: h.matched,
         }
