@@ -200,12 +200,27 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Di
                 continue;
             }
             let cause = cause_of(b, ctx);
-            let last = b.hops.last();
+            // Where the packet was lost: where the walk ended, except for a packet with no
+            // route inside the cluster, lost where the lookup failed (it may have left the
+            // snapshot further on, through a switch).
+            let lost_at = b
+                .decided_by
+                .iter()
+                .find_map(|o| match o {
+                    KernelObject::RouteLookup { at, .. }
+                        if b.disposition == Disposition::NoRoute =>
+                    {
+                        Some((at.node.clone(), at.netns.clone()))
+                    }
+                    _ => None,
+                })
+                .or_else(|| b.hops.last().map(|h| (h.node.clone(), h.netns.clone())))
+                .unwrap_or_default();
             let point = FailurePoint {
                 disposition: b.disposition,
                 leg: b.ended_on,
-                node: last.map(|h| h.node.clone()).unwrap_or_default(),
-                netns: last.map(|h| h.netns.clone()).unwrap_or_default(),
+                node: lost_at.0,
+                netns: lost_at.1,
                 code: cause.code.to_string(),
                 cause_node: cause.node.clone(),
                 cause_netns: cause.netns.clone(),
