@@ -3,13 +3,13 @@
 //! Each check reads the snapshots (and the cluster view when there is one) and reports
 //! findings with quoted evidence. Checks are independent; [`scan`] runs them all.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
 use ipnet::IpNet;
 use netray_datapath::world::NsIdx;
 use netray_datapath::{RulesetEngine, World};
-use netray_kube::ClusterView;
+use netray_kube::{ClusterView, EndpointSlice, Service, ServicePort};
 use netray_netfilter::ipt::Dump;
 use netray_netfilter::{HostContext, Ruleset};
 use netray_snapshot::{Bundle, LinkKind, NetnsRole, NetnsSnapshot, NodeSnapshot, Route, RouteType};
@@ -92,6 +92,21 @@ pub struct ScanInput<'a> {
     pub namespaces: Vec<Ns<'a>>,
     /// The parsed firewalls, by [`Ns::idx`].
     pub engine: &'a RulesetEngine,
+    /// Position in `namespaces` of each [`World`] namespace index.
+    pos: Vec<Option<usize>>,
+    /// The veth peer (namespace, link) of each link, by [`World`] namespace index: resolved by
+    /// the world on `(boot_id, inode)`, so a pod of another node sharing an inode is not it.
+    peers: Vec<Vec<Option<(NsIdx, usize)>>>,
+    /// Whether `namespaces[i]` is a workload (see [`ScanInput::is_workload`]).
+    workload: Vec<bool>,
+    /// Workloads (positions in `namespaces`) by the node snapshot they were seen in.
+    by_node: HashMap<usize, Vec<usize>>,
+    /// The first of `namespaces` holding each interface address.
+    owners: HashMap<IpAddr, usize>,
+    /// [`ScanInput::pod_cidrs`], computed once.
+    pod_cidrs: BTreeMap<String, Vec<IpNet>>,
+    /// EndpointSlices by Service `(namespace, name)`, in the cluster view's order.
+    slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
 }
 
 impl<'a> ScanInput<'a> {
@@ -116,12 +131,127 @@ impl<'a> ScanInput<'a> {
             })
             .collect();
         namespaces.sort_by_key(|n| n.ns.role != NetnsRole::Host);
-        ScanInput {
+        let mut pos = vec![None; world.ns.len()];
+        for (i, n) in namespaces.iter().enumerate() {
+            pos[n.idx] = Some(i);
+        }
+        let peers = world.ns.iter().map(|v| v.peer.clone()).collect();
+        // Pod IPs of the cluster view, and the namespaces plugged into a bridge of their
+        // node's host namespace (node snapshot, peer inode).
+        let pod_ips: HashSet<IpAddr> = cluster
+            .iter()
+            .flat_map(|c| &c.pods)
+            .filter(|p| !p.host_network)
+            .flat_map(|p| p.ips.iter().copied())
+            .collect();
+        let mut bridged: HashSet<(usize, u64)> = HashSet::new();
+        for node in &bundle.nodes {
+            for l in node.host().iter().flat_map(|h| &h.links) {
+                if let (
+                    Some(_),
+                    LinkKind::Veth {
+                        peer_netns: Some(p),
+                        ..
+                    },
+                ) = (&l.master, &l.kind)
+                {
+                    bridged.insert((node_key(node), *p));
+                }
+            }
+        }
+        let with_pods = cluster.is_some_and(|c| !c.pods.is_empty());
+        let workload: Vec<bool> = namespaces
+            .iter()
+            .map(|n| {
+                if n.ns.role == NetnsRole::Host {
+                    return false;
+                }
+                let addrs: Vec<IpAddr> =
+                    n.ns.addresses
+                        .iter()
+                        .filter(|a| a.scope == "global" && a.dev != "lo")
+                        .map(|a| a.addr.addr())
+                        .collect();
+                if addrs.is_empty() {
+                    false
+                } else if with_pods {
+                    addrs.iter().any(|ip| pod_ips.contains(ip))
+                } else {
+                    bridged.contains(&(node_key(n.node), n.ns.id.inode))
+                }
+            })
+            .collect();
+        let mut by_node: HashMap<usize, Vec<usize>> = HashMap::new();
+        for (i, n) in namespaces.iter().enumerate() {
+            if workload[i] {
+                by_node.entry(node_key(n.node)).or_default().push(i);
+            }
+        }
+        let mut owners: HashMap<IpAddr, usize> = HashMap::new();
+        for (i, n) in namespaces.iter().enumerate() {
+            for a in &n.ns.addresses {
+                owners.entry(a.addr.addr()).or_insert(i);
+            }
+        }
+        let mut slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>> = HashMap::new();
+        for s in cluster.iter().flat_map(|c| &c.endpoint_slices) {
+            if let Some(svc) = &s.service {
+                slices
+                    .entry((s.namespace.as_str(), svc.as_str()))
+                    .or_default()
+                    .push(s);
+            }
+        }
+        let mut input = ScanInput {
             bundle,
             cluster,
             namespaces,
             engine,
+            pos,
+            peers,
+            workload,
+            by_node,
+            owners,
+            pod_cidrs: BTreeMap::new(),
+            slices,
+        };
+        input.pod_cidrs = input.compute_pod_cidrs();
+        input
+    }
+
+    /// The namespace at the other end of link `link` (an index into `n.ns.links`) when it is
+    /// a veth whose peer the [`World`] resolved, with the peer link's index.
+    pub fn veth_peer(&self, n: &Ns, link: usize) -> Option<(Ns<'a>, usize)> {
+        let (pns, pl) = (*self.peers.get(n.idx)?.get(link)?)?;
+        Some((self.namespaces[self.pos[pns]?], pl))
+    }
+
+    /// Ready endpoint addresses and target ports of Service port `port`, as
+    /// [`ClusterView::ready_endpoints`] gives them, through the index of EndpointSlices.
+    pub fn ready_endpoints(&self, svc: &Service, port: &ServicePort) -> Vec<(IpAddr, u16)> {
+        let mut out = Vec::new();
+        let slices = self
+            .slices
+            .get(&(svc.namespace.as_str(), svc.name.as_str()))
+            .map(Vec::as_slice)
+            .unwrap_or(&[]);
+        for slice in slices {
+            let Some(p) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol.eq_ignore_ascii_case(&port.protocol))
+            else {
+                continue;
+            };
+            for e in &slice.endpoints {
+                if e.conditions.ready {
+                    out.extend(e.addresses.iter().map(|a| (*a, p.port)));
+                }
+            }
         }
+        out.sort();
+        out.dedup();
+        out
     }
 
     /// The parsed firewall of a namespace: `None` when it holds no rules, an error message when
@@ -148,7 +278,7 @@ impl<'a> ScanInput<'a> {
     pub fn routes_for_others(&self, h: &Ns) -> bool {
         self.cluster
             .is_some_and(|c| c.node(&h.node.node.name).is_some())
-            || self.workloads().any(|w| std::ptr::eq(w.node, h.node))
+            || self.by_node.contains_key(&node_key(h.node))
             || h.ns
                 .links
                 .iter()
@@ -167,54 +297,43 @@ impl<'a> ScanInput<'a> {
     /// global address, holding a pod IP of the cluster view — or, without a cluster view,
     /// plugged into a bridge of its node's host namespace. A lab switch or router is not.
     pub fn is_workload(&self, n: &Ns) -> bool {
-        if n.ns.role == NetnsRole::Host {
-            return false;
-        }
-        let addrs: Vec<IpAddr> =
-            n.ns.addresses
-                .iter()
-                .filter(|a| a.scope == "global" && a.dev != "lo")
-                .map(|a| a.addr.addr())
-                .collect();
-        if addrs.is_empty() {
-            return false;
-        }
-        let pod_ip = self.cluster.is_some_and(|c| {
-            c.pods
-                .iter()
-                .any(|p| !p.host_network && p.ips.iter().any(|ip| addrs.contains(ip)))
-        });
-        let on_bridge = n.node.host().is_some_and(|h| {
-            h.links.iter().any(|l| {
-                l.master.is_some()
-                    && matches!(l.kind, LinkKind::Veth { peer_netns: Some(p), .. } if p == n.ns.id.inode)
-            })
-        });
-        match self.cluster {
-            Some(c) if !c.pods.is_empty() => pod_ip,
-            _ => on_bridge,
-        }
+        self.pos
+            .get(n.idx)
+            .copied()
+            .flatten()
+            .is_some_and(|i| self.workload[i])
     }
 
     /// Workload namespaces (pods, VMs).
     pub fn workloads(&self) -> impl Iterator<Item = Ns<'a>> + '_ {
         self.namespaces
             .iter()
-            .copied()
-            .filter(|n| self.is_workload(n))
+            .zip(&self.workload)
+            .filter(|(_, w)| **w)
+            .map(|(n, _)| *n)
+    }
+
+    /// Workload namespaces seen in node snapshot `node`, in [`ScanInput::workloads`] order.
+    pub fn workloads_on(&self, node: &NodeSnapshot) -> impl Iterator<Item = Ns<'a>> + '_ {
+        self.by_node
+            .get(&node_key(node))
+            .into_iter()
+            .flatten()
+            .map(|&i| self.namespaces[i])
     }
 
     /// The namespace owning `ip` as an interface address.
     pub fn owner(&self, ip: IpAddr) -> Option<Ns<'a>> {
-        self.namespaces
-            .iter()
-            .copied()
-            .find(|n| n.ns.addresses.iter().any(|a| a.addr.addr() == ip))
+        self.owners.get(&ip).map(|&i| self.namespaces[i])
     }
 
     /// Pod CIDRs per node: from the cluster view, else the subnets of the nodes' `cni0`-like
     /// bridges (a bridge with workload ports and an address).
-    pub fn pod_cidrs(&self) -> BTreeMap<String, Vec<IpNet>> {
+    pub fn pod_cidrs(&self) -> &BTreeMap<String, Vec<IpNet>> {
+        &self.pod_cidrs
+    }
+
+    fn compute_pod_cidrs(&self) -> BTreeMap<String, Vec<IpNet>> {
         let mut out: BTreeMap<String, Vec<IpNet>> = BTreeMap::new();
         if let Some(c) = self.cluster {
             for n in &c.nodes {
@@ -244,6 +363,11 @@ impl<'a> ScanInput<'a> {
         }
         out
     }
+}
+
+/// Identity of a node snapshot of the bundle (its address), as [`std::ptr::eq`] compares them.
+fn node_key(n: &NodeSnapshot) -> usize {
+    n as *const NodeSnapshot as usize
 }
 
 /// The sysctl name of a per-interface IPv4 setting, as `sysctl` prints it (dots in interface

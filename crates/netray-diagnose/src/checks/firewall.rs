@@ -41,15 +41,11 @@ pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
         let decl = dump.slice(chain.decl).to_string();
         // A packet from a pod on another node to a pod here, arriving on the overlay.
         let me = &n.node.node.name;
-        let Some(local_pod) = input
-            .workloads()
-            .filter(|w| w.node.node.name == *me)
-            .find_map(|w| {
-                w.ns.addresses
-                    .iter()
-                    .find(|a| a.scope == "global" && a.addr.addr().is_ipv4())
-            })
-        else {
+        let Some(local_pod) = input.workloads_on(n.node).find_map(|w| {
+            w.ns.addresses
+                .iter()
+                .find(|a| a.scope == "global" && a.addr.addr().is_ipv4())
+        }) else {
             continue;
         };
         let remote = cidrs
@@ -306,19 +302,22 @@ pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>)
                     .filter(|a| a.dev == l.name)
                     .map(|a| a.addr.addr())
                     .collect();
-            for port in
+            for (pi, port) in
                 h.ns.links
                     .iter()
-                    .filter(|p| p.master.as_deref() == Some(&l.name))
+                    .enumerate()
+                    .filter(|(_, p)| p.master.as_deref() == Some(&l.name))
             {
                 let LinkKind::Veth {
-                    peer_netns: Some(peer),
+                    peer_netns: Some(_),
                     ..
                 } = port.kind
                 else {
                     continue;
                 };
-                let Some(w) = input.workloads().find(|w| w.ns.id.inode == peer) else {
+                // The peer as the world resolved it, on this node's (boot_id, inode).
+                let Some((w, _)) = input.veth_peer(h, pi).filter(|(w, _)| input.is_workload(w))
+                else {
                     continue;
                 };
                 let gw = w
@@ -386,6 +385,7 @@ pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>)
 pub(crate) fn missing_snat(input: &ScanInput, out: &mut Vec<Finding>) {
     // A documentation address (RFC 5737): outside any cluster.
     let outside: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(203, 0, 113, 1));
+    let cidrs = input.pod_cidrs();
     for h in &input.namespaces {
         if h.ns.role != netray_snapshot::NetnsRole::Host {
             continue;
@@ -398,11 +398,12 @@ pub(crate) fn missing_snat(input: &ScanInput, out: &mut Vec<Finding>) {
         }) else {
             continue;
         };
-        let cidrs = input.pod_cidrs();
-        let node_cidrs = cidrs.get(&h.node.node.name).cloned().unwrap_or_default();
+        let node_cidrs = cidrs
+            .get(&h.node.node.name)
+            .map(Vec::as_slice)
+            .unwrap_or_default();
         let Some(pod_ip) = input
-            .workloads()
-            .filter(|w| std::ptr::eq(w.node, h.node))
+            .workloads_on(h.node)
             .flat_map(|w| w.ns.addresses.iter().map(|a| a.addr.addr()))
             .find(|a| node_cidrs.iter().any(|c| c.contains(a)))
         else {

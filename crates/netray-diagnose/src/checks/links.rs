@@ -57,7 +57,7 @@ pub(crate) fn interfaces_down(input: &ScanInput, out: &mut Vec<Finding>) {
 
 pub(crate) fn bridge_ports(input: &ScanInput, out: &mut Vec<Finding>) {
     for h in input.hosts() {
-        for l in &h.ns.links {
+        for (li, l) in h.ns.links.iter().enumerate() {
             let Some(bp) = &l.bridge_port else { continue };
             if bp.state != "forwarding" && bp.state != "disabled" {
                 out.push(h.finding(
@@ -77,8 +77,17 @@ pub(crate) fn bridge_ports(input: &ScanInput, out: &mut Vec<Finding>) {
                     "check STP on the bridge (bridge link show); disable STP on CNI bridges".into(),
                 ));
             }
-            let to_workload = matches!(l.kind, LinkKind::Veth { peer_netns: Some(p), .. }
-                if input.namespaces.iter().any(|n| n.ns.id.inode == p && input.is_workload(n)));
+            // The peer namespace as the world resolved it: (boot_id, inode), never another
+            // node's namespace that happens to share the inode number.
+            let to_workload = matches!(
+                l.kind,
+                LinkKind::Veth {
+                    peer_netns: Some(_),
+                    ..
+                }
+            ) && input
+                .veth_peer(&h, li)
+                .is_some_and(|(p, _)| input.is_workload(&p));
             if to_workload && !bp.hairpin && input.cluster.is_some_and(|c| !c.services.is_empty()) {
                 out.push(h.finding(
                     "hairpin-disabled",

@@ -210,25 +210,20 @@ fn underlay_mtu(
     h.link(&name).map(|l| (name.clone(), l.mtu))
 }
 
-/// The MTU of the other end of a veth, when that namespace is in the bundle: a veth drops
-/// packets larger than the receiving end's MTU.
-fn veth_peer_mtu<'a>(
-    input: &'a ScanInput,
-    link: &netray_snapshot::Link,
-) -> Option<(Ns<'a>, &'a str, u32)> {
+/// The MTU of the other end of veth `link` (an index into `n.ns.links`), when the world
+/// resolved its peer namespace (on this node's `(boot_id, inode)`): a veth drops packets larger
+/// than the receiving end's MTU.
+fn veth_peer_mtu<'a>(input: &ScanInput<'a>, n: &Ns, link: usize) -> Option<(Ns<'a>, &'a str, u32)> {
     let LinkKind::Veth {
-        peer_ifindex: Some(idx),
-        peer_netns: Some(inode),
-    } = link.kind
+        peer_netns: Some(_),
+        ..
+    } = n.ns.links.get(link)?.kind
     else {
         return None;
     };
-    input.namespaces.iter().find_map(|n| {
-        (n.ns.id.inode == inode)
-            .then(|| n.ns.links.iter().find(|l| l.ifindex == idx))
-            .flatten()
-            .map(|l| (*n, l.name.as_str(), l.mtu))
-    })
+    let (peer, pl) = input.veth_peer(n, link)?;
+    let l = peer.ns.links.get(pl)?;
+    Some((peer, l.name.as_str(), l.mtu))
 }
 
 pub(crate) fn overlay_mtu(input: &ScanInput, out: &mut Vec<Finding>) {
@@ -246,8 +241,8 @@ pub(crate) fn overlay_mtu(input: &ScanInput, out: &mut Vec<Finding>) {
                 continue;
             };
             let mut peer_note = String::new();
-            if let Some(link) = h.ns.link(&udev)
-                && let Some((peer_ns, peer_dev, peer_mtu)) = veth_peer_mtu(input, link)
+            if let Some(link) = h.ns.links.iter().position(|x| x.name == udev)
+                && let Some((peer_ns, peer_dev, peer_mtu)) = veth_peer_mtu(input, &h, link)
                 && peer_mtu < umtu
             {
                 peer_note = format!(

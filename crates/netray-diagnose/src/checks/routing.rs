@@ -43,7 +43,7 @@ pub(crate) fn pod_cidr_routes(input: &ScanInput, out: &mut Vec<Finding>) {
     let cidrs = input.pod_cidrs();
     for h in input.hosts() {
         let me = &h.node.node.name;
-        for (peer, peer_cidrs) in &cidrs {
+        for (peer, peer_cidrs) in cidrs {
             if peer == me {
                 continue;
             }
@@ -85,7 +85,7 @@ pub(crate) fn pod_cidr_routes(input: &ScanInput, out: &mut Vec<Finding>) {
 }
 
 pub(crate) fn blackhole_routes(input: &ScanInput, out: &mut Vec<Finding>) {
-    let cidrs: Vec<IpNet> = input.pod_cidrs().into_values().flatten().collect();
+    let cidrs: Vec<IpNet> = input.pod_cidrs().values().flatten().copied().collect();
     for n in &input.namespaces {
         for r in &n.ns.routes {
             if !matches!(

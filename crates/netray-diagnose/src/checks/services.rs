@@ -1,5 +1,6 @@
 //! Service checks against the cluster view: endpoints, LB addresses in the local table, clusterCIDR, listening ports.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
 
 use ipnet::IpNet;
@@ -15,7 +16,7 @@ pub(crate) fn services_without_endpoints(input: &ScanInput, out: &mut Vec<Findin
             continue;
         }
         for p in &s.ports {
-            if c.ready_endpoints(s, p).is_empty() {
+            if input.ready_endpoints(s, p).is_empty() {
                 out.push(Finding {
                     code: "no-endpoints",
                     severity: Severity::Warning,
@@ -55,6 +56,9 @@ pub(crate) fn lb_ip_in_local_table(input: &ScanInput, out: &mut Vec<Finding>) {
             .chain(&s.external_ips)
             .copied()
             .collect();
+        if vips.is_empty() {
+            continue;
+        }
         for h in input.hosts() {
             for vip in &vips {
                 if let Some(r) = h.ns.routes.iter().find(|r| {
@@ -196,7 +200,7 @@ pub(crate) fn endpoints_listening(input: &ScanInput, out: &mut Vec<Finding>) {
                 "UDP" => netray_snapshot::SocketProto::Udp,
                 _ => continue,
             };
-            for (ip, port) in c.ready_endpoints(s, p) {
+            for (ip, port) in input.ready_endpoints(s, p) {
                 let Some(owner) = input.owner(ip) else {
                     continue;
                 };
@@ -249,6 +253,21 @@ pub(crate) fn endpoints_listening(input: &ScanInput, out: &mut Vec<Finding>) {
 /// keep going to the old backend until the entry expires, whatever kube-proxy's rules say now.
 pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
     let Some(c) = input.cluster else { return };
+    // Services by the addresses clients use (ClusterIP, external, LB), in the view's order.
+    let mut by_addr: HashMap<IpAddr, Vec<usize>> = HashMap::new();
+    for (i, s) in c.services.iter().enumerate() {
+        for a in s
+            .cluster_ips
+            .iter()
+            .chain(&s.external_ips)
+            .chain(&s.lb_ingress)
+        {
+            let v = by_addr.entry(*a).or_default();
+            if v.last() != Some(&i) {
+                v.push(i);
+            }
+        }
+    }
     for n in &input.namespaces {
         let Some(ct) = &n.ns.conntrack else { continue };
         let mut stale: Vec<String> = Vec::new();
@@ -269,19 +288,22 @@ pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
                 _ => continue,
             };
             // The Service whose ClusterIP (or external address) and port the client used.
-            let Some((svc, port)) = c.services.iter().find_map(|s| {
-                let addressed = s.cluster_ips.contains(&e.orig.dst)
-                    || s.external_ips.contains(&e.orig.dst)
-                    || s.lb_ingress.contains(&e.orig.dst);
-                let p = s
-                    .ports
-                    .iter()
-                    .find(|p| p.port == dport && p.protocol.eq_ignore_ascii_case(proto))?;
-                addressed.then_some((s, p))
-            }) else {
+            let Some((svc, port)) = by_addr
+                .get(&e.orig.dst)
+                .into_iter()
+                .flatten()
+                .find_map(|&i| {
+                    let s = &c.services[i];
+                    let p = s
+                        .ports
+                        .iter()
+                        .find(|p| p.port == dport && p.protocol.eq_ignore_ascii_case(proto))?;
+                    Some((s, p))
+                })
+            else {
                 continue;
             };
-            let ready = c.ready_endpoints(svc, port);
+            let ready = input.ready_endpoints(svc, port);
             if ready.contains(&(e.reply.src, backend_port)) {
                 continue;
             }
