@@ -11,7 +11,8 @@ use crate::result::{Disposition, Step};
 use crate::world::NsIdx;
 
 use super::Walker;
-use super::state::{End, RouteSel, St, end, sysctl_or};
+use super::family::Family;
+use super::state::{End, Pos, RouteSel, St, end, sysctl_or};
 
 impl<'w, 'a> Walker<'w, 'a> {
     /// The addresses of `ns` equal to `ip` (a martian's local source) and the `local` routes
@@ -60,34 +61,9 @@ impl<'w, 'a> Walker<'w, 'a> {
         };
         let src = st.pkt.src;
         let dst = st.pkt.dst;
-        if let (IpAddr::V4(s), IpAddr::V4(d)) = (src, dst) {
-            let localnet = {
-                let (a, i) = conf("route_localnet");
-                a != 0 || i != 0
-            };
-            if s.is_multicast() || s.is_broadcast() || s.octets()[0] == 0 {
-                return Err(end(
-                    Disposition::MartianSource,
-                    format!("martian source {s} on {iname} (multicast, broadcast or 0.0.0.0/8)"),
-                    Some("martian-source"),
-                ));
-            }
-            if d.octets()[0] == 0 {
-                return Err(end(
-                    Disposition::MartianSource,
-                    format!("martian destination {d} on {iname}"),
-                    Some("martian-source"),
-                ));
-            }
-            if (s.is_loopback() || d.is_loopback()) && !localnet {
-                return Err(end(
-                    Disposition::MartianSource,
-                    format!(
-                        "127.0.0.0/8 address ({s} > {d}) received on {iname} and route_localnet is 0"
-                    ),
-                    Some("martian-source"),
-                ));
-            }
+        let fam = Family::of(dst);
+        if let Some(e) = fam.input_martian(v, iname, src, dst) {
+            return Err(e);
         }
         let mut key = self.key(st, Some(link));
         key.iif = Some(iname);
@@ -96,55 +72,11 @@ impl<'w, 'a> Walker<'w, 'a> {
         let mut r = Vec::new();
         for (p, sel, step) in sels {
             self.hop(st, ns, Some(link), (!sel.local).then_some(sel.dev), step);
-            if !sel.local && dst.is_ipv4() {
-                // The first of these that was collected decides (per interface, then the
-                // global switch that sets every interface).
-                let keys = [
-                    format!("net.ipv4.conf.{iname}.forwarding"),
-                    "net.ipv4.ip_forward".to_string(),
-                    "net.ipv4.conf.all.forwarding".to_string(),
-                ];
-                let deciding = keys.iter().find(|k| v.snap.sysctl(k).is_some());
-                if let Some(k) = deciding
-                    && let Some(raw) = v.sysctl_unparsable(k)
-                {
-                    return Err(end(
-                        Disposition::Unknown,
-                        format!(
-                            "{k} in {} is `{}`, not a number: whether {iname} forwards is unknown",
-                            v.label(),
-                            netray_snapshot::text::clip(raw, 80)
-                        ),
-                        Some("uncertain-rule"),
-                    )
-                    .by(v.sysctl_obj(k)));
-                }
-                let fwd = deciding.and_then(|k| v.sysctl_int(k)).unwrap_or(0);
-                if fwd == 0 {
-                    let key = deciding.cloned().unwrap_or_else(|| keys[1].clone());
-                    let mut e = end(
-                        Disposition::ForwardingDisabled,
-                        format!(
-                            "forwarding is disabled on {iname} in {} ({key} = {})",
-                            v.label(),
-                            if deciding.is_some() {
-                                "0"
-                            } else {
-                                "not collected, kernel default 0"
-                            }
-                        ),
-                        Some("ip-forward-disabled"),
-                    )
-                    .by(v.sysctl_obj(&key));
-                    // `sysctl -w net.ipv4.ip_forward=1` resets every interface's switch; an
-                    // interface switched off on its own is named too.
-                    if key != keys[1] && v.snap.sysctl(&keys[1]).is_some() {
-                        e = e.by(v.sysctl_obj(&keys[1]));
-                    }
-                    return Err(e);
-                }
+            if !sel.local {
+                fam.forwarding(v, iname)?;
+                fam.forward_source(v, iname, v.link_name(sel.dev), src)?;
             }
-            if dst.is_ipv4() {
+            if fam.validates_source() {
                 self.validate_source(st, ns, link, &conf)?;
             }
             r.push((p, sel));
@@ -294,11 +226,32 @@ impl<'w, 'a> Walker<'w, 'a> {
         if matches!(l.kind, LinkKind::Loopback) {
             return Ok(());
         }
-        let mtu = route_mtu.filter(|m| *m > 0).unwrap_or(l.mtu);
+        let fam = Family::of(st.pkt.dst);
+        // A forwarded IPv6 packet is never fragmented (`ip6_forward`: Packet Too Big).
+        let transit = fam.no_transit_fragmentation() && matches!(st.pos, Pos::Fwd { .. });
+        let mut mtu = route_mtu.filter(|m| *m > 0).unwrap_or(l.mtu);
+        if transit && mtu > 0 {
+            mtu = mtu.max(fam.min_mtu());
+        }
         if mtu == 0 || st.pkt.len <= mtu {
             return Ok(());
         }
         let v = &self.world.ns[ns];
+        if transit && st.encap.is_empty() {
+            return Err(end(
+                Disposition::MtuExceeded,
+                format!(
+                    "IPv6 packet of {} bytes > MTU {} of {} in {}: routers do not fragment IPv6; ICMPv6 Packet Too Big (mtu {mtu}) goes back to {}",
+                    st.pkt.len,
+                    mtu,
+                    l.name,
+                    v.label(),
+                    st.pkt.src
+                ),
+                Some("mtu-blackhole"),
+            )
+            .by(v.link_obj(link, format!("mtu {mtu}"))));
+        }
         if let Some(inner) = st.encap.last() {
             if inner.pkt.df {
                 return Err(end(

@@ -1,7 +1,7 @@
 //! Transmission and frames (`ip_finish_output2`, `neigh_output`, `dev_queue_xmit`,
-//! `netif_receive_skb`): device state, neighbour resolution (with ARP answered by whoever owns
-//! the address on the L2 segment), frames leaving a veth, bridge, VXLAN or physical device and
-//! arriving at the peer, the bridge or the IP layer.
+//! `netif_receive_skb`): device state, neighbour resolution (ARP / NDP answered by whoever
+//! owns the address on the L2 segment, see `family`), frames leaving a veth, bridge, VXLAN or
+//! physical device and arriving at the peer, the bridge or the IP layer.
 
 use std::collections::HashSet;
 use std::net::IpAddr;
@@ -12,7 +12,8 @@ use crate::result::{Disposition, Leg, Step};
 use crate::world::{NsIdx, World};
 
 use super::Walker;
-use super::state::{End, Pos, St, end, is_up, mac_eq, sysctl_or};
+use super::family::{self, Family};
+use super::state::{End, Pos, St, end, is_up, mac_eq};
 
 impl<'w, 'a> Walker<'w, 'a> {
     /// Transmit an IP packet: device state, MTU, neighbour.
@@ -152,10 +153,12 @@ impl<'w, 'a> Walker<'w, 'a> {
                 None,
             ));
         }
+        let fam = Family::of(nh);
         let l = self.link(ns, link);
         let is_vxlan = l.is_some_and(|l| matches!(l.kind, LinkKind::Vxlan { .. }));
         if !is_vxlan
-            && let Some(owner) = self.segment_owner(ns, link, |w, n, i| arp_answers(w, n, i, nh))
+            && let Some(owner) =
+                self.segment_owner(ns, link, |w, n, i| fam.answers_neighbour(w, n, i, nh))
         {
             let how = match entry {
                 Some(n) => format!("entry is {}; ", n.state.join(",")),
@@ -168,7 +171,12 @@ impl<'w, 'a> Walker<'w, 'a> {
             && l.is_some_and(|l| matches!(l.kind, LinkKind::Device))
             && !entry.is_some_and(|n| n.state.iter().any(|s| s == "FAILED"))
         {
-            if let Some(&owner) = self.world.owners_of(nh).iter().find(|o| o.0 != ns) {
+            if let Some(&owner) = self
+                .world
+                .owners_of(nh)
+                .iter()
+                .find(|o| o.0 != ns && fam.owner_is_global(nh))
+            {
                 return Ok(self.arp_answered(st, ns, link, nh, "no entry; ", owner));
             }
             return Err(self.exits(
@@ -226,7 +234,7 @@ impl<'w, 'a> Walker<'w, 'a> {
         }))
     }
 
-    /// Interface `ol` of namespace `ons` answers ARP for `nh`: its MAC is the neighbour's.
+    /// Interface `ol` of namespace `ons` answers ARP / NDP for `nh`: its MAC is the neighbour's.
     fn arp_answered(
         &self,
         st: &mut St,
@@ -246,9 +254,17 @@ impl<'w, 'a> Walker<'w, 'a> {
                 addr: nh,
                 lladdr: mac.clone(),
                 state: format!(
-                    "{how}ARP is answered by {}/{}",
+                    "{how}{} {}/{}{}",
+                    Family::of(nh).solicitation(),
                     self.world.ns[ons].label(),
-                    self.world.ns[ons].link_name(ol)
+                    self.world.ns[ons].link_name(ol),
+                    if family::proxies(&self.world.ns[ons], self.world.ns[ons].link_name(ol), nh)
+                        .is_some()
+                    {
+                        " (proxy NDP entry, proxy_ndp on)"
+                    } else {
+                        ""
+                    }
                 ),
             },
         );
@@ -571,27 +587,4 @@ impl<'w, 'a> Walker<'w, 'a> {
         };
         Ok(())
     }
-}
-
-/// Would interface `i` of namespace `n` answer ARP for `ip`? Linux answers for any local
-/// address on any interface (weak host model) unless `arp_ignore` >= 1, which requires the
-/// address to be configured on the receiving interface.
-fn arp_answers(w: &World<'_>, n: NsIdx, i: usize, ip: IpAddr) -> bool {
-    let v = &w.ns[n];
-    let Some(owner) = v.owns(ip) else {
-        return false;
-    };
-    let name = v.link_name(i);
-    let ignore = sysctl_or(v, "net.ipv4.conf.all.arp_ignore", 0).max(sysctl_or(
-        v,
-        &format!("net.ipv4.conf.{name}.arp_ignore"),
-        0,
-    ));
-    owner == i
-        || (ignore == 0
-            && !v
-                .snap
-                .links
-                .get(i)
-                .is_some_and(|l| l.flags.iter().any(|f| f == "NOARP")))
 }

@@ -5,6 +5,7 @@
 //! (`state::Pos`) at a time, in the order the kernel takes them. The stages live beside it:
 //!
 //! * `state`: the packet, its position and the per-branch state, small shared helpers;
+//! * `family`: what differs between IPv4 and IPv6 (martians, forwarding, NDP, fragmentation);
 //! * `route`: the output route and what a FIB result selects (ECMP as branches), source
 //!   address selection;
 //! * `input`: the input route and its checks (martians, forwarding, `fib_validate_source`
@@ -18,6 +19,7 @@
 
 mod bridge;
 mod deliver;
+mod family;
 mod hooks;
 mod input;
 mod ipvs;

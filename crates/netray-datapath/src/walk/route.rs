@@ -260,6 +260,9 @@ pub(super) fn select_src(
     }
     let name = v.link_name(dev);
     let v4 = nh.is_ipv4();
+    if let IpAddr::V6(d) = nh {
+        return select_src_v6(v, name, d).unwrap_or(IpAddr::V6(Ipv6Addr::UNSPECIFIED));
+    }
     let fam = |a: &&netray_snapshot::Address| a.addr.addr().is_ipv4() == v4;
     v.snap
         .addresses
@@ -322,9 +325,59 @@ pub(super) fn kernel_source(
                     (nh.dev.as_deref()?, nh.gateway)
                 }
             };
-            let src = select_src(v, v.link(dev)?, gw.unwrap_or(dst), None);
+            let src = match dst {
+                // RFC 6724 picks by the destination, not by a (link-local) gateway.
+                IpAddr::V6(d) => select_src_v6(v, dev, d)?,
+                _ => select_src(v, v.link(dev)?, gw.unwrap_or(dst), None),
+            };
             (!src.is_unspecified()).then_some(src)
         }
         _ => None,
     }
+}
+
+/// IPv6 source address selection as `ipv6_dev_get_saddr` does it (RFC 6724), over the
+/// namespace's usable addresses (not tentative or failed DAD): the destination itself, then
+/// the smallest scope not below the destination's, then not deprecated, then on the outgoing
+/// device `dev`, then the longest prefix shared with `dst`.
+fn select_src_v6(v: &crate::world::NsView<'_>, dev: &str, dst: Ipv6Addr) -> Option<IpAddr> {
+    let scope = |a: Ipv6Addr| -> u8 {
+        if a.is_loopback() {
+            1
+        } else if super::family::is_link_local(a) {
+            2
+        } else if a.is_multicast() {
+            a.segments()[0] as u8 & 0x0f
+        } else {
+            14
+        }
+    };
+    let dscope = scope(dst);
+    v.snap
+        .addresses
+        .iter()
+        .filter_map(|a| match a.addr.addr() {
+            IpAddr::V6(x) => Some((a, x)),
+            IpAddr::V4(_) => None,
+        })
+        .filter(|(a, x)| {
+            !a.flags.iter().any(|f| f == "tentative" || f == "dadfailed")
+                && (!x.is_loopback() || dst.is_loopback())
+        })
+        .max_by_key(|(a, x)| {
+            let s = scope(*x);
+            (
+                *x == dst,
+                // Rule 2: enough scope, and then the smallest; too small scopes last.
+                if s >= dscope {
+                    32 - s as i32
+                } else {
+                    s as i32 - 32
+                },
+                !a.flags.iter().any(|f| f == "deprecated"),
+                a.dev == dev,
+                (u128::from(*x) ^ u128::from(dst)).leading_zeros(),
+            )
+        })
+        .map(|(_, x)| IpAddr::V6(x))
 }
