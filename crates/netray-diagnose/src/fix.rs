@@ -90,6 +90,9 @@ fn advice(code: &str) -> &'static str {
             "lower the sending MTU below the path MTU (overlay MTU = underlay MTU − 50)"
         }
         "hairpin-off" => "turn hairpin mode on for the bridge port (the CNI's hairpinMode)",
+        "bridge-port-blocked" => {
+            "put the bridge port back in the forwarding state (and find out what blocked it: STP, a manual state change)"
+        }
         "routing-loop" => "fix the routes that send the packet back where it came from",
         _ => "see the evidence",
     }
@@ -343,6 +346,13 @@ fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> 
                     b,
                     format!("ip link set {} mtu {}", small.1, big.2),
                 ));
+            }
+        }
+        "bridge-port-blocked" => {
+            for o in objects {
+                if let KernelObject::Link { at, name, .. } = o {
+                    out.push(cmd(at, b, format!("bridge link set dev {name} state 3")));
+                }
             }
         }
         "hairpin-off" => {

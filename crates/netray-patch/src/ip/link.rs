@@ -199,6 +199,13 @@ fn carrier(node: &netray_snapshot::NodeSnapshot, ni: usize, l: &Link) -> bool {
 }
 
 fn oper(l: &mut Link, carrier: bool) {
+    // A bridge port forwards once it is up with carrier and is `disabled` otherwise (without
+    // STP the kernel moves it straight to forwarding; with STP it would pass through
+    // listening/learning first: not modelled, the port is put to forwarding).
+    let running = l.is_up() && carrier;
+    if let Some(bp) = l.bridge_port.as_mut() {
+        bp.state = if running { "forwarding" } else { "disabled" }.into();
+    }
     if !l.is_up() {
         l.operstate = "down".into();
         set_flag(l, "LOWER_UP", false);
