@@ -10,37 +10,19 @@
 //! the number of runs (default 400: about 25 s in a debug build, under a minute on a busy CI
 //! machine).
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
+mod common;
+
+use common::Rng;
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/healthy");
 /// A run longer than this is a hang.
 const HANG_GUARD: Duration = Duration::from_secs(60);
 /// Most standard error one run may print.
 const MAX_STDERR: usize = 1 << 20;
-
-/// xorshift64*: small, deterministic, good enough to pick mutations.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
 
 fn hostile_value(rng: &mut Rng) -> Value {
     match rng.below(14) {
@@ -200,43 +182,8 @@ fn pack(dir: &Path) -> PathBuf {
 
 fn run(args: &[&str]) -> (Option<i32>, Option<i32>, Vec<u8>, Vec<u8>) {
     use std::os::unix::process::ExitStatusExt;
-    let mut child = Command::new(NETRAY)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("netray {args:?} hung (killed after {HANG_GUARD:?})");
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
-    (
-        status.code(),
-        status.signal(),
-        t1.join().unwrap(),
-        t2.join().unwrap(),
-    )
+    let o = common::netray_bounded(args, HANG_GUARD);
+    (o.status.code(), o.status.signal(), o.stdout, o.stderr)
 }
 
 fn raw_control(bytes: &[u8]) -> Option<u8> {

@@ -10,31 +10,17 @@
 //! `NETRAY_FUZZ_SEED` picks the seed (printed on failure), `NETRAY_FUZZ_RUNS` the number of
 //! mutated dumps (default 120, three commands each).
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
-const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
+mod common;
+
+use common::Rng;
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/healthy");
 const HANG_GUARD: Duration = Duration::from_secs(60);
 const MAX_OUTPUT: usize = 8 << 20;
-
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n.max(1) as u64) as usize
-    }
-}
 
 const TOKENS: &[&str] = &[
     "-j DROP",
@@ -120,42 +106,12 @@ fn mutate_dump(text: &str, rng: &mut Rng) -> String {
 
 fn run(args: &[&str]) -> (Option<i32>, Option<i32>, usize, usize) {
     use std::os::unix::process::ExitStatusExt;
-    let mut child = Command::new(NETRAY)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v.len()
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v.len()
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("netray {args:?} hung (killed after {HANG_GUARD:?})");
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
+    let o = common::netray_bounded(args, HANG_GUARD);
     (
-        status.code(),
-        status.signal(),
-        t1.join().unwrap(),
-        t2.join().unwrap(),
+        o.status.code(),
+        o.status.signal(),
+        o.stdout.len(),
+        o.stderr.len(),
     )
 }
 

@@ -4,15 +4,17 @@
 //! with exit code 2, a clear message, and no credential in anything printed.
 #![cfg(feature = "live")]
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{BufRead, BufReader, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
+mod common;
+
+use common::NETRAY;
 /// A run that takes longer than this is a hang.
 const HANG_GUARD: Duration = Duration::from_secs(90);
 
@@ -155,45 +157,17 @@ struct Run {
 /// [`HANG_GUARD`].
 fn netray_cluster(kc: &Path, timeout_secs: &str) -> Run {
     let home = kc.parent().unwrap();
-    let mut child = Command::new(NETRAY)
-        .args(["cluster", "--kubeconfig", kc.to_str().unwrap()])
+    let mut cmd = Command::new(NETRAY);
+    cmd.args(["cluster", "--kubeconfig", kc.to_str().unwrap()])
         .env_clear()
         .env("HOME", home)
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("NETRAY_KUBE_TIMEOUT", timeout_secs)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = so.read_to_end(&mut s);
-        s
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut s = Vec::new();
-        let _ = se.read_to_end(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("netray cluster hung (killed after {HANG_GUARD:?})");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
+        .env("NETRAY_KUBE_TIMEOUT", timeout_secs);
+    let o = common::run_bounded(cmd, "netray cluster", HANG_GUARD);
     Run {
-        code: status.code(),
-        stdout: String::from_utf8_lossy(&t1.join().unwrap()).into_owned(),
-        stderr: String::from_utf8_lossy(&t2.join().unwrap()).into_owned(),
+        code: o.status.code(),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
 

@@ -4,12 +4,11 @@
 //! through a planted link, and `collect --netns` refuses a FIFO and a mount namespace.
 //! Every run is killed (and fails) after a generous hang guard.
 
-use std::io::Read;
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
+mod common;
+
 const EXAMPLE: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/healthy");
 const HANG_GUARD: Duration = Duration::from_secs(120);
 
@@ -26,41 +25,11 @@ impl Run {
 }
 
 fn netray(args: &[&str]) -> Run {
-    let mut child = Command::new(NETRAY)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut so = child.stdout.take().unwrap();
-    let mut se = child.stderr.take().unwrap();
-    let t1 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = so.read_to_end(&mut v);
-        v
-    });
-    let t2 = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = se.read_to_end(&mut v);
-        v
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if start.elapsed() > HANG_GUARD {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("netray {args:?} hung (killed after {HANG_GUARD:?})");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
+    let o = common::netray_bounded(args, HANG_GUARD);
     Run {
-        code: status.code(),
-        stdout: t1.join().unwrap(),
-        stderr: t2.join().unwrap(),
+        code: o.status.code(),
+        stdout: o.stdout,
+        stderr: o.stderr,
     }
 }
 
