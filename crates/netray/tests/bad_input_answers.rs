@@ -136,20 +136,13 @@ fn unterminated_quote_on_the_path_is_uncertain() {
 #[test]
 fn a_bpf_program_on_the_path_is_uncertain_and_named() {
     let dir = copy_example("healthy");
-    let p = dir.path().join("nodes/node1.json");
-    let mut v: Value = serde_json::from_str(&std::fs::read_to_string(&p).unwrap()).unwrap();
-    let host = v["namespaces"]
-        .as_array_mut()
-        .unwrap()
-        .iter_mut()
-        .find(|n| n["role"] == "host")
-        .unwrap();
-    host["attachments"] = serde_json::json!([{
-        "point": "tc-ingress", "dev": "flannel.1", "kind": "bpf",
-        "prog": {"id": 42, "name": "cil_from_overlay", "tag": "0123456789abcdef"},
-        "pref": 1, "chain": 0, "handle": 1, "direct_action": true
-    }]);
-    std::fs::write(&p, serde_json::to_string(&v).unwrap()).unwrap();
+    edit_host(dir.path(), "node1", |host| {
+        host["attachments"] = serde_json::json!([{
+            "point": "tc-ingress", "dev": "flannel.1", "kind": "bpf",
+            "prog": {"id": 42, "name": "cil_from_overlay", "tag": "0123456789abcdef"},
+            "pref": 1, "chain": 0, "handle": 1, "direct_action": true
+        }]);
+    });
     let b = dir.path().to_str().unwrap();
     let (code, d) = json(&[
         "diagnose",
