@@ -444,10 +444,8 @@ fn cause_key(f: &Finding) -> (&'static str, String, String, Vec<String>) {
 fn prove(merged: &mut Vec<Merged>, flows: &[TracedFlow], ctx: &Context, rw: &Rewalk) -> FixProof {
     const ROUNDS: usize = 4;
     // The sample of other flows that work today (none when there is no sample).
-    let baseline: BTreeSet<(String, String)> = match ctx.collateral.map(|w| w(&[])) {
-        Some(Ok(t)) => working(&t),
-        _ => BTreeSet::new(),
-    };
+    // The sample of other flows that work today, walked only once a fix needs checking.
+    let baseline: std::cell::OnceCell<BTreeSet<(String, String)>> = std::cell::OnceCell::new();
     // Causes found behind a fixed one, with the index of the cause that revealed them.
     let mut revealed: Vec<(Merged, usize)> = Vec::new();
     for i in 0..merged.len() {
@@ -671,11 +669,18 @@ fn working(flows: &[TracedFlow]) -> BTreeSet<(String, String)> {
 /// after, as `FLOW (ENDPOINT)`; an error when the sample could not be walked.
 fn collateral_damage(
     ctx: &Context,
-    before: &BTreeSet<(String, String)>,
+    baseline: &std::cell::OnceCell<BTreeSet<(String, String)>>,
     cmds: &[FixCommand],
 ) -> Result<Vec<String>, String> {
     let Some(walk) = ctx.collateral else {
         return Ok(Vec::new());
+    };
+    let before = match baseline.get() {
+        Some(b) => b,
+        None => {
+            let b = working(&walk(&[])?);
+            baseline.get_or_init(|| b)
+        }
     };
     let after = working(&walk(cmds)?);
     Ok(before
@@ -1298,8 +1303,8 @@ mod tests {
             rewalk: None,
             collateral: Some(&sample),
         };
-        let before = working(&sample(&[]).unwrap());
-        assert_eq!(before.len(), 2);
+        let before = std::cell::OnceCell::new();
+        assert_eq!(working(&sample(&[]).unwrap()).len(), 2);
         let cmd = FixCommand {
             node: "n".into(),
             netns: "host".into(),
