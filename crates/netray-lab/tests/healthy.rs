@@ -119,7 +119,20 @@ fn healthy_lab_reaches_everything() {
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
     assert_eq!(v["kind"], "List");
-    assert_eq!(v["items"].as_array().unwrap().len(), 3 + 6 + 4 + 4);
+    // 3 nodes, 6 pods, 4 Services, 4 EndpointSlices, and the two ConfigMaps that carry the pod
+    // network (flannel's net-conf.json and kube-proxy's clusterCIDR).
+    assert_eq!(v["items"].as_array().unwrap().len(), 3 + 6 + 4 + 4 + 2);
+    let kinds: Vec<&str> = v["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|i| i["kind"].as_str())
+        .collect();
+    assert_eq!(
+        kinds.iter().filter(|k| **k == "ConfigMap").count(),
+        2,
+        "{kinds:?}"
+    );
     std::fs::remove_dir_all(&dir).unwrap();
 
     // Teardown removes every namespace of this lab (and nothing else is needed).
