@@ -17,7 +17,9 @@ use netlink_packet_route::link::{
     InfoMacVlan, InfoMacVtap, InfoPortData, InfoVlan, InfoVti, InfoVxlan, LinkAttribute,
     LinkExtentMask, LinkInfo, LinkMessage, LinkXdp, XdpAttached,
 };
-use netlink_packet_route::neighbour::{NeighbourAddress, NeighbourAttribute, NeighbourMessage};
+use netlink_packet_route::neighbour::{
+    NeighbourAddress, NeighbourAttribute, NeighbourFlags, NeighbourMessage,
+};
 use netlink_packet_route::nsid::{NsidAttribute, NsidMessage};
 use netlink_packet_route::route::{RouteAddress, RouteAttribute, RouteMessage, RouteMetric};
 use netlink_packet_route::rule::{RuleAttribute, RuleMessage};
@@ -749,20 +751,33 @@ fn parse_rule(m: &RuleMessage, family: &str) -> Option<Rule> {
     Some(r)
 }
 
-/// Dump ARP and NDP neighbours, all states.
+/// Dump ARP and NDP neighbours, all states, and the proxy entries (`ip neigh show proxy`,
+/// `ip -6 neigh show proxy`: a dump lists them only when asked with `NTF_PROXY`), which carry
+/// the flag `proxy`.
 pub fn neighbours(
     sock: &mut Conn,
     names: &HashMap<u32, String>,
     problems: &mut Vec<String>,
 ) -> io::Result<Vec<Neighbour>> {
     let mut out: Vec<Neighbour> = Vec::new();
-    for fam in [AF_INET, AF_INET6] {
+    for (fam, proxy) in [
+        (AF_INET, false),
+        (AF_INET6, false),
+        (AF_INET, true),
+        (AF_INET6, true),
+    ] {
         let mut req = NeighbourMessage::default();
         req.header.family = family(fam);
+        if proxy {
+            req.header.flags = NeighbourFlags::Proxy;
+        }
+        let is_this_dump = move |n: &Neighbour| {
+            n.dst.is_ipv4() == (fam == AF_INET) && n.flags.iter().any(|f| f == "proxy") == proxy
+        };
         sock.dump(RouteNetlinkMessage::GetNeighbour(req), &mut |ev| {
             let m = match ev {
                 Event::Restart => {
-                    out.retain(|n| n.dst.is_ipv4() != (fam == AF_INET));
+                    out.retain(|n| !is_this_dump(n));
                     return;
                 }
                 Event::Msg(RouteNetlinkMessage::NewNeighbour(m)) => m,

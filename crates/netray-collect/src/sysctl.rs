@@ -45,6 +45,7 @@ const CONF4: &[&str] = &[
 /// Per-interface IPv6 settings under `net/ipv6/conf/{all,default,IFACE}/`.
 const CONF6: &[&str] = &[
     "forwarding",
+    "force_forwarding",
     "disable_ipv6",
     "accept_ra",
     "proxy_ndp",

@@ -114,7 +114,7 @@ impl<'w, 'a> Walker<'w, 'a> {
             .snap
             .neighbours
             .iter()
-            .find(|n| n.dev == lname && n.dst == nh);
+            .find(|n| n.dev == lname && n.dst == nh && !n.flags.iter().any(|f| f == "proxy"));
         let usable = entry.filter(|n| {
             n.lladdr.is_some()
                 && !n

@@ -55,11 +55,9 @@ pub(crate) fn vxlan_consistency(input: &ScanInput, out: &mut Vec<Finding>) {
             for peer in all.iter().filter(|v| v.node != me && v.vni == mine.vni) {
                 // Neighbour entry for the peer's overlay address.
                 for addr in &peer.overlay_addrs {
-                    let Some(ne) =
-                        h.ns.neighbours
-                            .iter()
-                            .find(|n| n.dev == mine.dev && n.dst == *addr)
-                    else {
+                    let Some(ne) = h.ns.neighbours.iter().find(|n| {
+                        n.dev == mine.dev && n.dst == *addr && !n.flags.iter().any(|f| f == "proxy")
+                    }) else {
                         continue;
                     };
                     let Some(ll) = &ne.lladdr else { continue };
