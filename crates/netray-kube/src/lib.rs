@@ -2,6 +2,10 @@
 //! configuration, read from a `kubectl get nodes,pods,services,endpointslices,configmaps -A -o
 //! json` List (a bundle's `cluster.json`). It names things; the snapshots decide what packets do.
 //!
+//! Dual-stack clusters are read in full: a Service's `ipFamilies` and `clusterIPs`, an
+//! EndpointSlice's `addressType`, a pod's `podIPs` and a node's `InternalIP`s and `podCIDRs` of
+//! both families; [`IpFamily`] picks one of them.
+//!
 //! Only the fields netray uses are read; unknown fields are ignored (Kubernetes objects carry
 //! many), but a field netray uses with the wrong type is an error naming its JSON path.
 
@@ -22,6 +26,62 @@ pub struct ClusterError {
     pub path: String,
     /// What is wrong.
     pub reason: String,
+}
+
+/// An IP family, as Kubernetes names them (`IPv4`, `IPv6`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum IpFamily {
+    /// `IPv4`.
+    V4,
+    /// `IPv6`.
+    V6,
+}
+
+impl IpFamily {
+    /// The family of an address.
+    pub fn of(ip: IpAddr) -> IpFamily {
+        if ip.is_ipv4() {
+            IpFamily::V4
+        } else {
+            IpFamily::V6
+        }
+    }
+
+    /// Whether `ip` is of this family.
+    pub fn has(self, ip: IpAddr) -> bool {
+        IpFamily::of(ip) == self
+    }
+
+    /// `4` or `6`, as `--family` takes it.
+    pub fn number(self) -> u8 {
+        match self {
+            IpFamily::V4 => 4,
+            IpFamily::V6 => 6,
+        }
+    }
+
+    /// Kubernetes' spelling: `IPv4`, `IPv6` (also the EndpointSlice `addressType`).
+    pub fn name(self) -> &'static str {
+        match self {
+            IpFamily::V4 => "IPv4",
+            IpFamily::V6 => "IPv6",
+        }
+    }
+
+    /// Parse Kubernetes' spelling (`IPv4`, `IPv6`); anything else is `None`.
+    pub fn from_name(s: &str) -> Option<IpFamily> {
+        match s {
+            "IPv4" => Some(IpFamily::V4),
+            "IPv6" => Some(IpFamily::V6),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for IpFamily {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A node's address (`status.addresses[]`).
@@ -53,6 +113,23 @@ impl Node {
             .filter_map(|a| a.address.parse().ok())
             .collect()
     }
+
+    /// The node's first `InternalIP` of `family`, if it has one.
+    pub fn internal_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        self.addresses
+            .iter()
+            .filter(|a| a.kind == "InternalIP")
+            .filter_map(|a| a.address.parse::<IpAddr>().ok())
+            .find(|ip| family.has(*ip))
+    }
+
+    /// The node's pod CIDR of `family`, if it has one.
+    pub fn pod_cidr(&self, family: IpFamily) -> Option<IpNet> {
+        self.pod_cidrs
+            .iter()
+            .find(|c| family.has(c.addr()))
+            .copied()
+    }
 }
 
 /// A Kubernetes Pod.
@@ -72,6 +149,13 @@ pub struct Pod {
     pub host_network: bool,
     /// `status.phase`.
     pub phase: String,
+}
+
+impl Pod {
+    /// The pod's IP of `family` (its `podIPs` entry of that family), if it has one.
+    pub fn ip(&self, family: IpFamily) -> Option<IpAddr> {
+        self.ips.iter().copied().find(|ip| family.has(*ip))
+    }
 }
 
 /// A service port.
@@ -100,8 +184,15 @@ pub struct Service {
     pub name: String,
     /// `ClusterIP`, `NodePort`, `LoadBalancer`, `ExternalName`.
     pub kind: String,
-    /// `spec.clusterIPs` (or `spec.clusterIP`); empty for headless.
+    /// `spec.clusterIPs` (or `spec.clusterIP`); empty for headless. The first is the
+    /// primary family's.
     pub cluster_ips: Vec<IpAddr>,
+    /// `spec.ipFamilies` (`IPv4`, `IPv6`, primary first); when the object does not say, the
+    /// families of `cluster_ips`, else IPv4 (the API server's default before dual-stack).
+    pub ip_families: Vec<IpFamily>,
+    /// `spec.ipFamilyPolicy` (`SingleStack`, `PreferDualStack`, `RequireDualStack`); empty
+    /// when not given.
+    pub ip_family_policy: String,
     /// Ports.
     pub ports: Vec<ServicePort>,
     /// `spec.externalIPs`.
@@ -114,6 +205,25 @@ pub struct Service {
     pub internal_traffic_policy: String,
     /// `None` or `ClientIP`.
     pub session_affinity: String,
+}
+
+impl Service {
+    /// The ClusterIP of `family` (`clusterIPs` holds at most one per family).
+    pub fn cluster_ip(&self, family: IpFamily) -> Option<IpAddr> {
+        self.cluster_ips.iter().copied().find(|ip| family.has(*ip))
+    }
+
+    /// The families the Service has a ClusterIP of, primary first.
+    pub fn cluster_ip_families(&self) -> Vec<IpFamily> {
+        let mut out: Vec<IpFamily> = Vec::new();
+        for ip in &self.cluster_ips {
+            let f = IpFamily::of(*ip);
+            if !out.contains(&f) {
+                out.push(f);
+            }
+        }
+        out
+    }
 }
 
 /// Conditions of one endpoint.
@@ -160,6 +270,10 @@ pub struct EndpointSlice {
     pub name: String,
     /// Owning service (`kubernetes.io/service-name` label).
     pub service: Option<String>,
+    /// `addressType`: `IPv4`, `IPv6` or `FQDN` (as written; `IPv4` when absent). kube-proxy
+    /// programs an IPv4 slice's endpoints only into the IPv4 rules and an IPv6 slice's only
+    /// into the IPv6 rules; FQDN slices into neither.
+    pub address_type: String,
     /// Ports.
     pub ports: Vec<EndpointPort>,
     /// Endpoints.
@@ -171,8 +285,19 @@ pub struct EndpointSlice {
 pub struct KubeProxyConfig {
     /// `iptables`, `ipvs`, `nftables` (empty means the default, iptables).
     pub mode: String,
-    /// `clusterCIDR`, possibly empty.
+    /// `clusterCIDR`, possibly empty; dual-stack clusters give one CIDR per family, comma
+    /// separated.
     pub cluster_cidr: String,
+}
+
+impl KubeProxyConfig {
+    /// The `clusterCIDR` entry of `family`, when one parses.
+    pub fn cluster_cidr_of(&self, family: IpFamily) -> Option<IpNet> {
+        self.cluster_cidr
+            .split(',')
+            .filter_map(|c| c.trim().parse::<IpNet>().ok())
+            .find(|c| family.has(c.addr()))
+    }
 }
 
 /// The whole cluster view.
@@ -190,6 +315,8 @@ pub struct ClusterView {
     pub kube_proxy: Option<KubeProxyConfig>,
     /// flannel `net-conf.json` `Network`, when the List includes its ConfigMap.
     pub flannel_network: Option<IpNet>,
+    /// flannel `net-conf.json` `IPv6Network` (dual-stack flannel, `EnableIPv6`), when given.
+    pub flannel_network_v6: Option<IpNet>,
 }
 
 // ---- raw serde shapes (only the fields used) ----
@@ -315,6 +442,10 @@ struct RawServiceSpec {
     internal_traffic_policy: Option<String>,
     #[serde(default)]
     session_affinity: Option<String>,
+    #[serde(default)]
+    ip_families: Vec<String>,
+    #[serde(default)]
+    ip_family_policy: Option<String>,
 }
 #[derive(Deserialize, Default)]
 #[serde(rename_all = "camelCase")]
@@ -337,6 +468,8 @@ struct RawLbIngress {
 #[serde(rename_all = "camelCase")]
 struct RawSlice {
     metadata: Meta,
+    #[serde(default)]
+    address_type: Option<String>,
     #[serde(default)]
     ports: Option<Vec<RawSlicePort>>,
     #[serde(default)]
@@ -462,12 +595,35 @@ impl ClusterView {
                     if raw_ips.is_empty() {
                         raw_ips.extend(s.spec.cluster_ip);
                     }
-                    let cluster_ips = raw_ips.iter().filter_map(|s| s.parse().ok()).collect();
+                    let cluster_ips: Vec<IpAddr> =
+                        raw_ips.iter().filter_map(|s| s.parse().ok()).collect();
+                    let mut ip_families = Vec::new();
+                    for (i, f) in s.spec.ip_families.iter().enumerate() {
+                        let fam = IpFamily::from_name(f).ok_or_else(|| {
+                            err(
+                                format!("{path}.spec.ipFamilies[{i}]"),
+                                format!("`{f}` is not an IP family (IPv4 or IPv6)"),
+                            )
+                        })?;
+                        ip_families.push(fam);
+                    }
+                    if ip_families.is_empty() {
+                        for ip in &cluster_ips {
+                            if !ip_families.contains(&IpFamily::of(*ip)) {
+                                ip_families.push(IpFamily::of(*ip));
+                            }
+                        }
+                    }
+                    if ip_families.is_empty() {
+                        ip_families.push(IpFamily::V4);
+                    }
                     view.services.push(Service {
                         namespace: s.metadata.namespace,
                         name: s.metadata.name,
                         kind: s.spec.kind.unwrap_or_else(|| "ClusterIP".into()),
                         cluster_ips,
+                        ip_families,
+                        ip_family_policy: s.spec.ip_family_policy.unwrap_or_default(),
                         ports: s
                             .spec
                             .ports
@@ -514,6 +670,7 @@ impl ClusterView {
                     let s = de!(RawSlice);
                     view.endpoint_slices.push(EndpointSlice {
                         service: s.metadata.labels.get("kubernetes.io/service-name").cloned(),
+                        address_type: s.address_type.unwrap_or_else(|| "IPv4".into()),
                         namespace: s.metadata.namespace,
                         name: s.metadata.name,
                         ports: s
@@ -576,6 +733,10 @@ impl ClusterView {
                             .get("Network")
                             .and_then(|n| n.as_str())
                             .and_then(|n| n.parse().ok());
+                        view.flannel_network_v6 = v
+                            .get("IPv6Network")
+                            .and_then(|n| n.as_str())
+                            .and_then(|n| n.parse().ok());
                     }
                 }
                 _ => {}
@@ -634,6 +795,50 @@ impl ClusterView {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// Ready endpoints of service port `port` in the slices of `family` (`addressType`), as
+    /// kube-proxy programs them into that family's rules. Addresses of the other family in a
+    /// slice (which the API server refuses) are left out.
+    pub fn ready_endpoints_of(
+        &self,
+        svc: &Service,
+        port: &ServicePort,
+        family: IpFamily,
+    ) -> Vec<(IpAddr, u16)> {
+        let mut out = Vec::new();
+        for slice in self.slices_of(&svc.namespace, &svc.name) {
+            if slice.address_type != family.name() {
+                continue;
+            }
+            let Some(p) = slice
+                .ports
+                .iter()
+                .find(|p| p.name == port.name && p.protocol.eq_ignore_ascii_case(&port.protocol))
+            else {
+                continue;
+            };
+            for e in slice.endpoints.iter().filter(|e| e.conditions.ready) {
+                out.extend(
+                    e.addresses
+                        .iter()
+                        .filter(|a| family.has(**a))
+                        .map(|a| (*a, p.port)),
+                );
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The families a flow to Service `svc` can take: those it has a ClusterIP of, restricted
+    /// to `want` when given. Empty when `want` names a family the Service does not have.
+    pub fn service_families(&self, svc: &Service, want: Option<IpFamily>) -> Vec<IpFamily> {
+        svc.cluster_ip_families()
+            .into_iter()
+            .filter(|f| want.is_none_or(|w| w == *f))
+            .collect()
     }
 
     /// Who owns this address: a pod, a node, or a service.
@@ -717,6 +922,113 @@ mod tests {
         let kp = v.kube_proxy.unwrap();
         assert_eq!(kp.mode, "iptables");
         assert_eq!(kp.cluster_cidr, "10.244.0.0/16");
+    }
+
+    fn dual_stack_sample() -> serde_json::Value {
+        serde_json::json!({
+          "apiVersion": "v1", "kind": "List",
+          "items": [
+            {"kind": "Node", "metadata": {"name": "node-a"},
+             "spec": {"podCIDRs": ["10.244.0.0/24", "fd00:10:244::/64"]},
+             "status": {"addresses": [{"type": "InternalIP", "address": "192.168.50.10"},
+                                      {"type": "InternalIP", "address": "fd00:50::10"},
+                                      {"type": "Hostname", "address": "node-a"}]}},
+            {"kind": "Pod", "metadata": {"name": "web-1", "namespace": "default"},
+             "spec": {"nodeName": "node-a"},
+             "status": {"podIP": "10.244.0.2",
+                        "podIPs": [{"ip": "10.244.0.2"}, {"ip": "fd00:10:244::2"}],
+                        "phase": "Running"}},
+            {"kind": "Service", "metadata": {"name": "web", "namespace": "default"},
+             "spec": {"clusterIP": "fd00:96::20", "clusterIPs": ["fd00:96::20", "10.96.0.20"],
+                      "ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "RequireDualStack",
+                      "ports": [{"name": "http", "port": 80, "targetPort": 8080}]}},
+            {"kind": "Service", "metadata": {"name": "old", "namespace": "default"},
+             "spec": {"clusterIP": "10.96.0.21", "ports": [{"port": 80}]}},
+            {"kind": "EndpointSlice", "metadata": {"name": "web-4", "namespace": "default",
+              "labels": {"kubernetes.io/service-name": "web"}},
+             "addressType": "IPv4",
+             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+             "endpoints": [{"addresses": ["10.244.0.2"]}]},
+            {"kind": "EndpointSlice", "metadata": {"name": "web-6", "namespace": "default",
+              "labels": {"kubernetes.io/service-name": "web"}},
+             "addressType": "IPv6",
+             "ports": [{"name": "http", "port": 8080, "protocol": "TCP"}],
+             "endpoints": [{"addresses": ["fd00:10:244::2"]}]},
+            {"kind": "ConfigMap", "metadata": {"name": "kube-proxy", "namespace": "kube-system"},
+             "data": {"config.conf": "clusterCIDR: 10.244.0.0/16,fd00:10:244::/56\n"}},
+            {"kind": "ConfigMap", "metadata": {"name": "kube-flannel-cfg", "namespace": "kube-flannel"},
+             "data": {"net-conf.json": "{\"Network\": \"10.244.0.0/16\", \"EnableIPv6\": true, \"IPv6Network\": \"fd00:10:244::/56\"}"}}
+          ]
+        })
+    }
+
+    #[test]
+    fn reads_dual_stack() {
+        let v = ClusterView::from_value("cluster.json", &dual_stack_sample()).unwrap();
+        let n = &v.nodes[0];
+        assert_eq!(
+            n.internal_ip(IpFamily::V6),
+            Some("fd00:50::10".parse().unwrap())
+        );
+        assert_eq!(
+            n.internal_ip(IpFamily::V4),
+            Some("192.168.50.10".parse().unwrap())
+        );
+        assert_eq!(
+            n.pod_cidr(IpFamily::V6),
+            Some("fd00:10:244::/64".parse().unwrap())
+        );
+        let p = v.pod("default", "web-1").unwrap();
+        assert_eq!(p.ip(IpFamily::V6), Some("fd00:10:244::2".parse().unwrap()));
+        let svc = v.service("default", "web").unwrap();
+        assert_eq!(svc.ip_families, vec![IpFamily::V6, IpFamily::V4]);
+        assert_eq!(svc.ip_family_policy, "RequireDualStack");
+        assert_eq!(
+            svc.cluster_ip(IpFamily::V4),
+            Some("10.96.0.20".parse().unwrap())
+        );
+        assert_eq!(
+            v.service_families(svc, None),
+            vec![IpFamily::V6, IpFamily::V4]
+        );
+        assert_eq!(
+            v.service_families(svc, Some(IpFamily::V4)),
+            vec![IpFamily::V4]
+        );
+        assert_eq!(
+            v.ready_endpoints_of(svc, &svc.ports[0], IpFamily::V6),
+            vec![("fd00:10:244::2".parse().unwrap(), 8080)]
+        );
+        assert_eq!(
+            v.ready_endpoints_of(svc, &svc.ports[0], IpFamily::V4),
+            vec![("10.244.0.2".parse().unwrap(), 8080)]
+        );
+        // A single-stack Service from before dual-stack: IPv4 only.
+        let old = v.service("default", "old").unwrap();
+        assert_eq!(old.ip_families, vec![IpFamily::V4]);
+        assert!(v.service_families(old, Some(IpFamily::V6)).is_empty());
+        let kp = v.kube_proxy.as_ref().unwrap();
+        assert_eq!(
+            kp.cluster_cidr_of(IpFamily::V6),
+            Some("fd00:10:244::/56".parse().unwrap())
+        );
+        assert_eq!(
+            v.flannel_network_v6,
+            Some("fd00:10:244::/56".parse().unwrap())
+        );
+        assert_eq!(
+            v.owner_of("fd00:10:244::2".parse().unwrap()).as_deref(),
+            Some("pod/default/web-1")
+        );
+    }
+
+    #[test]
+    fn unknown_ip_family_names_its_path() {
+        let mut s = dual_stack_sample();
+        s["items"][2]["spec"]["ipFamilies"][1] = serde_json::json!("IPv5");
+        let e = ClusterView::from_value("cluster.json", &s).unwrap_err();
+        assert_eq!(e.path, ".items[2].spec.ipFamilies[1]");
+        assert!(e.reason.contains("IPv5"), "{}", e.reason);
     }
 
     #[test]
