@@ -219,6 +219,7 @@ impl HostSpec {
             source: PathBuf::from("rules trace"),
             cluster: None,
             nodes: vec![node],
+            failed: Vec::new(),
         })
     }
 

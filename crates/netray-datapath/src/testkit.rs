@@ -667,6 +667,7 @@ impl Kit {
             source: PathBuf::from("testkit"),
             cluster: None,
             nodes,
+            failed: Vec::new(),
         }
     }
 }

@@ -1290,6 +1290,7 @@ mod tests {
             source: "t".into(),
             cluster: None,
             nodes: Vec::new(),
+            failed: Vec::new(),
         };
         let world = World::new(&bundle);
         // Today x works and y works; with any command applied, y breaks.

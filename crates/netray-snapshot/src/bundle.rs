@@ -1,5 +1,7 @@
-//! Bundles: `cluster.json` (optional Kubernetes `List`) plus `nodes/*.json`, as a directory or a
-//! `.tar.gz` of one. Loading validates everything and names the file and JSON path of any fault.
+//! Bundles: `cluster.json` (optional Kubernetes `List`) plus `nodes/*.json` and, for a partial
+//! bundle, `failed-nodes.json` (the nodes whose snapshot could not be taken, with why), as a
+//! directory or a `.tar.gz` of one; a single snapshot file is a one-node bundle. Loading
+//! validates everything and names the file and JSON path of any fault.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -10,6 +12,7 @@ use std::path::{Path, PathBuf};
 use crate::limits::{self, Limits};
 use crate::model::{LinkKind, NodeSnapshot, SCHEMA_VERSION};
 use crate::text::{clip, clip_quote, escape_line};
+use serde::{Deserialize, Serialize};
 
 /// An error message that may quote input, bounded and on one line.
 fn bounded(msg: &str) -> String {
@@ -17,7 +20,7 @@ fn bounded(msg: &str) -> String {
 }
 
 /// A loaded, validated bundle.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 pub struct Bundle {
     /// Where it was loaded from.
     pub source: PathBuf,
@@ -25,6 +28,109 @@ pub struct Bundle {
     pub cluster: Option<serde_json::Value>,
     /// Node snapshots, sorted by node name.
     pub nodes: Vec<NodeSnapshot>,
+    /// Nodes whose snapshot is missing because collecting it failed (`failed-nodes.json`),
+    /// sorted by node name; none of them is in [`Bundle::nodes`].
+    pub failed: Vec<FailedNode>,
+}
+
+/// Name of the file listing a partial bundle's failed nodes, next to `cluster.json`.
+pub const FAILED_NODES_FILE: &str = "failed-nodes.json";
+
+/// Longest `reason` of a [`FailedNode`] read from a bundle, in bytes.
+pub const MAX_FAILED_REASON_BYTES: usize = 4096;
+
+/// A node whose snapshot could not be taken, and why (one entry of `failed-nodes.json`, which
+/// holds a JSON array of them).
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FailedNode {
+    /// Kubernetes node name.
+    pub node: String,
+    /// Why its snapshot is missing (one line, e.g. "collector pod timed out after 120 s").
+    pub reason: String,
+}
+
+impl FailedNode {
+    /// A failed node; `reason` is made one bounded line (control characters escaped, at most
+    /// 1000 characters) so that any error text can be passed.
+    pub fn new(node: impl Into<String>, reason: &str) -> FailedNode {
+        FailedNode {
+            node: node.into(),
+            reason: bounded(reason),
+        }
+    }
+
+    /// `failed-nodes.json` text for `list` (sorted by node, pretty JSON array).
+    pub fn list_to_json(list: &[FailedNode]) -> String {
+        let mut sorted = list.to_vec();
+        sorted.sort();
+        serde_json::to_string_pretty(&sorted).expect("failed nodes serialize")
+    }
+
+    /// Parse and validate `failed-nodes.json` text; `file` names it in errors. Node names
+    /// follow the rules of snapshot node names; a node listed twice is an error.
+    pub fn list_from_json(file: &str, text: &str) -> Result<Vec<FailedNode>, LoadError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        let mut list: Vec<FailedNode> =
+            serde_path_to_error::deserialize(&mut de).map_err(|e| json_err(file, e))?;
+        de.end().map_err(|e| LoadError::Json {
+            file: file.to_string(),
+            path: format!("line {} column {}", e.line(), e.column()),
+            reason: bounded(&e.to_string()),
+        })?;
+        let invalid = |path: String, reason: String| LoadError::Invalid {
+            file: file.to_string(),
+            path,
+            reason,
+        };
+        let mut seen = BTreeSet::new();
+        for (i, f) in list.iter().enumerate() {
+            check_name(&f.node, limits::MAX_NODE_NAME_BYTES, NameRule::Path)
+                .map_err(|r| invalid(format!("[{i}].node"), format!("node name {r}")))?;
+            check_name(&f.reason, MAX_FAILED_REASON_BYTES, NameRule::Text)
+                .map_err(|r| invalid(format!("[{i}].reason"), format!("reason {r}")))?;
+            if !seen.insert(f.node.as_str()) {
+                return Err(invalid(
+                    format!("[{i}].node"),
+                    format!("node `{}` is listed twice", f.node),
+                ));
+            }
+        }
+        list.sort();
+        Ok(list)
+    }
+}
+
+/// Write `failed-nodes.json` for `failed` into bundle directory `dir` (atomically: a
+/// temporary file renamed into place); an empty list removes the file. For a `.tar.gz`
+/// bundle, add an entry [`FAILED_NODES_FILE`] holding [`FailedNode::list_to_json`].
+pub fn write_failed_nodes(dir: &Path, failed: &[FailedNode]) -> std::io::Result<()> {
+    let path = dir.join(FAILED_NODES_FILE);
+    if failed.is_empty() {
+        return match fs::remove_file(&path) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        };
+    }
+    let tmp = dir.join(format!(".{FAILED_NODES_FILE}.tmp"));
+    fs::write(&tmp, FailedNode::list_to_json(failed))?;
+    fs::rename(&tmp, &path)
+}
+
+fn json_err(file: &str, e: serde_path_to_error::Error<serde_json::Error>) -> LoadError {
+    let inner = e.inner();
+    if inner.is_syntax() || inner.is_eof() {
+        return LoadError::Json {
+            file: file.to_string(),
+            path: format!("line {} column {}", inner.line(), inner.column()),
+            reason: bounded(&inner.to_string()),
+        };
+    }
+    LoadError::Json {
+        file: file.to_string(),
+        path: bounded(&json_path(e.path())),
+        reason: bounded(&inner.to_string()),
+    }
 }
 
 /// Why a snapshot or bundle could not be loaded. Every variant names the file.
@@ -79,48 +185,66 @@ pub enum LoadError {
 }
 
 impl NodeSnapshot {
-    /// Parse and validate a snapshot from JSON text; `file` names it in errors.
+    /// Parse and validate a snapshot from JSON text; `file` names it in errors. The text is
+    /// deserialized straight into the snapshot's types (no intermediate JSON tree); a first
+    /// pass reads only `schema_version` (skipping everything else) so that a future format
+    /// gets the right message.
     pub fn from_json(file: &str, text: &str) -> Result<NodeSnapshot, LoadError> {
-        // Check the version before the shape so a future format gets the right message.
-        let value: serde_json::Value = serde_json::from_str(text).map_err(|e| LoadError::Json {
+        /// Only the version; everything else is skipped unallocated.
+        #[derive(Deserialize)]
+        struct Probe {
+            #[serde(default, deserialize_with = "present")]
+            schema_version: Option<serde_json::Value>,
+        }
+        /// `Some` whenever the field is there, `null` included.
+        fn present<'de, D: serde::Deserializer<'de>>(
+            d: D,
+        ) -> Result<Option<serde_json::Value>, D::Error> {
+            serde_json::Value::deserialize(d).map(Some)
+        }
+        let syntax = |e: serde_json::Error| LoadError::Json {
             file: file.to_string(),
             path: format!("line {} column {}", e.line(), e.column()),
             reason: bounded(&e.to_string()),
+        };
+        let probe: Probe = serde_json::from_str(text).map_err(|e| {
+            if e.is_data() {
+                LoadError::Json {
+                    file: file.to_string(),
+                    path: ".".into(),
+                    reason: bounded(&format!("{e} (a netray snapshot is a JSON object)")),
+                }
+            } else {
+                syntax(e)
+            }
         })?;
-        match value.get("schema_version") {
+        let Some(v) = probe.schema_version else {
+            return Err(LoadError::Json {
+                file: file.to_string(),
+                path: ".schema_version".into(),
+                reason: "missing field `schema_version` (is this a netray snapshot?)".into(),
+            });
+        };
+        match v.as_u64() {
+            Some(n) if n == u64::from(SCHEMA_VERSION) => {}
+            Some(n) => {
+                return Err(LoadError::Version {
+                    file: file.to_string(),
+                    found: n,
+                });
+            }
             None => {
                 return Err(LoadError::Json {
                     file: file.to_string(),
                     path: ".schema_version".into(),
-                    reason: "missing field `schema_version` (is this a netray snapshot?)".into(),
+                    reason: format!("expected an integer, found {}", clip_quote(&v.to_string())),
                 });
             }
-            Some(v) => match v.as_u64() {
-                Some(n) if n == u64::from(SCHEMA_VERSION) => {}
-                Some(n) => {
-                    return Err(LoadError::Version {
-                        file: file.to_string(),
-                        found: n,
-                    });
-                }
-                None => {
-                    return Err(LoadError::Json {
-                        file: file.to_string(),
-                        path: ".schema_version".into(),
-                        reason: format!(
-                            "expected an integer, found {}",
-                            clip_quote(&v.to_string())
-                        ),
-                    });
-                }
-            },
         }
+        let mut de = serde_json::Deserializer::from_str(text);
         let snap: NodeSnapshot =
-            serde_path_to_error::deserialize(value).map_err(|e| LoadError::Json {
-                file: file.to_string(),
-                path: bounded(&json_path(e.path())),
-                reason: bounded(&e.inner().to_string()),
-            })?;
+            serde_path_to_error::deserialize(&mut de).map_err(|e| json_err(file, e))?;
+        de.end().map_err(syntax)?;
         snap.validate(file)?;
         Ok(snap)
     }
@@ -367,60 +491,119 @@ impl Bundle {
         Self::load_with(path, &Limits::default())
     }
 
-    /// [`Bundle::load`] with explicit limits.
+    /// [`Bundle::load`] with explicit limits. A path that is a single snapshot file (JSON, as
+    /// `netray collect -o FILE` writes it) loads as a one-node bundle without a cluster view.
     pub fn load_with(path: &Path, limits: &Limits) -> Result<Bundle, LoadError> {
-        let files = if path.is_dir() {
+        let items = if path.is_dir() {
             read_dir_files(path, limits)?
+        } else if is_json_file(path)? {
+            return Self::load_snapshot_file(path, limits);
         } else {
             read_tar_gz(path, limits)?
         };
-        Self::from_files(path, files)
+        Self::from_items(path, items)
     }
 
-    /// Build a bundle from `(relative path, contents)` pairs.
-    fn from_files(source: &Path, files: Vec<(String, Vec<u8>)>) -> Result<Bundle, LoadError> {
+    /// One snapshot file as a one-node bundle.
+    fn load_snapshot_file(path: &Path, limits: &Limits) -> Result<Bundle, LoadError> {
+        let mut budget = Budget { limits, used: 0 };
+        let data = read_regular(path, &mut budget)?;
+        let shown = path.display().to_string();
+        let text = std::str::from_utf8(&data).map_err(|e| LoadError::Json {
+            file: shown.clone(),
+            path: ".".into(),
+            reason: format!("not UTF-8: {e}"),
+        })?;
+        let snap = NodeSnapshot::from_json(&shown, text).map_err(|e| {
+            #[derive(Deserialize)]
+            struct Kind {
+                kind: Option<String>,
+            }
+            match serde_json::from_str::<Kind>(text) {
+                Ok(Kind { kind: Some(k) }) => bundle_err(
+                    &shown,
+                    format!(
+                        "is a Kubernetes `{}` (a cluster view?), not a netray snapshot or bundle: \
+                         put it in a bundle directory as cluster.json next to nodes/*.json \
+                         (`netray bundle add DIR NODE.json…` builds one)",
+                        clip_quote(&k)
+                    ),
+                ),
+                _ => e,
+            }
+        })?;
+        Ok(Bundle {
+            source: path.to_path_buf(),
+            cluster: None,
+            nodes: vec![snap],
+            failed: Vec::new(),
+        })
+    }
+
+    /// Build a bundle from parsed `(relative path, item)` pairs.
+    fn from_items(source: &Path, items: Vec<(String, Item)>) -> Result<Bundle, LoadError> {
         let shown = |rel: &str| format!("{}/{}", source.display(), rel);
         let mut cluster = None;
         let mut nodes = Vec::new();
-        for (rel, data) in &files {
-            let text = std::str::from_utf8(data).map_err(|e| LoadError::Json {
-                file: shown(rel),
-                path: ".".into(),
-                reason: format!("not UTF-8: {e}"),
-            })?;
-            if rel == "cluster.json" {
-                let v: serde_json::Value =
-                    serde_json::from_str(text).map_err(|e| LoadError::Json {
-                        file: shown(rel),
-                        path: format!("line {} column {}", e.line(), e.column()),
-                        reason: bounded(&e.to_string()),
-                    })?;
-                cluster = Some(v);
-            } else if rel.starts_with("nodes/") && rel.ends_with(".json") {
-                nodes.push(NodeSnapshot::from_json(&shown(rel), text)?);
+        let mut failed = Vec::new();
+        for (_, item) in items {
+            match item {
+                Item::Cluster(v) => cluster = Some(v),
+                Item::Node(n) => nodes.push(*n),
+                Item::Failed(f) => failed = f,
             }
         }
         if nodes.is_empty() {
+            let why = if failed.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "; {FAILED_NODES_FILE} lists {} node(s) whose collection failed ({})",
+                    failed.len(),
+                    failed
+                        .iter()
+                        .take(3)
+                        .map(|f: &FailedNode| format!("{}: {}", f.node, f.reason))
+                        .collect::<Vec<_>>()
+                        .join("; ")
+                )
+            };
             return Err(LoadError::Bundle {
                 file: source.display().to_string(),
-                reason: "no node snapshots (expected nodes/*.json)".into(),
+                reason: format!("no node snapshots (expected nodes/*.json){why}"),
             });
         }
         nodes.sort_by(|a, b| a.node.name.cmp(&b.node.name));
-        let mut names = BTreeMap::new();
+        let mut names = BTreeSet::new();
         for n in &nodes {
-            if names.insert(n.node.name.clone(), ()).is_some() {
+            if !names.insert(n.node.name.as_str()) {
                 return Err(LoadError::Bundle {
                     file: source.display().to_string(),
                     reason: format!("two snapshots for node `{}`", n.node.name),
                 });
             }
         }
+        if let Some(f) = failed.iter().find(|f| names.contains(f.node.as_str())) {
+            return Err(LoadError::Invalid {
+                file: shown(FAILED_NODES_FILE),
+                path: ".".into(),
+                reason: format!(
+                    "node `{}` is listed as failed but the bundle has its snapshot",
+                    f.node
+                ),
+            });
+        }
         Ok(Bundle {
             source: source.to_path_buf(),
             cluster,
             nodes,
+            failed,
         })
+    }
+
+    /// The failed-collection entry of node `name`, when the bundle lists it as missing.
+    pub fn failed_node(&self, name: &str) -> Option<&FailedNode> {
+        self.failed.iter().find(|f| f.node == name)
     }
 
     /// Write the bundle as a directory (`cluster.json`, `nodes/NAME.json`).
@@ -438,8 +621,55 @@ impl Bundle {
                 n.to_json(),
             )?;
         }
-        Ok(())
+        write_failed_nodes(dir, &self.failed)
     }
+}
+
+/// A parsed bundle file.
+enum Item {
+    /// `cluster.json`.
+    Cluster(serde_json::Value),
+    /// `nodes/NAME.json`.
+    Node(Box<NodeSnapshot>),
+    /// `failed-nodes.json`.
+    Failed(Vec<FailedNode>),
+}
+
+/// Parse bundle file `rel` (shown as `shown` in errors) right after it was read, so that
+/// its bytes are freed before the next file is read.
+fn parse_item(shown: &str, rel: &str, data: &[u8]) -> Result<Item, LoadError> {
+    let text = std::str::from_utf8(data).map_err(|e| LoadError::Json {
+        file: shown.to_string(),
+        path: ".".into(),
+        reason: format!("not UTF-8: {e}"),
+    })?;
+    if rel == "cluster.json" {
+        let v: serde_json::Value = serde_json::from_str(text).map_err(|e| LoadError::Json {
+            file: shown.to_string(),
+            path: format!("line {} column {}", e.line(), e.column()),
+            reason: bounded(&e.to_string()),
+        })?;
+        Ok(Item::Cluster(v))
+    } else if rel == FAILED_NODES_FILE {
+        Ok(Item::Failed(FailedNode::list_from_json(shown, text)?))
+    } else {
+        Ok(Item::Node(Box::new(NodeSnapshot::from_json(shown, text)?)))
+    }
+}
+
+/// Is `path` a single JSON file rather than an archive? Decided by its first bytes: not the
+/// gzip magic, and `{` first after white space.
+fn is_json_file(path: &Path) -> Result<bool, LoadError> {
+    let (file, _) = open_regular(path)?;
+    let mut head = Vec::with_capacity(64);
+    file.take(64).read_to_end(&mut head).map_err(io_err(path))?;
+    if head.starts_with(&[0x1f, 0x8b]) {
+        return Ok(false);
+    }
+    Ok(head
+        .iter()
+        .find(|b| !b.is_ascii_whitespace())
+        .is_some_and(|&b| b == b'{'))
 }
 
 fn io_err(file: &Path) -> impl FnOnce(std::io::Error) -> LoadError + '_ {
@@ -556,17 +786,22 @@ fn read_regular(path: &Path, budget: &mut Budget<'_>) -> Result<Vec<u8>, LoadErr
     budget.read(&path.display(), len, file)
 }
 
-fn read_dir_files(dir: &Path, limits: &Limits) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
+fn read_dir_files(dir: &Path, limits: &Limits) -> Result<Vec<(String, Item)>, LoadError> {
     let mut budget = Budget { limits, used: 0 };
     let mut files = Vec::new();
-    let cluster = dir.join("cluster.json");
-    match fs::symlink_metadata(&cluster) {
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(io_err(&cluster)(e)),
-        Ok(_) => files.push((
-            "cluster.json".to_string(),
-            read_regular(&cluster, &mut budget)?,
-        )),
+    for rel in ["cluster.json", FAILED_NODES_FILE] {
+        let p = dir.join(rel);
+        match fs::symlink_metadata(&p) {
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(&p)(e)),
+            Ok(_) => {
+                let data = read_regular(&p, &mut budget)?;
+                files.push((
+                    rel.to_string(),
+                    parse_item(&p.display().to_string(), rel, &data)?,
+                ));
+            }
+        }
     }
     let nodes_dir = dir.join("nodes");
     let entries = fs::read_dir(&nodes_dir).map_err(io_err(&nodes_dir))?;
@@ -591,7 +826,10 @@ fn read_dir_files(dir: &Path, limits: &Limits) -> Result<Vec<(String, Vec<u8>)>,
     names.sort();
     for name in names {
         let p = nodes_dir.join(&name);
-        files.push((format!("nodes/{name}"), read_regular(&p, &mut budget)?));
+        let rel = format!("nodes/{name}");
+        let data = read_regular(&p, &mut budget)?;
+        let item = parse_item(&format!("{}/{rel}", dir.display()), &rel, &data)?;
+        files.push((rel, item));
     }
     Ok(files)
 }
@@ -620,8 +858,8 @@ impl<R: Read> Read for Bounded<R> {
 /// The bundle files found under one candidate root of an archive (`""` or `"top/"`).
 #[derive(Default)]
 struct Root {
-    /// Relative path → (entry name as stored, entry number, contents).
-    files: BTreeMap<String, (String, u64, Vec<u8>)>,
+    /// Relative path → (entry name as stored, entry number, parsed contents or why not).
+    files: BTreeMap<String, (String, u64, Result<Item, LoadError>)>,
     /// Why these files cannot be used (a duplicate, a non-regular entry).
     problems: Vec<String>,
 }
@@ -645,8 +883,10 @@ fn classify(name: &str) -> Option<(String, String)> {
     let node = |f: &str| f.ends_with(".json") && f.len() > ".json".len();
     match comps.as_slice() {
         ["cluster.json"] => Some((String::new(), "cluster.json".into())),
+        [FAILED_NODES_FILE] => Some((String::new(), FAILED_NODES_FILE.into())),
         ["nodes", f] if node(f) => Some((String::new(), format!("nodes/{f}"))),
         [top, "cluster.json"] => Some((format!("{top}/"), "cluster.json".into())),
+        [top, FAILED_NODES_FILE] => Some((format!("{top}/"), FAILED_NODES_FILE.into())),
         [top, "nodes", f] if node(f) => Some((format!("{top}/"), format!("nodes/{f}"))),
         _ => None,
     }
@@ -677,7 +917,7 @@ fn pax_value<'a>(data: &'a [u8], key: &str) -> Option<&'a [u8]> {
 /// `cluster.json` and `nodes/*.json` (at the top or under one top-level directory) are skipped
 /// unread; those are refused unless they are regular files, checked against the limits by
 /// their header before they are read, and must not appear twice.
-fn read_tar_gz(path: &Path, limits: &Limits) -> Result<Vec<(String, Vec<u8>)>, LoadError> {
+fn read_tar_gz(path: &Path, limits: &Limits) -> Result<Vec<(String, Item)>, LoadError> {
     let (file, _) = open_regular(path)?;
     let shown = path.display().to_string();
     let bad = |e: std::io::Error| {
@@ -817,7 +1057,10 @@ fn read_tar_gz(path: &Path, limits: &Limits) -> Result<Vec<(String, Vec<u8>)>, L
             }
         }
         let data = budget.read(&format!("{shown}/{quoted}"), size, &mut entry)?;
-        r.files.insert(rel, (name, index, data));
+        // Parsed now so the bytes are freed; an error counts only if this root is chosen.
+        let item = parse_item(&format!("{shown}/{rel}"), &rel, &data);
+        drop(data);
+        r.files.insert(rel, (name, index, item));
     }
     // The bundle's root: the top when it has node snapshots (or nothing else does), else the
     // one top-level directory that has them.
@@ -852,9 +1095,8 @@ fn read_tar_gz(path: &Path, limits: &Limits) -> Result<Vec<(String, Vec<u8>)>, L
     if let Some(p) = root.problems.first() {
         return Err(bundle_err(&shown, p.clone()));
     }
-    Ok(root
-        .files
+    root.files
         .into_iter()
-        .map(|(rel, (_, _, data))| (rel, data))
-        .collect())
+        .map(|(rel, (_, _, item))| item.map(|i| (rel, i)))
+        .collect()
 }

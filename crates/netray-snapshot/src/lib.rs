@@ -9,6 +9,6 @@ pub mod limits;
 pub mod model;
 pub mod text;
 
-pub use bundle::{Bundle, LoadError};
+pub use bundle::{Bundle, FAILED_NODES_FILE, FailedNode, LoadError, write_failed_nodes};
 pub use limits::Limits;
 pub use model::*;

@@ -106,6 +106,7 @@ pub fn load_bundle(
                 source: path.clone(),
                 cluster: None,
                 nodes: vec![snap],
+                failed: Vec::new(),
             };
             (bundle, path)
         }
