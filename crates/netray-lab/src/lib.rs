@@ -14,6 +14,7 @@
 pub mod agent;
 mod capture;
 pub mod cluster;
+pub mod dualstack;
 pub mod fault;
 pub mod kubeproxy;
 pub mod lab;
