@@ -35,4 +35,4 @@ pub use engine::RulesetEngine;
 pub use object::{CtTuple, KernelObject, Place};
 pub use result::{Branch, Disposition, FlowView, Hop, Leg, PacketView, RuleRef, Step, Trace};
 pub use walk::{Flow, Options, Start, TraceError, trace};
-pub use world::World;
+pub use world::{MissingNode, World};

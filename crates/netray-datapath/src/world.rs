@@ -131,6 +131,30 @@ pub struct World<'a> {
     /// The pod (`NS/NAME`) each pod namespace belongs to, when the cluster view says
     /// (see [`World::name_pods`]).
     pub pods: HashMap<NsIdx, String>,
+    /// Nodes whose snapshot the bundle lacks (its failed list, and with
+    /// [`World::set_missing_nodes`] every node the cluster view knows): a packet leaving the
+    /// collected namespaces towards one of them ends `unknown`, naming it.
+    pub missing: Vec<MissingNode>,
+}
+
+/// A node of the cluster whose snapshot is not in the bundle.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MissingNode {
+    /// Node name.
+    pub name: String,
+    /// Why its snapshot is missing.
+    pub reason: String,
+    /// Its own addresses and those of its pods, as far as known.
+    pub addrs: Vec<IpAddr>,
+    /// Its pod CIDRs, as far as known.
+    pub pod_cidrs: Vec<ipnet::IpNet>,
+}
+
+impl MissingNode {
+    /// Does `ip` belong to this node (one of its addresses, or in one of its pod CIDRs)?
+    pub fn holds(&self, ip: IpAddr) -> bool {
+        self.addrs.contains(&ip) || self.pod_cidrs.iter().any(|n| n.contains(&ip))
+    }
 }
 
 impl<'a> World<'a> {
@@ -145,6 +169,26 @@ impl<'a> World<'a> {
                 }
             }
         }
+    }
+
+    /// Say which nodes' snapshots are missing (replacing what [`World::new`] took from the
+    /// bundle's failed list); nodes that do have a snapshot are ignored.
+    pub fn set_missing_nodes(&mut self, nodes: impl IntoIterator<Item = MissingNode>) {
+        let have: std::collections::HashSet<&str> = self
+            .bundle
+            .nodes
+            .iter()
+            .map(|n| n.node.name.as_str())
+            .collect();
+        self.missing = nodes
+            .into_iter()
+            .filter(|m| !have.contains(m.name.as_str()))
+            .collect();
+    }
+
+    /// The missing node that `ip` belongs to, if any.
+    pub fn missing_node_of(&self, ip: IpAddr) -> Option<&MissingNode> {
+        self.missing.iter().find(|m| m.holds(ip))
     }
 
     /// The pod namespace `ns` belongs to, if named.
@@ -214,12 +258,23 @@ impl<'a> World<'a> {
                 }
             }
         }
+        let missing = bundle
+            .failed
+            .iter()
+            .map(|f| MissingNode {
+                name: f.node.clone(),
+                reason: format!("collection failed: {}", f.reason),
+                addrs: Vec::new(),
+                pod_cidrs: Vec::new(),
+            })
+            .collect();
         World {
             bundle,
             ns,
             owners,
             macs,
             pods: HashMap::new(),
+            missing,
         }
     }
 

@@ -223,6 +223,7 @@ pub const WALK_CODES: &[&str] = &[
     "nat-reply-mismatch",
     "mtu-blackhole",
     "reply-leaves-snapshot",
+    "node-snapshot-missing",
     "bpf-program",
     "routing-loop",
     "uncertain-rule",

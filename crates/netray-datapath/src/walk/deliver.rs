@@ -201,6 +201,24 @@ impl<'w, 'a> Walker<'w, 'a> {
         }
         let v = &self.world.ns[ns];
         let place = format!("{} via {}", v.label(), v.link_name(link));
+        // Towards a node whose snapshot is missing (outer, inner or next-hop address): what
+        // happens there is not known.
+        let toward = std::iter::once(st.pkt.dst)
+            .chain(st.encap.iter().map(|i| i.pkt.dst))
+            .chain(st.route.map(|r| r.nh));
+        if let Some((ip, m)) = toward
+            .filter_map(|ip| self.world.missing_node_of(ip).map(|m| (ip, m)))
+            .next()
+        {
+            return end(
+                Disposition::Unknown,
+                format!(
+                    "{ip} is on node {}, whose snapshot is missing from the bundle ({}): the packet leaves {place} towards it and what happens there is not known",
+                    m.name, m.reason
+                ),
+                Some("node-snapshot-missing"),
+            );
+        }
         // The destination lives in a collected namespace, yet the route sends the packet out
         // of the snapshot: the route this namespace lacks is the cause.
         let dst = st.pkt.dst;

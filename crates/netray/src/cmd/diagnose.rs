@@ -43,6 +43,8 @@ pub fn run(args: Args) -> CmdResult {
     let flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
     let pods = cluster.as_ref().map(super::pod_names).unwrap_or_default();
     let opts = args.flow.walk_options();
+    let missing = super::missing_nodes(&bundle, cluster.as_ref());
+    super::warn_missing_nodes(&missing);
     // Walk every flow over `bundle`.
     let walk_all = |bundle: &netray_snapshot::Bundle,
                     flows: &[crate::resolve::ResolvedFlow],
@@ -50,6 +52,7 @@ pub fn run(args: Args) -> CmdResult {
      -> Result<(Vec<TracedFlow>, Vec<netray_diagnose::Finding>), String> {
         let mut world = World::new(bundle);
         world.name_pods(pods.iter().cloned());
+        world.set_missing_nodes(missing.iter().cloned());
         let engine = RulesetEngine::new(&world);
         if warn {
             super::warn_input_problems(&world, &engine);
@@ -94,6 +97,7 @@ pub fn run(args: Args) -> CmdResult {
     };
     let mut world = World::new(&bundle);
     world.name_pods(pods.iter().cloned());
+    world.set_missing_nodes(missing.iter().cloned());
     let ctx = Context {
         findings: &findings,
         world: &world,
@@ -111,7 +115,8 @@ pub fn run(args: Args) -> CmdResult {
             .collect::<Vec<_>>()
             .join(" + ")
     };
-    let d = diagnose(&from, &to, &traced, &ctx);
+    let mut d = diagnose(&from, &to, &traced, &ctx);
+    d.notes.extend(super::missing_note(&missing));
     super::output::print(&d, args.output, || print_text(&d, &traced, args.hops))?;
     if let Some(path) = &args.html {
         let meta = netray_report::Meta {

@@ -64,8 +64,9 @@ impl ClusterArgs {
 #[derive(Debug, Clone, clap::Args)]
 #[group(multiple = false)]
 pub struct BundleArgs {
-    /// Bundle directory or .tar.gz (cluster.json + nodes/*.json).
-    #[arg(long, value_name = "DIR|FILE.tar.gz")]
+    /// Bundle directory or .tar.gz (cluster.json + nodes/*.json [+ failed-nodes.json]), or a
+    /// single snapshot FILE.json (`netray collect -o FILE.json`) as a one-node bundle.
+    #[arg(long, value_name = "DIR|FILE.tar.gz|FILE.json")]
     pub bundle: Option<std::path::PathBuf>,
     /// Collect this host now (as `netray collect` does; needs root) and use it as a one-node
     /// bundle.
@@ -93,7 +94,7 @@ pub fn load_bundle(
         Some(path) => (netray_snapshot::Bundle::load(path)?, path.clone()),
         None if !source.live => {
             return Err(
-                "give the snapshots: --bundle DIR|FILE.tar.gz, or --live to collect this host now"
+                "give the snapshots: --bundle DIR|FILE.tar.gz|FILE.json, or --live to collect this host now"
                     .into(),
             );
         }
@@ -167,6 +168,80 @@ pub fn warn_input_problems(
 }
 
 pub use netray_diagnose::scan::pod_names;
+
+/// The nodes whose state the bundle lacks: those its `failed-nodes.json` lists (with why), and
+/// every node of the cluster view without a snapshot; with their addresses, pod CIDRs and
+/// pods' addresses when the cluster view knows them.
+pub fn missing_nodes(
+    bundle: &netray_snapshot::Bundle,
+    cluster: Option<&netray_kube::ClusterView>,
+) -> Vec<netray_datapath::MissingNode> {
+    let have: std::collections::HashSet<&str> =
+        bundle.nodes.iter().map(|n| n.node.name.as_str()).collect();
+    let reason = |name: &str| match bundle.failed_node(name) {
+        Some(f) => format!("collection failed: {}", f.reason),
+        None => "the cluster view lists it but the bundle has no snapshot of it".to_string(),
+    };
+    let mut out: Vec<netray_datapath::MissingNode> = Vec::new();
+    if let Some(c) = cluster {
+        for n in c.nodes.iter().filter(|n| !have.contains(n.name.as_str())) {
+            let mut addrs = n.ips();
+            addrs.extend(
+                c.pods
+                    .iter()
+                    .filter(|p| p.node.as_deref() == Some(n.name.as_str()) && !p.host_network)
+                    .flat_map(|p| p.ips.iter().copied()),
+            );
+            out.push(netray_datapath::MissingNode {
+                name: n.name.clone(),
+                reason: reason(&n.name),
+                addrs,
+                pod_cidrs: n.pod_cidrs.clone(),
+            });
+        }
+    }
+    for f in &bundle.failed {
+        if !out.iter().any(|m| m.name == f.node) {
+            out.push(netray_datapath::MissingNode {
+                name: f.node.clone(),
+                reason: reason(&f.node),
+                addrs: Vec::new(),
+                pod_cidrs: Vec::new(),
+            });
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// One line per missing node for reports: `node2 (collection failed: timed out)`.
+pub fn missing_note(missing: &[netray_datapath::MissingNode]) -> Option<String> {
+    if missing.is_empty() {
+        return None;
+    }
+    const SHOWN: usize = 20;
+    let mut list: Vec<String> = missing
+        .iter()
+        .take(SHOWN)
+        .map(|m| format!("{} ({})", m.name, m.reason))
+        .collect();
+    if missing.len() > SHOWN {
+        list.push(format!("and {} more", missing.len() - SHOWN));
+    }
+    Some(format!(
+        "the state of {} is missing from the bundle: {}; paths through {} end uncertain",
+        netray_snapshot::text::count(missing.len(), "node", "nodes"),
+        list.join(", "),
+        if missing.len() == 1 { "it" } else { "them" }
+    ))
+}
+
+/// Say on standard error which nodes' state is missing (see [`missing_note`]).
+pub fn warn_missing_nodes(missing: &[netray_datapath::MissingNode]) {
+    if let Some(n) = missing_note(missing) {
+        eprintln!("netray: warning: {n}");
+    }
+}
 
 /// The cluster's pod network: flannel's `Network`, else kube-proxy's `clusterCIDR`, else the
 /// smallest prefix covering every node's pod CIDR.

@@ -64,6 +64,18 @@ struct ScanReport<'a> {
     /// Checks that did not run, and why.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     not_run: Vec<NotRun>,
+    /// Nodes whose state is missing from the bundle (not checked), and why.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    missing_nodes: Vec<MissingNode>,
+}
+
+/// A node whose snapshot is missing.
+#[derive(serde::Serialize)]
+struct MissingNode {
+    /// Node name.
+    node: String,
+    /// Why its snapshot is missing.
+    reason: String,
 }
 
 /// Checks that did not run.
@@ -137,20 +149,29 @@ pub fn run(args: Args) -> CmdResult {
     let (bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
     let findings = scan(&bundle, cluster.as_ref());
     let not_run = not_run(cluster.as_ref());
+    let missing = super::missing_nodes(&bundle, cluster.as_ref());
     let report = ScanReport {
         schema: "netray.scan/v1",
         bundle: args.source.describe(),
         nodes: bundle.nodes.iter().map(|n| n.node.name.as_str()).collect(),
         findings: &findings,
         not_run,
+        missing_nodes: missing
+            .iter()
+            .map(|m| MissingNode {
+                node: m.name.clone(),
+                reason: m.reason.clone(),
+            })
+            .collect(),
     };
     super::output::print(&report, args.output, || {
-        print_text(&bundle, &findings, &report.not_run)
+        print_text(&bundle, &findings, &report.not_run, &missing)
     })?;
     if args.output != Format::Text {
         for n in &report.not_run {
             eprintln!("netray: warning: {}", n.reason);
         }
+        super::warn_missing_nodes(&missing);
     }
     if let Some(path) = &args.html {
         let meta = netray_report::Meta {
@@ -171,7 +192,12 @@ pub fn run(args: Args) -> CmdResult {
     })
 }
 
-fn print_text(bundle: &netray_snapshot::Bundle, findings: &[Finding], not_run: &[NotRun]) {
+fn print_text(
+    bundle: &netray_snapshot::Bundle,
+    findings: &[Finding],
+    not_run: &[NotRun],
+    missing: &[netray_datapath::MissingNode],
+) {
     use netray_snapshot::text::count;
     let nodes: Vec<&str> = bundle.nodes.iter().map(|n| n.node.name.as_str()).collect();
     let namespaces: usize = bundle.nodes.iter().map(|n| n.namespaces.len()).sum();
@@ -193,6 +219,12 @@ fn print_text(bundle: &netray_snapshot::Bundle, findings: &[Finding], not_run: &
     );
     for n in not_run {
         println!("note: {} ({})", n.reason, n.codes.join(", "));
+    }
+    for m in missing {
+        println!(
+            "note: no snapshot of node {} ({}): its state was not checked",
+            m.name, m.reason
+        );
     }
     if findings.is_empty() {
         if not_run.is_empty() {

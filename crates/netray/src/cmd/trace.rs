@@ -51,6 +51,8 @@ pub fn run(args: Args) -> CmdResult {
     if let Some(c) = &cluster {
         world.name_pods(super::pod_names(c));
     }
+    world.set_missing_nodes(super::missing_nodes(&bundle, cluster.as_ref()));
+    super::warn_missing_nodes(&world.missing);
     let engine = netray_datapath::RulesetEngine::new(&world);
     super::warn_input_problems(&world, &engine);
     let trace = netray_datapath::trace(&world, &engine, &flow, args.flow.walk_options())?;
