@@ -30,6 +30,8 @@ use kube::{Client, Config};
 use secrecy::ExposeSecret;
 use serde_json::Value;
 
+pub mod collect;
+
 /// Name of kube-proxy's ConfigMap in `kube-system`.
 pub const KUBE_PROXY_CONFIGMAP: &str = "kube-proxy";
 /// Name of flannel's ConfigMap (any namespace: `kube-flannel` or `kube-system`).
@@ -580,6 +582,11 @@ impl Session {
             what: "creating the client".into(),
             reason: self.secrets.scrub(&chain(&e)),
         })?;
+        self.fetch_with(client).await
+    }
+
+    /// [`Session::fetch`] through an existing client.
+    async fn fetch_with(&mut self, client: Client) -> Result<LiveList, LiveError> {
         self.client = Some(client);
         let mut items = Vec::new();
         let mut warnings = Vec::new();

@@ -7,7 +7,7 @@ mod term;
 
 use std::process::ExitCode;
 
-use clap::{CommandFactory, Parser, Subcommand};
+use clap::{CommandFactory, FromArgMatches, Parser, Subcommand};
 
 /// `0.1.0 (git 1a2b3c4)`: the version with the git revision built from (see build.rs).
 const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NETRAY_GIT_REV"), ")");
@@ -32,7 +32,7 @@ struct Cli {
 enum Command {
     /// Snapshot this host's network state (host namespace and every pod namespace) as JSON.
     #[command(
-        after_help = "Examples:\n  sudo netray collect --node node-a -o node-a.json\n  sudo ip netns exec NODE netray collect --node NODE -o nodes/NODE.json\n\nA bundle is a directory with nodes/*.json and an optional cluster.json (netray cluster).\nStrictly read-only: nothing on the host is changed."
+        after_help = "Examples:\n  sudo netray collect --node node-a -o node-a.json\n  sudo ip netns exec NODE netray collect --node NODE -o nodes/NODE.json\n  netray collect --kube --all -o bundle            # one collector pod per node (deploy/)\n  kubectl netray --context prod collect --kube --nodes a,b -o b.tar.gz\n\nExit codes (--kube): 0 every node collected, 1 partial (failed-nodes.json), 2 error, 130 interrupted.\n\nA bundle is a directory with nodes/*.json and an optional cluster.json (netray cluster).\nStrictly read-only: nothing on the host is changed."
     )]
     Collect(cmd::collect::Args),
     /// Trace a flow through the bundle's nodes hop by hop: every branch, forward and reply.
@@ -130,6 +130,50 @@ fn man(out_dir: Option<std::path::PathBuf>) -> cmd::CmdResult {
     Ok(ExitCode::SUCCESS)
 }
 
+/// kubectl's options that a plugin user types before the subcommand
+/// (`kubectl netray --context prod collect …`).
+const KUBECTL_GLOBALS: &[&str] = &["--context", "--kubeconfig", "-n", "--namespace"];
+
+/// The command line. Installed as `kubectl-netray` (a kubectl plugin, `kubectl netray …`),
+/// kubectl's conventions apply: `--context`, `--kubeconfig` and `-n/--namespace` may also come
+/// before the subcommand, and help says `kubectl netray`.
+fn parse_cli() -> Cli {
+    let mut args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let plugin = args.first().is_some_and(|a| {
+        std::path::Path::new(a)
+            .file_name()
+            .is_some_and(|f| f.to_string_lossy().starts_with("kubectl-netray"))
+    });
+    if !plugin {
+        return Cli::parse();
+    }
+    // Move leading kubectl options after the subcommand, where netray reads them.
+    let mut moved = Vec::new();
+    let i = 1;
+    while i < args.len() {
+        let a = args[i].to_string_lossy().into_owned();
+        let name = a.split('=').next().unwrap_or("");
+        if !KUBECTL_GLOBALS.contains(&name) {
+            break;
+        }
+        let take = if a.contains('=') || i + 1 >= args.len() {
+            1
+        } else {
+            2
+        };
+        moved.extend(args.drain(i..i + take));
+    }
+    if !moved.is_empty() && i < args.len() {
+        let at = i + 1;
+        args.splice(at..at, moved);
+    }
+    let matches = Cli::command()
+        .name("kubectl-netray")
+        .bin_name("kubectl netray")
+        .get_matches_from(args);
+    Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit())
+}
+
 fn main() -> ExitCode {
     // Die quietly on a closed pipe (`netray … | head`) like other Unix tools, instead of
     // panicking in `println!`.
@@ -137,7 +181,13 @@ fn main() -> ExitCode {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
-    let cli = Cli::parse();
+    // Decided before the escaping layer below replaces the descriptor.
+    cmd::collect::STDERR_IS_TTY.store(
+        // SAFETY: isatty on a descriptor number only reads its state.
+        unsafe { libc::isatty(2) == 1 },
+        std::sync::atomic::Ordering::Relaxed,
+    );
+    let cli = parse_cli();
     // Colour is decided on the real descriptors, before the layer below replaces them, and
     // only for text reports.
     let colors = term::Colors {
