@@ -12,6 +12,10 @@ pub struct Check {
     pub title: &'static str,
     /// The check.
     pub run: fn(&ScanInput, &mut Vec<Finding>),
+    /// Its findings name kernel objects ([`Finding::objects`]) of the namespaces it reports
+    /// about, iterated through [`ScanInput::subjects`]: `diagnose` joins them to causes and
+    /// runs them scoped to the flow's namespaces ([`crate::scan::scan_scoped`]).
+    pub names_objects: bool,
 }
 
 /// The checks that read the cluster view (Services, EndpointSlices, pods, kube-proxy's
@@ -30,61 +34,73 @@ pub const CATALOG: &[Check] = &[
         codes: &["ip-forward-disabled"],
         title: "net.ipv4.ip_forward is 0 on a node",
         run: sysctl::ip_forward,
+        names_objects: true,
     },
     Check {
         codes: &["forwarding-disabled-iface"],
         title: "per-interface forwarding is 0 on a node interface",
         run: sysctl::iface_forwarding,
+        names_objects: false,
     },
     Check {
         codes: &["bpf-datapath"],
         title: "tc / XDP / cgroup BPF programs attached: traces crossing them are uncertain",
         run: links::bpf_programs,
+        names_objects: false,
     },
     Check {
         codes: &["sysctl-unparsable"],
         title: "a sysctl the datapath decides on (forwarding, rp_filter, …) holds no number",
         run: sysctl::unparsable,
+        names_objects: true,
     },
     Check {
         codes: &["rp-filter-strict-asymmetric"],
         title: "strict rp_filter where routing is asymmetric (several defaults, ECMP, policy rules)",
         run: sysctl::rp_filter_asymmetric,
+        names_objects: true,
     },
     Check {
         codes: &["tcp-tw-recycle"],
         title: "tcp_tw_recycle enabled (breaks clients behind NAT)",
         run: sysctl::tw_recycle,
+        names_objects: false,
     },
     Check {
         codes: &["conntrack-table-full", "conntrack-drops"],
         title: "conntrack table near nf_conntrack_max; insert_failed / drop counters",
         run: sysctl::conntrack_pressure,
+        names_objects: false,
     },
     Check {
         codes: &["pod-no-default-route"],
         title: "workload namespace without an IPv4 default route",
         run: routing::pod_default_route,
+        names_objects: false,
     },
     Check {
         codes: &["no-route"],
         title: "node without a route to another node's pod CIDR",
         run: routing::pod_cidr_routes,
+        names_objects: false,
     },
     Check {
         codes: &["blackhole-route"],
         title: "blackhole / unreachable / prohibit routes over pod CIDRs or default",
         run: routing::blackhole_routes,
+        names_objects: false,
     },
     Check {
         codes: &["ip-rule-diverts"],
         title: "ip rules that send traffic to other tables or discard it",
         run: routing::policy_rules,
+        names_objects: false,
     },
     Check {
         codes: &["neighbor-unreachable"],
         title: "route gateways whose neighbour entry is FAILED / INCOMPLETE",
         run: routing::gateway_neighbours,
+        names_objects: false,
     },
     Check {
         codes: &[
@@ -94,86 +110,103 @@ pub const CATALOG: &[Check] = &[
         ],
         title: "VXLAN neighbour and FDB entries against the peers' real VTEP MAC and address",
         run: overlay::vxlan_consistency,
+        names_objects: true,
     },
     Check {
         codes: &["mtu-blackhole"],
         title: "overlay MTU plus encapsulation above the underlay MTU",
         run: overlay::overlay_mtu,
+        names_objects: false,
     },
     Check {
         codes: &["pod-mtu-exceeds-overlay"],
         title: "workload MTU above the node's overlay MTU",
         run: overlay::pod_mtu,
+        names_objects: false,
     },
     Check {
         codes: &["interface-down"],
         title: "interfaces carrying addresses, routes or bridge ports that are down",
         run: links::interfaces_down,
+        names_objects: false,
     },
     Check {
         codes: &["bridge-port-blocked", "hairpin-disabled"],
         title: "bridge ports not forwarding; hairpin off for pods",
         run: links::bridge_ports,
+        names_objects: false,
     },
     Check {
         codes: &["duplicate-address"],
         title: "one address configured in several namespaces",
         run: links::duplicate_addresses,
+        names_objects: false,
     },
     Check {
         codes: &["no-endpoints"],
         title: "Services without ready endpoints",
         run: services::services_without_endpoints,
+        names_objects: false,
     },
     Check {
         codes: &["lb-ip-in-local-table"],
         title: "LoadBalancer / external IPs in a node's local table (martian health checks)",
         run: services::lb_ip_in_local_table,
+        names_objects: true,
     },
     Check {
         codes: &["cluster-cidr-mismatch"],
         title: "kube-proxy clusterCIDR against the pods' real addresses",
         run: services::cluster_cidr,
+        names_objects: false,
     },
     Check {
         codes: &["port-not-listening"],
         title: "ready endpoints with nothing listening on the target port",
         run: services::endpoints_listening,
+        names_objects: false,
     },
     Check {
         codes: &["forward-policy-drop"],
         title: "filter FORWARD policy DROP that drops cross-node pod traffic",
         run: firewall::forward_policy_drop,
+        names_objects: true,
     },
     Check {
         codes: &["iptables-drop-rule", "iptables-reject-rule"],
         title: "DROP / REJECT rules whose counters show matches",
         run: firewall::counted_drop_rules,
+        names_objects: false,
     },
     Check {
         codes: &["mixed-iptables-backends"],
         title: "iptables-legacy and iptables-nft both holding rules",
         run: firewall::mixed_backends,
+        names_objects: false,
     },
     Check {
         codes: &["missing-snat"],
         title: "pod traffic to outside the cluster leaving without SNAT/MASQUERADE",
         run: firewall::missing_snat,
+        names_objects: false,
     },
     Check {
         codes: &["firewall-unreadable", "uncertain-rule"],
         title: "firewall input netray cannot read or does not model (uncertain verdicts)",
         run: firewall::unreadable_rules,
+        names_objects: false,
     },
     Check {
         codes: &["stale-conntrack-entry"],
         title: "conntrack entries still DNATing Service traffic to backends that are no longer ready",
         run: services::stale_conntrack,
+        names_objects: true,
     },
     Check {
         codes: &["bridge-nf-snat-conflict"],
         title: "bridge-nf-call-iptables with masquerade of host-originated Service traffic",
         run: firewall::bridge_nf_snat_conflict,
+        names_objects: true,
     },
 ];
 

@@ -162,6 +162,46 @@ pub struct Diagnosis {
     pub notes: Vec<String>,
 }
 
+/// The namespaces (by [`World`] index) the branches of `flows` visited or were decided in:
+/// every hop's namespace, forward and reply, and the place of every deciding object.
+pub fn visited_namespaces(world: &World<'_>, flows: &[TracedFlow]) -> Vec<usize> {
+    let index: std::collections::HashMap<(&str, String), usize> = world
+        .ns
+        .iter()
+        .enumerate()
+        .map(|(i, v)| ((v.node, v.netns_label()), i))
+        .collect();
+    let mut out = BTreeSet::new();
+    let mut add = |node: &str, netns: &str| {
+        if let Some(&i) = index.get(&(node, netns.to_string())) {
+            out.insert(i);
+        }
+    };
+    for b in flows.iter().flat_map(|f| &f.trace.branches) {
+        for h in &b.hops {
+            add(&h.node, &h.netns);
+        }
+        for o in &b.decided_by {
+            let p = o.place();
+            add(&p.node, &p.netns);
+        }
+    }
+    out.into_iter().collect()
+}
+
+/// The scan findings a diagnosis of `flows` can use: [`crate::scan::scan_scoped`] over the
+/// namespaces the flows' branches visited ([`visited_namespaces`]). Equal to the findings of
+/// a whole-cluster scan that name an object of those namespaces, which are the only ones
+/// [`diagnose`] joins to causes (by object key) or reads for its notes.
+pub fn findings_for(
+    world: &World<'_>,
+    engine: &netray_datapath::RulesetEngine,
+    cluster: Option<&netray_kube::ClusterView>,
+    flows: &[TracedFlow],
+) -> Vec<Finding> {
+    crate::scan::scan_scoped(world, engine, cluster, &visited_namespaces(world, flows))
+}
+
 /// Build the diagnosis of `flows`.
 pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Diagnosis {
     let mut branches = Vec::new();

@@ -107,6 +107,9 @@ pub struct ScanInput<'a> {
     pod_cidrs: BTreeMap<String, Vec<IpNet>>,
     /// EndpointSlices by Service `(namespace, name)`, in the cluster view's order.
     slices: HashMap<(&'a str, &'a str), Vec<&'a EndpointSlice>>,
+    /// The namespaces checks report about, by [`World`] namespace index (`None`: every one;
+    /// see [`scan_scoped`]). Checks still read every namespace as context.
+    scope: Option<Vec<bool>>,
 }
 
 impl<'a> ScanInput<'a> {
@@ -214,6 +217,7 @@ impl<'a> ScanInput<'a> {
             owners,
             pod_cidrs: BTreeMap::new(),
             slices,
+            scope: None,
         };
         input.pod_cidrs = input.compute_pod_cidrs();
         input
@@ -283,6 +287,25 @@ impl<'a> ScanInput<'a> {
                 .links
                 .iter()
                 .any(|l| matches!(l.kind, LinkKind::Bridge { .. } | LinkKind::Vxlan { .. }))
+    }
+
+    /// Whether checks report about namespace `n` in this run (always, in a full scan).
+    pub fn in_scope(&self, n: &Ns) -> bool {
+        self.scope
+            .as_ref()
+            .is_none_or(|s| s.get(n.idx).copied().unwrap_or(false))
+    }
+
+    /// The namespaces checks report about: every one in a full scan, those on the walked
+    /// paths in a [`scan_scoped`] run. Checks whose findings name kernel objects iterate these
+    /// (and read everything else only as context).
+    pub fn subjects(&self) -> impl Iterator<Item = Ns<'a>> + '_ {
+        self.namespaces.iter().copied().filter(|n| self.in_scope(n))
+    }
+
+    /// The host namespaces among [`ScanInput::subjects`].
+    pub fn subject_hosts(&self) -> impl Iterator<Item = Ns<'a>> + '_ {
+        self.subjects().filter(|n| n.ns.role == NetnsRole::Host)
     }
 
     /// Host namespaces (one per node).
@@ -447,6 +470,44 @@ pub fn scan_world(
     for check in crate::catalog::CATALOG {
         (check.run)(&input, &mut out);
     }
+    finish(world, out)
+}
+
+/// The findings `netray diagnose` can use about the namespaces in `scope` (by [`World`]
+/// namespace index): only the checks whose findings name kernel objects
+/// ([`crate::catalog::Check::names_objects`]), each reporting only about namespaces in scope,
+/// and of their findings only those that name objects.
+///
+/// Diagnose joins a finding to a cause only through an object the branch used or that
+/// decided it, and such an object lives in a namespace the branch visited; every one of those
+/// checks names objects of the namespace it reports about. So with `scope` = the namespaces
+/// the flow's branches visited, the result is exactly the findings of [`scan_world`] that
+/// diagnose could join, without checking the rest of the cluster (tested on every example).
+pub fn scan_scoped(
+    world: &World<'_>,
+    engine: &RulesetEngine,
+    cluster: Option<&ClusterView>,
+    scope: &[NsIdx],
+) -> Vec<Finding> {
+    let mut input = ScanInput::new(world, engine, cluster);
+    let mut mask = vec![false; world.ns.len()];
+    for &i in scope {
+        if let Some(m) = mask.get_mut(i) {
+            *m = true;
+        }
+    }
+    input.scope = Some(mask);
+    let mut out = Vec::new();
+    for check in crate::catalog::CATALOG.iter().filter(|c| c.names_objects) {
+        (check.run)(&input, &mut out);
+    }
+    // A finding naming no object never joins a cause.
+    out.retain(|f| !f.objects.is_empty());
+    finish(world, out)
+}
+
+/// Name the pods of findings, sort most severe first, drop duplicates.
+fn finish(world: &World<'_>, mut out: Vec<Finding>) -> Vec<Finding> {
     // Name the pod of every finding about a pod's namespace.
     for f in &mut out {
         if f.pod.is_none()

@@ -23,7 +23,7 @@ fn is_masquerade(r: &netray_netfilter::ipt::Rule) -> bool {
 /// `filter FORWARD` policy DROP that drops cross-node pod traffic (seed 003).
 pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
     let cidrs = input.pod_cidrs();
-    for n in &input.namespaces {
+    for n in &input.subjects().collect::<Vec<_>>() {
         if n.ns.role != netray_snapshot::NetnsRole::Host {
             continue;
         }
@@ -263,7 +263,7 @@ pub(crate) fn mixed_backends(input: &ScanInput, out: &mut Vec<Finding>) {
 /// Seed 000: br_netfilter on a bridge that carries Service backends whose replies are bridged
 /// onwards, together with masquerade (`--random-fully`) of host-originated Service traffic.
 pub(crate) fn bridge_nf_snat_conflict(input: &ScanInput, out: &mut Vec<Finding>) {
-    for h in &input.namespaces {
+    for h in &input.subjects().collect::<Vec<_>>() {
         if h.ns.role != netray_snapshot::NetnsRole::Host
             || h.ns
                 .sysctl("net.bridge.bridge-nf-call-iptables")

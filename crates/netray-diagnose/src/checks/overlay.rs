@@ -47,7 +47,7 @@ fn vteps<'a>(input: &'a ScanInput) -> Vec<Vtep<'a>> {
 
 pub(crate) fn vxlan_consistency(input: &ScanInput, out: &mut Vec<Finding>) {
     let all = vteps(input);
-    for h in input.hosts() {
+    for h in input.subject_hosts() {
         let me = h.node.node.name.as_str();
         for mine in all.iter().filter(|v| v.node == me) {
             let fdb: Vec<_> = h.ns.fdb.iter().filter(|f| f.dev == mine.dev).collect();

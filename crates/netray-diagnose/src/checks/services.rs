@@ -59,7 +59,7 @@ pub(crate) fn lb_ip_in_local_table(input: &ScanInput, out: &mut Vec<Finding>) {
         if vips.is_empty() {
             continue;
         }
-        for h in input.hosts() {
+        for h in input.subject_hosts() {
             for vip in &vips {
                 if let Some(r) = h.ns.routes.iter().find(|r| {
                     r.table == 255 && r.route_type == RouteType::Local && r.dst.contains(vip)
@@ -268,7 +268,7 @@ pub(crate) fn stale_conntrack(input: &ScanInput, out: &mut Vec<Finding>) {
             }
         }
     }
-    for n in &input.namespaces {
+    for n in input.subjects() {
         let Some(ct) = &n.ns.conntrack else { continue };
         let mut stale: Vec<String> = Vec::new();
         let mut vips: Vec<String> = Vec::new();

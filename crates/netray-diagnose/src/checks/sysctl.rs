@@ -8,7 +8,7 @@ use crate::finding::{Finding, Severity};
 use crate::scan::{ScanInput, conf_key, conf_max, route_text, sysctl_line};
 
 pub(crate) fn ip_forward(input: &ScanInput, out: &mut Vec<Finding>) {
-    for h in input.hosts().filter(|h| input.routes_for_others(h)) {
+    for h in input.subject_hosts().filter(|h| input.routes_for_others(h)) {
         if h.ns.sysctl("net.ipv4.ip_forward").map(str::trim) == Some("0") {
             out.push(h.finding(
                 "ip-forward-disabled",
@@ -39,7 +39,7 @@ pub(crate) fn unparsable(input: &ScanInput, out: &mut Vec<Finding>) {
         "net.bridge.bridge-nf-call-ip6tables",
         "net.ipv4.icmp_echo_ignore_all",
     ];
-    for n in &input.namespaces {
+    for n in input.subjects() {
         let bad: Vec<(&String, &String)> =
             n.ns.sysctls
                 .iter()
@@ -104,7 +104,7 @@ pub(crate) fn iface_forwarding(input: &ScanInput, out: &mut Vec<Finding>) {
 }
 
 pub(crate) fn rp_filter_asymmetric(input: &ScanInput, out: &mut Vec<Finding>) {
-    for n in &input.namespaces {
+    for n in input.subjects() {
         // Where asymmetric routing can happen: several interfaces carry routes.
         let mut route_devs: BTreeMap<&str, Vec<&Route>> = BTreeMap::new();
         for r in n.ns.routes.iter().filter(|r| r.table != 255) {

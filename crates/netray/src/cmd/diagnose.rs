@@ -5,9 +5,8 @@ use std::process::ExitCode;
 use netray_datapath::result::{Disposition, Leg};
 use netray_datapath::{RulesetEngine, World, trace};
 use netray_diagnose::diagnose::{
-    Context, Diagnosis, FailurePoint, Rewalk, TracedFlow, Verdict, diagnose,
+    Context, Diagnosis, FailurePoint, Rewalk, TracedFlow, Verdict, diagnose, findings_for,
 };
-use netray_diagnose::scan::scan_world;
 
 use super::{ClusterArgs, CmdResult, Format, load_bundle};
 use crate::flow::FlowArgs;
@@ -73,8 +72,10 @@ pub fn run(args: Args) -> CmdResult {
                 trace: t,
             });
         }
+        // Only the checks about the namespaces the walk visited: the findings diagnose can
+        // join to a cause (netray_diagnose::diagnose::findings_for).
         let findings = if warn {
-            scan_world(&world, &engine, cluster.as_ref())
+            findings_for(&world, &engine, cluster.as_ref(), &traced)
         } else {
             Vec::new()
         };
