@@ -140,7 +140,24 @@ impl Lab {
         Ok(lab)
     }
 
-    fn add_member(&mut self, member: &str) -> Result<&Netns, LabError> {
+    /// A lab with no namespaces yet, for other topologies built beside this module
+    /// ([`crate::calico`]): they add members with `add_member` and reuse servers, probes and
+    /// teardown.
+    pub(crate) fn bare(spec: &ClusterSpec, agent: &Agent) -> Lab {
+        Lab {
+            tag: lab_tag(),
+            spec: spec.clone(),
+            agent: agent.clone(),
+            members: BTreeMap::new(),
+            kube: Vec::new(),
+            vtep_gen: vec![0; spec.nodes.len()],
+            faults: Vec::new(),
+            servers: Vec::new(),
+            keep: false,
+        }
+    }
+
+    pub(crate) fn add_member(&mut self, member: &str) -> Result<&Netns, LabError> {
         let ns = Netns::create(&format!("{}-{member}", self.tag))?;
         self.members.insert(member.to_string(), ns);
         Ok(&self.members[member])

@@ -12,6 +12,7 @@
 //! time, and namespaces are deleted on drop (also when a test panics).
 
 pub mod agent;
+pub mod calico;
 mod capture;
 pub mod cluster;
 pub mod dualstack;
