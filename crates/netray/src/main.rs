@@ -56,6 +56,9 @@ enum Command {
         after_help = "Examples:\n  netray scan --bundle examples/001-checklist\n  netray scan --bundle b.tar.gz -o json\n  netray scan --bundle examples/healthy --fail-on critical\n  netray scan --list-checks\n\nExit codes: 0 clean (nothing at or above --fail-on, default warning), 1 findings, 2 usage or input error."
     )]
     Scan(cmd::scan::Args),
+    /// Assemble a bundle from snapshots collected by hand: `netray bundle add DIR NODE.json…`.
+    #[command(subcommand)]
+    Bundle(cmd::bundle::BundleCommand),
     /// Write the cluster view's objects, listed live from the Kubernetes API, as a bundle's
     /// cluster.json (a List of Nodes, Pods, Services, EndpointSlices and ConfigMaps).
     Cluster(cmd::cluster::Args),
@@ -98,7 +101,7 @@ impl Command {
                 cmd::Format::Json
             }
             Command::Man { .. } => cmd::Format::Json,
-            Command::Lab(_) => cmd::Format::Text,
+            Command::Lab(_) | Command::Bundle(_) => cmd::Format::Text,
         }
     }
 }
@@ -209,6 +212,7 @@ fn main() -> ExitCode {
         Command::Diff(a) => cmd::diff::run(a),
         Command::Scan(a) => cmd::scan::run(a),
         Command::Cluster(a) => cmd::cluster::run(a),
+        Command::Bundle(c) => cmd::bundle::run(c),
         Command::Rules(c) => cmd::rules::run(c),
         Command::Lab(c) => cmd::lab::run(c),
         Command::Completions { shell } => completions(shell),
