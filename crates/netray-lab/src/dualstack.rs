@@ -385,6 +385,7 @@ pub struct DualStackLab {
     members: BTreeMap<String, Netns>,
     servers: Vec<Child>,
     vtep_gen: Vec<u8>,
+    counting: Vec<(String, IpAddr)>,
 }
 
 impl std::fmt::Debug for DualStackLab {
@@ -417,6 +418,7 @@ impl DualStackLab {
             members: BTreeMap::new(),
             servers: Vec::new(),
             vtep_gen: vec![0; spec.nodes],
+            counting: Vec::new(),
         };
         lab.build()?;
         Ok(lab)
@@ -787,6 +789,65 @@ impl DualStackLab {
             }
         }
         Ok(m)
+    }
+
+    /// Packets to `dst` that left node member `node` (counted by a target-less rule in the
+    /// mangle table's POSTROUTING chain, which a forwarded packet reaches only after the
+    /// FORWARD hook accepted it and a route and neighbour were found). The rule is installed on
+    /// the first call; [`DualStackLab::clear_counting`] removes every such rule. (The
+    /// kernel's `Ip6OutForwDatagrams` cannot serve: `ip6_forward` counts it before the FORWARD
+    /// hook, so ip6tables' drops count as forwarded.)
+    pub fn sent_to(&mut self, node: &str, dst: IpAddr) -> Result<u64, LabError> {
+        let tool = if dst.is_ipv4() {
+            "iptables"
+        } else {
+            "ip6tables"
+        };
+        let ns = self.ns(node)?;
+        let d = dst.to_string();
+        let key = (node.to_string(), dst);
+        if !self.counting.contains(&key) {
+            ns.exec(tool, &["-w", "-t", "mangle", "-I", "POSTROUTING", "-d", &d])?;
+            self.counting.push(key);
+        }
+        let ns = self.ns(node)?;
+        let out = ns.exec(tool, &["-w", "-t", "mangle", "-L", "POSTROUTING", "-nvx"])?;
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        let host = if dst.is_ipv4() { 32 } else { 128 };
+        let want = [dst.to_string(), format!("{dst}/{host}")];
+        let n = text
+            .lines()
+            .filter(|l| {
+                let w: Vec<&str> = l.split_whitespace().collect();
+                w.len() >= 3 && w.iter().any(|x| want.iter().any(|d| d == x))
+            })
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum();
+        Ok(n)
+    }
+
+    /// Remove the counting rules [`DualStackLab::sent_to`] installed.
+    pub fn clear_counting(&mut self) -> Result<(), LabError> {
+        for (node, dst) in std::mem::take(&mut self.counting) {
+            let tool = if dst.is_ipv4() {
+                "iptables"
+            } else {
+                "ip6tables"
+            };
+            self.ns(&node)?.exec(
+                tool,
+                &[
+                    "-w",
+                    "-t",
+                    "mangle",
+                    "-D",
+                    "POSTROUTING",
+                    "-d",
+                    &dst.to_string(),
+                ],
+            )?;
+        }
+        Ok(())
     }
 
     /// The cluster as `kubectl get nodes,pods,services,endpointslices,configmaps -A -o json`

@@ -1,5 +1,10 @@
 //! The one flow syntax shared by every command that takes a flow (`trace`, `diagnose`,
-//! `rules trace`, …): `--from`, `--to`, `--proto`, `--size`.
+//! `rules trace`, …): `--from`, `--to`, `--proto`, `--size`, `--family`.
+//!
+//! Families: an address on `--from` or `--to` fixes the flow's family; names (`pod/…`,
+//! `node/…`) resolve to their address of that family. A `svc/NS/NAME` of a dual-stack Service
+//! with no address to fix the family is walked once per family it has (one flow each);
+//! `--family 4|6` restricts every name to that family.
 //!
 //! Endpoint forms:
 //! - `IP` — an address; as a source, the packet is generated in the namespace owning it;
@@ -303,12 +308,62 @@ pub struct FlowArgs {
     /// conntrack -D. The snapshots on disk are not changed.
     #[arg(long = "what-if", value_name = "TARGET: COMMAND")]
     pub what_if: Vec<String>,
+    /// Address family, 4 or 6: names resolve to their address of this family (a dual-stack
+    /// Service is walked in this family only). Default: the family of an address given on
+    /// --from/--to, else every family the destination Service has (one flow each), else the
+    /// pod's primary (first) IP.
+    #[arg(long, value_name = "4|6", value_parser = parse_family)]
+    pub family: Option<netray_kube::IpFamily>,
     /// Stop exploring after this many branches (the verdict is then uncertain).
     #[arg(long, default_value_t = 4096, value_name = "N")]
     pub max_branches: usize,
 }
 
+/// `4` or `6` (also `ipv4`/`ipv6`, `IPv4`/`IPv6`).
+pub(crate) fn parse_family(s: &str) -> Result<netray_kube::IpFamily, String> {
+    match s.to_ascii_lowercase().as_str() {
+        "4" | "ipv4" | "inet" => Ok(netray_kube::IpFamily::V4),
+        "6" | "ipv6" | "inet6" => Ok(netray_kube::IpFamily::V6),
+        _ => Err(format!("`{s}` is not an address family (4 or 6)")),
+    }
+}
+
+/// The address an endpoint names literally, if any.
+fn literal_ip(t: &Target) -> Option<IpAddr> {
+    match t {
+        Target::Addr { ip, .. } | Target::External(ip) => Some(*ip),
+        _ => None,
+    }
+}
+
 impl FlowArgs {
+    /// The flow's family as far as the words fix it: `--family`, else the family of an
+    /// address on `--from`/`--to`. Addresses of different families on the two sides, or an
+    /// address contradicting `--family`, are errors naming both.
+    pub fn fixed_family(&self) -> Result<Option<netray_kube::IpFamily>, String> {
+        use netray_kube::IpFamily;
+        let mut fam = self.family;
+        let mut said = self.family.map(|f| format!("--family {}", f.number()));
+        for (opt, ep) in [("--from", &self.from), ("--to", &self.to)] {
+            let Some(ip) = literal_ip(&ep.target) else {
+                continue;
+            };
+            let f = IpFamily::of(ip);
+            match (fam, &said) {
+                (Some(g), Some(by)) if g != f => {
+                    return Err(format!(
+                        "{opt} {ip} is an {f} address but {by} asks for {g}; give addresses of                          one family"
+                    ));
+                }
+                _ => {
+                    fam = Some(f);
+                    said.get_or_insert_with(|| format!("{opt} {ip}"));
+                }
+            }
+        }
+        Ok(fam)
+    }
+
     /// The protocol in force: `--proto`, else `/PROTO` on `--to`, else tcp when a port is
     /// given and icmp otherwise. Conflicting `--proto` and `/PROTO` is an error.
     pub fn protocol(&self) -> Result<Proto, String> {
@@ -412,6 +467,52 @@ mod tests {
             ep("external/203.0.113.9").target,
             Target::External("203.0.113.9".parse().unwrap())
         );
+    }
+
+    fn args(from: &str, to: &str, family: Option<u8>) -> FlowArgs {
+        use clap::Parser;
+        #[derive(clap::Parser)]
+        struct Cli {
+            #[command(flatten)]
+            flow: FlowArgs,
+        }
+        let mut argv = vec![
+            "t".to_string(),
+            "--from".into(),
+            from.into(),
+            "--to".into(),
+            to.into(),
+        ];
+        if let Some(f) = family {
+            argv.extend(["--family".to_string(), f.to_string()]);
+        }
+        Cli::try_parse_from(argv).expect("parse").flow
+    }
+
+    #[test]
+    fn family_from_addresses_and_flag() {
+        use netray_kube::IpFamily;
+        let a = args("pod/default/a", "svc/default/web:80", None);
+        assert_eq!(a.fixed_family(), Ok(None));
+        let a = args("pod/default/a", "svc/default/web:80", Some(6));
+        assert_eq!(a.fixed_family(), Ok(Some(IpFamily::V6)));
+        let a = args("pod/default/a", "[fd00:96::10]:80", None);
+        assert_eq!(a.fixed_family(), Ok(Some(IpFamily::V6)));
+        let a = args("10.244.0.5", "pod/default/b:8080", None);
+        assert_eq!(a.fixed_family(), Ok(Some(IpFamily::V4)));
+        let e = args("pod/default/a", "[fd00:96::10]:80", Some(4))
+            .fixed_family()
+            .unwrap_err();
+        assert!(
+            e.contains("--to fd00:96::10 is an IPv6 address but --family 4"),
+            "{e}"
+        );
+        let e = args("10.244.0.5", "[fd00:96::10]:80", None)
+            .fixed_family()
+            .unwrap_err();
+        assert!(e.contains("but --from 10.244.0.5 asks for IPv4"), "{e}");
+        assert_eq!(parse_family("ipv6"), Ok(IpFamily::V6));
+        assert!(parse_family("5").unwrap_err().contains("4 or 6"));
     }
 
     #[test]

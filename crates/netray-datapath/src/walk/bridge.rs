@@ -8,24 +8,31 @@ use crate::result::{Disposition, Step};
 use crate::world::NsIdx;
 
 use super::Walker;
+use super::family::Family;
 use super::state::{End, St, end, mac_eq, sysctl_or};
 
 impl<'w, 'a> Walker<'w, 'a> {
-    /// br_netfilter runs iptables for bridged IPv4 when the namespace's
-    /// `net.bridge.bridge-nf-call-iptables` or the bridge's own `nf_call_iptables` is set.
+    /// br_netfilter runs the IP hooks for a bridged packet when the namespace's
+    /// `net.bridge.bridge-nf-call-iptables` (IPv4) / `bridge-nf-call-ip6tables` (IPv6) or the
+    /// bridge's own `nf_call_iptables` / `nf_call_ip6tables` is set.
     pub(super) fn br_nf(&self, ns: NsIdx, br: usize, v4: bool) -> bool {
         let v = &self.world.ns[ns];
-        if !v4 {
-            return false;
-        }
-        let per_bridge = matches!(
-            self.link(ns, br).map(|l| &l.kind),
+        let fam = if v4 { Family::V4 } else { Family::V6 };
+        let per_bridge = match self.link(ns, br).map(|l| &l.kind) {
             Some(LinkKind::Bridge {
-                nf_call_iptables: true,
+                nf_call_iptables,
+                nf_call_ip6tables,
                 ..
-            })
-        );
-        per_bridge || sysctl_or(v, "net.bridge.bridge-nf-call-iptables", 0) == 1
+            }) => {
+                if v4 {
+                    *nf_call_iptables
+                } else {
+                    *nf_call_ip6tables
+                }
+            }
+            _ => false,
+        };
+        per_bridge || sysctl_or(v, fam.br_nf_sysctl(), 0) == 1
     }
 
     pub(super) fn is_local_mac(&self, ns: NsIdx, br: usize, mac: &str) -> bool {

@@ -45,6 +45,15 @@ impl Family {
         }
     }
 
+    /// The sysctl that makes br_netfilter pass this family's bridged packets through the IP
+    /// hooks (`bridge-nf-call-iptables` / `bridge-nf-call-ip6tables`).
+    pub(super) fn br_nf_sysctl(self) -> &'static str {
+        match self {
+            Family::V4 => "net.bridge.bridge-nf-call-iptables",
+            Family::V6 => "net.bridge.bridge-nf-call-ip6tables",
+        }
+    }
+
     /// Whether `fib_validate_source` (local source from outside, `rp_filter`) runs on input.
     /// IPv6 has no such sysctl: reverse-path filtering there is `-m rpfilter` / `fib saddr`.
     pub(super) fn validates_source(self) -> bool {

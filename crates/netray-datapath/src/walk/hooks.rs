@@ -99,7 +99,9 @@ impl<'w, 'a> Walker<'w, 'a> {
                         if phys.is_some() {
                             // The reply met netfilter inside the bridge only because of
                             // br_netfilter.
-                            stop = stop.by(v.sysctl_obj("net.bridge.bridge-nf-call-iptables"));
+                            stop = stop.by(
+                                v.sysctl_obj(super::family::Family::of(st.pkt.dst).br_nf_sysctl())
+                            );
                         }
                         stop = stop.by_all(self.bridged_nat_objs(&st));
                         return vec![Next::Stop(st, stop)];
@@ -165,6 +167,10 @@ impl<'w, 'a> Walker<'w, 'a> {
             physdev_in: phys.map(|p| v.link_name(p.0).to_string()),
             physdev_out: phys.and_then(|p| p.1).map(|o| v.link_name(o).to_string()),
             bridged: phys.is_some(),
+            rpf: match (hook, iif) {
+                (NfHook::Prerouting, Some(i)) if phys.is_none() => self.rpf(&st, ns, i),
+                _ => None,
+            },
         };
         let manip = hook.manip();
         let nat_allowed = match (st.skb_ct, manip) {
@@ -322,7 +328,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                     .iter()
                     .find(|v| v.node == h.node && v.netns_label() == h.netns)
             {
-                let o = v.sysctl_obj("net.bridge.bridge-nf-call-iptables");
+                let o = v.sysctl_obj(super::family::Family::of(st.pkt.dst).br_nf_sysctl());
                 if !out.contains(&o) {
                     out.push(o);
                 }

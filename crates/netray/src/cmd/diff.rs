@@ -35,6 +35,9 @@ pub struct Args {
     /// IP packet size in bytes, for MTU checks.
     #[arg(long, value_name = "BYTES", value_parser = clap::value_parser!(u16).range(20..))]
     pub size: Option<u16>,
+    /// Address family, 4 or 6 (as on the other flow commands).
+    #[arg(long, value_name = "4|6", value_parser = crate::flow::parse_family)]
+    pub family: Option<netray_kube::IpFamily>,
     /// Output format.
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Format,
@@ -91,6 +94,7 @@ pub fn run(args: Args) -> CmdResult {
                 size: args.size,
                 sport: None,
                 what_if: Vec::new(),
+                family: args.family,
                 max_branches: 4096,
             };
             for f in resolve(&fa, &bundle, cluster.as_ref())

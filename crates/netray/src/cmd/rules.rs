@@ -189,6 +189,7 @@ fn walk(a: &TraceArgs) -> Result<Walked, super::CmdError> {
     if src.is_ipv4() != dst.is_ipv4() {
         return Err("--from and --to are of different address families".into());
     }
+    a.flow.fixed_family()?;
     let proto = a.flow.protocol()?;
     let dport = match &a.flow.to.port {
         Some(PortRef::Number(p)) => Some(*p),

@@ -37,6 +37,15 @@ pub fn run(args: Args) -> CmdResult {
     let (mut bundle, cluster) = super::load_bundle(&args.source, &args.cluster)?;
     super::apply_what_if(&mut bundle, cluster.as_ref(), &args.flow.what_if)?;
     let mut flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
+    if flows.len() > 1 && flows.iter().any(|f| f.flow.dst != flows[0].flow.dst) {
+        let addrs: Vec<&str> = flows.iter().map(|f| f.to_label.as_str()).collect();
+        return Err(format!(
+            "the destination is a dual-stack Service ({}); trace one family (--family 4|6, or \
+             --to [ADDR]:PORT) or use `netray diagnose`, which walks each family",
+            addrs.join(", ")
+        )
+        .into());
+    }
     if flows.len() > 1 {
         let ports: Vec<&str> = flows.iter().map(|f| f.to_label.as_str()).collect();
         return Err(format!(
