@@ -122,6 +122,7 @@ pub fn to_packet(p: &NfPacket) -> nfl::Packet {
     pkt.physdev_in = p.physdev_in.clone();
     pkt.physdev_out = p.physdev_out.clone();
     pkt.bridged = p.bridged;
+    pkt.rpf = p.rpf.clone();
     let (state, dir) = match p.ct {
         CtState::New => (nfl::CtState::New, nfl::CtDir::Original),
         CtState::Established => (nfl::CtState::Established, nfl::CtDir::Original),

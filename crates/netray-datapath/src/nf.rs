@@ -111,6 +111,8 @@ pub struct NfPacket {
     pub physdev_out: Option<String>,
     /// True when called by br_netfilter.
     pub bridged: bool,
+    /// Reverse-path lookups for `-m rpfilter`, computed by the walk at PREROUTING.
+    pub rpf: Option<netray_netfilter::Rpf>,
 }
 
 /// A NAT action decided by the nat table (only on the first packet of a connection).

@@ -1567,20 +1567,74 @@ fn ipt_match(cx: &Cx, d: &ipt::Dump, m: &Match, v: &View, ct: &CtEffects, fx: &F
             }
             t
         }
-        Match::Rpfilter { invert } => match cx.ctx.rpfilter_ok {
-            Some(ok) => Tri::from(ok != *invert),
-            None => fx
-                .fact(
-                    format!("-m rpfilter {}", view_key(pkt, v)),
-                    "-m rpfilter (needs the routing result)",
-                )
-                .neg_if(*invert),
+        Match::Rpfilter {
+            invert,
+            loose,
+            validmark,
+            accept_local,
+        } => match (&pkt.rpf, cx.ctx.rpfilter_ok) {
+            (None, Some(ok)) => Tri::from(ok != *invert),
+            _ => rpfilter_match(pkt, v, fx, *invert, *loose, *validmark, *accept_local),
         },
         Match::Opaque { module, span } => fx.fact(
             format!("{} {}", d.slice(*span), view_key(pkt, v)),
             format!("-m {} is not modelled", d.str(module)),
         ),
     }
+}
+
+/// `-m rpfilter` (`rpfilter_mt`): loopback input passes; a zero source to a broadcast or
+/// local-multicast destination passes; otherwise the reverse lookup must give a unicast route
+/// (or, with `--accept-local`, a local one) whose next hop uses the input interface, or any
+/// such route with `--loose`.
+#[allow(clippy::too_many_arguments)]
+fn rpfilter_match(
+    pkt: &Packet,
+    v: &View,
+    fx: &Fx,
+    invert: bool,
+    loose: bool,
+    validmark: bool,
+    accept_local: bool,
+) -> Tri {
+    let unknown = |why: &str| {
+        fx.fact(format!("-m rpfilter {}", view_key(pkt, v)), why.to_string())
+            .neg_if(invert)
+    };
+    let Some(r) = &pkt.rpf else {
+        return unknown("-m rpfilter (needs the routing result)");
+    };
+    if v.src != pkt.src || v.dst != pkt.dst {
+        return unknown("-m rpfilter after NAT in the same hook is not modelled");
+    }
+    if r.loopback {
+        return Tri::from(!invert);
+    }
+    if let (IpAddr::V4(s), IpAddr::V4(d)) = (pkt.src, pkt.dst)
+        && s.is_unspecified()
+        && (d.is_broadcast() || (d.octets()[0..3] == [224, 0, 0]))
+    {
+        return Tri::from(!invert);
+    }
+    let route = if validmark && r.mark_sensitive {
+        match r.marked.iter().find(|(m, _)| *m == v.mark) {
+            Some((_, route)) => route,
+            None => {
+                return unknown(&format!(
+                    "-m rpfilter --validmark with mark {:#x} (policy rules select on fwmark; that lookup was not computed)",
+                    v.mark
+                ));
+            }
+        }
+    } else {
+        &r.unmarked
+    };
+    let ok = match route {
+        RpfRoute::NoRoute | RpfRoute::Other { .. } => false,
+        RpfRoute::Local { via_iif, .. } => accept_local && (*via_iif || loose),
+        RpfRoute::Unicast { via_iif, .. } => *via_iif || loose,
+    };
+    Tri::from(ok != invert)
 }
 
 fn conntrack_match(pkt: &Packet, v: &View, ct: &CtEffects, c: &ipt::CtMatch, fx: &Fx) -> Tri {

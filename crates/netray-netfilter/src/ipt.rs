@@ -494,6 +494,12 @@ pub enum Match {
     Rpfilter {
         /// `--invert`.
         invert: bool,
+        /// `--loose`: any unicast route back will do, whatever its device.
+        loose: bool,
+        /// `--validmark`: the reverse lookup uses the packet's mark.
+        validmark: bool,
+        /// `--accept-local`: a local route back (the source is one of ours) passes.
+        accept_local: bool,
     },
     /// `-m nfacct` (accounting only: always matches).
     Nfacct,
@@ -2983,7 +2989,12 @@ impl<'a> RuleParser<'a> {
                 src: None,
                 dst: None,
             },
-            "rpfilter" => Match::Rpfilter { invert: false },
+            "rpfilter" => Match::Rpfilter {
+                invert: false,
+                loose: false,
+                validmark: false,
+                accept_local: false,
+            },
             "nfacct" => Match::Nfacct,
             _ => {
                 let (a, _) = self.at(opt_k);
@@ -3656,9 +3667,16 @@ impl<'a> RuleParser<'a> {
                 }
                 _ => return Ok(false),
             },
-            Match::Rpfilter { invert } => match o {
+            Match::Rpfilter {
+                invert,
+                loose,
+                validmark,
+                accept_local,
+            } => match o {
                 "--invert" => *invert = true,
-                "--loose" | "--validmark" | "--accept-local" => {}
+                "--loose" => *loose = true,
+                "--validmark" => *validmark = true,
+                "--accept-local" => *accept_local = true,
                 _ => return Ok(false),
             },
             Match::Nfacct => match o {

@@ -253,6 +253,8 @@ pub struct Packet {
     pub uid: Option<u32>,
     /// Owning socket's gid, for locally generated packets (`-m owner`).
     pub gid: Option<u32>,
+    /// Reverse-path lookups for `-m rpfilter` (PREROUTING); `None` makes it unknown.
+    pub rpf: Option<Rpf>,
 }
 
 impl Packet {
@@ -287,6 +289,7 @@ impl Packet {
             src_mac: None,
             uid: None,
             gid: None,
+            rpf: None,
         }
     }
 
@@ -334,9 +337,53 @@ pub struct HostContext {
     pub sockets: Vec<ListenSocket>,
     /// Interface groups (`-m devgroup`, `meta iifgroup`), name → group.
     pub iface_groups: Vec<(String, u32)>,
-    /// Result of a reverse-path check for this packet if the caller computed it (`-m rpfilter`,
-    /// `fib saddr . iif oif`); `None` makes those matches unknown.
+    /// One reverse-path verdict for every packet, if the caller has only that (`-m rpfilter`
+    /// whatever its flags); [`Packet::rpf`], when given, takes precedence. `None` with no
+    /// [`Packet::rpf`] makes the match unknown.
     pub rpfilter_ok: Option<bool>,
+}
+
+/// What a reverse lookup found (`rpfilter_lookup_reverse`: the route to the packet's source,
+/// from its destination, as if it came in on `lo`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "kind")]
+pub enum RpfRoute {
+    /// No route (or a rule that refuses).
+    NoRoute,
+    /// A unicast route; `via_iif` when one of its next hops uses the input interface.
+    Unicast {
+        /// A next hop leaves by the input interface.
+        via_iif: bool,
+        /// The route, as `ip route` prints it.
+        route: String,
+    },
+    /// A local route (the source is an address of this host).
+    Local {
+        /// Its device is the input interface.
+        via_iif: bool,
+        /// The route.
+        route: String,
+    },
+    /// Any other route type (blackhole, unreachable, prohibit, broadcast, …).
+    Other {
+        /// The route.
+        route: String,
+    },
+}
+
+/// The reverse-path lookups `-m rpfilter` needs, computed by the caller (which holds the
+/// routing tables) for the packet as it enters the hook.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Rpf {
+    /// The packet came in on a loopback device (`rpfilter_is_loopback`: always passes).
+    pub loopback: bool,
+    /// The lookup with mark 0 (without `--validmark`).
+    pub unmarked: RpfRoute,
+    /// Lookups with a mark (`--validmark`), for the marks the caller evaluated.
+    pub marked: Vec<(u32, RpfRoute)>,
+    /// Policy rules select on fwmark: the mark can change the lookup. When false every mark
+    /// gives [`Rpf::unmarked`].
+    pub mark_sensitive: bool,
 }
 
 /// The bounds that keep one evaluation finite on hostile or looping rulesets. Reaching one ends

@@ -119,7 +119,10 @@ impl<'w, 'a> Walker<'w, 'a> {
             dst: src,
             iif: None,
             oif: None,
-            mark: if sysctl_or(v, "net.ipv4.conf.all.src_valid_mark", 0) != 0 {
+            // IN_DEV_SRC_VMARK: conf.all OR conf.IFACE.
+            mark: if sysctl_or(v, "net.ipv4.conf.all.src_valid_mark", 0) != 0
+                || sysctl_or(v, &format!("net.ipv4.conf.{iname}.src_valid_mark"), 0) != 0
+            {
                 st.pkt.mark
             } else {
                 0

@@ -13,6 +13,7 @@ use crate::world::{NsIdx, World};
 
 use super::Walker;
 use super::family::{self, Family};
+use super::proxyarp::{self, ProxyArp};
 use super::state::{End, Pos, St, end, is_up, mac_eq};
 
 impl<'w, 'a> Walker<'w, 'a> {
@@ -166,6 +167,54 @@ impl<'w, 'a> Walker<'w, 'a> {
             };
             return Ok(self.arp_answered(st, ns, link, nh, &how, owner));
         }
+        // Nobody owns it: an interface on the segment may answer by proxy ARP.
+        let mut silent: Option<End> = None;
+        if !is_vxlan && fam == Family::V4 {
+            let sip = self.arp_sender(st, ns, link);
+            let how = match entry {
+                Some(n) => format!("entry is {}; ", n.state.join(",")),
+                None => "no entry; ".into(),
+            };
+            if let Some((pn, pi)) = self.segment_owner(ns, link, |w, n, i| {
+                matches!(proxyarp::check(w, n, i, nh, sip), ProxyArp::Answers(_))
+            }) && let ProxyArp::Answers(why) = proxyarp::check(self.world, pn, pi, nh, sip)
+            {
+                let how = format!("{how}{why}; ");
+                return Ok(self.arp_answered(st, ns, link, nh, &how, (pn, pi)));
+            }
+            if let Some((pn, pi)) = self.segment_owner(ns, link, |w, n, i| {
+                matches!(
+                    proxyarp::check(w, n, i, nh, sip),
+                    ProxyArp::Off { .. } | ProxyArp::SourceInvalid { .. }
+                )
+            }) {
+                silent = match proxyarp::check(self.world, pn, pi, nh, sip) {
+                    ProxyArp::Off { why, by } => Some(
+                        end(
+                            Disposition::NeighborUnreachable,
+                            format!(
+                                "no neighbour entry for {nh} on {lname} in {} can be resolved: {why}",
+                                v.label()
+                            ),
+                            Some("neighbor-unreachable"),
+                        )
+                        .by_all(by),
+                    ),
+                    ProxyArp::SourceInvalid { why, by } => Some(
+                        end(
+                            Disposition::RpFilter,
+                            format!(
+                                "the ARP request for {nh} from {} is dropped: {why}",
+                                v.label()
+                            ),
+                            Some("rp-filter-drop"),
+                        )
+                        .by_all(by),
+                    ),
+                    _ => None,
+                };
+            }
+        }
         // A physical device: the next hop may be outside what was collected.
         if !is_vxlan
             && l.is_some_and(|l| matches!(l.kind, LinkKind::Device))
@@ -204,6 +253,9 @@ impl<'w, 'a> Walker<'w, 'a> {
             );
             return Err(self.exits(st, ns, link, to, None));
         }
+        if let Some(e) = silent {
+            return Err(e);
+        }
         let why = match entry {
             Some(n) => format!("neighbour entry {nh} dev {lname} is {}", n.state.join(",")),
             None => format!("no neighbour entry for {nh} on {lname}"),
@@ -232,6 +284,21 @@ impl<'w, 'a> Walker<'w, 'a> {
                     .and_then(|l| l.mac.clone())
             }),
         }))
+    }
+
+    /// The sender address of an ARP request from `ns` on `link` (`arp_solicit`): the packet's
+    /// source when it is local, else an address of the device, else any of the namespace.
+    fn arp_sender(&self, st: &St, ns: NsIdx, link: usize) -> IpAddr {
+        let v = &self.world.ns[ns];
+        if st.pkt.src.is_ipv4() && v.owns(st.pkt.src).is_some() {
+            return st.pkt.src;
+        }
+        let name = v.link_name(link);
+        let v4 = || v.snap.addresses.iter().filter(|a| a.addr.addr().is_ipv4());
+        v4().find(|a| a.dev == name)
+            .or_else(|| v4().find(|a| !a.addr.addr().is_loopback()))
+            .map(|a| a.addr.addr())
+            .unwrap_or(st.pkt.src)
     }
 
     /// Interface `ol` of namespace `ons` answers ARP / NDP for `nh`: its MAC is the neighbour's.

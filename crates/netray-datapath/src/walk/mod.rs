@@ -24,7 +24,9 @@ mod hooks;
 mod input;
 mod ipvs;
 mod l2;
+mod proxyarp;
 mod route;
+mod rpf;
 mod state;
 mod vxlan;
 
