@@ -10,7 +10,7 @@ use netray_snapshot::{Bundle, IpFamily, IptablesBackend, IptablesDump, NetnsRole
 
 type Stats = BTreeMap<String, (usize, Duration)>;
 
-struct Timed<'a>(&'a RulesetEngine, RefCell<Stats>);
+struct Timed<'a>(&'a RulesetEngine<'a>, RefCell<Stats>);
 
 impl Netfilter for Timed<'_> {
     fn evaluate(

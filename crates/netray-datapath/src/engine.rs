@@ -1,6 +1,9 @@
 //! The real netfilter engine: `netray-netfilter` rulesets, one per namespace.
 
+use std::collections::HashMap;
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
 
 use netray_netfilter as nfl;
 
@@ -8,95 +11,179 @@ use crate::nf::{CtState, Fact, NatAction, Netfilter, NfHook, NfOutcome, NfPacket
 use crate::result::RuleRef;
 use crate::world::{NsIdx, World};
 
-/// Per-namespace parsed rulesets and host contexts.
-pub struct RulesetEngine {
-    rulesets: Vec<Option<Result<nfl::Ruleset, String>>>,
-    contexts: Vec<nfl::HostContext>,
+/// A namespace's parsed firewall: `None` when it holds no rules at all, an error message when
+/// a source could not be read.
+type Parsed = Option<Result<nfl::Ruleset, String>>;
+
+/// Per-namespace rulesets and host contexts, built on first use: a namespace's firewall dumps
+/// are parsed the first time the walk (or a check) asks about it, at most once per engine, and
+/// an engine made with [`RulesetEngine::reusing`] takes the parsed rulesets of every namespace
+/// whose firewall is unchanged from its base.
+pub struct RulesetEngine<'a> {
+    /// Each namespace's snapshot, by [`NsIdx`].
+    snaps: Vec<&'a netray_snapshot::NetnsSnapshot>,
+    /// Each namespace's identity (boot id, inode), to match namespaces with a base engine.
+    keys: Vec<(&'a str, u64)>,
+    rulesets: Vec<OnceLock<Arc<Parsed>>>,
+    contexts: Vec<OnceLock<nfl::HostContext>>,
+    /// The engine this one reuses, and each namespace's index there.
+    base: Option<(&'a RulesetEngine<'a>, Vec<Option<NsIdx>>)>,
+    /// Firewalls this engine parsed itself.
+    parses: AtomicUsize,
 }
 
-impl RulesetEngine {
+impl std::fmt::Debug for RulesetEngine<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RulesetEngine")
+            .field("namespaces", &self.snaps.len())
+            .field("parsed", &self.parse_count())
+            .finish()
+    }
+}
+
+impl<'a> RulesetEngine<'a> {
     /// The parsed firewall of namespace `ns`: `None` when it holds no rules at all, an error
-    /// message when a source could not be read.
+    /// message when a source could not be read. Parses it on first use.
     pub fn ruleset(&self, ns: NsIdx) -> Option<&Result<nfl::Ruleset, String>> {
-        self.rulesets.get(ns).and_then(Option::as_ref)
+        self.parsed(ns).and_then(|p| p.as_ref().as_ref())
     }
 
     /// The host context (local addresses, sockets, interface groups) of namespace `ns`.
     pub fn context(&self, ns: NsIdx) -> Option<&nfl::HostContext> {
-        self.contexts.get(ns)
+        let snap = self.snaps.get(ns)?;
+        Some(self.contexts[ns].get_or_init(|| host_context(snap)))
     }
 
-    /// Parse every namespace's firewall. Namespaces without any rules accept everything.
-    pub fn new(world: &World<'_>) -> RulesetEngine {
-        let mut rulesets = Vec::with_capacity(world.ns.len());
-        let mut contexts = Vec::with_capacity(world.ns.len());
-        for v in &world.ns {
-            let fw = &v.snap.firewall;
-            let empty = fw.iptables.iter().all(|d| d.text.trim().is_empty())
-                && fw.nft_json.is_none()
-                && fw.ipset.is_none();
-            rulesets.push(if empty {
-                None
-            } else {
-                Some(nfl::Ruleset::from_firewall(fw).map_err(|e| e.to_string()))
-            });
-            let addresses = v
-                .snap
-                .addresses
+    /// An engine over `world`'s namespaces; nothing is parsed until asked. Namespaces without
+    /// any rules accept everything.
+    pub fn new(world: &World<'a>) -> RulesetEngine<'a> {
+        let n = world.ns.len();
+        RulesetEngine {
+            snaps: world.ns.iter().map(|v| v.snap).collect(),
+            keys: world
+                .ns
                 .iter()
-                .map(|a| nfl::LocalAddr {
-                    iface: a.dev.clone(),
-                    addr: a.addr.addr(),
-                    prefix_len: a.addr.prefix_len(),
-                    broadcast: match a.addr {
-                        ipnet::IpNet::V4(n) if n.prefix_len() < 31 => {
-                            Some(IpAddr::V4(n.broadcast()))
-                        }
-                        _ => None,
-                    },
-                })
-                .collect();
-            let sockets = v
-                .snap
-                .sockets
-                .iter()
-                .map(|s| nfl::ListenSocket {
-                    proto: match s.proto {
-                        netray_snapshot::SocketProto::Tcp => 6,
-                        netray_snapshot::SocketProto::Udp => 17,
-                    },
-                    addr: s.addr,
-                    port: s.port,
-                    transparent: false,
-                })
-                .collect();
-            let iface_groups = v
-                .snap
-                .links
-                .iter()
-                .map(|l| (l.name.clone(), l.group))
-                .collect();
-            contexts.push(nfl::HostContext {
-                addresses,
-                sockets,
-                iface_groups,
-                rpfilter_ok: None,
-            });
+                .map(|v| (v.boot_id, v.snap.id.inode))
+                .collect(),
+            rulesets: (0..n).map(|_| OnceLock::new()).collect(),
+            contexts: (0..n).map(|_| OnceLock::new()).collect(),
+            base: None,
+            parses: AtomicUsize::new(0),
         }
-        RulesetEngine { rulesets, contexts }
     }
 
-    /// Parse problems per namespace index (unparseable sources and bad lines).
+    /// An engine over `world` (typically a patched copy of `base`'s world) that takes from
+    /// `base` the parsed ruleset of every namespace (same boot id and inode) whose firewall
+    /// state is equal, parsing in `base` what neither has parsed yet, so that later engines
+    /// reusing `base` find it too. Only changed firewalls are parsed here.
+    pub fn reusing(world: &World<'a>, base: &'a RulesetEngine<'a>) -> RulesetEngine<'a> {
+        let mut e = RulesetEngine::new(world);
+        let index: HashMap<(&str, u64), NsIdx> =
+            base.keys.iter().enumerate().map(|(i, k)| (*k, i)).collect();
+        let map = e.keys.iter().map(|k| index.get(k).copied()).collect();
+        e.base = Some((base, map));
+        e
+    }
+
+    /// Parse (or take from the base engine) namespace `ns`'s firewall on first use.
+    fn parsed(&self, ns: NsIdx) -> Option<&Arc<Parsed>> {
+        let snap = *self.snaps.get(ns)?;
+        Some(self.rulesets[ns].get_or_init(|| {
+            if let Some((base, map)) = &self.base
+                && let Some(Some(j)) = map.get(ns)
+                && let Some(theirs) = base.snaps.get(*j)
+                && (std::ptr::eq(&theirs.firewall, &snap.firewall)
+                    || theirs.firewall == snap.firewall)
+                && let Some(p) = base.parsed(*j)
+            {
+                return Arc::clone(p);
+            }
+            self.parses.fetch_add(1, Ordering::Relaxed);
+            Arc::new(parse(&snap.firewall))
+        }))
+    }
+
+    /// How many namespaces' firewalls this engine parsed itself (not taken from a base).
+    pub fn parse_count(&self) -> usize {
+        self.parses.load(Ordering::Relaxed)
+    }
+
+    /// Parse problems per namespace index (unparseable sources and bad lines), of every
+    /// namespace: parses every firewall not parsed yet.
     pub fn diagnostics(&self) -> Vec<(NsIdx, String)> {
+        for i in 0..self.snaps.len() {
+            self.parsed(i);
+        }
+        self.parsed_diagnostics()
+    }
+
+    /// Parse problems of the namespaces whose firewall has been parsed so far (by the walk or
+    /// a check): what a run that looked only at those can have met.
+    pub fn parsed_diagnostics(&self) -> Vec<(NsIdx, String)> {
         let mut out = Vec::new();
         for (i, r) in self.rulesets.iter().enumerate() {
-            match r {
-                Some(Ok(rs)) => out.extend(rs.diagnostics().iter().map(|d| (i, d.to_string()))),
-                Some(Err(e)) => out.push((i, e.clone())),
-                None => {}
+            match r.get().map(|p| p.as_ref()) {
+                Some(Some(Ok(rs))) => {
+                    out.extend(rs.diagnostics().iter().map(|d| (i, d.to_string())))
+                }
+                Some(Some(Err(e))) => out.push((i, e.clone())),
+                _ => {}
             }
         }
         out
+    }
+}
+
+/// Parse one namespace's firewall state.
+fn parse(fw: &netray_snapshot::Firewall) -> Parsed {
+    let empty = fw.iptables.iter().all(|d| d.text.trim().is_empty())
+        && fw.nft_json.is_none()
+        && fw.ipset.is_none();
+    if empty {
+        None
+    } else {
+        Some(nfl::Ruleset::from_firewall(fw).map_err(|e| e.to_string()))
+    }
+}
+
+/// The host context of one namespace.
+fn host_context(snap: &netray_snapshot::NetnsSnapshot) -> nfl::HostContext {
+    let addresses = snap
+        .addresses
+        .iter()
+        .map(|a| nfl::LocalAddr {
+            iface: a.dev.clone(),
+            addr: a.addr.addr(),
+            prefix_len: a.addr.prefix_len(),
+            broadcast: match a.addr {
+                ipnet::IpNet::V4(n) if n.prefix_len() < 31 => Some(IpAddr::V4(n.broadcast())),
+                _ => None,
+            },
+        })
+        .collect();
+    let sockets = snap
+        .sockets
+        .iter()
+        .map(|s| nfl::ListenSocket {
+            proto: match s.proto {
+                netray_snapshot::SocketProto::Tcp => 6,
+                netray_snapshot::SocketProto::Udp => 17,
+            },
+            addr: s.addr,
+            port: s.port,
+            transparent: false,
+        })
+        .collect();
+    let iface_groups = snap
+        .links
+        .iter()
+        .map(|l| (l.name.clone(), l.group))
+        .collect();
+    nfl::HostContext {
+        addresses,
+        sockets,
+        iface_groups,
+        rpfilter_ok: None,
     }
 }
 
@@ -244,7 +331,7 @@ pub fn from_outcome(o: &nfl::Outcome) -> NfOutcome {
     }
 }
 
-impl Netfilter for RulesetEngine {
+impl Netfilter for RulesetEngine<'_> {
     fn evaluate(
         &self,
         ns: NsIdx,
@@ -253,7 +340,7 @@ impl Netfilter for RulesetEngine {
         nat: bool,
         given: &[Fact],
     ) -> Vec<NfOutcome> {
-        match self.rulesets.get(ns) {
+        match self.parsed(ns).map(|p| p.as_ref()) {
             None | Some(None) => vec![NfOutcome::accept(pkt)],
             Some(Some(Err(e))) => vec![NfOutcome {
                 verdict: NfVerdict::Unknown(format!(
@@ -267,7 +354,9 @@ impl Netfilter for RulesetEngine {
                     bridged: pkt.bridged,
                     ..nfl::EvalOptions::default()
                 };
-                let ctx = &self.contexts[ns];
+                let Some(ctx) = self.context(ns) else {
+                    return vec![NfOutcome::accept(pkt)];
+                };
                 let decided: Vec<nfl::Assumption> = given
                     .iter()
                     .map(|f| nfl::Assumption {

@@ -198,9 +198,22 @@ impl<'a> World<'a> {
 
     /// Index a bundle. Never fails: odd data is left unresolved and reported by the walk.
     pub fn new(bundle: &'a Bundle) -> World<'a> {
+        Self::with_nodes(bundle, &[])
+    }
+
+    /// Index `bundle` with the snapshots of some of its nodes replaced by `replaced` (matched
+    /// by node name; a node of `replaced` that `bundle` lacks is ignored): a patched copy of
+    /// a few nodes walks without copying the whole bundle. [`World::bundle`] stays `bundle`.
+    pub fn with_nodes(bundle: &'a Bundle, replaced: &'a [NodeSnapshot]) -> World<'a> {
+        let nodes = bundle.nodes.iter().map(|n| {
+            replaced
+                .iter()
+                .find(|r| r.node.name == n.node.name)
+                .unwrap_or(n)
+        });
         let mut ns: Vec<NsView<'a>> = Vec::new();
         let mut by_key: HashMap<(&'a str, u64), NsIdx> = HashMap::new();
-        for node in &bundle.nodes {
+        for node in nodes {
             for snap in &node.namespaces {
                 let key = (node.node.boot_id.as_str(), snap.id.inode);
                 if let Some(&i) = by_key.get(&key) {

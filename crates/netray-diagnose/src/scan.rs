@@ -91,7 +91,7 @@ pub struct ScanInput<'a> {
     /// Every namespace once, host namespaces first.
     pub namespaces: Vec<Ns<'a>>,
     /// The parsed firewalls, by [`Ns::idx`].
-    pub engine: &'a RulesetEngine,
+    pub engine: &'a RulesetEngine<'a>,
     /// Position in `namespaces` of each [`World`] namespace index.
     pos: Vec<Option<usize>>,
     /// The veth peer (namespace, link) of each link, by [`World`] namespace index: resolved by

@@ -44,21 +44,14 @@ pub fn run(args: Args) -> CmdResult {
     let opts = args.flow.walk_options();
     let missing = super::missing_nodes(&bundle, cluster.as_ref());
     super::warn_missing_nodes(&missing);
-    // Walk every flow over `bundle`.
-    let walk_all = |bundle: &netray_snapshot::Bundle,
-                    flows: &[crate::resolve::ResolvedFlow],
-                    warn: bool|
-     -> Result<(Vec<TracedFlow>, Vec<netray_diagnose::Finding>), String> {
-        let mut world = World::new(bundle);
-        world.name_pods(pods.iter().cloned());
-        world.set_missing_nodes(missing.iter().cloned());
-        let engine = RulesetEngine::new(&world);
-        if warn {
-            super::warn_input_problems(&world, &engine);
-        }
+    // Walk every flow over a world.
+    let walk_all = |world: &World<'_>,
+                    engine: &RulesetEngine<'_>,
+                    flows: &[crate::resolve::ResolvedFlow]|
+     -> Result<Vec<TracedFlow>, String> {
         let mut traced = Vec::new();
         for f in flows {
-            let t = trace(&world, &engine, &f.flow, opts).map_err(|e| e.to_string())?;
+            let t = trace(world, engine, &f.flow, opts).map_err(|e| e.to_string())?;
             // A node's own socket: say which source the kernel picked.
             let from = match f.flow.start {
                 netray_datapath::Start::Host(_) => {
@@ -72,33 +65,58 @@ pub fn run(args: Args) -> CmdResult {
                 trace: t,
             });
         }
-        // Only the checks about the namespaces the walk visited: the findings diagnose can
-        // join to a cause (netray_diagnose::diagnose::findings_for).
-        let findings = if warn {
-            findings_for(&world, &engine, cluster.as_ref(), &traced)
-        } else {
-            Vec::new()
-        };
-        Ok((traced, findings))
+        Ok(traced)
     };
-    let (traced, findings) = walk_all(&bundle, &flows, true)?;
-    // A fix is proven by applying its commands to a copy of the snapshots and walking again:
-    // the diagnosed flow must then work, and a sample of the cluster's other flows must not
-    // break.
-    let rewalk = |cmds: &[netray_patch::FixCommand]| -> Result<Vec<TracedFlow>, String> {
-        let mut copy = bundle.clone();
-        netray_patch::apply_all(&mut copy, cmds).map_err(|e| e.to_string())?;
-        walk_all(&copy, &flows, false).map(|(t, _)| t)
-    };
-    let sample = sample_flows(&args.flow, &flows, &bundle, cluster.as_ref());
-    let collateral = |cmds: &[netray_patch::FixCommand]| -> Result<Vec<TracedFlow>, String> {
-        let mut copy = bundle.clone();
-        netray_patch::apply_all(&mut copy, cmds).map_err(|e| e.to_string())?;
-        walk_all(&copy, &sample, false).map(|(t, _)| t)
+    let name = |world: &mut World<'_>| {
+        world.name_pods(pods.iter().cloned());
+        world.set_missing_nodes(missing.iter().cloned());
     };
     let mut world = World::new(&bundle);
-    world.name_pods(pods.iter().cloned());
-    world.set_missing_nodes(missing.iter().cloned());
+    name(&mut world);
+    // Firewalls are parsed on first use, once: the walk parses those of the namespaces it
+    // visits, and the proof re-walks below reuse them where a fix leaves them unchanged.
+    let engine = RulesetEngine::new(&world);
+    let traced = walk_all(&world, &engine, &flows)?;
+    // Only the checks about the namespaces the walk visited: the findings diagnose can
+    // join to a cause (netray_diagnose::diagnose::findings_for).
+    let findings = findings_for(&world, &engine, cluster.as_ref(), &traced);
+    super::warn_parsed_input_problems(&world, &engine);
+    // A fix is proven by applying its commands to a copy of the nodes they touch and walking
+    // again: the diagnosed flow must then work, and a sample of the cluster's other flows
+    // must not break.
+    let patched =
+        |cmds: &[netray_patch::FixCommand]| -> Result<Vec<netray_snapshot::NodeSnapshot>, String> {
+            let mut copy = netray_snapshot::Bundle {
+                nodes: bundle
+                    .nodes
+                    .iter()
+                    .filter(|n| cmds.iter().any(|c| c.node == n.node.name))
+                    .cloned()
+                    .collect(),
+                ..Default::default()
+            };
+            if let Err(e) = netray_patch::apply_all(&mut copy, cmds) {
+                // Said about the whole bundle (the nodes it knows), not the copy.
+                let mut whole = bundle.clone();
+                return Err(netray_patch::apply_all(&mut whole, cmds)
+                    .err()
+                    .unwrap_or(e)
+                    .to_string());
+            }
+            Ok(copy.nodes)
+        };
+    let rewalk_over = |cmds: &[netray_patch::FixCommand],
+                       flows: &[crate::resolve::ResolvedFlow]|
+     -> Result<Vec<TracedFlow>, String> {
+        let nodes = patched(cmds)?;
+        let mut w = World::with_nodes(&bundle, &nodes);
+        name(&mut w);
+        let e = RulesetEngine::reusing(&w, &engine);
+        walk_all(&w, &e, flows)
+    };
+    let rewalk = |cmds: &[netray_patch::FixCommand]| rewalk_over(cmds, &flows);
+    let sample = sample_flows(&args.flow, &flows, &bundle, cluster.as_ref());
+    let collateral = |cmds: &[netray_patch::FixCommand]| rewalk_over(cmds, &sample);
     let ctx = Context {
         findings: &findings,
         world: &world,

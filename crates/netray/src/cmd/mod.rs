@@ -154,8 +154,24 @@ pub fn live_list(_api: &KubeArgs) -> Result<(serde_json::Value, String), CmdErro
     )
 }
 
+/// [`warn_input_problems`] for the namespaces whose firewall has been parsed so far: call it
+/// after the walk, so that a run parsing only the namespaces it visits warns about those.
+pub fn warn_parsed_input_problems(
+    world: &netray_datapath::World<'_>,
+    engine: &netray_datapath::RulesetEngine,
+) {
+    let parsed = engine.parsed_diagnostics();
+    for (ns, d) in &parsed {
+        eprintln!("netray: warning: {}: firewall: {d}", world.ns[*ns].label());
+    }
+    for (ns, d) in world.ipvs_diagnostics() {
+        eprintln!("netray: warning: {}: ipvs: {d}", world.ns[ns].label());
+    }
+}
+
 /// Print what could not be read from the snapshots' firewall and IPVS state: the affected
 /// rules evaluate as unknown, and the user should know why a verdict may say "uncertain".
+/// Parses every namespace's firewall.
 pub fn warn_input_problems(
     world: &netray_datapath::World<'_>,
     engine: &netray_datapath::RulesetEngine,

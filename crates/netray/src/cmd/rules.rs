@@ -316,7 +316,7 @@ struct Eval {
 /// The datapath's own [`RulesetEngine`] (its answers are what the walk follows), recording
 /// each call's detailed outcomes; the first call (the flow's first hook) carries `--mark`.
 struct Recorder<'e> {
-    engine: &'e RulesetEngine,
+    engine: &'e RulesetEngine<'e>,
     mark: Cell<Option<u32>>,
     record_misses: bool,
     log: RefCell<Vec<Eval>>,

@@ -63,8 +63,8 @@ pub fn run(args: Args) -> CmdResult {
     world.set_missing_nodes(super::missing_nodes(&bundle, cluster.as_ref()));
     super::warn_missing_nodes(&world.missing);
     let engine = netray_datapath::RulesetEngine::new(&world);
-    super::warn_input_problems(&world, &engine);
     let trace = netray_datapath::trace(&world, &engine, &flow, args.flow.walk_options())?;
+    super::warn_parsed_input_problems(&world, &engine);
     if args.output == Format::Text {
         print!(
             "{}",
