@@ -145,14 +145,8 @@ pub struct NodeDone {
     pub notes: Vec<String>,
 }
 
-/// A node that could not be collected, and why.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct FailedNode {
-    /// Node name.
-    pub node: String,
-    /// Why (one line).
-    pub reason: String,
-}
+/// A node that could not be collected, and why (an entry of the bundle's `failed-nodes.json`).
+pub use netray_snapshot::FailedNode;
 
 /// What a run did.
 #[derive(Debug, Clone)]
@@ -335,7 +329,7 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
         what: "creating the client".into(),
         reason: secrets.scrub(&chain(&e)),
     })?;
-    prepare_out_dir(&opts.out_dir)?;
+    check_out_dir(&opts.out_dir)?;
     // The cluster view, from the same API in the same run.
     let mut session = Session {
         client: None,
@@ -354,6 +348,10 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
             reason: format!("no complete answer within {} s", deadline.as_secs()),
         })??;
     let nodes = select_nodes(opts, &live.list, &mut session, &target).await?;
+    check_out_dir(&opts.out_dir)?;
+    std::fs::create_dir_all(&opts.out_dir).map_err(|e| {
+        LiveError::Config(format!("{}: cannot create it: {e}", opts.out_dir.display()))
+    })?;
     write_json(&opts.out_dir.join("cluster.json"), &live.list)
         .map_err(|e| LiveError::Config(format!("{}/cluster.json: {e}", opts.out_dir.display())))?;
     let nodes_dir = opts.out_dir.join("nodes");
@@ -427,14 +425,11 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
     for node in &nodes {
         match results.remove(node) {
             Some(Ok(d)) => done.push(d),
-            Some(Err(reason)) => failed.push(FailedNode {
-                node: node.clone(),
-                reason,
-            }),
-            None if started.contains(node) => failed.push(FailedNode {
-                node: node.clone(),
-                reason: "interrupted (SIGINT/SIGTERM) while collecting".into(),
-            }),
+            Some(Err(reason)) => failed.push(FailedNode::new(node.clone(), &reason)),
+            None if started.contains(node) => failed.push(FailedNode::new(
+                node.clone(),
+                "interrupted (SIGINT/SIGTERM) while collecting",
+            )),
             None => not_started.push(node.clone()),
         }
     }
@@ -470,8 +465,8 @@ async fn interrupt() {
     }
 }
 
-/// The output directory: created, or existing and empty.
-fn prepare_out_dir(dir: &Path) -> Result<(), LiveError> {
+/// The output directory must not exist or be empty (a bundle never mixes two runs).
+fn check_out_dir(dir: &Path) -> Result<(), LiveError> {
     match std::fs::read_dir(dir) {
         Ok(mut rd) => {
             if rd.next().is_some() {
@@ -482,8 +477,7 @@ fn prepare_out_dir(dir: &Path) -> Result<(), LiveError> {
             }
             Ok(())
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir)
-            .map_err(|e| LiveError::Config(format!("{}: cannot create it: {e}", dir.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) => Err(LiveError::Config(format!("{}: {e}", dir.display()))),
     }
 }
@@ -925,32 +919,42 @@ async fn exec_collect(ctx: &Arc<Ctx>, name: &str, node: &str) -> Result<NodeDone
         .take_status()
         .ok_or_else(|| fail("no status channel".into(), false))?;
     let stats = &ctx.stats;
+    // kube's exec task shuts the pipes down when the status arrives or the stream closes
+    // cleanly, but not when the connection breaks: once the status future resolves, what is
+    // buffered is read and a pipe that stays silent for DRAIN counts as ended.
+    let (ended_tx, ended_rx) = tokio::sync::watch::channel(false);
+    let status = async move {
+        let s = status.await;
+        let _ = ended_tx.send(true);
+        s
+    };
+    let mut out_rx = ended_rx.clone();
     let read_out = async {
         let mut buf = vec![0u8; 64 << 10];
         let mut wire = 0u64;
-        loop {
-            let n = stdout
-                .read(&mut buf)
-                .await
-                .map_err(|e| format!("reading the stream: {e}"))?;
-            if n == 0 {
-                break;
-            }
+        // After a bad byte the rest is still read (and dropped), so that the exec task is
+        // never blocked on a full pipe and the status still arrives.
+        let mut bad: Option<String> = None;
+        while let Some(n) = read_or_end(&mut stdout, &mut buf, &mut out_rx).await {
+            let n = n.map_err(|e| format!("reading the stream: {e}"))?;
             wire += n as u64;
             stats.wire_bytes.fetch_add(n as u64, Ordering::Relaxed);
-            decoder
-                .write_all(&buf[..n])
-                .map_err(|e| format!("the stream is not a valid gzip snapshot: {e}"))?;
+            if bad.is_none()
+                && let Err(e) = decoder.write_all(&buf[..n])
+            {
+                bad = Some(format!("the stream is not a valid gzip snapshot: {e}"));
+            }
         }
-        Ok::<u64, String>(wire)
+        match bad {
+            Some(b) => Err(b),
+            None => Ok::<u64, String>(wire),
+        }
     };
+    let mut err_rx = ended_rx;
     let read_err = async {
         let mut kept: Vec<u8> = Vec::new();
         let mut buf = vec![0u8; 8 << 10];
-        while let Ok(n) = stderr.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
+        while let Some(Ok(n)) = read_or_end(&mut stderr, &mut buf, &mut err_rx).await {
             kept.extend_from_slice(&buf[..n]);
             if kept.len() > MAX_STDERR_BYTES {
                 let cut = kept.len() - MAX_STDERR_BYTES;
@@ -1065,6 +1069,44 @@ async fn exec_collect(ctx: &Arc<Ctx>, name: &str, node: &str) -> Result<NodeDone
         bytes: want_bytes,
         notes,
     })
+}
+
+/// How long a pipe may stay silent after the exec's status resolved before it counts as ended.
+const DRAIN: Duration = Duration::from_millis(300);
+
+/// One read from an exec pipe; `None` when it has ended: EOF, or silent for [`DRAIN`] once
+/// `ended` is set.
+async fn read_or_end<R: tokio::io::AsyncRead + Unpin>(
+    r: &mut R,
+    buf: &mut [u8],
+    ended: &mut tokio::sync::watch::Receiver<bool>,
+) -> Option<std::io::Result<usize>> {
+    loop {
+        if *ended.borrow() {
+            return match tokio::time::timeout(DRAIN, r.read(buf)).await {
+                Ok(Ok(0)) | Err(_) => None,
+                Ok(res) => Some(res),
+            };
+        }
+        tokio::select! {
+            // `read` is cancel safe: nothing is lost when the other branch wins.
+            res = r.read(buf) => {
+                return match res {
+                    Ok(0) => None,
+                    res => Some(res),
+                };
+            }
+            changed = ended.changed() => {
+                if changed.is_err() {
+                    // The sender is gone only after it sent `true`.
+                    return match tokio::time::timeout(DRAIN, r.read(buf)).await {
+                        Ok(Ok(0)) | Err(_) => None,
+                        Ok(res) => Some(res),
+                    };
+                }
+            }
+        }
+    }
 }
 
 /// Delete what is left of the run; returns pods that could not be deleted and the number

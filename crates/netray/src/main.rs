@@ -201,8 +201,10 @@ fn main() -> ExitCode {
     // answers): it goes through one escaping layer (see `term`), which also adds colour to
     // the escaped text. Not for `lab`, whose background servers inherit standard output and
     // outlive this process.
-    let guard = match cli.command {
+    let guard = match &cli.command {
         Command::Lab(_) => None,
+        // The collector pods' binary stream: bytes, not text (its reader escapes the notes).
+        Command::Collect(a) if a.gzip => None,
         _ => term::install(colors),
     };
     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| match cli.command {

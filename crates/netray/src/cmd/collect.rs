@@ -241,14 +241,13 @@ mod kube {
         }
         let mut failed = report.failed.clone();
         for n in &report.not_started {
-            failed.push(kc::FailedNode {
-                node: n.clone(),
-                reason: "not started: the run was interrupted".into(),
-            });
+            failed.push(kc::FailedNode::new(
+                n.clone(),
+                "not started: the run was interrupted",
+            ));
         }
-        if !failed.is_empty() {
-            write_failed(&dir, &failed)?;
-        }
+        netray_snapshot::write_failed_nodes(&dir, &failed)
+            .map_err(|e| format!("{}/failed-nodes.json: {e}", dir.display()))?;
         let total = report.done.len() + failed.len();
         let bytes: u64 = report.done.iter().map(|d| d.bytes).sum();
         let wire: u64 = report.done.iter().map(|d| d.wire_bytes).sum();
@@ -259,8 +258,19 @@ mod kube {
                 args.namespace, args.namespace, report.run_id
             );
         }
+        if report.interrupted && report.done.is_empty() {
+            let _ = std::fs::remove_dir_all(&dir);
+            eprintln!(
+                "netray: interrupted before any node was collected; {} collector pod{} created and {} deleted (run {})",
+                report.pods_created,
+                if report.pods_created == 1 { "" } else { "s" },
+                report.pods_deleted,
+                report.run_id
+            );
+            return Ok(std::process::ExitCode::from(130));
+        }
         if report.done.is_empty() {
-            let _ = std::fs::remove_dir_all(if tarball { &dir } else { &output });
+            let _ = std::fs::remove_dir_all(&dir);
             let mut msg = format!(
                 "{}: no node could be collected ({total} selected, run {})",
                 report.target, report.run_id
@@ -311,14 +321,6 @@ mod kube {
         } else {
             std::process::ExitCode::from(1)
         })
-    }
-
-    /// `failed-nodes.json` in the bundle: `[{"node": …, "reason": …}]`.
-    fn write_failed(dir: &Path, failed: &[kc::FailedNode]) -> Result<(), super::super::CmdError> {
-        let path = dir.join("failed-nodes.json");
-        let mut text = serde_json::to_string_pretty(failed)?;
-        text.push('\n');
-        std::fs::write(&path, text).map_err(|e| format!("{}: {e}", path.display()).into())
     }
 
     /// Pack the bundle directory `dir` as the `.tar.gz` `out` (entries `cluster.json`,

@@ -1,0 +1,1388 @@
+//! `netray collect --kube` against a stand-in Kubernetes API (issue 12): an HTTP server on
+//! 127.0.0.1 answering with the API's response shapes — lists of nodes, pods, services,
+//! endpointslices and configmaps; pod create (201), get (Pending → Running), delete; the exec
+//! subresource as a WebSocket upgrade (`v4.channel.k8s.io` / `v5.channel.k8s.io`: channel 1
+//! stdout, 2 stderr, 3 the status JSON); errors 401/403/404/409/429/500/503; a node whose pod
+//! never starts; dropped connections. Behind the exec, either the real collector runs inside a
+//! lab node's namespace (`ip netns exec NODE netray collect --node NODE -o - --gzip`, the
+//! command the pod receives) or a recorded snapshot is streamed in the same format.
+//!
+//! Loopback only; every run is bounded by a hang guard.
+#![cfg(feature = "live")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{Shutdown, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+
+mod common;
+use common::NETRAY;
+
+#[path = "../../netray-diagnose/benches/support/synth_bundle.rs"]
+#[allow(dead_code)]
+mod synth_bundle;
+
+/// A run longer than this is a hang.
+const HANG_GUARD: Duration = Duration::from_secs(120);
+
+/// What the exec of one node's collector pod does.
+#[derive(Clone)]
+enum Exec {
+    /// Run the real collector inside this network namespace (a lab node).
+    Netns(String),
+    /// Stream this recorded snapshot JSON as the collector would (gzip + trailer).
+    Recorded(Arc<Vec<u8>>),
+    /// As `Recorded`, but the first exec's connection drops halfway through the stream.
+    DropFirst(Arc<Vec<u8>>),
+    /// As `Recorded`, with a wrong checksum in the trailer.
+    BadChecksum(Arc<Vec<u8>>),
+    /// The collector exits with code 2.
+    ExitFails,
+}
+
+/// How one node's collector pod behaves.
+#[derive(Clone)]
+struct NodeBehaviour {
+    exec: Exec,
+    /// The pod never leaves Pending (`ContainerCreating`).
+    never_runs: bool,
+    /// The image cannot be pulled.
+    pull_fails: bool,
+}
+
+impl NodeBehaviour {
+    fn exec(exec: Exec) -> NodeBehaviour {
+        NodeBehaviour {
+            exec,
+            never_runs: false,
+            pull_fails: false,
+        }
+    }
+}
+
+/// Injected API faults, each consumed once when its counter is above zero.
+#[derive(Default)]
+struct Faults {
+    /// Answer everything with 401.
+    unauthorized: bool,
+    /// Pod creates answer 403.
+    create_forbidden: bool,
+    /// Pod creates answer 404 (namespace missing).
+    create_no_namespace: bool,
+    /// The next N pod creates answer 429 with Retry-After.
+    create_429: u32,
+    /// The next N pod creates are carried out, then answered 500 (the retry meets 409).
+    create_500_after_create: u32,
+    /// The next N pod reads answer 503.
+    get_503: u32,
+    /// The next N pod reads are dropped without an answer.
+    get_drop: u32,
+}
+
+#[derive(Default)]
+struct PodRec {
+    node: String,
+    body: Value,
+    gets: u32,
+    deleted: bool,
+    execs: u32,
+}
+
+struct State {
+    items: Vec<Value>,
+    nodes: BTreeMap<String, NodeBehaviour>,
+    faults: Faults,
+    pods: BTreeMap<String, PodRec>,
+    log: Vec<String>,
+    /// Exec commands as received.
+    exec_commands: Vec<Vec<String>>,
+    protocol: &'static str,
+}
+
+/// The stand-in API server: one thread per connection; stops accepting on drop.
+struct StandIn {
+    port: u16,
+    state: Arc<Mutex<State>>,
+    stop: Arc<AtomicBool>,
+}
+
+impl Drop for StandIn {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+    }
+}
+
+impl StandIn {
+    fn start(
+        items: Vec<Value>,
+        nodes: BTreeMap<String, NodeBehaviour>,
+        faults: Faults,
+        protocol: &'static str,
+    ) -> StandIn {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let state = Arc::new(Mutex::new(State {
+            items,
+            nodes,
+            faults,
+            pods: BTreeMap::new(),
+            log: Vec::new(),
+            exec_commands: Vec::new(),
+            protocol,
+        }));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (st, stop2) = (state.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let deadline = Instant::now() + Duration::from_secs(240);
+            while !stop2.load(Ordering::Relaxed) && Instant::now() < deadline {
+                match listener.accept() {
+                    Ok((s, _)) => {
+                        let st = st.clone();
+                        std::thread::spawn(move || {
+                            let _ = serve(s, &st);
+                        });
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break,
+                }
+            }
+        });
+        StandIn { port, state, stop }
+    }
+
+    fn kubeconfig(&self, dir: &Path) -> PathBuf {
+        let path = dir.join("kubeconfig");
+        std::fs::write(
+            &path,
+            format!(
+                "apiVersion: v1\nkind: Config\ncurrent-context: standin\nclusters:\n\
+                 - name: k\n  cluster:\n    server: http://127.0.0.1:{}\n\
+                 contexts:\n- name: standin\n  context:\n    cluster: k\n    user: u\n\
+                 users:\n- name: u\n  user: {{}}\n",
+                self.port
+            ),
+        )
+        .unwrap();
+        path
+    }
+
+    fn created(&self) -> BTreeSet<String> {
+        self.state.lock().unwrap().pods.keys().cloned().collect()
+    }
+
+    fn not_deleted(&self) -> Vec<String> {
+        let st = self.state.lock().unwrap();
+        st.pods
+            .iter()
+            .filter(|(_, p)| !p.deleted)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
+    fn log(&self) -> Vec<String> {
+        self.state.lock().unwrap().log.clone()
+    }
+}
+
+fn status(code: u16, reason: &str, message: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": message, "reason": reason, "code": code})
+}
+
+/// A list as the API server sends it: items without `kind`/`apiVersion`.
+fn list_of(kind: &str, api_version: &str, items: Vec<Value>) -> Value {
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|mut i| {
+            let m = i.as_object_mut().unwrap();
+            m.remove("kind");
+            m.remove("apiVersion");
+            i
+        })
+        .collect();
+    json!({"kind": format!("{kind}List"), "apiVersion": api_version,
+           "metadata": {"resourceVersion": "4242"}, "items": items})
+}
+
+fn pct_decode(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::new();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'%' if i + 2 < b.len() => {
+                let h = u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap_or(b'?');
+                out.push(h);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            c => {
+                out.push(c);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn query_values(query: &str, key: &str) -> Vec<String> {
+    query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .filter(|(k, _)| *k == key)
+        .map(|(_, v)| pct_decode(v))
+        .collect()
+}
+
+fn respond(mut s: &TcpStream, code: u16, body: &Value, extra: &str) {
+    let body = body.to_string();
+    let reason = match code {
+        200 => "OK",
+        201 => "Created",
+        401 => "Unauthorized",
+        403 => "Forbidden",
+        404 => "Not Found",
+        409 => "Conflict",
+        429 => "Too Many Requests",
+        500 => "Internal Server Error",
+        503 => "Service Unavailable",
+        _ => "Other",
+    };
+    let _ = s.write_all(
+        format!(
+            "HTTP/1.1 {code} {reason}\r\nContent-Type: application/json\r\n{extra}Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .as_bytes(),
+    );
+    let _ = s.flush();
+    let _ = s.shutdown(Shutdown::Write);
+}
+
+fn container_status(image: &str, state: Value, ready: bool) -> Value {
+    json!([{"name": "collector", "ready": ready, "restartCount": 0, "image": image,
+            "imageID": "", "state": state}])
+}
+
+/// Serve one connection (one request; `Connection: close`).
+fn serve(stream: TcpStream, state: &Arc<Mutex<State>>) -> std::io::Result<()> {
+    stream.set_nonblocking(false)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut line = String::new();
+    reader.read_line(&mut line)?;
+    let mut parts = line.split_whitespace();
+    let method = parts.next().unwrap_or("").to_string();
+    let target = parts.next().unwrap_or("").to_string();
+    let mut headers = BTreeMap::new();
+    loop {
+        let mut h = String::new();
+        if reader.read_line(&mut h)? == 0 || h == "\r\n" || h == "\n" {
+            break;
+        }
+        if let Some((k, v)) = h.split_once(':') {
+            headers.insert(k.trim().to_ascii_lowercase(), v.trim().to_string());
+        }
+    }
+    let len: usize = headers
+        .get("content-length")
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body)?;
+    let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+    let (path, query) = (path.to_string(), query.to_string());
+    let mut st = state.lock().unwrap();
+    st.log.push(format!("{method} {path}"));
+    if st.faults.unauthorized {
+        respond(
+            &stream,
+            401,
+            &status(401, "Unauthorized", "Unauthorized"),
+            "",
+        );
+        return Ok(());
+    }
+    let of = |st: &State, kind: &str| -> Vec<Value> {
+        st.items
+            .iter()
+            .filter(|i| i["kind"] == kind)
+            .cloned()
+            .collect()
+    };
+    const PODS: &str = "/api/v1/namespaces/netray/pods";
+    match (method.as_str(), path.as_str()) {
+        ("GET", "/api/v1/nodes") => {
+            let sel = query_values(&query, "labelSelector");
+            let nodes: Vec<Value> = of(&st, "Node")
+                .into_iter()
+                .filter(|n| {
+                    sel.iter().all(|s| {
+                        s.split(',').all(|kv| match kv.split_once('=') {
+                            Some((k, v)) => n["metadata"]["labels"][k] == v,
+                            None => !n["metadata"]["labels"][kv].is_null(),
+                        })
+                    })
+                })
+                .collect();
+            respond(&stream, 200, &list_of("Node", "v1", nodes), "");
+        }
+        ("GET", "/api/v1/pods") => {
+            let pods = of(&st, "Pod");
+            respond(&stream, 200, &list_of("Pod", "v1", pods), "");
+        }
+        ("GET", "/api/v1/services") => {
+            let s = of(&st, "Service");
+            respond(&stream, 200, &list_of("Service", "v1", s), "");
+        }
+        ("GET", "/apis/discovery.k8s.io/v1/endpointslices") => {
+            let s = of(&st, "EndpointSlice");
+            respond(
+                &stream,
+                200,
+                &list_of("EndpointSlice", "discovery.k8s.io/v1", s),
+                "",
+            );
+        }
+        ("GET", "/api/v1/namespaces/kube-system/configmaps/kube-proxy") => {
+            match of(&st, "ConfigMap")
+                .into_iter()
+                .find(|c| c["metadata"]["name"] == "kube-proxy")
+            {
+                Some(c) => respond(&stream, 200, &c, ""),
+                None => respond(
+                    &stream,
+                    404,
+                    &status(404, "NotFound", "configmaps \"kube-proxy\" not found"),
+                    "",
+                ),
+            }
+        }
+        ("GET", "/api/v1/configmaps") => {
+            let c: Vec<Value> = of(&st, "ConfigMap")
+                .into_iter()
+                .filter(|c| c["metadata"]["name"] == "kube-flannel-cfg")
+                .collect();
+            respond(&stream, 200, &list_of("ConfigMap", "v1", c), "");
+        }
+        ("GET", PODS) => {
+            // The run's pods by label (the clean-up after an interrupt).
+            let sel = query_values(&query, "labelSelector");
+            let pods: Vec<Value> = st
+                .pods
+                .values()
+                .filter(|p| !p.deleted)
+                .filter(|p| {
+                    sel.iter().all(|s| {
+                        s.split(',').all(|kv| match kv.split_once('=') {
+                            Some((k, v)) => p.body["metadata"]["labels"][k] == v,
+                            None => true,
+                        })
+                    })
+                })
+                .map(|p| p.body.clone())
+                .collect();
+            respond(&stream, 200, &list_of("Pod", "v1", pods), "");
+        }
+        ("POST", PODS) => {
+            if st.faults.create_forbidden {
+                respond(
+                    &stream,
+                    403,
+                    &status(
+                        403,
+                        "Forbidden",
+                        "pods is forbidden: User \"system:serviceaccount:default:x\" cannot create resource \"pods\" in API group \"\" in the namespace \"netray\"",
+                    ),
+                    "",
+                );
+                return Ok(());
+            }
+            if st.faults.create_no_namespace {
+                respond(
+                    &stream,
+                    404,
+                    &status(404, "NotFound", "namespaces \"netray\" not found"),
+                    "",
+                );
+                return Ok(());
+            }
+            if st.faults.create_429 > 0 {
+                st.faults.create_429 -= 1;
+                respond(
+                    &stream,
+                    429,
+                    &status(
+                        429,
+                        "TooManyRequests",
+                        "the server has received too many requests and has asked us to try again later",
+                    ),
+                    "Retry-After: 1\r\n",
+                );
+                return Ok(());
+            }
+            let mut pod: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+            let name = pod["metadata"]["name"].as_str().unwrap_or("").to_string();
+            if name.is_empty() {
+                respond(&stream, 422, &status(422, "Invalid", "name required"), "");
+                return Ok(());
+            }
+            if st.pods.contains_key(&name) {
+                respond(
+                    &stream,
+                    409,
+                    &status(
+                        409,
+                        "AlreadyExists",
+                        &format!("pods \"{name}\" already exists"),
+                    ),
+                    "",
+                );
+                return Ok(());
+            }
+            let node = pod["spec"]["nodeName"].as_str().unwrap_or("").to_string();
+            pod["metadata"]["uid"] = json!(format!("uid-{name}"));
+            pod["metadata"]["creationTimestamp"] = json!("2026-12-03T13:00:00Z");
+            pod["status"] = json!({"phase": "Pending", "qosClass": "Burstable"});
+            st.pods.insert(
+                name.clone(),
+                PodRec {
+                    node,
+                    body: pod.clone(),
+                    ..PodRec::default()
+                },
+            );
+            if st.faults.create_500_after_create > 0 {
+                st.faults.create_500_after_create -= 1;
+                respond(
+                    &stream,
+                    500,
+                    &status(500, "InternalError", "etcdserver: request timed out"),
+                    "",
+                );
+                return Ok(());
+            }
+            respond(&stream, 201, &pod, "");
+        }
+        (m, p) if p.starts_with(PODS) => {
+            let rest = &p[PODS.len() + 1..];
+            let (name, sub) = rest.split_once('/').unwrap_or((rest, ""));
+            let name = name.to_string();
+            let Some(rec) = st.pods.get(&name).filter(|r| !r.deleted) else {
+                respond(
+                    &stream,
+                    404,
+                    &status(404, "NotFound", &format!("pods \"{name}\" not found")),
+                    "",
+                );
+                return Ok(());
+            };
+            let node = rec.node.clone();
+            let behaviour = st.nodes.get(&node).cloned();
+            match (m, sub) {
+                ("GET", "") => {
+                    if st.faults.get_503 > 0 {
+                        st.faults.get_503 -= 1;
+                        respond(
+                            &stream,
+                            503,
+                            &status(
+                                503,
+                                "ServiceUnavailable",
+                                "the server is currently unable to handle the request",
+                            ),
+                            "",
+                        );
+                        return Ok(());
+                    }
+                    if st.faults.get_drop > 0 {
+                        st.faults.get_drop -= 1;
+                        let _ = stream.shutdown(Shutdown::Both);
+                        return Ok(());
+                    }
+                    let rec = st.pods.get_mut(&name).unwrap();
+                    rec.gets += 1;
+                    let image = rec.body["spec"]["containers"][0]["image"]
+                        .as_str()
+                        .unwrap_or("")
+                        .to_string();
+                    let b = behaviour.unwrap_or(NodeBehaviour::exec(Exec::ExitFails));
+                    let status_v = if b.pull_fails && rec.gets > 1 {
+                        json!({"phase": "Pending", "containerStatuses": container_status(&image,
+                            json!({"waiting": {"reason": "ErrImagePull", "message": format!("rpc error: code = NotFound desc = failed to pull and unpack image \"{image}\": not found")}}), false)})
+                    } else if b.never_runs || rec.gets < 2 || b.pull_fails {
+                        json!({"phase": "Pending", "conditions": [{"type": "PodScheduled", "status": "True"}],
+                               "containerStatuses": container_status(&image, json!({"waiting": {"reason": "ContainerCreating"}}), false)})
+                    } else {
+                        json!({"phase": "Running", "containerStatuses": container_status(&image,
+                            json!({"running": {"startedAt": "2026-12-03T13:00:01Z"}}), true)})
+                    };
+                    rec.body["status"] = status_v;
+                    let body = rec.body.clone();
+                    respond(&stream, 200, &body, "");
+                }
+                ("DELETE", "") => {
+                    let rec = st.pods.get_mut(&name).unwrap();
+                    rec.deleted = true;
+                    let body = rec.body.clone();
+                    respond(&stream, 200, &body, "");
+                }
+                ("GET", "exec") => {
+                    let command = query_values(&query, "command");
+                    st.exec_commands.push(command.clone());
+                    let rec = st.pods.get_mut(&name).unwrap();
+                    rec.execs += 1;
+                    let first = rec.execs == 1;
+                    let protocol = st.protocol;
+                    drop(st);
+                    let key = headers
+                        .get("sec-websocket-key")
+                        .cloned()
+                        .unwrap_or_default();
+                    let offered = headers
+                        .get("sec-websocket-protocol")
+                        .cloned()
+                        .unwrap_or_default();
+                    assert!(
+                        offered.contains(protocol),
+                        "client offered {offered:?}, not {protocol}"
+                    );
+                    let b = behaviour.unwrap_or(NodeBehaviour::exec(Exec::ExitFails));
+                    return exec(stream, &key, protocol, &command, &b.exec, first);
+                }
+                _ => respond(
+                    &stream,
+                    405,
+                    &status(405, "MethodNotAllowed", "not here"),
+                    "",
+                ),
+            }
+        }
+        _ => respond(
+            &stream,
+            404,
+            &status(
+                404,
+                "NotFound",
+                "the server could not find the requested resource",
+            ),
+            "",
+        ),
+    }
+    Ok(())
+}
+
+/// The gzip stream and trailer `netray collect --gzip` writes for `json`.
+fn collector_stream(json: &[u8], sha_override: Option<&str>) -> (Vec<u8>, String) {
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    gz.write_all(json).unwrap();
+    let out = gz.finish().unwrap();
+    let sum = ring::digest::digest(&ring::digest::SHA256, json);
+    let hex: String = sum.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    let hex = sha_override.map(str::to_string).unwrap_or(hex);
+    (
+        out,
+        format!("netray-stream sha256={hex} bytes={}\n", json.len()),
+    )
+}
+
+/// The exec subresource: upgrade to a WebSocket and run the collector behind it.
+fn exec(
+    stream: TcpStream,
+    key: &str,
+    protocol: &str,
+    command: &[String],
+    behaviour: &Exec,
+    first: bool,
+) -> std::io::Result<()> {
+    use tungstenite::protocol::{Message, Role};
+    let mut s = &stream;
+    s.write_all(
+        format!(
+            "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Accept: {}\r\nSec-WebSocket-Protocol: {protocol}\r\n\r\n",
+            tungstenite::handshake::derive_accept_key(key.as_bytes())
+        )
+        .as_bytes(),
+    )?;
+    let mut ws = tungstenite::WebSocket::from_raw_socket(stream.try_clone()?, Role::Server, None);
+    let frame = |ch: u8, data: &[u8]| {
+        let mut v = Vec::with_capacity(data.len() + 1);
+        v.push(ch);
+        v.extend_from_slice(data);
+        Message::binary(v)
+    };
+    let success = json!({"metadata": {}, "status": "Success"});
+    let send_recorded = |ws: &mut tungstenite::WebSocket<TcpStream>,
+                         json: &[u8],
+                         sha: Option<&str>,
+                         drop_half: bool|
+     -> std::io::Result<()> {
+        let (gz, trailer) = collector_stream(json, sha);
+        let cut = if drop_half { gz.len() / 2 } else { gz.len() };
+        for chunk in gz[..cut].chunks(16 << 10) {
+            ws.send(frame(1, chunk)).map_err(std::io::Error::other)?;
+        }
+        if drop_half {
+            ws.flush().map_err(std::io::Error::other)?;
+            let _ = stream.shutdown(Shutdown::Both);
+            return Ok(());
+        }
+        ws.send(frame(2, trailer.as_bytes()))
+            .map_err(std::io::Error::other)?;
+        ws.send(frame(3, success.to_string().as_bytes()))
+            .map_err(std::io::Error::other)?;
+        let _ = ws.close(None);
+        let _ = ws.flush();
+        Ok(())
+    };
+    match behaviour {
+        Exec::Recorded(json) => send_recorded(&mut ws, json, None, false),
+        Exec::DropFirst(json) => send_recorded(&mut ws, json, None, first),
+        Exec::BadChecksum(json) => send_recorded(&mut ws, json, Some(&"0".repeat(64)), false),
+        Exec::ExitFails => {
+            ws.send(frame(
+                2,
+                b"netray: error: cannot read /proc/thread-self/ns/net: Permission denied\n",
+            ))
+            .map_err(std::io::Error::other)?;
+            let st = json!({"metadata": {}, "status": "Failure",
+                "message": format!("command terminated with non-zero exit code: error executing command {command:?}, exit code 2"),
+                "reason": "NonZeroExitCode",
+                "details": {"causes": [{"reason": "ExitCode", "message": "2"}]}});
+            ws.send(frame(3, st.to_string().as_bytes()))
+                .map_err(std::io::Error::other)?;
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            Ok(())
+        }
+        Exec::Netns(ns) => {
+            // The pod's command, with the image's `netray` replaced by the binary under test,
+            // inside the lab node's namespace.
+            assert_eq!(command.first().map(String::as_str), Some("netray"));
+            let mut child = Command::new("ip")
+                .args(["netns", "exec", ns])
+                .arg(NETRAY)
+                .args(&command[1..])
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()?;
+            let (tx, rx) = std::sync::mpsc::channel::<(u8, Vec<u8>)>();
+            let mut out = child.stdout.take().unwrap();
+            let mut err = child.stderr.take().unwrap();
+            let tx2 = tx.clone();
+            let t1 = std::thread::spawn(move || {
+                let mut buf = vec![0u8; 16 << 10];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 || tx.send((1, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            });
+            let t2 = std::thread::spawn(move || {
+                let mut buf = vec![0u8; 4 << 10];
+                while let Ok(n) = err.read(&mut buf) {
+                    if n == 0 || tx2.send((2, buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            });
+            for (ch, data) in rx {
+                ws.send(frame(ch, &data)).map_err(std::io::Error::other)?;
+            }
+            let _ = (t1.join(), t2.join());
+            let code = child.wait()?.code().unwrap_or(-1);
+            let st = if code == 0 {
+                success
+            } else {
+                json!({"metadata": {}, "status": "Failure",
+                       "message": format!("command terminated with non-zero exit code: exit code {code}"),
+                       "reason": "NonZeroExitCode"})
+            };
+            ws.send(frame(3, st.to_string().as_bytes()))
+                .map_err(std::io::Error::other)?;
+            let _ = ws.close(None);
+            let _ = ws.flush();
+            Ok(())
+        }
+    }
+}
+
+struct Run {
+    code: Option<i32>,
+    stderr: String,
+}
+
+/// `netray collect --kube --kubeconfig KC ARGS`, bounded.
+fn collect(kc: &Path, args: &[&str]) -> Run {
+    let mut cmd = Command::new(NETRAY);
+    cmd.args(["collect", "--kube", "--kubeconfig", kc.to_str().unwrap()])
+        .args(args)
+        .env("NETRAY_KUBE_BACKOFF_MS", "50");
+    let o = common::run_bounded(cmd, "netray collect --kube", HANG_GUARD);
+    Run {
+        code: o.status.code(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
+
+fn diagnose_json(bundle: &Path, from: &str, to: &str) -> (Option<i32>, Value) {
+    let o = common::netray_bounded(
+        &[
+            "diagnose",
+            "--bundle",
+            bundle.to_str().unwrap(),
+            "--from",
+            from,
+            "--to",
+            to,
+            "-o",
+            "json",
+        ],
+        HANG_GUARD,
+    );
+    let v = serde_json::from_slice(&o.stdout).unwrap_or_else(|e| {
+        panic!(
+            "diagnose {from} → {to} on {}: no JSON ({e}): {}",
+            bundle.display(),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    });
+    (o.status.code(), v)
+}
+
+fn items_of(cluster_json: &Value) -> Vec<Value> {
+    cluster_json["items"].as_array().unwrap().clone()
+}
+
+fn read_json(p: &Path) -> Value {
+    serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap()
+}
+
+/// A synthetic 50-node cluster (consistent snapshots and cluster.json, written by the bench
+/// generator), every node answered by its recorded snapshot; node7's pod never starts, node3's
+/// first exec stream drops halfway, and the API answers 429, 500-after-create (then 409), 503
+/// and a dropped connection on the way. The run must end partial (exit 1) naming node7 as timed
+/// out, write the other 49 snapshots byte-for-byte equal (as JSON) to the recorded ones,
+/// delete every pod it created, and the bundle must diagnose like the recorded one.
+#[test]
+fn fifty_nodes_in_parallel_with_a_timeout_and_transient_errors_give_a_partial_bundle() {
+    let t0 = Instant::now();
+    let tmp = tempfile::tempdir().unwrap();
+    let hand = tmp.path().join("hand");
+    synth_bundle::write_bundle(
+        &hand,
+        &synth_bundle::Spec {
+            nodes: 50,
+            pods_per_node: 4,
+            services: 20,
+            endpoints: 3,
+        },
+    )
+    .unwrap();
+    let cluster = read_json(&hand.join("cluster.json"));
+    let mut nodes = BTreeMap::new();
+    for k in 0..50 {
+        let name = format!("node{k}");
+        let json = Arc::new(std::fs::read(hand.join(format!("nodes/{name}.json"))).unwrap());
+        let mut b = NodeBehaviour::exec(if k == 3 {
+            Exec::DropFirst(json)
+        } else {
+            Exec::Recorded(json)
+        });
+        b.never_runs = k == 7;
+        nodes.insert(name, b);
+    }
+    let api = StandIn::start(
+        items_of(&cluster),
+        nodes,
+        Faults {
+            create_429: 2,
+            create_500_after_create: 1,
+            get_503: 2,
+            get_drop: 1,
+            ..Faults::default()
+        },
+        "v4.channel.k8s.io",
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let out = tmp.path().join("out");
+    let r = collect(
+        &kc,
+        &[
+            "--all",
+            "--parallel",
+            "8",
+            "--timeout",
+            "4s",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    let took = t0.elapsed();
+    assert_eq!(r.code, Some(1), "partial must be exit 1: {}", r.stderr);
+    assert!(
+        r.stderr.contains("collected 49 of 50 nodes"),
+        "{}\n{:?}",
+        r.stderr,
+        api.log()
+            .iter()
+            .filter(|l| l.contains("-3/") || l.ends_with("-3"))
+            .collect::<Vec<_>>()
+    );
+    let failed = read_json(&out.join("failed-nodes.json"));
+    let failed = failed.as_array().unwrap();
+    assert_eq!(failed.len(), 1, "{failed:?}");
+    assert_eq!(failed[0]["node"], "node7");
+    let reason = failed[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("timed out after 4 s") && reason.contains("ContainerCreating"),
+        "{reason}"
+    );
+    for k in (0..50).filter(|k| *k != 7) {
+        let name = format!("node{k}.json");
+        assert_eq!(
+            read_json(&out.join("nodes").join(&name)),
+            read_json(&hand.join("nodes").join(&name)),
+            "{name}"
+        );
+    }
+    assert!(!out.join("nodes/node7.json").exists());
+    assert_eq!(
+        std::fs::read_dir(out.join("nodes")).unwrap().count(),
+        49,
+        "no .partial files left"
+    );
+    // Every created pod was deleted, the slow one too.
+    assert_eq!(api.created().len(), 50);
+    assert!(api.not_deleted().is_empty(), "{:?}", api.not_deleted());
+    // node3's stream was retried; the injected errors were met and retried.
+    let log = api.log();
+    let execs = |n: &str| {
+        let st = api.state.lock().unwrap();
+        st.pods
+            .values()
+            .filter(|p| p.node == n)
+            .map(|p| p.execs)
+            .sum::<u32>()
+    };
+    assert_eq!(execs("node3"), 2, "the dropped stream is retried once");
+    assert_eq!(execs("node7"), 0);
+    let posts = log.iter().filter(|l| l.starts_with("POST")).count();
+    assert_eq!(
+        posts,
+        50 + 2 + 1,
+        "50 creates, 2 retried 429s, 1 retried 500 (→ 409)"
+    );
+    // The exec ran the collector as the pod would.
+    let cmd = api.state.lock().unwrap().exec_commands[0].clone();
+    assert_eq!(&cmd[..2], &["netray", "collect"]);
+    assert!(cmd.iter().any(|a| a == "--gzip") && cmd.iter().any(|a| a == "-"));
+    // The pod as posted: pinned, host namespaces, read-only host root, labelled.
+    let pod = api
+        .state
+        .lock()
+        .unwrap()
+        .pods
+        .values()
+        .next()
+        .unwrap()
+        .body
+        .clone();
+    assert!(
+        pod["spec"]["nodeName"]
+            .as_str()
+            .unwrap()
+            .starts_with("node")
+    );
+    assert_eq!(pod["spec"]["hostNetwork"], true);
+    assert_eq!(pod["spec"]["hostPID"], true);
+    assert_eq!(
+        pod["metadata"]["labels"]["app.kubernetes.io/managed-by"],
+        "netray"
+    );
+    assert!(pod["metadata"]["labels"]["netray.io/run"].is_string());
+    let c = &pod["spec"]["containers"][0];
+    assert_eq!(c["volumeMounts"][0]["readOnly"], true);
+    assert_eq!(c["securityContext"]["capabilities"]["drop"], json!(["ALL"]));
+    // The bundle diagnoses like the recorded one (a flow whose nodes were collected), and the
+    // cluster view came from the same API.
+    assert_eq!(
+        read_json(&out.join("cluster.json"))["items"]
+            .as_array()
+            .unwrap()
+            .len(),
+        cluster["items"].as_array().unwrap().len()
+    );
+    // (The synthetic snapshots have no underlay namespace, so cross-node flows end at the
+    // edge of the snapshot: the answer only has to be the same.) Diagnose on the partial
+    // bundle adds a note naming the missing node; everything else is identical.
+    for (from, to) in [
+        ("pod/default/pod-1-0", "pod/default/pod-1-3:8080"),
+        ("pod/default/pod-1-0", "pod/default/pod-2-1:8080"),
+        ("node/node4", "pod/default/pod-12-3:8080"),
+    ] {
+        let (ca, a) = diagnose_json(&hand, from, to);
+        let (cb, mut b) = diagnose_json(&out, from, to);
+        let notes = b
+            .as_object_mut()
+            .unwrap()
+            .remove("notes")
+            .unwrap_or_default();
+        assert!(
+            notes.to_string().contains("node7"),
+            "{from} → {to}: {notes}"
+        );
+        assert_eq!((ca, a), (cb, b), "{from} → {to}");
+    }
+    // A flow to a pod on the node that timed out: not a confident answer, and node7 named.
+    let (code, v) = diagnose_json(&out, "pod/default/pod-1-0", "pod/default/pod-7-0:8080");
+    assert_eq!(code, Some(1));
+    assert_eq!(v["verdict"], "uncertain", "{v}");
+    assert!(v.to_string().contains("node7"));
+    eprintln!(
+        "50-node collect and checks: {took:?} (collect), {:?} total",
+        t0.elapsed()
+    );
+}
+
+/// A lab (3 node namespaces with pods, kube-proxy rules and flannel VXLAN): the stand-in's
+/// exec runs the real collector in each node's namespace, exactly the command the pod gets.
+/// The bundle written through the API (`.tar.gz`, subprotocol v5) diagnoses like the bundle
+/// collected by hand with `ip netns exec NODE netray collect`.
+#[test]
+fn lab_nodes_collected_through_the_stand_in_diagnose_like_a_hand_collected_bundle() {
+    if !netray_lab::lab_tests_can_run("collect_kube lab") {
+        return;
+    }
+    let t0 = Instant::now();
+    let spec = netray_lab::ClusterSpec::standard(3, 2);
+    let agent = netray_lab::Agent::subcommand(NETRAY, &["lab", "agent"]);
+    let lab = netray_lab::Lab::up(&spec, &agent).expect("lab up");
+    let tmp = tempfile::tempdir().unwrap();
+    let hand = tmp.path().join("hand");
+    lab.collect_bundle(Path::new(NETRAY), &hand).unwrap();
+    let mut nodes = BTreeMap::new();
+    for n in &spec.nodes {
+        let ns = lab.ns(&n.name).unwrap().name().to_string();
+        nodes.insert(n.name.clone(), NodeBehaviour::exec(Exec::Netns(ns)));
+    }
+    let api = StandIn::start(
+        items_of(&lab.cluster_json()),
+        nodes,
+        Faults::default(),
+        "v5.channel.k8s.io",
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let out = tmp.path().join("lab.tar.gz");
+    let r = collect(
+        &kc,
+        &["--nodes", "node0,node1,node2", "-o", out.to_str().unwrap()],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(r.stderr.contains("collected 3 of 3 nodes"), "{}", r.stderr);
+    assert!(api.not_deleted().is_empty());
+    let flows = [
+        ("pod/default/web-0", "svc/default/web:80"),
+        ("node/node0", "svc/default/web:53/udp"),
+        ("pod/default/web-1", "pod/default/web-4:8080"),
+    ];
+    for (from, to) in flows {
+        let (ca, a) = diagnose_json(&hand, from, to);
+        let (cb, b) = diagnose_json(&out, from, to);
+        assert_eq!(ca, cb, "{from} → {to}");
+        for key in ["verdict", "summary", "from", "to"] {
+            assert_eq!(a[key], b[key], "{from} → {to}: {key}");
+        }
+        let ends = |v: &Value| -> Vec<(Value, Value)> {
+            v["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|e| (e["endpoint"].clone(), e["reachable"].clone()))
+                .collect()
+        };
+        assert_eq!(ends(&a), ends(&b), "{from} → {to}");
+        assert_eq!(a["verdict"], "reachable", "{from} → {to}");
+    }
+    eprintln!("lab collect through the stand-in: {:?}", t0.elapsed());
+}
+
+/// SIGINT while pods are starting: netray deletes every pod it created and exits 130.
+#[test]
+fn an_interrupted_run_deletes_every_pod_it_created() {
+    let tmp = tempfile::tempdir().unwrap();
+    let healthy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/healthy");
+    let mut cluster = read_json(&healthy.join("cluster.json"));
+    // Six nodes, all of whose pods stay Pending.
+    let node0 = items_of(&cluster)
+        .into_iter()
+        .find(|i| i["kind"] == "Node")
+        .unwrap();
+    let items = cluster["items"].as_array_mut().unwrap();
+    items.retain(|i| i["kind"] != "Node");
+    let mut nodes = BTreeMap::new();
+    for k in 0..6 {
+        let mut n = node0.clone();
+        n["metadata"]["name"] = json!(format!("n{k}"));
+        items.push(n);
+        let mut b = NodeBehaviour::exec(Exec::ExitFails);
+        b.never_runs = true;
+        nodes.insert(format!("n{k}"), b);
+    }
+    let api = StandIn::start(
+        items_of(&cluster),
+        nodes,
+        Faults::default(),
+        "v4.channel.k8s.io",
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let out = tmp.path().join("out");
+    let mut child = Command::new(NETRAY)
+        .args(["collect", "--kube", "--kubeconfig", kc.to_str().unwrap()])
+        .args(["--all", "--parallel", "4", "--timeout", "90s", "-o"])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while api.created().len() < 4 {
+        assert!(
+            start.elapsed() < Duration::from_secs(60),
+            "pods not created"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the pid of a child we spawned and have not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("netray did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    assert_eq!(code, Some(130), "{stderr}");
+    let created = api.created();
+    assert_eq!(created.len(), 4, "only --parallel 4 pods were started");
+    assert!(
+        api.not_deleted().is_empty(),
+        "left: {:?}",
+        api.not_deleted()
+    );
+    let log = api.log();
+    for pod in &created {
+        assert!(
+            log.iter()
+                .any(|l| l == &format!("DELETE /api/v1/namespaces/netray/pods/{pod}")),
+            "no DELETE for {pod}: {log:?}"
+        );
+    }
+    assert!(stderr.contains("interrupted"), "{stderr}");
+    // Nothing was collected: no bundle is left half-written.
+    assert!(
+        !out.join("nodes")
+            .read_dir()
+            .is_ok_and(|mut d| d.next().is_some())
+    );
+}
+
+fn small_cluster(nodes: &[(&str, NodeBehaviour)], faults: Faults) -> (StandIn, tempfile::TempDir) {
+    let healthy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/healthy");
+    let cluster = read_json(&healthy.join("cluster.json"));
+    let api = StandIn::start(
+        items_of(&cluster),
+        nodes
+            .iter()
+            .map(|(n, b)| (n.to_string(), b.clone()))
+            .collect(),
+        faults,
+        "v4.channel.k8s.io",
+    );
+    (api, tempfile::tempdir().unwrap())
+}
+
+fn recorded(node: &str) -> Arc<Vec<u8>> {
+    let healthy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/healthy");
+    Arc::new(std::fs::read(healthy.join(format!("nodes/{node}.json"))).unwrap())
+}
+
+/// Per-node failures are named in failed-nodes.json with their reason: an image that cannot
+/// be pulled, a collector that exits non-zero, a checksum that does not match (retried, then
+/// given up). The one good node is collected; exit 1.
+#[test]
+fn per_node_failures_are_listed_with_their_reason() {
+    let (api, tmp) = small_cluster(
+        &[
+            (
+                "node0",
+                NodeBehaviour::exec(Exec::Recorded(recorded("node0"))),
+            ),
+            (
+                "node1",
+                NodeBehaviour {
+                    exec: Exec::Recorded(recorded("node1")),
+                    never_runs: false,
+                    pull_fails: true,
+                },
+            ),
+            ("node2", NodeBehaviour::exec(Exec::ExitFails)),
+        ],
+        Faults::default(),
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let out = tmp.path().join("b");
+    let r = collect(
+        &kc,
+        &[
+            "--all",
+            "--image",
+            "registry.example/netray:x",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let failed: BTreeMap<String, String> = read_json(&out.join("failed-nodes.json"))
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["node"].as_str().unwrap().into(),
+                f["reason"].as_str().unwrap().into(),
+            )
+        })
+        .collect();
+    assert_eq!(failed.len(), 2, "{failed:?}");
+    assert!(
+        failed["node1"].contains("ErrImagePull")
+            && failed["node1"].contains("registry.example/netray:x"),
+        "{failed:?}"
+    );
+    assert!(
+        failed["node2"].contains("the collector failed")
+            && failed["node2"].contains("exit code 2")
+            && failed["node2"].contains("Permission denied"),
+        "{failed:?}"
+    );
+    assert!(out.join("nodes/node0.json").exists());
+    assert!(
+        r.stderr.contains("PARTIAL: 2 nodes missing"),
+        "{}",
+        r.stderr
+    );
+    assert!(api.not_deleted().is_empty());
+
+    // A checksum that never matches: retried, then the node fails naming it.
+    let (api, tmp) = small_cluster(
+        &[
+            (
+                "node0",
+                NodeBehaviour::exec(Exec::BadChecksum(recorded("node0"))),
+            ),
+            (
+                "node1",
+                NodeBehaviour::exec(Exec::Recorded(recorded("node1"))),
+            ),
+        ],
+        Faults::default(),
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let out = tmp.path().join("b");
+    let r = collect(
+        &kc,
+        &[
+            "--nodes",
+            "node0,node1",
+            "--retries",
+            "2",
+            "-o",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let failed = read_json(&out.join("failed-nodes.json"));
+    let reason = failed[0]["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("checksum mismatch") && reason.contains("after 2 retries"),
+        "{reason}"
+    );
+    let execs: u32 = api
+        .state
+        .lock()
+        .unwrap()
+        .pods
+        .values()
+        .filter(|p| p.node == "node0")
+        .map(|p| p.execs)
+        .sum();
+    assert_eq!(execs, 3);
+    assert!(api.not_deleted().is_empty());
+}
+
+/// API errors that stop the whole run: exit 2, the reason and a hint, no bundle left.
+#[test]
+fn api_errors_401_403_404_and_unknown_nodes_are_named() {
+    let good = || NodeBehaviour::exec(Exec::Recorded(recorded("node0")));
+    for (faults, args, needles) in [
+        (
+            Faults {
+                unauthorized: true,
+                ..Faults::default()
+            },
+            vec!["--all"],
+            vec!["HTTP 401", "listing nodes", "credentials were refused"],
+        ),
+        (
+            Faults {
+                create_forbidden: true,
+                ..Faults::default()
+            },
+            vec!["--all"],
+            vec![
+                "no node could be collected",
+                "HTTP 403",
+                "deploy/rbac.yaml",
+                "node0:",
+            ],
+        ),
+        (
+            Faults {
+                create_no_namespace: true,
+                ..Faults::default()
+            },
+            vec!["--nodes", "node0"],
+            vec![
+                "HTTP 404",
+                "does namespace netray exist",
+                "kubectl apply -f deploy/",
+            ],
+        ),
+        (
+            Faults::default(),
+            vec!["--nodes", "node9"],
+            vec!["no node \"node9\"", "did you mean"],
+        ),
+    ] {
+        let (api, tmp) = small_cluster(
+            &[("node0", good()), ("node1", good()), ("node2", good())],
+            faults,
+        );
+        let kc = api.kubeconfig(tmp.path());
+        let out = tmp.path().join("b");
+        let mut a = args.clone();
+        a.extend(["-o", out.to_str().unwrap()]);
+        let r = collect(&kc, &a);
+        assert_eq!(r.code, Some(2), "{args:?}: {}", r.stderr);
+        for n in &needles {
+            assert!(
+                r.stderr.contains(n),
+                "{args:?}: missing {n:?} in {}",
+                r.stderr
+            );
+        }
+        assert!(!out.exists(), "{args:?}: bundle left behind");
+        assert!(api.not_deleted().is_empty());
+    }
+}
+
+/// Installed as `kubectl-netray`, kubectl's `--kubeconfig`, `--context` and `-n` come before
+/// the subcommand; help names `kubectl netray`. A `--selector` is evaluated by the API.
+#[test]
+fn the_kubectl_plugin_takes_kubectls_options_before_the_subcommand() {
+    let (api, tmp) = small_cluster(
+        &[
+            (
+                "node0",
+                NodeBehaviour::exec(Exec::Recorded(recorded("node0"))),
+            ),
+            (
+                "node1",
+                NodeBehaviour::exec(Exec::Recorded(recorded("node1"))),
+            ),
+            (
+                "node2",
+                NodeBehaviour::exec(Exec::Recorded(recorded("node2"))),
+            ),
+        ],
+        Faults::default(),
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let plugin = tmp.path().join("kubectl-netray");
+    std::os::unix::fs::symlink(NETRAY, &plugin).unwrap();
+    let o = common::run_bounded(
+        {
+            let mut c = Command::new(&plugin);
+            c.arg("--help");
+            c
+        },
+        "kubectl-netray --help",
+        HANG_GUARD,
+    );
+    assert!(String::from_utf8_lossy(&o.stdout).contains("kubectl netray"));
+    let out = tmp.path().join("b");
+    let mut cmd = Command::new(&plugin);
+    cmd.args([
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--context",
+        "standin",
+        "-n",
+        "netray",
+    ])
+    .args([
+        "collect",
+        "--selector",
+        "kubernetes.io/hostname=node1",
+        "-o",
+    ])
+    .arg(&out)
+    .env("NETRAY_KUBE_BACKOFF_MS", "50");
+    let o = common::run_bounded(cmd, "kubectl-netray collect", HANG_GUARD);
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(0), "{stderr}");
+    assert!(stderr.contains("collected 1 of 1 node"), "{stderr}");
+    assert!(out.join("nodes/node1.json").exists());
+    assert!(
+        api.log()
+            .iter()
+            .any(|l| l.starts_with("POST /api/v1/namespaces/netray/pods"))
+    );
+    // The collected node diagnoses like the recorded one.
+    let o = common::netray_bounded(
+        &["scan", "--bundle", out.to_str().unwrap(), "-o", "json"],
+        HANG_GUARD,
+    );
+    assert!(
+        o.status.code().is_some_and(|c| c <= 1),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
