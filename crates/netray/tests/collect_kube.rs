@@ -1375,7 +1375,43 @@ fn the_kubectl_plugin_takes_kubectls_options_before_the_subcommand() {
             .iter()
             .any(|l| l.starts_with("POST /api/v1/namespaces/netray/pods"))
     );
-    // The collected node diagnoses like the recorded one.
+    // `kubectl netray diagnose` with kubectl's --context first: the cluster view comes live
+    // from the API (--context implies --kube), the snapshot from the bundle.
+    let mut cmd = Command::new(&plugin);
+    cmd.args([
+        "--kubeconfig",
+        kc.to_str().unwrap(),
+        "--context",
+        "standin",
+        "diagnose",
+    ])
+    .args([
+        "--bundle",
+        out.to_str().unwrap(),
+        "--from",
+        "pod/default/web-2",
+    ])
+    .args(["--to", "pod/default/web-3:8080", "-o", "json"]);
+    let lists_before = api
+        .log()
+        .iter()
+        .filter(|l| *l == "GET /api/v1/nodes")
+        .count();
+    let o = common::run_bounded(cmd, "kubectl-netray diagnose", HANG_GUARD);
+    let v: Value = serde_json::from_slice(&o.stdout)
+        .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&o.stderr)));
+    assert_eq!(v["verdict"], "reachable", "{v}");
+    let lists_after = api
+        .log()
+        .iter()
+        .filter(|l| *l == "GET /api/v1/nodes")
+        .count();
+    assert_eq!(
+        lists_after,
+        lists_before + 1,
+        "the plugin's diagnose read the API"
+    );
+    // The collected node scans like the recorded one.
     let o = common::netray_bounded(
         &["scan", "--bundle", out.to_str().unwrap(), "-o", "json"],
         HANG_GUARD,
@@ -1384,5 +1420,66 @@ fn the_kubectl_plugin_takes_kubectls_options_before_the_subcommand() {
         o.status.code().is_some_and(|c| c <= 1),
         "{}",
         String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+/// `--parallel` bounds and uses concurrency: 24 nodes (each pod starts after ~250 ms) with
+/// `--parallel 8` against `--parallel 1` in the same run.
+#[test]
+fn parallel_collection_is_faster_than_one_at_a_time() {
+    let names: Vec<String> = (0..24).map(|k| format!("n{k}")).collect();
+    let healthy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/healthy");
+    let mut cluster = read_json(&healthy.join("cluster.json"));
+    let node0 = items_of(&cluster)
+        .into_iter()
+        .find(|i| i["kind"] == "Node")
+        .unwrap();
+    let snap: Value = read_json(&healthy.join("nodes/node0.json"));
+    let items = cluster["items"].as_array_mut().unwrap();
+    items.retain(|i| i["kind"] != "Node");
+    let mut nodes = BTreeMap::new();
+    for n in &names {
+        let mut node = node0.clone();
+        node["metadata"]["name"] = json!(n);
+        items.push(node);
+        let mut s = snap.clone();
+        s["node"]["name"] = json!(n);
+        nodes.insert(
+            n.clone(),
+            NodeBehaviour::exec(Exec::Recorded(Arc::new(serde_json::to_vec(&s).unwrap()))),
+        );
+    }
+    let mut took = Vec::new();
+    for parallel in ["1", "8"] {
+        let api = StandIn::start(
+            items_of(&cluster),
+            nodes.clone(),
+            Faults::default(),
+            "v4.channel.k8s.io",
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let kc = api.kubeconfig(tmp.path());
+        let out = tmp.path().join("b");
+        let t = Instant::now();
+        let r = collect(
+            &kc,
+            &["--all", "--parallel", parallel, "-o", out.to_str().unwrap()],
+        );
+        took.push(t.elapsed());
+        assert_eq!(r.code, Some(0), "{}", r.stderr);
+        assert_eq!(std::fs::read_dir(out.join("nodes")).unwrap().count(), 24);
+        assert!(api.not_deleted().is_empty());
+    }
+    eprintln!(
+        "24 nodes: --parallel 1 {:?}, --parallel 8 {:?} ({:.1}x)",
+        took[0],
+        took[1],
+        took[0].as_secs_f64() / took[1].as_secs_f64()
+    );
+    assert!(
+        took[0] > took[1] * 3,
+        "--parallel 8 ({:?}) is not 3x faster than --parallel 1 ({:?})",
+        took[1],
+        took[0]
     );
 }
