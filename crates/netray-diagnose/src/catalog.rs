@@ -1,6 +1,6 @@
 //! The check catalog: every check `netray scan` runs, with its stable code.
 
-use crate::checks::{firewall, links, overlay, routing, services, sysctl};
+use crate::checks::{firewall, ipv6, links, overlay, routing, services, sysctl};
 use crate::finding::Finding;
 use crate::scan::ScanInput;
 
@@ -41,6 +41,24 @@ pub const CATALOG: &[Check] = &[
         title: "per-interface forwarding is 0 on a node interface",
         run: sysctl::iface_forwarding,
         names_objects: false,
+    },
+    Check {
+        codes: &["ipv6-forwarding-disabled"],
+        title: "net.ipv6.conf.all.forwarding is 0 on a node that routes IPv6 pod traffic",
+        run: ipv6::forwarding,
+        names_objects: true,
+    },
+    Check {
+        codes: &["ip6-forward-policy-drop"],
+        title: "ip6tables filter FORWARD policy DROP that drops cross-node IPv6 pod traffic",
+        run: ipv6::forward_policy_drop,
+        names_objects: true,
+    },
+    Check {
+        codes: &["ipv6-accept-ra-forwarding"],
+        title: "accept_ra=2 on an interface of an IPv6-forwarding node (RA routes on a router)",
+        run: ipv6::accept_ra_forwarding,
+        names_objects: true,
     },
     Check {
         codes: &["bpf-datapath"],

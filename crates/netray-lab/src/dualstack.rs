@@ -368,6 +368,12 @@ pub enum DsFault {
         /// Peer whose pod CIDR is no longer routed.
         peer: usize,
     },
+    /// `net.bridge.bridge-nf-call-ip6tables=0` on a node (IPv4's switch untouched): bridged
+    /// IPv6 skips ip6tables and conntrack.
+    BridgeNfV6Off {
+        /// Node index.
+        node: usize,
+    },
     /// Node `node`'s `flannel-v6.1` MAC changes (a rebuilt device) and `stale_on` keeps the
     /// old MAC in its neighbour and FDB entries ([`V6Overlay::Vxlan`] only). Not undoable.
     StaleV6Vtep {
@@ -633,6 +639,9 @@ impl DualStackLab {
                 .ns(&DualStackSpec::node_name(node))?
                 .ip(&["-6", "route", "del", &ds_pod_cidr_v6(peer)])
                 .map(|_| ()),
+            DsFault::BridgeNfV6Off { node } => self
+                .ns(&DualStackSpec::node_name(node))?
+                .sysctl("net.bridge.bridge-nf-call-ip6tables", "0"),
             DsFault::StaleV6Vtep { node, stale_on } => {
                 if self.spec.v6_overlay != V6Overlay::Vxlan || node == stale_on {
                     return Err(LabError::Command {
@@ -718,6 +727,9 @@ impl DualStackLab {
                 }
                 .map(|_| ())
             }
+            DsFault::BridgeNfV6Off { node } => self
+                .ns(&DualStackSpec::node_name(node))?
+                .sysctl("net.bridge.bridge-nf-call-ip6tables", "1"),
             DsFault::StaleV6Vtep { .. } => Err(LabError::Command {
                 cmd: format!("undo {fault:?}"),
                 status: "refused".into(),

@@ -30,7 +30,11 @@ pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
         let Some(Ok(rs)) = input.ruleset(n) else {
             continue;
         };
+        // IPv4 only (the ip6tables FORWARD chain is checks::ipv6's).
         let policy_drop = input.dumps(n).iter().find_map(|d| {
+            if d.family != netray_snapshot::IpFamily::Ipv4 {
+                return None;
+            }
             let t = d.table("filter")?;
             let c = t.chains.iter().find(|c| &*c.name == "FORWARD")?;
             (c.policy == Some(Policy::Drop)).then_some((d, c))

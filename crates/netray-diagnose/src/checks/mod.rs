@@ -2,6 +2,7 @@
 //! `fn(&ScanInput, &mut Vec<Finding>)` listed in [`crate::catalog::CATALOG`].
 
 pub mod firewall;
+pub(crate) mod ipv6;
 pub(crate) mod links;
 pub(crate) mod overlay;
 pub(crate) mod routing;

@@ -74,8 +74,13 @@ pub(crate) fn pod_cidr_routes(input: &ScanInput, out: &mut Vec<Finding>) {
                         ),
                         format!(
                             "restore the overlay route (flannel: ip route add {cidr} via {} dev \
-                             flannel.1 onlink), usually by restarting the CNI agent",
-                            cidr.network()
+                             {} onlink), usually by restarting the CNI agent",
+                            cidr.network(),
+                            if cidr.addr().is_ipv6() {
+                                "flannel-v6.1"
+                            } else {
+                                "flannel.1"
+                            }
                         ),
                     )),
                 }

@@ -1,0 +1,306 @@
+//! IPv6 checks (issue 11): IPv6 forwarding off on a node that routes IPv6 pod traffic, an
+//! ip6tables FORWARD policy DROP that nothing overrides for pod traffic, and `accept_ra=2` on a
+//! forwarding node. (Routes to other nodes' IPv6 pod CIDRs are checked with the IPv4 ones by
+//! `no-route`; stale VXLAN neighbour/FDB entries and overlay MTU by the overlay checks, which
+//! are family-agnostic.)
+//!
+//! Kernel semantics as measured on Linux 6.18 (`crates/netray/tests/ipv6_lab.rs`,
+//! `dualstack_lab.rs`): only `net.ipv6.conf.all.forwarding` decides IPv6 forwarding (an
+//! interface's own `forwarding` does not), except that an input interface with
+//! `force_forwarding = 1` forwards regardless.
+
+use std::net::IpAddr;
+
+use ipnet::IpNet;
+use netray_netfilter::ipt::Policy;
+use netray_netfilter::{CtState, EvalOptions, Hook, Matched, Packet, Verdict};
+use netray_snapshot::{IpFamily, LinkKind, RouteType};
+
+use crate::finding::{Finding, Severity};
+use crate::scan::{Ns, ScanInput};
+
+const ALL_FORWARDING: &str = "net.ipv6.conf.all.forwarding";
+
+/// The sysctl name of a per-interface IPv6 setting (dots in interface names become slashes).
+fn conf6(iface: &str, key: &str) -> String {
+    format!("net.ipv6.conf.{}.{key}", iface.replace('.', "/"))
+}
+
+/// This node's IPv6 pod CIDRs (cluster view), else the IPv6 subnets of its workloads.
+fn v6_pod_nets(input: &ScanInput, h: &Ns) -> Vec<IpNet> {
+    let mine: Vec<IpNet> = input
+        .pod_cidrs()
+        .get(&h.node.node.name)
+        .into_iter()
+        .flatten()
+        .filter(|c| c.addr().is_ipv6())
+        .copied()
+        .collect();
+    if !mine.is_empty() {
+        return mine;
+    }
+    input
+        .workloads_on(h.node)
+        .flat_map(|w| {
+            w.ns.addresses
+                .iter()
+                .filter(|a| a.scope == "global" && a.addr.addr().is_ipv6())
+                .map(|a| a.addr.trunc())
+        })
+        .collect()
+}
+
+/// A global IPv6 address of a workload on this node, if any.
+fn local_v6_pod(input: &ScanInput, h: &Ns) -> Option<IpAddr> {
+    input.workloads_on(h.node).find_map(|w| {
+        w.ns.addresses
+            .iter()
+            .find(|a| a.scope == "global" && a.addr.addr().is_ipv6())
+            .map(|a| a.addr.addr())
+    })
+}
+
+/// `net.ipv6.conf.all.forwarding = 0` on a node that routes IPv6 pod traffic.
+pub(crate) fn forwarding(input: &ScanInput, out: &mut Vec<Finding>) {
+    for h in input.subject_hosts().filter(|h| input.routes_for_others(h)) {
+        if h.ns.sysctl(ALL_FORWARDING).map(str::trim) != Some("0") {
+            continue;
+        }
+        let nets = v6_pod_nets(input, &h);
+        if nets.is_empty() {
+            continue;
+        }
+        let forced: Vec<&str> =
+            h.ns.links
+                .iter()
+                .filter(|l| {
+                    h.ns.sysctl(&conf6(&l.name, "force_forwarding"))
+                        .map(str::trim)
+                        == Some("1")
+                })
+                .map(|l| l.name.as_str())
+                .collect();
+        let me = &h.node.node.name;
+        let mut evidence = vec![
+            format!("{ALL_FORWARDING} = 0"),
+            format!(
+                "IPv6 pod networks routed here: {}",
+                nets.iter()
+                    .map(IpNet::to_string)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        ];
+        if !forced.is_empty() {
+            evidence.push(format!(
+                "force_forwarding = 1 on {} (packets arriving there are still forwarded)",
+                forced.join(", ")
+            ));
+        }
+        out.push(
+            h.finding(
+                "ipv6-forwarding-disabled",
+                if forced.is_empty() {
+                    Severity::Critical
+                } else {
+                    Severity::Warning
+                },
+                evidence,
+                format!(
+                    "IPv6 forwarding is off on {me}: IPv6 packets to and from its pods that must be \
+                     routed (other nodes' pods, IPv6 Service backends elsewhere, the pods' own \
+                     IPv6 traffic leaving the node) are dropped{}. The kernel decides IPv6 \
+                     forwarding by conf.all.forwarding alone (an interface's own `forwarding` \
+                     does not turn it on). IPv4 is not affected.",
+                    if forced.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" except what arrives on {}", forced.join(", "))
+                    }
+                ),
+                format!(
+                    "on {me}: sysctl -w {ALL_FORWARDING}=1 (and persist it in /etc/sysctl.d/)"
+                ),
+            )
+            .about([h.sysctl_obj(ALL_FORWARDING)]),
+        );
+    }
+}
+
+/// ip6tables `filter FORWARD` policy DROP with no rule accepting new IPv6 pod traffic from
+/// other nodes to pods here.
+pub(crate) fn forward_policy_drop(input: &ScanInput, out: &mut Vec<Finding>) {
+    for h in input.subject_hosts() {
+        let Some(Ok(rs)) = input.ruleset(&h) else {
+            continue;
+        };
+        let policy_drop = input.dumps(&h).iter().find_map(|d| {
+            if d.family != IpFamily::Ipv6 {
+                return None;
+            }
+            let t = d.table("filter")?;
+            let c = t.chains.iter().find(|c| &*c.name == "FORWARD")?;
+            (c.policy == Some(Policy::Drop)).then_some((d, c))
+        });
+        let Some((dump, chain)) = policy_drop else {
+            continue;
+        };
+        let Some(local) = local_v6_pod(input, &h) else {
+            continue;
+        };
+        let me = &h.node.node.name;
+        // A pod on another node (its IPv6 pod CIDR) to a pod here.
+        let remote = input
+            .pod_cidrs()
+            .iter()
+            .filter(|(node, _)| *node != me)
+            .flat_map(|(_, c)| c.iter())
+            .find(|c| c.addr().is_ipv6())
+            .copied();
+        let Some(remote) = remote else { continue };
+        let src = match remote.network() {
+            IpAddr::V6(a) => IpAddr::V6((u128::from(a).wrapping_add(2)).into()),
+            other => other,
+        };
+        let route_dev = |dst: IpAddr| {
+            h.ns.routes
+                .iter()
+                .filter(|r| {
+                    r.table == 254 && r.route_type == RouteType::Unicast && r.dst.contains(&dst)
+                })
+                .max_by_key(|r| r.dst.prefix_len())
+                .and_then(|r| r.dev.clone())
+        };
+        let in_dev = route_dev(src).or_else(|| {
+            h.ns.links
+                .iter()
+                .find(|l| matches!(l.kind, LinkKind::Vxlan { .. }))
+                .map(|l| l.name.clone())
+        });
+        let out_dev = route_dev(local);
+        let mut pkt = Packet::new(src, local, 6, Some(40000), Some(80));
+        pkt.iif = in_dev.clone();
+        pkt.oif = out_dev.clone();
+        pkt.ct.state = CtState::New;
+        let outcomes = rs.evaluate(
+            Hook::Forward,
+            &pkt,
+            &input.host_context(&h),
+            &EvalOptions {
+                nat: false,
+                ..EvalOptions::default()
+            },
+        );
+        let by_policy = outcomes.iter().any(|o| {
+            matches!(o.verdict, Verdict::Drop)
+                && o.trail.last().is_some_and(|t| t.matched == Matched::Policy)
+        });
+        if !by_policy {
+            continue;
+        }
+        let decl = dump.slice(chain.decl).to_string();
+        let pod_net = input
+            .cluster
+            .and_then(|c| c.flannel_network_v6)
+            .or_else(|| {
+                input.cluster.and_then(|c| {
+                    c.kube_proxy
+                        .as_ref()
+                        .and_then(|k| k.cluster_cidr_of(netray_kube::IpFamily::V6))
+                })
+            })
+            .unwrap_or(remote);
+        out.push(
+            h.finding(
+                "ip6-forward-policy-drop",
+                Severity::Critical,
+                vec![
+                    format!("{} filter: {decl}", dump.source_name()),
+                    format!(
+                        "no ip6tables FORWARD rule accepts {src} → {local} (tcp/80, NEW) from {} \
+                         to {}",
+                        in_dev.as_deref().unwrap_or("?"),
+                        out_dev.as_deref().unwrap_or("?")
+                    ),
+                ],
+                format!(
+                    "The ip6tables filter FORWARD chain on {me} has policy DROP and no rule accepts \
+                     new IPv6 connections from pods on other nodes to pods here: cross-node IPv6 \
+                     pod traffic and IPv6 Service traffic DNATed to pods on {me} is dropped \
+                     (IPv4 has its own FORWARD chain and may well work)."
+                ),
+                format!(
+                    "on {me}: ip6tables -I FORWARD -s {pod_net} -j ACCEPT && ip6tables -I FORWARD \
+                     -d {pod_net} -j ACCEPT (or ip6tables -P FORWARD ACCEPT), made persistent"
+                ),
+            )
+            .about([netray_datapath::KernelObject::Rule {
+                at: h.place(),
+                family: "ip6".into(),
+                table: "filter".into(),
+                chain: "FORWARD".into(),
+                index: None,
+                text: decl,
+            }]),
+        );
+    }
+}
+
+/// `accept_ra = 2` on an interface of a forwarding node: router advertisements heard there
+/// install default and prefix routes on a router, so any host on that link that sends one can
+/// redirect the node's IPv6 traffic (pods' included).
+pub(crate) fn accept_ra_forwarding(input: &ScanInput, out: &mut Vec<Finding>) {
+    for h in input.subject_hosts() {
+        if h.ns.sysctl(ALL_FORWARDING).map(str::trim) != Some("1") {
+            continue;
+        }
+        let ra: Vec<String> =
+            h.ns.links
+                .iter()
+                .filter(|l| l.kind != LinkKind::Loopback)
+                .filter(|l| {
+                    h.ns.sysctl(&conf6(&l.name, "accept_ra")).map(str::trim) == Some("2")
+                        && h.ns.sysctl(&conf6(&l.name, "disable_ipv6")).map(str::trim) != Some("1")
+                })
+                .map(|l| l.name.clone())
+                .collect();
+        if ra.is_empty() {
+            continue;
+        }
+        let ra_routes: Vec<String> =
+            h.ns.routes
+                .iter()
+                .filter(|r| r.dst.addr().is_ipv6() && r.protocol == "ra")
+                .map(crate::scan::route_text)
+                .collect();
+        let me = &h.node.node.name;
+        let mut evidence = vec![format!("{ALL_FORWARDING} = 1")];
+        evidence.extend(ra.iter().map(|d| format!("{} = 2", conf6(d, "accept_ra"))));
+        evidence.extend(ra_routes.iter().map(|r| format!("route from an RA: {r}")));
+        out.push(
+            h.finding(
+                "ipv6-accept-ra-forwarding",
+                Severity::Warning,
+                evidence,
+                format!(
+                    "{me} forwards IPv6 and accepts router advertisements on {} (accept_ra = 2): \
+                     a default or prefix route learnt from any RA on that link steers the node's \
+                     and its pods' IPv6 traffic{}.",
+                    ra.join(", "),
+                    if ra_routes.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" ({} such route(s) are installed now)", ra_routes.len())
+                    }
+                ),
+                format!(
+                    "on {me}: configure the IPv6 default route statically and set accept_ra to 0 \
+                     on {} (sysctl -w net.ipv6.conf.IFACE.accept_ra=0), unless the RAs come from \
+                     a router you control",
+                    ra.join(", ")
+                ),
+            )
+            .about(ra.iter().map(|d| h.sysctl_obj(&conf6(d, "accept_ra")))),
+        );
+    }
+}

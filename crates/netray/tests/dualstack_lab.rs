@@ -1,0 +1,491 @@
+//! Dual-stack Kubernetes, checked against the kernel (issue 11). A two-node lab
+//! (`netray_lab::dualstack`): pods and Services with IPv4 and IPv6 addresses, kube-proxy's
+//! rules in both families (NAT66 in ip6tables), IPv6 pod networks joined by flannel's IPv6
+//! VXLAN device `flannel-v6.1`. Per case the kernel answers with `nc -4|-6 -z -w 2` and
+//! `ping -6 -c1 -W1` from `client-0` on node0, and where the request was lost from the
+//! forwarding and receive counters of each namespace on the path; netray answers with
+//! `netray trace` over the bundle collected (`netray collect` in every node) right after,
+//! naming flows as a user would: `--to svc/default/web-remote:80 --family 6`,
+//! `--to pod/default/web-1:8080 --family 6`. Verdict, drop node and cause must agree, and the
+//! IPv4 flows of the same dual-stack Services must keep working under every IPv6 fault.
+//!
+//! Cases: healthy; `net.ipv6.conf.all.forwarding=0` on node1; ip6tables FORWARD policy DROP
+//! on node1 (flannel's accept rules gone); node0's route to node1's IPv6 pod CIDR deleted;
+//! node1's `flannel-v6.1` MAC changed with node0 keeping the stale neighbour/FDB entries.
+//!
+//! Lab safety: everything lives in `nrl-`-prefixed namespaces created here and deleted on drop
+//! (also on panic); probes are bounded in time (`timeout 5`, `-w 2`, `-W1`).
+
+use std::collections::BTreeMap;
+use std::net::IpAddr;
+use std::path::Path;
+use std::process::Command;
+use std::time::Instant;
+
+use netray_lab::dualstack::{
+    DS_POD_PORT, DS_SERVICE_PORT, DsFamily, DsFault, DualStackLab, DualStackSpec, V6Overlay,
+};
+use serde_json::Value;
+
+const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
+const CLIENT: &str = "client-0";
+
+/// One flow of the matrix: from `client-0` to a Service or a pod, in one family.
+#[derive(Debug, Clone)]
+struct FlowCase {
+    label: String,
+    family: DsFamily,
+    /// The address the kernel probe targets and its port (`None`: ping).
+    dst: IpAddr,
+    port: Option<u16>,
+    /// The pod that answers.
+    server: String,
+    /// `--to` for netray.
+    to: String,
+}
+
+fn flows(lab: &DualStackLab) -> Vec<FlowCase> {
+    let spec = lab.spec();
+    let mut out = Vec::new();
+    for fam in [DsFamily::V6, DsFamily::V4] {
+        let n = match fam {
+            DsFamily::V4 => 4,
+            DsFamily::V6 => 6,
+        };
+        for svc in ["web-local", "web-remote"] {
+            let s = spec.service(svc).expect("service");
+            out.push(FlowCase {
+                label: format!("svc/{svc} v{n}"),
+                family: fam,
+                dst: s.ip(fam),
+                port: Some(DS_SERVICE_PORT),
+                server: spec.endpoints(s)[0].name.clone(),
+                to: format!("svc/default/{svc}:{DS_SERVICE_PORT}"),
+            });
+        }
+    }
+    let web1 = spec.pod("web-1").expect("web-1");
+    out.push(FlowCase {
+        label: "pod/web-1 tcp v6".into(),
+        family: DsFamily::V6,
+        dst: web1.ip(DsFamily::V6),
+        port: Some(DS_POD_PORT),
+        server: "web-1".into(),
+        to: format!("pod/default/web-1:{DS_POD_PORT}"),
+    });
+    out.push(FlowCase {
+        label: "pod/web-1 ping v6".into(),
+        family: DsFamily::V6,
+        dst: web1.ip(DsFamily::V6),
+        port: None,
+        server: "web-1".into(),
+        to: "pod/default/web-1".into(),
+    });
+    out
+}
+
+/// Namespaces a request crosses, in order: the client, its node, the server's node (when
+/// another), the server.
+fn path(lab: &DualStackLab, f: &FlowCase) -> Vec<String> {
+    let spec = lab.spec();
+    let a = spec.pod(CLIENT).expect("client").node;
+    let b = spec.pod(&f.server).expect("server").node;
+    let mut p = vec![CLIENT.to_string(), DualStackSpec::node_name(a)];
+    if b != a {
+        p.push(DualStackSpec::node_name(b));
+    }
+    p.push(f.server.clone());
+    p
+}
+
+/// What the kernel did.
+#[derive(Debug)]
+struct Kernel {
+    ok: bool,
+    /// Where the request was lost: the first node on the path that did not forward it,
+    /// `reply` when it reached the server, `None` when the probe worked.
+    lost_at: Option<String>,
+}
+
+fn delta(a: &BTreeMap<String, i64>, b: &BTreeMap<String, i64>, k: &str) -> i64 {
+    b.get(k).copied().unwrap_or(0) - a.get(k).copied().unwrap_or(0)
+}
+
+fn kernel(lab: &mut DualStackLab, f: &FlowCase) -> Kernel {
+    let members = path(lab, f);
+    let last = members.len() - 1;
+    let server = lab.spec().pod(&f.server).expect("server").ip(f.family);
+    let nodes = &members[1..last];
+    let sent = |lab: &mut DualStackLab| -> Vec<u64> {
+        nodes
+            .iter()
+            .map(|n| lab.sent_to(n, server).expect("count"))
+            .collect()
+    };
+    let before = sent(lab);
+    let srv0 = lab.counters(&f.server).expect("counters");
+    let probe = |lab: &DualStackLab| match f.port {
+        Some(p) => lab.tcp(CLIENT, f.dst, p),
+        None => lab.ping(CLIENT, f.dst),
+    };
+    // Up to two tries: a fresh neighbour entry can cost the first one its time.
+    let ok = probe(lab) || probe(lab);
+    let after = sent(lab);
+    let srv1 = lab.counters(&f.server).expect("counters");
+    let received = match (f.family, f.port) {
+        (_, Some(_)) => "TcpInSegs",
+        (DsFamily::V6, None) => "Icmp6InEchos",
+        (DsFamily::V4, None) => "IcmpInEchos",
+    };
+    let lost_at = if ok {
+        None
+    } else if delta(&srv0, &srv1, received) > 0 {
+        Some("reply".to_string())
+    } else {
+        // The first node on the path that sent nothing towards the server; past them all,
+        // the server itself.
+        Some(
+            (0..nodes.len())
+                .find(|&i| after[i] == before[i])
+                .map(|i| nodes[i].clone())
+                .unwrap_or_else(|| f.server.clone()),
+        )
+    };
+    Kernel { ok, lost_at }
+}
+
+/// netray's answer for one flow.
+#[derive(Debug)]
+struct Netray {
+    ok: bool,
+    lost_at: Option<String>,
+    disposition: Option<String>,
+    cause: Option<String>,
+}
+
+fn run_netray(args: &[&str]) -> Value {
+    let out = Command::new(NETRAY)
+        .args(args)
+        .output()
+        .expect("run netray");
+    assert!(
+        out.status.code().is_some_and(|c| c <= 1),
+        "netray {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
+        panic!(
+            "netray {}: not JSON ({e}): {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stdout)
+        )
+    })
+}
+
+fn netray(bundle: &Path, f: &FlowCase) -> Netray {
+    let fam = match f.family {
+        DsFamily::V4 => "4",
+        DsFamily::V6 => "6",
+    };
+    let t = run_netray(&[
+        "trace",
+        "--bundle",
+        bundle.to_str().expect("utf-8 path"),
+        "--from",
+        &format!("pod/default/{CLIENT}"),
+        "--to",
+        &f.to,
+        "--family",
+        fam,
+        "-o",
+        "json",
+    ]);
+    // The flow netray walked is of the family asked for, to the address the kernel probed.
+    let dst = t["flow"]["packet"]["dst"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(
+        dst.parse::<IpAddr>().ok(),
+        Some(f.dst),
+        "{}: netray walked {dst}",
+        f.label
+    );
+    let ok = t["reachable"].as_bool().unwrap_or(false);
+    let failing = t["branches"].as_array().into_iter().flatten().find(|b| {
+        !matches!(
+            b["disposition"].as_str(),
+            Some("delivered" | "accepted-by-host")
+        )
+    });
+    let s = |v: &Value| v.as_str().map(str::to_string);
+    let lost_at = failing.and_then(|b| {
+        if b["ended_on"] == "reply" {
+            return Some("reply".to_string());
+        }
+        let h = b["hops"].as_array().and_then(|h| h.last())?;
+        // A pod's namespace is named by its pod, a host namespace by its node.
+        match h["pod"].as_str() {
+            Some(p) => Some(p.rsplit('/').next().unwrap_or(p).to_string()),
+            None => s(&h["node"]),
+        }
+    });
+    Netray {
+        ok,
+        lost_at,
+        disposition: failing.and_then(|b| s(&b["disposition"])),
+        cause: failing.and_then(|b| s(&b["cause"])),
+    }
+}
+
+struct Case {
+    name: &'static str,
+    faults: Vec<DsFault>,
+    /// The scan finding the fault must raise: code, node, and a text its evidence or
+    /// explanation holds.
+    scan: Option<(&'static str, &'static str, &'static str)>,
+    /// Flows (by label prefix) that fail, with the cause netray must name.
+    failing: &'static [(&'static str, &'static str)],
+}
+
+fn check_case(
+    lab: &mut DualStackLab,
+    dir: &Path,
+    c: &Case,
+    table: &mut Vec<String>,
+) -> Vec<String> {
+    for f in &c.faults {
+        lab.apply(f)
+            .unwrap_or_else(|e| panic!("{}: apply {f:?}: {e}", c.name));
+    }
+    let matrix = flows(lab);
+    let kernel: Vec<Kernel> = matrix.iter().map(|f| kernel(lab, f)).collect();
+    lab.clear_counting().expect("remove counting rules");
+    let bundle = dir.join(c.name);
+    lab.collect_bundle(Path::new(NETRAY), &bundle)
+        .unwrap_or_else(|e| panic!("{}: collect: {e}", c.name));
+    for f in &c.faults {
+        if !matches!(f, DsFault::StaleV6Vtep { .. }) {
+            lab.undo(f)
+                .unwrap_or_else(|e| panic!("{}: undo {f:?}: {e}", c.name));
+        }
+    }
+    let mut bad = check_scan(&bundle, c);
+    for (f, k) in matrix.iter().zip(kernel) {
+        let n = netray(&bundle, f);
+        table.push(format!(
+            "{:<22} {:<20} kernel {:<4} lost at {:<9} | netray {:<4} lost at {:<9} {} ({})",
+            c.name,
+            f.label,
+            if k.ok { "ok" } else { "FAIL" },
+            k.lost_at.as_deref().unwrap_or("-"),
+            if n.ok { "ok" } else { "FAIL" },
+            n.lost_at.as_deref().unwrap_or("-"),
+            n.disposition.as_deref().unwrap_or("-"),
+            n.cause.as_deref().unwrap_or("-"),
+        ));
+        let ctx = format!("{} / {}", c.name, f.label);
+        let want_cause = c
+            .failing
+            .iter()
+            .find(|(prefix, _)| f.label.starts_with(prefix))
+            .map(|(_, cause)| *cause);
+        // The lab itself must show the fault (else the case proves nothing).
+        if k.ok == want_cause.is_some() {
+            bad.push(format!(
+                "{ctx}: the kernel says ok={} but the case expects {}",
+                k.ok,
+                if want_cause.is_some() {
+                    "a failure"
+                } else {
+                    "success"
+                }
+            ));
+        }
+        if k.ok != n.ok {
+            bad.push(format!("{ctx}: kernel ok={} netray ok={}", k.ok, n.ok));
+            continue;
+        }
+        if k.ok {
+            continue;
+        }
+        if k.lost_at != n.lost_at {
+            bad.push(format!(
+                "{ctx}: the kernel lost it at {:?}, netray at {:?}",
+                k.lost_at, n.lost_at
+            ));
+        }
+        if let Some(want) = want_cause
+            && n.cause.as_deref() != Some(want)
+        {
+            bad.push(format!("{ctx}: netray's cause {:?}, want {want}", n.cause));
+        }
+    }
+    bad
+}
+
+/// The IPv6 scan codes: none may show up in the healthy lab.
+const V6_CODES: &[&str] = &[
+    "ipv6-forwarding-disabled",
+    "ip6-forward-policy-drop",
+    "ipv6-accept-ra-forwarding",
+    "no-route",
+    "stale-vxlan-neighbor",
+    "stale-vxlan-fdb",
+    "mtu-blackhole",
+];
+
+/// `netray scan` over the case's bundle: the expected finding is there (code, node, text) and
+/// no other IPv6 finding is.
+fn check_scan(bundle: &Path, c: &Case) -> Vec<String> {
+    let scan = run_netray(&[
+        "scan",
+        "--bundle",
+        bundle.to_str().expect("utf-8 path"),
+        "-o",
+        "json",
+    ]);
+    let findings: Vec<&Value> = scan["findings"].as_array().into_iter().flatten().collect();
+    let mut bad = Vec::new();
+    for f in &findings {
+        let code = f["code"].as_str().unwrap_or_default();
+        if !V6_CODES.contains(&code) {
+            continue;
+        }
+        let expected = c
+            .scan
+            .is_some_and(|(want, node, _)| want == code && f["node"] == node);
+        if !expected && !(code == "stale-vxlan-fdb" && c.name == "stale-v6-vtep") {
+            bad.push(format!("{}: unexpected scan finding {f}", c.name));
+        }
+    }
+    if let Some((code, node, text)) = c.scan {
+        let hit = findings
+            .iter()
+            .any(|f| f["code"] == code && f["node"] == node && f.to_string().contains(text));
+        if !hit {
+            bad.push(format!(
+                "{}: scan does not report {code} on {node} mentioning {text}: {}",
+                c.name,
+                findings
+                    .iter()
+                    .map(|f| format!("{}@{}", f["code"], f["node"]))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    bad
+}
+
+#[test]
+fn dual_stack_cluster_matches_the_kernel() {
+    if !netray_lab::lab_tests_can_run("dual_stack_cluster_matches_the_kernel") {
+        return;
+    }
+    let t0 = Instant::now();
+    let mut lab = DualStackLab::up(&DualStackSpec::standard(V6Overlay::Vxlan)).expect("lab up");
+    // Warm up neighbour discovery on every path before measuring.
+    let warm = flows(&lab);
+    for f in &warm {
+        let ok = (0..5).any(|_| match f.port {
+            Some(p) => lab.tcp(CLIENT, f.dst, p),
+            None => lab.ping(CLIENT, f.dst),
+        });
+        assert!(ok, "the healthy dual-stack lab does not pass {}", f.label);
+    }
+    let dir = tempfile::tempdir().expect("tempdir");
+    let v6_remote: &[(&str, &str)] = &[
+        ("svc/web-remote v6", ""),
+        ("pod/web-1 tcp v6", ""),
+        ("pod/web-1 ping v6", ""),
+    ];
+    let with = |cause: &'static str| -> &'static [(&'static str, &'static str)] {
+        let v: Vec<(&'static str, &'static str)> =
+            v6_remote.iter().map(|(l, _)| (*l, cause)).collect();
+        Box::leak(v.into_boxed_slice())
+    };
+    let cases = [
+        Case {
+            name: "healthy",
+            faults: vec![],
+            scan: None,
+            failing: &[],
+        },
+        Case {
+            name: "v6-forwarding-off",
+            faults: vec![DsFault::V6ForwardingOff { node: 1 }],
+            scan: Some((
+                "ipv6-forwarding-disabled",
+                "node1",
+                "net.ipv6.conf.all.forwarding = 0",
+            )),
+            failing: with("ip-forward-disabled"),
+        },
+        Case {
+            name: "ip6tables-forward-drop",
+            faults: vec![DsFault::Ip6ForwardDrop { node: 1 }],
+            scan: Some(("ip6-forward-policy-drop", "node1", ":FORWARD DROP")),
+            failing: with("forward-policy-drop"),
+        },
+        Case {
+            name: "missing-v6-route",
+            faults: vec![DsFault::MissingV6Route { node: 0, peer: 1 }],
+            scan: Some(("no-route", "node0", "fd00:10:244:1::/64")),
+            failing: with("no-route"),
+        },
+        Case {
+            // The IPv6 reply of a Service backend on the client's own bridge skips conntrack:
+            // it reaches the client from the pod's address, not the ClusterIP.
+            name: "bridge-nf-v6-off",
+            faults: vec![DsFault::BridgeNfV6Off { node: 0 }],
+            scan: None,
+            failing: &[("svc/web-local v6", "nat-reply-mismatch")],
+        },
+        Case {
+            name: "stale-v6-vtep",
+            faults: vec![DsFault::StaleV6Vtep {
+                node: 1,
+                stale_on: 0,
+            }],
+            scan: Some(("stale-vxlan-neighbor", "node0", "flannel-v6.1")),
+            failing: with("stale-vxlan-neighbor"),
+        },
+    ];
+    let mut table = Vec::new();
+    let mut bad = Vec::new();
+    for c in &cases {
+        bad.extend(check_case(&mut lab, dir.path(), c, &mut table));
+    }
+    eprintln!("{}", table.join("\n"));
+
+    // A dual-stack Service named without a family: diagnose walks both families and reports
+    // each (the stale VTEP breaks IPv6 only: one of two flows fails).
+    let d = run_netray(&[
+        "diagnose",
+        "--bundle",
+        dir.path().join("stale-v6-vtep").to_str().expect("utf-8"),
+        "--from",
+        &format!("pod/default/{CLIENT}"),
+        "--to",
+        "svc/default/web-remote:80",
+        "-o",
+        "json",
+    ]);
+    let text = d.to_string();
+    for want in ["fd00:96::11", "10.96.0.11", "stale-vxlan-neighbor"] {
+        if !text.contains(want) {
+            bad.push(format!(
+                "diagnose without --family does not mention {want}: {text:.2000}"
+            ));
+        }
+    }
+    eprintln!("dual-stack lab: {:.1} s", t0.elapsed().as_secs_f64());
+    drop(lab);
+    assert!(
+        bad.is_empty(),
+        "netray disagrees with the kernel:\n{}",
+        bad.join("\n")
+    );
+}
