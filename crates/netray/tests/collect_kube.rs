@@ -1483,3 +1483,62 @@ fn parallel_collection_is_faster_than_one_at_a_time() {
         took[0]
     );
 }
+
+/// Progress (done/failed/running, bytes, ETA) is drawn when standard error is a terminal, not
+/// with `--quiet`, and never into a pipe.
+#[test]
+fn progress_is_drawn_on_a_terminal_only() {
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("SKIPPED progress_is_drawn_on_a_terminal_only: no script(1) to give a terminal");
+        return;
+    }
+    let good = |n: &str| NodeBehaviour::exec(Exec::Recorded(recorded(n)));
+    for quiet in [false, true] {
+        let (api, tmp) = small_cluster(
+            &[
+                ("node0", good("node0")),
+                ("node1", good("node1")),
+                ("node2", good("node2")),
+            ],
+            Faults::default(),
+        );
+        let kc = api.kubeconfig(tmp.path());
+        let out = tmp.path().join("b");
+        let line = format!(
+            "{NETRAY} collect --kube --kubeconfig {} --all --parallel 1 -o {}{}",
+            kc.display(),
+            out.display(),
+            if quiet { " --quiet" } else { "" }
+        );
+        // script(1) runs the command on a pseudo-terminal and copies what it shows.
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &line, "/dev/null"])
+            .env("NETRAY_KUBE_BACKOFF_MS", "50");
+        let o = common::run_bounded(cmd, "script netray collect --kube", HANG_GUARD);
+        let shown = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{shown}");
+        assert!(shown.contains("collected 3 of 3 nodes"), "{shown}");
+        let progress = shown.contains("running,") && shown.contains("received");
+        assert_eq!(progress, !quiet, "quiet={quiet}: {shown}");
+        if !quiet {
+            assert!(
+                shown.contains("3/3 done") || shown.contains("/3 done"),
+                "{shown}"
+            );
+        }
+    }
+    // Into a pipe: none.
+    let (api, tmp) = small_cluster(&[("node0", good("node0"))], Faults::default());
+    let kc = api.kubeconfig(tmp.path());
+    let r = collect(
+        &kc,
+        &[
+            "--nodes",
+            "node0",
+            "-o",
+            tmp.path().join("b").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert!(!r.stderr.contains("running,"), "{}", r.stderr);
+}
