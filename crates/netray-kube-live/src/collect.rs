@@ -244,6 +244,9 @@ struct Ctx {
     nodes_dir: PathBuf,
     /// Pods created or possibly created → deleted yet.
     created: Mutex<BTreeMap<String, bool>>,
+    /// A pod create refused in a way that holds for every node (401, 403, 404): the nodes not
+    /// tried yet fail with it instead of asking again.
+    refused: Mutex<Option<String>>,
     stats: Stats,
 }
 
@@ -318,6 +321,8 @@ fn safe_node_name(name: &str) -> bool {
 
 async fn run(opts: &Options) -> Result<Report, LiveError> {
     let start = Instant::now();
+    // From here on SIGINT/SIGTERM are ours: no pod can be created before they are caught.
+    let mut signals = Signals::new();
     let (mut cfg, target, secrets): (Config, String, Secrets) = config(&opts.source).await?;
     // Our own retries (bounded, with 500 and resets) instead of kube's 15 silent ones; exec
     // streams may be quiet while the collector works, so no read timeout on them (the
@@ -340,14 +345,35 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
         doing: "listing".into(),
     };
     let deadline = session.limits.deadline;
-    let live = tokio::time::timeout(deadline, session.fetch_with(client.clone()))
-        .await
-        .map_err(|_| LiveError::Api {
-            target: target.clone(),
-            what: session.doing.clone(),
-            reason: format!("no complete answer within {} s", deadline.as_secs()),
-        })??;
-    let nodes = select_nodes(opts, &live.list, &mut session, &target).await?;
+    let listed = tokio::select! {
+        r = tokio::time::timeout(deadline, async {
+            let live = session.fetch_with(client.clone()).await?;
+            let nodes = select_nodes(opts, &live.list, &mut session, &target).await?;
+            Ok::<_, LiveError>((live, nodes))
+        }) => Some(r),
+        _ = signals.recv() => None,
+    };
+    let Some(listed) = listed else {
+        // Interrupted while listing: nothing was created.
+        return Ok(Report {
+            target,
+            run_id: String::new(),
+            done: Vec::new(),
+            failed: Vec::new(),
+            not_started: Vec::new(),
+            warnings: Vec::new(),
+            interrupted: true,
+            pods_created: 0,
+            pods_deleted: 0,
+            pods_left: Vec::new(),
+            elapsed: start.elapsed(),
+        });
+    };
+    let (live, nodes) = listed.map_err(|_| LiveError::Api {
+        target: target.clone(),
+        what: session.doing.clone(),
+        reason: format!("no complete answer within {} s", deadline.as_secs()),
+    })??;
     check_out_dir(&opts.out_dir)?;
     std::fs::create_dir_all(&opts.out_dir).map_err(|e| {
         LiveError::Config(format!("{}: cannot create it: {e}", opts.out_dir.display()))
@@ -365,6 +391,7 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
         run_id: run_id.clone(),
         nodes_dir,
         created: Mutex::new(BTreeMap::new()),
+        refused: Mutex::new(None),
         stats: Stats::default(),
     });
     let total = nodes.len();
@@ -399,7 +426,7 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
                 }
             }
         } => false,
-        _ = interrupt() => true,
+        _ = signals.recv() => true,
     };
     if interrupted {
         set.abort_all();
@@ -448,20 +475,31 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
     })
 }
 
-/// SIGINT or SIGTERM.
-async fn interrupt() {
-    use tokio::signal::unix::{SignalKind, signal};
-    let (Ok(mut int), Ok(mut term)) = (
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::terminate()),
-    ) else {
-        // Without signal handling the default disposition applies; never resolve.
-        std::future::pending::<()>().await;
-        return;
-    };
-    tokio::select! {
-        _ = int.recv() => {}
-        _ = term.recv() => {}
+/// SIGINT and SIGTERM, caught from [`Signals::new`] on.
+struct Signals(Option<(tokio::signal::unix::Signal, tokio::signal::unix::Signal)>);
+
+impl Signals {
+    fn new() -> Signals {
+        use tokio::signal::unix::{SignalKind, signal};
+        // Without handlers (cannot happen on Linux) the default disposition stays.
+        Signals(
+            signal(SignalKind::interrupt())
+                .ok()
+                .zip(signal(SignalKind::terminate()).ok()),
+        )
+    }
+
+    /// The next SIGINT or SIGTERM.
+    async fn recv(&mut self) {
+        match &mut self.0 {
+            Some((int, term)) => {
+                tokio::select! {
+                    _ = int.recv() => {}
+                    _ = term.recv() => {}
+                }
+            }
+            None => std::future::pending::<()>().await,
+        }
     }
 }
 
@@ -701,6 +739,11 @@ async fn node_steps(
     stage: &Mutex<String>,
 ) -> Result<NodeDone, String> {
     let set_stage = |s: String| *stage.lock().expect("lock") = s;
+    if let Some(r) = ctx.refused.lock().expect("lock").clone() {
+        return Err(format!(
+            "not tried: another node's pod create was refused: {r}"
+        ));
+    }
     let pod = pod_manifest(name, node, &ctx.run_id, &ctx.opts)
         .map_err(|e| format!("building the pod: {e}"))?;
     ctx.created.lock().expect("lock").insert(name.into(), false);
@@ -716,13 +759,23 @@ async fn node_steps(
         // An earlier attempt got through but its answer was lost: the pod is ours (the name
         // holds the run id).
         Err(e) if e.code == Some(409) => {}
-        Err(e) if e.code == Some(404) => {
-            return Err(format!(
-                "{}; does namespace {ns} exist? (kubectl apply -f deploy/)",
+        Err(e) => {
+            let msg = if e.code == Some(404) {
+                format!(
+                    "{}; does namespace {ns} exist? (kubectl apply -f deploy/)",
+                    e.msg
+                )
+            } else {
                 e.msg
-            ));
+            };
+            if matches!(e.code, Some(401 | 403 | 404)) {
+                ctx.refused
+                    .lock()
+                    .expect("lock")
+                    .get_or_insert_with(|| msg.clone());
+            }
+            return Err(msg);
         }
-        Err(e) => return Err(e.msg),
     }
     // Wait for Running.
     set_stage("waiting for the collector pod to start".into());

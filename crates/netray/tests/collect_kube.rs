@@ -1542,3 +1542,41 @@ fn progress_is_drawn_on_a_terminal_only() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(!r.stderr.contains("running,"), "{}", r.stderr);
 }
+
+/// A pod create refused for a reason that holds for every node (403 here) is not asked again
+/// for each of the remaining nodes: with `--parallel 1`, one POST for three nodes.
+#[test]
+fn a_refused_create_is_not_repeated_for_every_node() {
+    let good = |n: &str| NodeBehaviour::exec(Exec::Recorded(recorded(n)));
+    let (api, tmp) = small_cluster(
+        &[
+            ("node0", good("node0")),
+            ("node1", good("node1")),
+            ("node2", good("node2")),
+        ],
+        Faults {
+            create_forbidden: true,
+            ..Faults::default()
+        },
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let r = collect(
+        &kc,
+        &[
+            "--all",
+            "--parallel",
+            "1",
+            "-o",
+            tmp.path().join("b").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(2), "{}", r.stderr);
+    let posts = api.log().iter().filter(|l| l.starts_with("POST")).count();
+    assert_eq!(posts, 1, "{:?}", api.log());
+    assert!(
+        r.stderr
+            .contains("not tried: another node's pod create was refused"),
+        "{}",
+        r.stderr
+    );
+}
