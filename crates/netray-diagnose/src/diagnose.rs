@@ -202,6 +202,24 @@ pub fn findings_for(
     crate::scan::scan_scoped(world, engine, cluster, &visited_namespaces(world, flows))
 }
 
+/// The cause of every failing branch of `flow`, with the branch's endpoint (see
+/// [`EndpointOutcome::endpoint`]) and probability: what [`diagnose`] tallies, one entry per
+/// branch, for callers that group failures over many flows (`netray audit`). No fix is proven.
+pub fn branch_causes(flow: &TracedFlow, ctx: &Context) -> Vec<(String, f64, Finding)> {
+    flow.trace
+        .branches
+        .iter()
+        .filter(|b| !b.disposition.is_success())
+        .map(|b| (endpoint_of(b, &flow.trace), b.probability, cause_of(b, ctx)))
+        .collect()
+}
+
+/// The identity [`diagnose`] merges causes by: code, node, namespace and the keys of the
+/// deciding objects (sorted).
+pub fn cause_identity(f: &Finding) -> (&'static str, String, String, Vec<String>) {
+    cause_key(f)
+}
+
 /// Build the diagnosis of `flows`.
 pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Diagnosis {
     let mut branches = Vec::new();

@@ -56,6 +56,12 @@ enum Command {
         after_help = "Examples:\n  netray scan --bundle examples/001-checklist\n  netray scan --bundle b.tar.gz -o json\n  netray scan --bundle examples/healthy --fail-on critical\n  netray scan --list-checks\n\nExit codes: 0 clean (nothing at or above --fail-on, default warning), 1 findings, 2 usage or input error."
     )]
     Scan(cmd::scan::Args),
+    /// Walk every source class (each node, its pods, an outside client) to every Service,
+    /// node and NodePort, and group the failures by root cause.
+    #[command(
+        after_help = "Examples:\n  netray audit --bundle examples/002-stale-vtep\n  netray audit --bundle b.tar.gz -o json --fail-on critical\n  netray audit --bundle b --proto udp --size 1400\n\nExit codes: 0 no failure at or above --fail-on (default warning), 1 failures, 2 usage or input error."
+    )]
+    Audit(cmd::audit::Args),
     /// Assemble a bundle from snapshots collected by hand: `netray bundle add DIR NODE.json…`.
     #[command(subcommand)]
     Bundle(cmd::bundle::BundleCommand),
@@ -96,6 +102,7 @@ impl Command {
             Command::Diagnose(a) => a.output,
             Command::Diff(a) => a.output,
             Command::Scan(a) => a.output,
+            Command::Audit(a) => a.output,
             Command::Rules(cmd::rules::RulesCommand::Trace(a)) => a.output,
             Command::Collect(_) | Command::Cluster(_) | Command::Completions { .. } => {
                 cmd::Format::Json
@@ -213,6 +220,7 @@ fn main() -> ExitCode {
         Command::Diagnose(a) => cmd::diagnose::run(a),
         Command::Diff(a) => cmd::diff::run(a),
         Command::Scan(a) => cmd::scan::run(a),
+        Command::Audit(a) => cmd::audit::run(a),
         Command::Cluster(a) => cmd::cluster::run(a),
         Command::Bundle(c) => cmd::bundle::run(c),
         Command::Rules(c) => cmd::rules::run(c),

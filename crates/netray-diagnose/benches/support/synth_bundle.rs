@@ -2,7 +2,9 @@
 //! nodes (each the healthy example's node0, readdressed) with `pods_per_node` pods, `services`
 //! ClusterIP Services of `endpoints` ready endpoints each (pods, round robin), the same
 //! kube-proxy iptables rules on every node, and every node's routes, neighbours and FDB
-//! entries for every other node's VTEP. Pod CIDRs are 10.244.K.0/24, so at most 240 nodes.
+//! entries for every other node's VTEP; nodes' eth0 are physical NICs on one underlay. Pod CIDRs are 10.244.K.0/24 and nodes 192.168.50.N/24
+//! up to 240 nodes; above that, pod CIDRs are the largest blocks that fit every node into
+//! 10.244.0.0/16 (/26 up to 1,024 nodes, /28 up to 4,096) and the underlay is 192.168.0.0/16.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -28,8 +30,73 @@ fn template() -> (Value, Value) {
     (read("nodes/node0.json"), read("cluster.json"))
 }
 
-fn node_ip(k: usize) -> String {
-    format!("192.168.50.{}", 10 + k)
+/// Pod CIDRs of /24 and an underlay /24 up to this many nodes (as the first version did).
+const SMALL: usize = 240;
+
+/// Prefix length of each node's pod CIDR.
+fn cidr_len(spec: &Spec) -> u8 {
+    let mut len = 24u8;
+    while spec.nodes > SMALL && (spec.nodes << (32 - len)) > 65536 {
+        len += 1;
+    }
+    len
+}
+
+/// Address `x` of node `k`'s pod CIDR (`x` = 255: its broadcast address, as in the template).
+fn net_addr(spec: &Spec, k: usize, x: u32) -> std::net::Ipv4Addr {
+    let size = 1u32 << (32 - cidr_len(spec));
+    let x = if x == 255 { size - 1 } else { x };
+    std::net::Ipv4Addr::from(
+        u32::from(std::net::Ipv4Addr::new(10, 244, 0, 0)) + k as u32 * size + x,
+    )
+}
+
+/// Node `k`'s pod CIDR.
+fn pod_cidr(spec: &Spec, k: usize) -> String {
+    format!("{}/{}", net_addr(spec, k, 0), cidr_len(spec))
+}
+
+/// Rewrite the template's pod-network addresses `10.244.0.X` (and their `/24`) into node
+/// `k`'s pod CIDR, host number `X` mapped by `host`; the cluster network `10.244.0.0/16` stays.
+fn readdress(text: &str, spec: &Spec, k: usize, host: impl Fn(u32) -> u32) -> String {
+    const P: &str = "10.244.0.";
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(P) {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + P.len()..];
+        let digits = after.bytes().take_while(u8::is_ascii_digit).count();
+        let x: Option<u32> = after[..digits].parse().ok();
+        let tail = &after[digits..];
+        match x {
+            Some(x)
+                if !(tail.starts_with("/16")
+                    || i > 0 && rest.as_bytes()[i - 1].is_ascii_digit()) =>
+            {
+                out.push_str(&net_addr(spec, k, host(x)).to_string());
+                if let Some(t) = tail.strip_prefix("/24") {
+                    out.push_str(&format!("/{}", cidr_len(spec)));
+                    rest = t;
+                } else {
+                    rest = tail;
+                }
+            }
+            _ => {
+                out.push_str(&rest[i..i + P.len()]);
+                rest = after;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
+}
+
+fn node_ip(spec: &Spec, k: usize) -> String {
+    if spec.nodes <= SMALL {
+        format!("192.168.50.{}", 10 + k)
+    } else {
+        format!("192.168.{}.{}", 50 + k / 200, 10 + k % 200)
+    }
 }
 fn vtep_mac(k: usize) -> String {
     format!("0e:6e:72:00:{:02x}:{:02x}", k >> 8, k & 255)
@@ -38,11 +105,12 @@ fn eth0_mac(k: usize) -> String {
     format!("0e:6e:72:50:{:02x}:{:02x}", 1 + (k >> 8), k & 255)
 }
 fn pod_ip(spec: &Spec, q: usize) -> String {
-    format!(
-        "10.244.{}.{}",
+    net_addr(
+        spec,
         q / spec.pods_per_node,
-        2 + q % spec.pods_per_node
+        2 + (q % spec.pods_per_node) as u32,
     )
+    .to_string()
 }
 fn host_inode(k: usize) -> u64 {
     4_000_000_000 + 1000 * k as u64
@@ -71,7 +139,7 @@ COMMIT\n*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0
             let _ = writeln!(s, ":KUBE-SEP-S{i:011}E{e:03} - [0:0]");
         }
     }
-    let c = format!("10.244.{k}.0/24");
+    let c = pod_cidr(spec, k);
     let _ = write!(
         s,
         "-A PREROUTING -m comment --comment \"kubernetes service portals\" -j KUBE-SERVICES\n\
@@ -162,20 +230,26 @@ fn node(spec: &Spec, k: usize, tpl: &Value, kube_nat: &str) -> Value {
             .expect("template namespace")
     };
     let (host_t, pod_t) = (find("-node0"), find("-web-0"));
-    let ip = node_ip(k);
-    let net = format!("10.244.{k}.");
+    let ip = node_ip(spec, k);
     let mut host = host_t.clone();
     host["firewall"]["iptables"] = json!([]);
-    let mut host = retext(
-        &host,
-        &[
-            ("192.168.50.10\"", &format!("{ip}\"")),
-            ("192.168.50.10/", &format!("{ip}/")),
-            ("10.244.0.", &net),
-            ("0e:6e:72:00:00:00", &vtep_mac(k)),
-            ("0e:6e:72:50:01:00", &eth0_mac(k)),
-        ],
-    );
+    let underlay = if spec.nodes <= SMALL {
+        vec![("192.168.50.10/", format!("{ip}/"))]
+    } else {
+        vec![
+            ("192.168.50.10/24", format!("{ip}/16")),
+            ("192.168.50.0/24", "192.168.0.0/16".to_string()),
+            ("192.168.50.255/", "192.168.255.255/".to_string()),
+        ]
+    };
+    let mut pairs: Vec<(&str, String)> = vec![("192.168.50.10\"", format!("{ip}\""))];
+    pairs.extend(underlay);
+    pairs.push(("0e:6e:72:00:00:00", vtep_mac(k)));
+    pairs.push(("0e:6e:72:50:01:00", eth0_mac(k)));
+    let pairs: Vec<(&str, &str)> = pairs.iter().map(|(a, b)| (*a, b.as_str())).collect();
+    let host = retext(&host, &pairs);
+    let mut host: Value =
+        serde_json::from_str(&readdress(&host.to_string(), spec, k, |x| x)).expect("JSON");
     host["id"] = json!({"inode": host_inode(k), "name": format!("node{k}"), "pids": [1]});
     host["firewall"]["iptables"] =
         json!([{"backend": "nft", "family": "ipv4", "text": dump(spec, k, kube_nat)}]);
@@ -203,6 +277,10 @@ fn node(spec: &Spec, k: usize, tpl: &Value, kube_nat: &str) -> Value {
         .clone();
     let links = host["links"].as_array_mut().unwrap();
     links.retain(|l| !l["name"].as_str().unwrap_or("").starts_with("veth"));
+    // eth0 is a physical NIC on one underlay: the node owning a frame's MAC receives it.
+    for l in links.iter_mut().filter(|l| l["name"] == "eth0") {
+        l["kind"] = json!({"type": "device"});
+    }
     for p in 0..spec.pods_per_node {
         let mut l = port_t.clone();
         l["name"] = format!("veth{k:04x}{p:04x}").into();
@@ -218,8 +296,8 @@ fn node(spec: &Spec, k: usize, tpl: &Value, kube_nat: &str) -> Value {
     });
     for j in (0..spec.nodes).filter(|j| *j != k) {
         let mut r = route_t.clone();
-        r["dst"] = format!("10.244.{j}.0/24").into();
-        r["gateway"] = format!("10.244.{j}.0").into();
+        r["dst"] = pod_cidr(spec, j).into();
+        r["gateway"] = net_addr(spec, j, 0).to_string().into();
         routes.push(r);
     }
     host["addresses"]
@@ -229,26 +307,25 @@ fn node(spec: &Spec, k: usize, tpl: &Value, kube_nat: &str) -> Value {
     let neigh = host["neighbours"].as_array_mut().unwrap();
     neigh.retain(|n| !veth(n) && !other_vtep(n) && n["dev"] != "cni0");
     for j in (0..spec.nodes).filter(|j| *j != k) {
-        neigh.push(json!({"dev": "eth0", "dst": node_ip(j), "lladdr": eth0_mac(j), "state": ["REACHABLE"], "flags": []}));
-        neigh.push(json!({"dev": "flannel.1", "dst": format!("10.244.{j}.0"), "lladdr": vtep_mac(j), "state": ["PERMANENT"], "flags": []}));
+        neigh.push(json!({"dev": "eth0", "dst": node_ip(spec, j), "lladdr": eth0_mac(j), "state": ["REACHABLE"], "flags": []}));
+        neigh.push(json!({"dev": "flannel.1", "dst": net_addr(spec, j, 0).to_string(), "lladdr": vtep_mac(j), "state": ["PERMANENT"], "flags": []}));
     }
     let fdb = host["fdb"].as_array_mut().unwrap();
     fdb.retain(|f| !veth(f) && f["dev"] != "flannel.1");
     for j in (0..spec.nodes).filter(|j| *j != k) {
-        fdb.push(json!({"dev": "flannel.1", "mac": vtep_mac(j), "master": null, "vlan": null, "dst": node_ip(j), "vni": null, "port": null, "state": ["permanent"], "flags": ["self"]}));
+        fdb.push(json!({"dev": "flannel.1", "mac": vtep_mac(j), "master": null, "vlan": null, "dst": node_ip(spec, j), "vni": null, "port": null, "state": ["permanent"], "flags": ["self"]}));
     }
     let mut namespaces = vec![host];
     for p in 0..spec.pods_per_node {
-        let me = pod_ip(spec, k * spec.pods_per_node + p);
-        let mut pod = retext(
+        let pod = retext(
             pod_t,
-            &[
-                ("10.244.0.2\"", &format!("{me}\"")),
-                ("10.244.0.2/", &format!("{me}/")),
-                ("10.244.0.", &net),
-                ("0e:6e:72:a0:00:00", &format!("0e:6e:72:a0:{k:02x}:{p:02x}")),
-            ],
+            &[("0e:6e:72:a0:00:00", &format!("0e:6e:72:a0:{k:02x}:{p:02x}"))],
         );
+        let own = 2 + p as u32;
+        let mut pod: Value = serde_json::from_str(&readdress(&pod.to_string(), spec, k, |x| {
+            if x == 2 { own } else { x }
+        }))
+        .expect("JSON");
         pod["id"] = json!({"inode": host_inode(k) + 1 + p as u64, "name": format!("pod-{k}-{p}"), "pids": []});
         for l in pod["links"].as_array_mut().unwrap() {
             if l["kind"]["type"] == "veth" {
@@ -266,15 +343,7 @@ fn node(spec: &Spec, k: usize, tpl: &Value, kube_nat: &str) -> Value {
     n["node"]["hostname"] = format!("node{k}").into();
     n["node"]["boot_id"] = format!("00000000-0000-4000-8000-{k:012}").into();
     n["namespaces"] = namespaces.into();
-    // eth0's peer: the underlay, not collected.
-    let underlay = host_t["links"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["name"] == "eth0")
-        .map(|l| l["kind"]["peer_netns"].clone())
-        .unwrap();
-    n["referenced_netns"] = json!([{"inode": underlay, "name": "underlay", "pids": []}]);
+    n["referenced_netns"] = json!([]);
     n
 }
 
@@ -292,12 +361,13 @@ fn cluster(spec: &Spec, tpl: &Value) -> Value {
         let n = retext(
             &item("Node", "node0"),
             &[
-                ("192.168.50.10\"", &format!("{}\"", node_ip(k))),
-                ("10.244.0.", &format!("10.244.{k}.")),
+                ("192.168.50.10\"", &format!("{}\"", node_ip(spec, k))),
                 ("0e:6e:72:00:00:00", &vtep_mac(k)),
                 ("\"node0\"", &format!("\"node{k}\"")),
             ],
         );
+        let n: Value =
+            serde_json::from_str(&readdress(&n.to_string(), spec, k, |x| x)).expect("JSON");
         out.push(n);
     }
     let pod_t = item("Pod", "web-0");
@@ -307,7 +377,7 @@ fn cluster(spec: &Spec, tpl: &Value) -> Value {
             &pod_t,
             &[
                 ("10.244.0.2\"", &format!("{}\"", pod_ip(spec, q))),
-                ("192.168.50.10\"", &format!("{}\"", node_ip(k))),
+                ("192.168.50.10\"", &format!("{}\"", node_ip(spec, k))),
                 ("\"node0\"", &format!("\"node{k}\"")),
             ],
         );
@@ -353,8 +423,11 @@ fn cluster(spec: &Spec, tpl: &Value) -> Value {
 /// Write the bundle (`cluster.json`, `nodes/nodeK.json`) into `dir`.
 pub fn write_bundle(dir: &Path, spec: &Spec) -> std::io::Result<()> {
     assert!(
-        spec.nodes <= 240 && spec.pods_per_node <= 200,
-        "pod CIDRs are 10.244.K.0/24"
+        spec.nodes <= 4096 && spec.pods_per_node + 3 <= 1 << (32 - cidr_len(spec)),
+        "{} nodes × {} pods do not fit 10.244.0.0/16 in /{} pod CIDRs",
+        spec.nodes,
+        spec.pods_per_node,
+        cidr_len(spec)
     );
     let (node_t, cluster_t) = template();
     std::fs::create_dir_all(dir.join("nodes"))?;

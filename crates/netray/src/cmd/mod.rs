@@ -1,5 +1,6 @@
 //! One module per subcommand; each exposes `Args`/`*Command` (clap) and `run`.
 
+pub mod audit;
 pub mod bundle;
 pub mod cluster;
 pub mod collect;
