@@ -141,19 +141,21 @@ pub fn trace(
     let is_icmp = proto == 1 || proto == 58;
     let (pos, client_ns, label) = resolve_start(world, flow)?;
     // A host socket without a bound source: the address the kernel selects for `dst`.
-    let src = match (&flow.start, &pos) {
-        (Start::Host(n), Pos::Out { ns, .. }) => {
-            route::kernel_source(&world.ns[*ns], flow.dst, proto).ok_or_else(|| {
-                TraceError::Start(format!(
-                    "node {n} has no route to {} to pick a source address from",
-                    flow.dst
-                ))
-            })?
+    // Without a usable route (none, blackhole, unreachable, prohibit) the kernel picks no
+    // source: connect() fails at that lookup, which the walk reaches with the given source.
+    let chosen = match (&flow.start, &pos) {
+        (Start::Host(_), Pos::Out { ns, .. }) => {
+            Some(route::kernel_source(&world.ns[*ns], flow.dst, proto))
         }
-        _ => flow.src,
+        _ => None,
     };
-    let label = match &flow.start {
-        Start::Host(_) => format!("{label} (source {src}, chosen by the kernel)"),
+    let src = chosen.flatten().unwrap_or(flow.src);
+    let label = match (&flow.start, chosen) {
+        (Start::Host(_), Some(Some(_))) => format!("{label} (source {src}, chosen by the kernel)"),
+        (Start::Host(n), _) => format!(
+            "{label} (node {n} has no usable route to {} to choose a source from; walked with {src})",
+            flow.dst
+        ),
         _ => label,
     };
     let pkt = Pkt {
