@@ -1726,3 +1726,45 @@ fn a_fifty_node_cluster_of_lab_and_recorded_nodes_diagnoses_like_one_collected_b
         t0.elapsed()
     );
 }
+
+/// Options that only mean something for one mode are refused in the other, naming them.
+#[test]
+fn options_of_the_other_mode_are_refused() {
+    for (args, needle) in [
+        (
+            vec!["collect", "--parallel", "3", "-o", "/dev/null"],
+            "--parallel is an option of collect --kube",
+        ),
+        (
+            vec!["collect", "-n", "x", "-o", "/dev/null"],
+            "--namespace is an option of collect --kube",
+        ),
+        (vec!["collect", "--all"], "add --kube"),
+        (
+            vec!["collect", "--gzip", "-o", "/nonexistent/x.json"],
+            "--gzip writes to standard output",
+        ),
+        (vec!["collect", "--kube", "-o", "b"], "choose the nodes"),
+        (
+            vec!["collect", "--kube", "--all"],
+            "-o DIR or -o FILE.tar.gz",
+        ),
+        (
+            vec!["collect", "--kube", "--all", "-o", "-"],
+            "--kube writes a bundle",
+        ),
+        (
+            vec!["collect", "--kube", "--all", "--node", "a", "-o", "b"],
+            "with --kube choose nodes",
+        ),
+        (
+            vec!["collect", "--kube", "--all", "--timeout", "0s", "-o", "b"],
+            "more than 0",
+        ),
+    ] {
+        let o = common::netray_bounded(&args, HANG_GUARD);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(err.contains(needle), "{args:?}: {err}");
+    }
+}

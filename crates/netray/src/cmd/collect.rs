@@ -53,23 +53,24 @@ pub struct Args {
     /// --kube: collect every node.
     #[arg(long)]
     pub all: bool,
-    /// --kube: nodes collected at once.
-    #[arg(long, value_name = "N", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=1024))]
-    pub parallel: u16,
-    /// --kube: namespace of the collector pods (deploy/namespace.yaml).
-    #[arg(long, short = 'n', value_name = "NS", default_value = "netray")]
-    pub namespace: String,
+    /// --kube: nodes collected at once [default: 32].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub parallel: Option<u16>,
+    /// --kube: namespace of the collector pods (deploy/namespace.yaml) [default: netray].
+    #[arg(long, short = 'n', value_name = "NS")]
+    pub namespace: Option<String>,
     /// --kube: collector image, built from deploy/Containerfile [default:
     /// localhost/netray:VERSION].
     #[arg(long, value_name = "IMAGE")]
     pub image: Option<String>,
-    /// --kube: per-node timeout (pod start, collection, transfer): `90`, `90s`, `3m`.
-    #[arg(long, value_name = "DURATION", default_value = "3m", value_parser = parse_duration)]
-    pub timeout: Duration,
+    /// --kube: per-node timeout (pod start, collection, transfer): `90`, `90s`, `3m`
+    /// [default: 3m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub timeout: Option<Duration>,
     /// --kube: retries of an API request after a transient error (429, 500, 502-504, a reset
-    /// connection, a dropped exec stream).
-    #[arg(long, value_name = "N", default_value_t = 4)]
-    pub retries: u32,
+    /// connection, a dropped exec stream) [default: 4].
+    #[arg(long, value_name = "N")]
+    pub retries: Option<u32>,
     /// --kube: run the collector container privileged (for SELinux or other policies that
     /// refuse the listed capabilities; see deploy/README.md).
     #[arg(long)]
@@ -116,6 +117,18 @@ pub fn run(args: Args) -> CmdResult {
     }
     if !args.nodes.is_empty() || args.selector.is_some() || args.all {
         return Err("--nodes, --selector and --all choose nodes of a cluster: add --kube".into());
+    }
+    let kube_only = [
+        ("--parallel", args.parallel.is_some()),
+        ("--namespace", args.namespace.is_some()),
+        ("--image", args.image.is_some()),
+        ("--timeout", args.timeout.is_some()),
+        ("--retries", args.retries.is_some()),
+        ("--privileged", args.privileged),
+        ("--quiet", args.quiet),
+    ];
+    if let Some((flag, _)) = kube_only.iter().find(|(_, given)| *given) {
+        return Err(format!("{flag} is an option of collect --kube (collecting a cluster)").into());
     }
     let to_stdout = args.output.as_deref().is_none_or(|p| p == Path::new("-"));
     if args.gzip && !to_stdout {
@@ -212,13 +225,23 @@ mod kube {
             selection,
             dir.clone(),
         );
-        opts.namespace = args.namespace.clone();
+        let namespace = args
+            .namespace
+            .clone()
+            .unwrap_or_else(|| kc::DEFAULT_NAMESPACE.to_string());
+        opts.namespace = namespace.clone();
         if let Some(i) = &args.image {
             opts.image = i.clone();
         }
-        opts.parallel = usize::from(args.parallel);
-        opts.timeout = args.timeout;
-        opts.retries = args.retries;
+        if let Some(p) = args.parallel {
+            opts.parallel = usize::from(p);
+        }
+        if let Some(t) = args.timeout {
+            opts.timeout = t;
+        }
+        if let Some(r) = args.retries {
+            opts.retries = r;
+        }
         opts.privileged = args.privileged;
         opts.progress = !args.quiet && STDERR_IS_TTY.load(Ordering::Relaxed);
         if args.conntrack_limit != 65536 {
@@ -255,7 +278,7 @@ mod kube {
             eprintln!(
                 "netray: warning: pod {}/{pod} may be left behind ({why}); delete leftovers with \
                  kubectl delete pods -n {} -l netray.io/run={}",
-                args.namespace, args.namespace, report.run_id
+                namespace, namespace, report.run_id
             );
         }
         if report.interrupted && report.done.is_empty() {
