@@ -1616,9 +1616,9 @@ fn rpfilter_match(
     {
         return Tri::from(!invert);
     }
-    let route = if validmark && r.mark_sensitive {
-        match r.marked.iter().find(|(m, _)| *m == v.mark) {
-            Some((_, route)) => route,
+    let route = if validmark {
+        match r.for_mark(v.mark) {
+            Some(route) => route,
             None => {
                 return unknown(&format!(
                     "-m rpfilter --validmark with mark {:#x} (policy rules select on fwmark; that lookup was not computed)",

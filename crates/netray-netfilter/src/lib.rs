@@ -384,6 +384,32 @@ pub struct Rpf {
     /// Policy rules select on fwmark: the mark can change the lookup. When false every mark
     /// gives [`Rpf::unmarked`].
     pub mark_sensitive: bool,
+    /// The `fwmark VALUE/MASK` selectors of the policy rules: two marks that match the same
+    /// selectors get the same lookup, so a mark not in [`Rpf::marked`] takes the result of one
+    /// that is equivalent.
+    pub selectors: Vec<(u32, u32)>,
+}
+
+impl Rpf {
+    /// The lookup for `mark`: computed for it, or for an equivalent mark (same selectors
+    /// match), or `None`.
+    pub fn for_mark(&self, mark: u32) -> Option<&RpfRoute> {
+        if !self.mark_sensitive {
+            return Some(&self.unmarked);
+        }
+        let sig = |m: u32| -> Vec<bool> {
+            self.selectors
+                .iter()
+                .map(|&(v, k)| (m ^ v) & k == 0)
+                .collect()
+        };
+        let want = sig(mark);
+        self.marked
+            .iter()
+            .find(|(m, _)| *m == mark)
+            .or_else(|| self.marked.iter().find(|(m, _)| sig(*m) == want))
+            .map(|(_, r)| r)
+    }
 }
 
 /// The bounds that keep one evaluation finite on hostile or looping rulesets. Reaching one ends

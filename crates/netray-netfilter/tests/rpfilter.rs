@@ -64,6 +64,7 @@ fn rpf(unmarked: RpfRoute) -> Option<Rpf> {
         unmarked,
         marked: Vec::new(),
         mark_sensitive: false,
+        selectors: Vec::new(),
     })
 }
 
@@ -109,18 +110,36 @@ fn validmark_uses_the_mark_at_the_rule_and_unknown_names_the_rule() {
     // Marks do not matter (no fwmark rules): the unmarked lookup decides.
     assert_eq!(verdict(&rs, &pkt(rpf(uni(true)), 0)), [Verdict::Accept]);
     // Marks matter, and the lookup for the mark at the rule (0x40000) was computed.
-    let sensitive = |marked: Vec<(u32, RpfRoute)>| {
+    let sensitive = |marked: Vec<(u32, RpfRoute)>, selectors: Vec<(u32, u32)>| {
         Some(Rpf {
             loopback: false,
             unmarked: uni(true),
             marked,
             mark_sensitive: true,
+            selectors,
         })
     };
-    let p = pkt(sensitive(vec![(0x40000, uni(false))]), 0);
+    let p = pkt(
+        sensitive(vec![(0x40000, uni(false))], vec![(0x40000, 0x40000)]),
+        0,
+    );
     assert_eq!(verdict(&rs, &p), [Verdict::Drop]);
-    // Only the entry mark was computed: unknown, forked, naming the rule.
-    let p = pkt(sensitive(vec![(0, uni(false))]), 0);
+    // 0x40001 is not computed but matches the same selector as 0x40000: same lookup.
+    let rs1 = raw("-A PREROUTING -j MARK --set-xmark 0x40001/0xffffffff\n\
+         -A PREROUTING -m rpfilter --validmark --invert -j DROP\n");
+    let p = pkt(
+        sensitive(
+            vec![(0x40000, uni(false)), (0, uni(true))],
+            vec![(0x40000, 0x40000)],
+        ),
+        0,
+    );
+    assert_eq!(verdict(&rs1, &p), [Verdict::Drop]);
+    // No computed mark is equivalent to the one at the rule: unknown, naming the rule.
+    let p = pkt(
+        sensitive(vec![(0, uni(false))], vec![(0x40000, 0x40000)]),
+        0,
+    );
     let out = rs.evaluate(
         Hook::Prerouting,
         &p,

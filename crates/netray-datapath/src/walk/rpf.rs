@@ -64,19 +64,32 @@ impl<'w, 'a> Walker<'w, 'a> {
                 _ => RpfRoute::NoRoute,
             }
         };
-        let mark_sensitive = v
+        let mut selectors: Vec<(u32, u32)> = v
             .rules
             .iter()
-            .any(|r| r.family != "inet6" && r.fwmark.is_some_and(|m| m != 0));
+            .filter(|r| r.family != "inet6")
+            .filter_map(|r| r.fwmark.map(|m| (m, r.fwmask.unwrap_or(u32::MAX))))
+            .collect();
+        selectors.sort_unstable();
+        selectors.dedup();
+        let mark_sensitive = !selectors.is_empty();
+        // One lookup per mark that a selector matches (its value), plus the packet's and 0:
+        // every mark is equivalent to one of these unless it matches several selectors at
+        // once in a combination none of them shows (then the match stays unknown).
+        let mut marks = vec![0, st.pkt.mark];
+        marks.extend(selectors.iter().map(|&(m, k)| m & k));
+        marks.sort_unstable();
+        marks.dedup();
         Some(Rpf {
             loopback: matches!(l.kind, LinkKind::Loopback),
             unmarked: look(0),
             marked: if mark_sensitive {
-                vec![(st.pkt.mark, look(st.pkt.mark))]
+                marks.into_iter().map(|m| (m, look(m))).collect()
             } else {
                 Vec::new()
             },
             mark_sensitive,
+            selectors,
         })
     }
 }
