@@ -30,7 +30,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Snapshot this host's network state (host namespace and every pod namespace) as JSON.
+    /// Snapshot this host's network state (host namespace and every pod namespace) as JSON, or
+    /// with --kube the nodes of a Kubernetes cluster into a bundle (one collector pod per node).
     #[command(
         after_help = "Examples:\n  sudo netray collect --node node-a -o node-a.json\n  sudo ip netns exec NODE netray collect --node NODE -o nodes/NODE.json\n  netray collect --kube --all -o bundle            # one collector pod per node (deploy/)\n  kubectl netray --context prod collect --kube --nodes a,b -o b.tar.gz\n\nExit codes (--kube): 0 every node collected, 1 partial (failed-nodes.json), 2 error, 130 interrupted.\n\nA bundle is a directory with nodes/*.json and an optional cluster.json (netray cluster).\nStrictly read-only: nothing on the host is changed."
     )]
