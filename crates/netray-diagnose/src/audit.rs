@@ -1080,9 +1080,15 @@ fn walk_one(
                     .ok_or("the pod has no address of the target's family")?,
                 Start::Auto,
             ),
-            // A client the bundle holds (a load balancer's namespace owning its ingress IP) sends
-            // from there; any other enters the target's node from outside.
-            SourceKind::External if !world.owners_of(s.ips[0][0]).is_empty() => {
+            // A client the bundle holds outside the nodes and pods (a load balancer's or router's
+            // namespace owning the address) sends from there; any other enters the target's node
+            // from outside (also when a node wrongly holds the address: seed 004).
+            SourceKind::External
+                if world
+                    .owners_of(s.ips[0][0])
+                    .iter()
+                    .any(|(n, _)| !world.ns[*n].is_host && world.pod_of(*n).is_none()) =>
+            {
                 (s.ips[0][0], Start::Auto)
             }
             SourceKind::External => (s.ips[0][0], Start::Node(t.node.clone().unwrap_or_default())),
