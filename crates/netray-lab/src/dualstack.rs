@@ -456,6 +456,15 @@ impl DualStackLab {
         Ok(&self.members[member])
     }
 
+    /// The pods' MTU: flannel's, the overlay device's (1500 − 70 for VXLAN over IPv6), or
+    /// the underlay's with plain routes.
+    pub fn pod_mtu(&self) -> u32 {
+        match self.spec.v6_overlay {
+            V6Overlay::Routes => 1500,
+            V6Overlay::Vxlan => 1430,
+        }
+    }
+
     fn build(&mut self) -> Result<(), LabError> {
         let sw = self.add_member("sw")?;
         sw.ip_batch(&["link add br0 type bridge".into(), "link set br0 up".into()])?;
@@ -498,13 +507,14 @@ impl DualStackLab {
             format!("link set {port} up"),
         ])?;
         let (g4, g6) = ds_cni_gateways(i);
+        let mtu = self.pod_mtu();
         let mut lines = vec![
             format!("link set eth0 address {}", mac(0x50, 1, i)),
             format!("addr add {}/24 dev eth0", ds_node_v4(i)),
             format!("addr add {}/64 dev eth0 nodad", ds_node_v6(i)),
             "link set eth0 up".into(),
             "link add cni0 type bridge".into(),
-            format!("link set cni0 address {}", mac(0xc0, 0, i)),
+            format!("link set cni0 address {} mtu {mtu}", mac(0xc0, 0, i)),
             format!("addr add {g4}/24 dev cni0"),
             format!("addr add {g6}/64 dev cni0 nodad"),
             "link set cni0 up".into(),
@@ -579,14 +589,15 @@ impl DualStackLab {
         let pod = self.ns(&p.name)?;
         let hv = host_veth(&p.name);
         node.veth(&hv, pod, "eth0")?;
+        let mtu = self.pod_mtu();
         node.ip_batch(&[
-            format!("link set {hv} master cni0"),
+            format!("link set {hv} mtu {mtu} master cni0"),
             format!("link set {hv} type bridge_slave hairpin on"),
             format!("link set {hv} up"),
         ])?;
         let (g4, g6) = ds_cni_gateways(p.node);
         pod.ip_batch(&[
-            format!("link set eth0 address {}", mac(0xa0, 0, idx)),
+            format!("link set eth0 address {} mtu {mtu}", mac(0xa0, 0, idx)),
             format!("addr add {}/24 dev eth0", p.v4),
             format!("addr add {}/64 dev eth0 nodad", p.v6),
             "link set eth0 up".into(),

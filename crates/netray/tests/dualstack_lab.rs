@@ -161,6 +161,9 @@ struct Netray {
     lost_at: Option<String>,
     disposition: Option<String>,
     cause: Option<String>,
+    /// The forward leg DNATs to the endpoint through a new conntrack entry (`DST_NAT`) and the
+    /// reply is de-DNATed: NAT66 through conntrack, as IPv4 NAT.
+    nat_through_conntrack: bool,
 }
 
 fn run_netray(args: &[&str]) -> Value {
@@ -231,8 +234,26 @@ fn netray(bundle: &Path, f: &FlowCase) -> Netray {
             None => s(&h["node"]),
         }
     });
+    let hops: Vec<&Value> = t["branches"]
+        .as_array()
+        .and_then(|b| b.first())
+        .and_then(|b| b["hops"].as_array())
+        .into_iter()
+        .flatten()
+        .collect();
+    let step = |leg: &str, ty: &str, pred: &dyn Fn(&Value) -> bool| {
+        hops.iter()
+            .any(|h| h["leg"] == leg && h["step"]["type"] == ty && pred(&h["step"]))
+    };
+    let text = |v: &Value, k: &str, want: &str| v[k].as_str().is_some_and(|x| x.contains(want));
+    let nat_through_conntrack = step("forward", "nat", &|s| {
+        text(s, "kind", "dnat") && text(s, "after", &format!("{DS_POD_PORT}"))
+    }) && step("forward", "conntrack", &|s| {
+        s["state"] == "new" && text(s, "entry", "DST_NAT")
+    }) && step("reply", "nat", &|s| text(s, "kind", "de-dnat"));
     Netray {
         ok,
+        nat_through_conntrack,
         lost_at,
         disposition: failing.and_then(|b| s(&b["disposition"])),
         cause: failing.and_then(|b| s(&b["cause"])),
@@ -307,6 +328,12 @@ fn check_case(
             bad.push(format!("{ctx}: kernel ok={} netray ok={}", k.ok, n.ok));
             continue;
         }
+        if k.ok && f.to.starts_with("svc/") && !n.nat_through_conntrack {
+            bad.push(format!(
+                "{ctx}: the working Service flow does not show DNAT through conntrack and the \
+                 reply's de-DNAT"
+            ));
+        }
         if k.ok {
             continue;
         }
@@ -334,6 +361,7 @@ const V6_CODES: &[&str] = &[
     "stale-vxlan-neighbor",
     "stale-vxlan-fdb",
     "mtu-blackhole",
+    "pod-mtu-exceeds-overlay",
 ];
 
 /// `netray scan` over the case's bundle: the expected finding is there (code, node, text) and
@@ -406,6 +434,7 @@ fn dual_stack_cluster_matches_the_kernel() {
             v6_remote.iter().map(|(l, _)| (*l, cause)).collect();
         Box::leak(v.into_boxed_slice())
     };
+    let with_node0 = with;
     let cases = [
         Case {
             name: "healthy",
@@ -422,6 +451,19 @@ fn dual_stack_cluster_matches_the_kernel() {
                 "net.ipv6.conf.all.forwarding = 0",
             )),
             failing: with("ip-forward-disabled"),
+        },
+        Case {
+            // The client's own node: everything it routes fails, but a Service backend on the
+            // client's bridge is reached by bridged DNAT (br_netfilter), which IPv6 forwarding
+            // does not gate.
+            name: "v6-forwarding-off-node0",
+            faults: vec![DsFault::V6ForwardingOff { node: 0 }],
+            scan: Some((
+                "ipv6-forwarding-disabled",
+                "node0",
+                "net.ipv6.conf.all.forwarding = 0",
+            )),
+            failing: with_node0("ip-forward-disabled"),
         },
         Case {
             name: "ip6tables-forward-drop",
@@ -483,6 +525,16 @@ fn dual_stack_cluster_matches_the_kernel() {
     }
     eprintln!("dual-stack lab: {:.1} s", t0.elapsed().as_secs_f64());
     drop(lab);
+    // Keep the bundles for inspection (`NETRAY_DUALSTACK_KEEP=DIR`: one directory per case).
+    if let Some(keep) = std::env::var_os("NETRAY_DUALSTACK_KEEP") {
+        for c in &cases {
+            let to = Path::new(&keep).join(c.name);
+            std::fs::create_dir_all(to.join("nodes")).expect("keep dir");
+            for f in ["cluster.json", "nodes/node0.json", "nodes/node1.json"] {
+                std::fs::copy(dir.path().join(c.name).join(f), to.join(f)).expect("keep");
+            }
+        }
+    }
     assert!(
         bad.is_empty(),
         "netray disagrees with the kernel:\n{}",
