@@ -26,6 +26,7 @@ pub const NEEDS_CLUSTER: &[&str] = &[
     "cluster-cidr-mismatch",
     "port-not-listening",
     "stale-conntrack-entry",
+    "service-family-no-endpoints",
 ];
 
 /// Every check, in the order they run.
@@ -59,6 +60,12 @@ pub const CATALOG: &[Check] = &[
         title: "accept_ra=2 on an interface of an IPv6-forwarding node (RA routes on a router)",
         run: ipv6::accept_ra_forwarding,
         names_objects: true,
+    },
+    Check {
+        codes: &["service-family-no-endpoints"],
+        title: "dual-stack Service with ready endpoints in one family only",
+        run: ipv6::service_family_endpoints,
+        names_objects: false,
     },
     Check {
         codes: &["bpf-datapath"],

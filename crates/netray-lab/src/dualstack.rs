@@ -374,6 +374,12 @@ pub enum DsFault {
         /// Node index.
         node: usize,
     },
+    /// `net.ipv6.conf.eth0.accept_ra=2` on a node (router advertisements accepted while
+    /// forwarding). No flow changes: nothing on the lab's links sends RAs.
+    AcceptRa2 {
+        /// Node index.
+        node: usize,
+    },
     /// Node `node`'s `flannel-v6.1` MAC changes (a rebuilt device) and `stale_on` keeps the
     /// old MAC in its neighbour and FDB entries ([`V6Overlay::Vxlan`] only). Not undoable.
     StaleV6Vtep {
@@ -653,6 +659,9 @@ impl DualStackLab {
             DsFault::BridgeNfV6Off { node } => self
                 .ns(&DualStackSpec::node_name(node))?
                 .sysctl("net.bridge.bridge-nf-call-ip6tables", "0"),
+            DsFault::AcceptRa2 { node } => self
+                .ns(&DualStackSpec::node_name(node))?
+                .sysctl("net.ipv6.conf.eth0.accept_ra", "2"),
             DsFault::StaleV6Vtep { node, stale_on } => {
                 if self.spec.v6_overlay != V6Overlay::Vxlan || node == stale_on {
                     return Err(LabError::Command {
@@ -741,6 +750,9 @@ impl DualStackLab {
             DsFault::BridgeNfV6Off { node } => self
                 .ns(&DualStackSpec::node_name(node))?
                 .sysctl("net.bridge.bridge-nf-call-ip6tables", "1"),
+            DsFault::AcceptRa2 { node } => self
+                .ns(&DualStackSpec::node_name(node))?
+                .sysctl("net.ipv6.conf.eth0.accept_ra", "1"),
             DsFault::StaleV6Vtep { .. } => Err(LabError::Command {
                 cmd: format!("undo {fault:?}"),
                 status: "refused".into(),

@@ -362,6 +362,7 @@ const V6_CODES: &[&str] = &[
     "stale-vxlan-fdb",
     "mtu-blackhole",
     "pod-mtu-exceeds-overlay",
+    "service-family-no-endpoints",
 ];
 
 /// `netray scan` over the case's bundle: the expected finding is there (code, node, text) and
@@ -486,6 +487,16 @@ fn dual_stack_cluster_matches_the_kernel() {
             failing: &[("svc/web-local v6", "nat-reply-mismatch")],
         },
         Case {
+            name: "accept-ra-2",
+            faults: vec![DsFault::AcceptRa2 { node: 0 }],
+            scan: Some((
+                "ipv6-accept-ra-forwarding",
+                "node0",
+                "net.ipv6.conf.eth0.accept_ra = 2",
+            )),
+            failing: &[],
+        },
+        Case {
             name: "stale-v6-vtep",
             faults: vec![DsFault::StaleV6Vtep {
                 node: 1,
@@ -523,6 +534,31 @@ fn dual_stack_cluster_matches_the_kernel() {
             ));
         }
     }
+    // A dual-stack Service whose IPv6 EndpointSlice lost its endpoints (pods without IPv6
+    // addresses, say): the IPv4 ones remain. Scan says which family of which Service.
+    let edited = dir.path().join("v6-endpoints-gone");
+    std::fs::create_dir_all(edited.join("nodes")).expect("dir");
+    for f in ["nodes/node0.json", "nodes/node1.json", "cluster.json"] {
+        std::fs::copy(dir.path().join("healthy").join(f), edited.join(f)).expect("copy");
+    }
+    let cj = edited.join("cluster.json");
+    let mut c: Value =
+        serde_json::from_str(&std::fs::read_to_string(&cj).expect("read")).expect("cluster.json");
+    for item in c["items"].as_array_mut().expect("items") {
+        if item["kind"] == "EndpointSlice" && item["metadata"]["name"] == "web-remote-v6" {
+            item["endpoints"] = serde_json::json!([]);
+        }
+    }
+    std::fs::write(&cj, c.to_string()).expect("write");
+    bad.extend(check_scan(
+        &edited,
+        &Case {
+            name: "v6-endpoints-gone",
+            faults: vec![],
+            scan: Some(("service-family-no-endpoints", "-", "fd00:96::11")),
+            failing: &[],
+        },
+    ));
     eprintln!("dual-stack lab: {:.1} s", t0.elapsed().as_secs_f64());
     drop(lab);
     // Keep the bundles for inspection (`NETRAY_DUALSTACK_KEEP=DIR`: one directory per case).

@@ -1,6 +1,7 @@
-//! IPv6 checks (issue 11): IPv6 forwarding off on a node that routes IPv6 pod traffic, an
-//! ip6tables FORWARD policy DROP that nothing overrides for pod traffic, and `accept_ra=2` on a
-//! forwarding node. (Routes to other nodes' IPv6 pod CIDRs are checked with the IPv4 ones by
+//! IPv6 and dual-stack checks (issue 11): IPv6 forwarding off on a node that routes IPv6 pod
+//! traffic, an ip6tables FORWARD policy DROP that nothing overrides for pod traffic,
+//! `accept_ra=2` on a forwarding node, and dual-stack Services with endpoints in one family
+//! only. (Routes to other nodes' IPv6 pod CIDRs are checked with the IPv4 ones by
 //! `no-route`; stale VXLAN neighbour/FDB entries and overlay MTU by the overlay checks, which
 //! are family-agnostic.)
 //!
@@ -302,5 +303,87 @@ pub(crate) fn accept_ra_forwarding(input: &ScanInput, out: &mut Vec<Finding>) {
             )
             .about(ra.iter().map(|d| h.sysctl_obj(&conf6(d, "accept_ra")))),
         );
+    }
+}
+
+/// A dual-stack Service whose ClusterIP of one family has no ready endpoint of that family
+/// while the other family has some: kube-proxy programs each family's rules from that family's
+/// EndpointSlices only (`addressType`), so clients of that ClusterIP are rejected while the
+/// other family works — typically pods without an address of that family, or an EndpointSlice
+/// controller that dropped one family.
+pub(crate) fn service_family_endpoints(input: &ScanInput, out: &mut Vec<Finding>) {
+    let Some(c) = input.cluster else { return };
+    for s in &c.services {
+        let fams = s.cluster_ip_families();
+        if s.kind == "ExternalName" || fams.len() < 2 {
+            continue;
+        }
+        for p in &s.ports {
+            let per: Vec<_> = fams
+                .iter()
+                .map(|f| (*f, c.ready_endpoints_of(s, p, *f)))
+                .collect();
+            if per.iter().all(|(_, e)| e.is_empty()) {
+                continue; // no-endpoints says it for both
+            }
+            for (f, _) in per.iter().filter(|(_, e)| e.is_empty()) {
+                let others: Vec<String> = per
+                    .iter()
+                    .filter(|(g, _)| g != f)
+                    .map(|(g, e)| format!("{g}: {} ready endpoint(s)", e.len()))
+                    .collect();
+                let cip = s.cluster_ip(*f).map(|a| a.to_string()).unwrap_or_default();
+                out.push(Finding {
+                    code: "service-family-no-endpoints",
+                    severity: Severity::Warning,
+                    node: "-".into(),
+                    netns: "-".into(),
+                    pod: None,
+                    objects: Vec::new(),
+                    evidence: vec![
+                        format!(
+                            "svc/{}/{} port {}/{}: ClusterIPs {} (ipFamilies {})",
+                            s.namespace,
+                            s.name,
+                            p.port,
+                            p.protocol,
+                            s.cluster_ips
+                                .iter()
+                                .map(IpAddr::to_string)
+                                .collect::<Vec<_>>()
+                                .join(", "),
+                            s.ip_families
+                                .iter()
+                                .map(|f| f.name())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        ),
+                        format!("{f}: no ready endpoint in its {f} EndpointSlices"),
+                        others.join("; "),
+                    ],
+                    explanation: format!(
+                        "Service {}/{} is dual-stack but has no ready {f} endpoint for port {}: \
+                         kube-proxy programs each family from that family's EndpointSlices, so \
+                         clients of its {f} ClusterIP {cip} are rejected while {} works.",
+                        s.namespace,
+                        s.name,
+                        p.port,
+                        per.iter()
+                            .filter(|(g, _)| g != f)
+                            .map(|(g, _)| g.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ),
+                    fix: format!(
+                        "check that the backing pods have {f} addresses (kubectl -n {} get pods \
+                         -o wide; podIPs) and the EndpointSlices of both families: kubectl -n {} \
+                         get endpointslices -l kubernetes.io/service-name={}",
+                        s.namespace, s.namespace, s.name
+                    ),
+                    fix_commands: Vec::new(),
+                    proof: None,
+                });
+            }
+        }
     }
 }
