@@ -247,8 +247,14 @@ struct Ctx {
     /// A pod create refused in a way that holds for every node (401, 403, 404): the nodes not
     /// tried yet fail with it instead of asking again.
     refused: Mutex<Option<String>>,
+    /// Snapshots parsed at once (see [`VALIDATIONS`]).
+    validations: tokio::sync::Semaphore,
     stats: Stats,
 }
+
+/// Received snapshots checked (parsed) at once: parsing is CPU-bound and takes several times
+/// the snapshot's size in memory, so it is not done `--parallel` times over.
+const VALIDATIONS: usize = 2;
 
 #[derive(Default)]
 struct Stats {
@@ -392,6 +398,7 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
         nodes_dir,
         created: Mutex::new(BTreeMap::new()),
         refused: Mutex::new(None),
+        validations: tokio::sync::Semaphore::new(VALIDATIONS),
         stats: Stats::default(),
     });
     let total = nodes.len();
@@ -1091,21 +1098,33 @@ async fn exec_collect(ctx: &Arc<Ctx>, name: &str, node: &str) -> Result<NodeDone
         .sync_all()
         .map_err(|e| fail(format!("{}: {e}", partial.display()), false))?;
     drop(sink.file);
-    // A valid snapshot of this node, or nothing.
-    let text = tokio::fs::read_to_string(&partial)
-        .await
-        .map_err(|e| fail(format!("{}: {e}", partial.display()), false))?;
-    let shown = format!("{node} (from pod {name})");
-    let snap = netray_snapshot::NodeSnapshot::from_json(&shown, &text)
-        .map_err(|e| fail(format!("not a valid snapshot: {e}"), false))?;
-    if snap.node.name != node {
-        return Err(fail(
-            format!(
-                "the snapshot is of node {}, not {node}",
+    // A valid snapshot of this node, or nothing. Parsing is CPU and memory (a snapshot of
+    // tens of MB, several times that parsed): at most VALIDATIONS at once, off the runtime.
+    let permit = ctx.validations.acquire().await.expect("semaphore open");
+    let (path, shown, want) = (
+        partial.clone(),
+        format!("{node} (from pod {name})"),
+        node.to_string(),
+    );
+    let checked = tokio::task::spawn_blocking(move || -> Result<(), String> {
+        let text =
+            std::fs::read_to_string(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let snap = netray_snapshot::NodeSnapshot::from_json(&shown, &text)
+            .map_err(|e| format!("not a valid snapshot: {e}"))?;
+        if snap.node.name != want {
+            return Err(format!(
+                "the snapshot is of node {}, not {want}",
                 netray_snapshot::text::clip_quote(&snap.node.name)
-            ),
-            false,
-        ));
+            ));
+        }
+        Ok(())
+    })
+    .await;
+    drop(permit);
+    match checked {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => return Err(fail(e, false)),
+        Err(e) => return Err(fail(format!("checking the snapshot: {e}"), false)),
     }
     let dest = ctx.nodes_dir.join(format!("{node}.json"));
     std::fs::rename(&partial, &dest)
