@@ -1090,7 +1090,13 @@ fn an_interrupted_run_deletes_every_pod_it_created() {
         .unwrap();
     assert_eq!(code, Some(130), "{stderr}");
     let created = api.created();
-    assert_eq!(created.len(), 4, "only --parallel 4 pods were started");
+    // --parallel 4: four pods are starting when SIGINT comes (more only if a node failed
+    // early and freed its slot, which stderr then explains).
+    assert!(
+        created.len() == 4 || stderr.contains("failed before the interrupt"),
+        "{} pods for --parallel 4: {stderr}",
+        created.len()
+    );
     assert!(
         api.not_deleted().is_empty(),
         "left: {:?}",

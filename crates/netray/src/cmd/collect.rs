@@ -290,6 +290,13 @@ mod kube {
                 report.pods_deleted,
                 report.run_id
             );
+            for f in report
+                .failed
+                .iter()
+                .filter(|f| !f.reason.starts_with("interrupted"))
+            {
+                eprintln!("  failed before the interrupt: {}: {}", f.node, f.reason);
+            }
             return Ok(std::process::ExitCode::from(130));
         }
         if report.done.is_empty() {
