@@ -370,8 +370,41 @@ impl Netfilter for RulesetEngine<'_> {
                 if outs.is_empty() {
                     return vec![NfOutcome::accept(pkt)];
                 }
-                outs.iter().map(from_outcome).collect()
+                outs.iter().flat_map(|o| nat_outcomes(o, pkt)).collect()
             }
+        }
+    }
+}
+
+/// [`from_outcome`] with a NAT range resolved as the kernel resolves it for this connection
+/// (`netray_netfilter::natrange`): one outcome for a deterministic choice, one per port (equal
+/// shares) for a `--random` destination port range, unknown naming the rule when the choice
+/// cannot be predicted.
+fn nat_outcomes(o: &nfl::Outcome, pkt: &NfPacket) -> Vec<NfOutcome> {
+    let base = from_outcome(o);
+    let Some(n) = &o.nat else {
+        return vec![base];
+    };
+    let zone = o.ct.zone.unwrap_or(0);
+    match nfl::natrange::choose(n, pkt.src, pkt.dst, pkt.sport, pkt.dport, zone) {
+        Ok(choices) => choices
+            .into_iter()
+            .map(|(w, a)| NfOutcome {
+                probability: base.probability * w,
+                nat: Some(nat_of(&a)),
+                ..base.clone()
+            })
+            .collect(),
+        Err(why) => {
+            let rule = base
+                .rules
+                .last()
+                .map(|r| format!(" ({})", r.text))
+                .unwrap_or_default();
+            vec![NfOutcome {
+                verdict: NfVerdict::Unknown(format!("{why}{rule}")),
+                ..base
+            }]
         }
     }
 }

@@ -201,11 +201,14 @@ where
         match rule.action {
             RuleAction::Nop => {}
             RuleAction::Goto => {
-                if let Some(target) = rule.goto {
-                    match rules.iter().position(|r| r.priority >= target) {
-                        Some(p) if p >= i => i = p,
-                        _ => return FibResult::NoRoute,
-                    }
+                // fib_rules_lookup: the target is the first rule whose priority equals the
+                // goto's (resolved when rules change); an unresolved goto — no rule has that
+                // priority — is skipped like a nop (the kernel only lets a goto point forward).
+                if let Some(target) = rule.goto
+                    && let Some(p) = rules.iter().position(|r| r.priority == target)
+                    && p >= i
+                {
+                    i = p;
                 }
             }
             RuleAction::Blackhole | RuleAction::Unreachable | RuleAction::Prohibit => {

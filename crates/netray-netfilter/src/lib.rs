@@ -33,6 +33,7 @@
 mod eval;
 pub mod ipset;
 pub mod ipt;
+pub mod natrange;
 pub mod nft;
 pub mod synth;
 mod text;
