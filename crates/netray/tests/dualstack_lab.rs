@@ -408,16 +408,21 @@ fn check_scan(bundle: &Path, c: &Case) -> Vec<String> {
     bad
 }
 
-#[test]
-fn dual_stack_cluster_matches_the_kernel() {
-    if !netray_lab::lab_tests_can_run("dual_stack_cluster_matches_the_kernel") {
-        return;
-    }
-    let t0 = Instant::now();
-    let mut lab = DualStackLab::up(&DualStackSpec::standard(V6Overlay::Vxlan)).expect("lab up");
+/// The IPv6 flows that cross from node0 to node1, all failing with `cause`.
+fn v6_remote(cause: &'static str) -> &'static [(&'static str, &'static str)] {
+    let v: Vec<(&'static str, &'static str)> =
+        ["svc/web-remote v6", "pod/web-1 tcp v6", "pod/web-1 ping v6"]
+            .iter()
+            .map(|l| (*l, cause))
+            .collect();
+    Box::leak(v.into_boxed_slice())
+}
+
+/// Build the lab, warm it up, check every case; the failures and the bundles' directory.
+fn run_cases(overlay: V6Overlay, cases: &[Case]) -> (DualStackLab, Vec<String>, tempfile::TempDir) {
+    let mut lab = DualStackLab::up(&DualStackSpec::standard(overlay)).expect("lab up");
     // Warm up neighbour discovery on every path before measuring.
-    let warm = flows(&lab);
-    for f in &warm {
+    for f in &flows(&lab) {
         let ok = (0..5).any(|_| match f.port {
             Some(p) => lab.tcp(CLIENT, f.dst, p),
             None => lab.ping(CLIENT, f.dst),
@@ -425,17 +430,67 @@ fn dual_stack_cluster_matches_the_kernel() {
         assert!(ok, "the healthy dual-stack lab does not pass {}", f.label);
     }
     let dir = tempfile::tempdir().expect("tempdir");
-    let v6_remote: &[(&str, &str)] = &[
-        ("svc/web-remote v6", ""),
-        ("pod/web-1 tcp v6", ""),
-        ("pod/web-1 ping v6", ""),
+    let mut table = Vec::new();
+    let mut bad = Vec::new();
+    for c in cases {
+        bad.extend(check_case(&mut lab, dir.path(), c, &mut table));
+    }
+    eprintln!("{overlay:?}:\n{}", table.join("\n"));
+    (lab, bad, dir)
+}
+
+/// IPv6 pod networks joined by plain routes (host-gw style) instead of VXLAN.
+#[test]
+fn dual_stack_plain_routes_match_the_kernel() {
+    if !netray_lab::lab_tests_can_run("dual_stack_plain_routes_match_the_kernel") {
+        return;
+    }
+    let t0 = Instant::now();
+    let cases = [
+        Case {
+            name: "healthy",
+            faults: vec![],
+            scan: None,
+            failing: &[],
+        },
+        Case {
+            name: "missing-v6-route",
+            faults: vec![DsFault::MissingV6Route { node: 0, peer: 1 }],
+            scan: Some(("no-route", "node0", "fd00:10:244:1::/64")),
+            failing: v6_remote("no-route"),
+        },
+        Case {
+            name: "v6-forwarding-off",
+            faults: vec![DsFault::V6ForwardingOff { node: 1 }],
+            scan: Some((
+                "ipv6-forwarding-disabled",
+                "node1",
+                "net.ipv6.conf.all.forwarding = 0",
+            )),
+            failing: v6_remote("ip-forward-disabled"),
+        },
     ];
-    let with = |cause: &'static str| -> &'static [(&'static str, &'static str)] {
-        let v: Vec<(&'static str, &'static str)> =
-            v6_remote.iter().map(|(l, _)| (*l, cause)).collect();
-        Box::leak(v.into_boxed_slice())
-    };
-    let with_node0 = with;
+    let (lab, bad, _dir) = run_cases(V6Overlay::Routes, &cases);
+    drop(lab);
+    eprintln!(
+        "dual-stack lab, plain routes: {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    assert!(
+        bad.is_empty(),
+        "netray disagrees with the kernel:\n{}",
+        bad.join("\n")
+    );
+}
+
+#[test]
+fn dual_stack_cluster_matches_the_kernel() {
+    if !netray_lab::lab_tests_can_run("dual_stack_cluster_matches_the_kernel") {
+        return;
+    }
+    let t0 = Instant::now();
+    let with = v6_remote;
+    let with_node0 = v6_remote;
     let cases = [
         Case {
             name: "healthy",
@@ -506,12 +561,7 @@ fn dual_stack_cluster_matches_the_kernel() {
             failing: with("stale-vxlan-neighbor"),
         },
     ];
-    let mut table = Vec::new();
-    let mut bad = Vec::new();
-    for c in &cases {
-        bad.extend(check_case(&mut lab, dir.path(), c, &mut table));
-    }
-    eprintln!("{}", table.join("\n"));
+    let (lab, mut bad, dir) = run_cases(V6Overlay::Vxlan, &cases);
 
     // A dual-stack Service named without a family: diagnose walks both families and reports
     // each (the stale VTEP breaks IPv6 only: one of two flows fails).
