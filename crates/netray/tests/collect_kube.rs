@@ -994,6 +994,13 @@ fn lab_nodes_collected_through_the_stand_in_diagnose_like_a_hand_collected_bundl
     );
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stderr.contains("collected 3 of 3 nodes"), "{}", r.stderr);
+    eprintln!(
+        "{}",
+        r.stderr
+            .lines()
+            .find(|l| l.starts_with("netray: collected"))
+            .unwrap()
+    );
     assert!(api.not_deleted().is_empty());
     let flows = [
         ("pod/default/web-0", "svc/default/web:80"),
@@ -1688,6 +1695,13 @@ fn a_fifty_node_cluster_of_lab_and_recorded_nodes_diagnoses_like_one_collected_b
         r.stderr.contains("collected 50 of 50 nodes"),
         "{}",
         r.stderr
+    );
+    eprintln!(
+        "{}",
+        r.stderr
+            .lines()
+            .find(|l| l.starts_with("netray: collected"))
+            .unwrap()
     );
     assert_eq!(api.created().len(), 50);
     assert!(api.not_deleted().is_empty());

@@ -259,7 +259,12 @@ mod kube {
         }
         for d in &report.done {
             for n in &d.notes {
-                eprintln!("netray: {}: {n}", d.node);
+                // The collector's own notes start with `netray: ` too.
+                eprintln!(
+                    "netray: {}: {}",
+                    d.node,
+                    n.strip_prefix("netray: ").unwrap_or(n)
+                );
             }
         }
         let mut failed = report.failed.clone();
