@@ -137,7 +137,12 @@ fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> 
                     continue;
                 };
                 let tool = ipt_tool(family);
-                match ctx.pod_network.filter(|_| chain == "FORWARD") {
+                // The pod network only of the rule's own family (a dual-stack cluster's
+                // IPv4 network means nothing to ip6tables): else the flow's own tuple.
+                match ctx
+                    .pod_network
+                    .filter(|n| chain == "FORWARD" && n.addr().is_ipv6() == (family == "ip6"))
+                {
                     Some(net) => {
                         // As flannel does: the pod network in both directions.
                         out.push(cmd(
