@@ -412,7 +412,10 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
     for (i, node) in nodes.iter().enumerate() {
         let (ctx, sem, node, started) = (ctx.clone(), sem.clone(), node.clone(), started.clone());
         set.spawn(async move {
-            let _permit = sem.acquire_owned().await.expect("semaphore open");
+            // Closed on an interrupt: a node not started yet is not started then.
+            let Ok(_permit) = sem.acquire_owned().await else {
+                return None;
+            };
             started.lock().expect("lock").insert(node.clone());
             ctx.stats.running.fetch_add(1, Ordering::Relaxed);
             let r = collect_node(&ctx, i, &node).await;
@@ -421,14 +424,14 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
                 Ok(_) => ctx.stats.done.fetch_add(1, Ordering::Relaxed),
                 Err(_) => ctx.stats.failed.fetch_add(1, Ordering::Relaxed),
             };
-            (node, r)
+            Some((node, r))
         });
     }
     let mut results: BTreeMap<String, Result<NodeDone, String>> = BTreeMap::new();
     let interrupted = tokio::select! {
         _ = async {
             while let Some(j) = set.join_next().await {
-                if let Ok((node, r)) = j {
+                if let Ok(Some((node, r))) = j {
                     results.insert(node, r);
                 }
             }
@@ -436,6 +439,9 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
         _ = signals.recv() => true,
     };
     if interrupted {
+        // Close first: the slots freed by the aborted nodes must not start new ones (an
+        // aborted task runs on until its next await, and a create may already be on the wire).
+        sem.close();
         set.abort_all();
         while set.join_next().await.is_some() {}
     }

@@ -1097,8 +1097,9 @@ fn an_interrupted_run_deletes_every_pod_it_created() {
         .unwrap();
     assert_eq!(code, Some(130), "{stderr}");
     let created = api.created();
-    // --parallel 4: four pods are starting when SIGINT comes (more only if a node failed
-    // early and freed its slot, which stderr then explains).
+    // --parallel 4: four pods are starting when SIGINT comes, and the slots the interrupt
+    // frees start no others (more only if a node failed early and freed its slot, which
+    // stderr then explains).
     assert!(
         created.len() == 4 || stderr.contains("failed before the interrupt"),
         "{} pods for --parallel 4: {stderr}",
