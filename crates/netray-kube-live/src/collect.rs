@@ -1207,22 +1207,33 @@ async fn cleanup(ctx: &Arc<Ctx>, interrupted: bool) -> (Vec<(String, String)>, u
         }
         let mut extra = 0;
         if interrupted {
+            // A create cut off by the interrupt may still be on its way (its DELETE above
+            // then met 404): give it a moment to land, then sweep by label.
+            tokio::time::sleep(Duration::from_millis(500)).await;
             let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", ctx.run_id));
             if let Ok(list) = ctx.pods.list(&lp).await {
                 for p in list.items {
+                    if p.metadata.deletion_timestamp.is_some() {
+                        continue; // already going
+                    }
                     let Some(name) = p.metadata.name else {
                         continue;
                     };
-                    if ctx.created.lock().expect("lock").contains_key(&name) {
-                        continue;
-                    }
+                    // Still there: tracked ones whose DELETE came before their create, and
+                    // untracked ones.
+                    let tracked = ctx.created.lock().expect("lock").contains_key(&name);
                     match delete_pod(ctx, &name).await {
-                        Ok(()) => extra += 1,
+                        Ok(()) if !tracked => extra += 1,
+                        Ok(()) => {}
                         Err(e) => left.push((name, e)),
                     }
                 }
             }
         }
+        // A pod the sweep deleted is not left.
+        let created = ctx.created.lock().expect("lock");
+        left.retain(|(n, _)| created.get(n) != Some(&true));
+        drop(created);
         (left, extra)
     };
     match tokio::time::timeout(CLEANUP_DEADLINE, work).await {
