@@ -174,9 +174,12 @@ fn parse_cli() -> Cli {
         };
         moved.extend(args.drain(i..i + take));
     }
-    if !moved.is_empty() && i < args.len() {
+    if i < args.len() {
         let at = i + 1;
         args.splice(at..at, moved);
+    } else {
+        // No subcommand: put them back for clap to answer.
+        args.extend(moved);
     }
     let matches = Cli::command()
         .name("kubectl-netray")
