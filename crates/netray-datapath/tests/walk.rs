@@ -693,12 +693,9 @@ fn weak_host_arp_unless_arp_ignore() {
     );
 }
 
-#[test]
-fn bridged_reply_de_snat_breaks_the_handshake_seed_000() {
-    // Host h reaches a VM on bridge br-vm through a ClusterIP; kube-proxy masquerades with
-    // --random-fully; the VM's gateway is router g, reached *through* br-vm. With
-    // bridge-nf-call-iptables=1 the VM's reply is de-NATed inside the bridge, so what
-    // reaches g no longer matches g's conntrack entry (the handshake dies).
+/// Seed 000's shape: host h, a VM on h's bridge br-vm behind ClusterIP 10.96.0.150
+/// (masqueraded with --random-fully), router g whose eth-vm is a port of br-vm.
+fn seed_000_kit() -> Kit {
     let mut k = Kit::new();
     k.node("h").netns("h", "vm").netns("h", "g");
     k.bridge("h", "br-vm");
@@ -720,6 +717,32 @@ fn bridged_reply_de_snat_breaks_the_handshake_seed_000() {
         "h",
         "*nat\n:PREROUTING ACCEPT [0:0]\n:INPUT ACCEPT [0:0]\n:OUTPUT ACCEPT [0:0]\n:POSTROUTING ACCEPT [0:0]\n-A OUTPUT -d 10.96.0.150/32 -p tcp --dport 80 -j MARK --set-xmark 0x4000/0x4000\n-A OUTPUT -d 10.96.0.150/32 -p tcp --dport 80 -j DNAT --to-destination 10.50.0.10:8080\n-A POSTROUTING -m mark --mark 0x4000/0x4000 -j MASQUERADE --random-fully\nCOMMIT\n",
     );
+    k
+}
+
+/// Issue 10 item 4 (kernel: `fidelity_lab::bridged_request_and_masquerade`): when g reaches
+/// the VM through br-vm too, the bridged request gets its own conntrack entry whose reply
+/// tuple is the host connection's; NAT's null binding moves its source port and the reply
+/// finds that entry, so the flow works.
+#[test]
+fn bridged_request_and_reply_with_masquerade_work() {
+    let k = seed_000_kit();
+    let t = tcp(&k, "192.168.50.10", "10.96.0.150", 80);
+    assert_eq!(only(&t), Disposition::Delivered);
+    let text = format!("{t:?}");
+    assert!(text.contains("null binding"), "{text}");
+}
+
+#[test]
+fn bridged_reply_de_snat_breaks_the_handshake_seed_000() {
+    // Host h reaches a VM on bridge br-vm through a ClusterIP; kube-proxy masquerades with
+    // --random-fully; the VM's gateway is router g, reached *through* br-vm, while g reaches
+    // the VM over a direct link (seed 000's VLAN trunk: the request does not cross h's
+    // bridge hooks). With bridge-nf-call-iptables=1 the VM's reply is de-NATed inside the
+    // bridge, so what reaches g no longer matches g's conntrack entry (the handshake dies).
+    let mut k = seed_000_kit();
+    k.veth("h:g", "eth-vmd", "h:vm", "eth1");
+    k.route("h:g", "10.50.0.10/32 dev eth-vmd");
     let t = tcp(&k, "192.168.50.10", "10.96.0.150", 80);
     assert_eq!(only(&t), Disposition::ReplyMismatch);
     let r = &t.branches[0].reason;

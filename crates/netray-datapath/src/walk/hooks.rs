@@ -514,6 +514,24 @@ impl<'w, 'a> Walker<'w, 'a> {
                         }
                     }
                 }
+                if manip == Manip::Src
+                    && kind.is_none()
+                    && let Some(p) = clash_free_port(&s.cts, i)
+                {
+                    // nf_nat_alloc_null_binding → get_unique_tuple: this connection's reply
+                    // tuple is already another connection's (e.g. a host connection's request,
+                    // bridged back through this host), so the kernel moves the source port to
+                    // a free one, picked at random; the reply then finds this entry alone.
+                    let src = s.pkt.src;
+                    s.pkt.set_src(src, p);
+                    let e = &mut s.cts[i];
+                    e.snat = true;
+                    e.reply.dport = p;
+                    kind = Some(
+                        "null binding: source port moved, the reply tuple was another connection's (the kernel picks a random free port; shown as the first free one)"
+                            .into(),
+                    );
+                }
             }
         } else {
             let e = &s.cts[i];
@@ -636,5 +654,31 @@ fn collected_entry(
             return None;
         };
         Some((entry, dir))
+    })
+}
+
+/// A free source port for entry `i` when its reply tuple equals a tuple (either direction) of
+/// another entry in the same namespace (`nf_nat_used_tuple`); `None` when there is no clash or
+/// the protocol has no ports.
+fn clash_free_port(cts: &[CtEntry], i: usize) -> Option<u16> {
+    let me = &cts[i];
+    if !matches!(me.proto, 6 | 17 | 132) {
+        return None;
+    }
+    let same = |e: &CtEntry| e.ns == me.ns && e.proto == me.proto;
+    let clash = cts
+        .iter()
+        .enumerate()
+        .any(|(j, e)| j != i && same(e) && (e.reply == me.reply || e.orig == me.reply));
+    if !clash {
+        return None;
+    }
+    (1024..=u16::MAX).find(|&p| {
+        let mut r = me.reply;
+        r.dport = p;
+        !cts.iter().any(|e| {
+            same(e)
+                && (e.reply == r || e.orig == r || e.orig.sport == p && e.orig.src == me.orig.src)
+        })
     })
 }
