@@ -798,3 +798,25 @@ fn external_client_enters_on_the_interface_holding_the_destination() {
     assert!(t.flow.start.contains("entering on up0"), "{}", t.flow.start);
     assert_eq!(only(&t), Disposition::Delivered);
 }
+
+/// Calico in IPIP mode: a pod block routed `via NODE dev tunl0 onlink`. No ipip on the lab
+/// kernel, so the walk does not follow it: the branch ends unknown, naming the tunnel.
+#[test]
+fn ipip_route_is_uncertain_and_named() {
+    let mut k = routed();
+    k.link(
+        "r",
+        "tunl0",
+        netray_snapshot::LinkKind::Tunnel {
+            kind: "ipip".into(),
+            local: None,
+            remote: None,
+        },
+        1480,
+    );
+    k.route("r", "10.244.1.0/26 via 10.0.2.2 dev tunl0 onlink");
+    let t = tcp(&k, "10.0.1.2", "10.244.1.5", 80);
+    assert_eq!(only(&t), Disposition::Unknown);
+    let r = &t.branches[0].reason;
+    assert!(r.contains("tunl0") && r.contains("ipip"), "{r}");
+}
