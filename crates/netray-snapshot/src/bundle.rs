@@ -117,6 +117,57 @@ pub fn write_failed_nodes(dir: &Path, failed: &[FailedNode]) -> std::io::Result<
     fs::rename(&tmp, &path)
 }
 
+/// The error about `schema_version` a snapshot text deserves, if any: missing, not an integer,
+/// or another version than this build's; a syntax error is reported as such.
+fn version_first(file: &str, text: &str) -> Result<(), LoadError> {
+    /// Only the version; everything else is skipped unallocated.
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(default, deserialize_with = "present")]
+        schema_version: Option<serde_json::Value>,
+    }
+    /// `Some` whenever the field is there, `null` included.
+    fn present<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Option<serde_json::Value>, D::Error> {
+        serde_json::Value::deserialize(d).map(Some)
+    }
+    let probe: Probe = serde_json::from_str(text).map_err(|e| {
+        if e.is_data() {
+            LoadError::Json {
+                file: file.to_string(),
+                path: ".".into(),
+                reason: bounded(&format!("{e} (a netray snapshot is a JSON object)")),
+            }
+        } else {
+            LoadError::Json {
+                file: file.to_string(),
+                path: format!("line {} column {}", e.line(), e.column()),
+                reason: bounded(&e.to_string()),
+            }
+        }
+    })?;
+    let Some(v) = probe.schema_version else {
+        return Err(LoadError::Json {
+            file: file.to_string(),
+            path: ".schema_version".into(),
+            reason: "missing field `schema_version` (is this a netray snapshot?)".into(),
+        });
+    };
+    match v.as_u64() {
+        Some(n) if n == u64::from(SCHEMA_VERSION) => Ok(()),
+        Some(n) => Err(LoadError::Version {
+            file: file.to_string(),
+            found: n,
+        }),
+        None => Err(LoadError::Json {
+            file: file.to_string(),
+            path: ".schema_version".into(),
+            reason: format!("expected an integer, found {}", clip_quote(&v.to_string())),
+        }),
+    }
+}
+
 fn json_err(file: &str, e: serde_path_to_error::Error<serde_json::Error>) -> LoadError {
     let inner = e.inner();
     if inner.is_syntax() || inner.is_eof() {
@@ -186,65 +237,46 @@ pub enum LoadError {
 
 impl NodeSnapshot {
     /// Parse and validate a snapshot from JSON text; `file` names it in errors. The text is
-    /// deserialized straight into the snapshot's types (no intermediate JSON tree); a first
-    /// pass reads only `schema_version` (skipping everything else) so that a future format
-    /// gets the right message.
+    /// deserialized straight into the snapshot's types (no intermediate JSON tree), in one
+    /// pass when it is good; when it is not, a second pass reads only `schema_version` so
+    /// that a snapshot of another format version gets that message rather than a shape error.
     pub fn from_json(file: &str, text: &str) -> Result<NodeSnapshot, LoadError> {
-        /// Only the version; everything else is skipped unallocated.
-        #[derive(Deserialize)]
-        struct Probe {
-            #[serde(default, deserialize_with = "present")]
-            schema_version: Option<serde_json::Value>,
-        }
-        /// `Some` whenever the field is there, `null` included.
-        fn present<'de, D: serde::Deserializer<'de>>(
-            d: D,
-        ) -> Result<Option<serde_json::Value>, D::Error> {
-            serde_json::Value::deserialize(d).map(Some)
-        }
         let syntax = |e: serde_json::Error| LoadError::Json {
             file: file.to_string(),
             path: format!("line {} column {}", e.line(), e.column()),
             reason: bounded(&e.to_string()),
         };
-        let probe: Probe = serde_json::from_str(text).map_err(|e| {
-            if e.is_data() {
-                LoadError::Json {
-                    file: file.to_string(),
-                    path: ".".into(),
-                    reason: bounded(&format!("{e} (a netray snapshot is a JSON object)")),
-                }
-            } else {
-                syntax(e)
-            }
-        })?;
-        let Some(v) = probe.schema_version else {
+        // serde would also read a struct from an array: a snapshot is an object.
+        if let Some(c) = text.trim_start().chars().next()
+            && c != '{'
+        {
             return Err(LoadError::Json {
                 file: file.to_string(),
-                path: ".schema_version".into(),
-                reason: "missing field `schema_version` (is this a netray snapshot?)".into(),
+                path: ".".into(),
+                reason: format!(
+                    "found `{}` where a JSON object was expected (a netray snapshot is a JSON object)",
+                    clip_quote(&c.to_string())
+                ),
             });
-        };
-        match v.as_u64() {
-            Some(n) if n == u64::from(SCHEMA_VERSION) => {}
-            Some(n) => {
-                return Err(LoadError::Version {
-                    file: file.to_string(),
-                    found: n,
-                });
-            }
-            None => {
-                return Err(LoadError::Json {
-                    file: file.to_string(),
-                    path: ".schema_version".into(),
-                    reason: format!("expected an integer, found {}", clip_quote(&v.to_string())),
-                });
-            }
         }
         let mut de = serde_json::Deserializer::from_str(text);
-        let snap: NodeSnapshot =
-            serde_path_to_error::deserialize(&mut de).map_err(|e| json_err(file, e))?;
-        de.end().map_err(syntax)?;
+        let typed = serde_path_to_error::deserialize::<_, NodeSnapshot>(&mut de);
+        let snap = match typed {
+            Ok(snap) => {
+                de.end().map_err(syntax)?;
+                if snap.schema_version != SCHEMA_VERSION {
+                    return Err(LoadError::Version {
+                        file: file.to_string(),
+                        found: u64::from(snap.schema_version),
+                    });
+                }
+                snap
+            }
+            Err(e) => {
+                version_first(file, text)?;
+                return Err(json_err(file, e));
+            }
+        };
         snap.validate(file)?;
         Ok(snap)
     }
@@ -657,6 +689,72 @@ fn parse_item(shown: &str, rel: &str, data: &[u8]) -> Result<Item, LoadError> {
     }
 }
 
+/// A bundle file read and waiting to be parsed.
+struct Job {
+    /// Position in the caller's order.
+    index: usize,
+    /// The file as errors name it.
+    shown: String,
+    /// Its path relative to the bundle root.
+    rel: String,
+    /// Its contents.
+    data: Vec<u8>,
+}
+
+/// Run `read`, which reads bundle files in order and hands each to `submit`, while worker
+/// threads (one per core, at most 8) parse what was handed over: the JSON of several node
+/// files is parsed at once, and at most two files per worker wait in memory. Returns what
+/// `read` returned and every parsed file by index, sorted.
+fn parse_in_parallel(
+    read: impl FnOnce(&mut dyn FnMut(Job)) -> Result<(), LoadError>,
+) -> (Result<(), LoadError>, Vec<(usize, Result<Item, LoadError>)>) {
+    let workers = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .clamp(1, 8);
+    let parse = |j: Job| (j.index, parse_item(&j.shown, &j.rel, &j.data));
+    if workers == 1 {
+        let mut out = Vec::new();
+        let r = read(&mut |j| out.push(parse(j)));
+        return (r, out);
+    }
+    let results = std::sync::Mutex::new(Vec::new());
+    let (tx, rx) = std::sync::mpsc::sync_channel::<Job>(workers);
+    let rx = std::sync::Mutex::new(rx);
+    let r = std::thread::scope(|s| {
+        for _ in 0..workers {
+            s.spawn(|| {
+                loop {
+                    // The lock is held only to take the next job.
+                    let job = match rx.lock() {
+                        Ok(rx) => rx.recv(),
+                        Err(_) => return,
+                    };
+                    let Ok(job) = job else { return };
+                    let done = parse(job);
+                    if let Ok(mut v) = results.lock() {
+                        v.push(done);
+                    }
+                }
+            });
+        }
+        let r = {
+            let mut submit = |j: Job| {
+                // A worker can only be gone if it panicked; the scope then re-raises that.
+                let _ = tx.send(j);
+            };
+            read(&mut submit)
+        };
+        drop(tx);
+        r
+    });
+    let mut out = results
+        .into_inner()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    out.sort_by_key(|(i, _)| *i);
+    (r, out)
+}
+
 /// Is `path` a single JSON file rather than an archive? Decided by its first bytes: not the
 /// gzip magic, and `{` first after white space.
 fn is_json_file(path: &Path) -> Result<bool, LoadError> {
@@ -824,13 +922,30 @@ fn read_dir_files(dir: &Path, limits: &Limits) -> Result<Vec<(String, Item)>, Lo
         }
     }
     names.sort();
-    for name in names {
-        let p = nodes_dir.join(&name);
-        let rel = format!("nodes/{name}");
-        let data = read_regular(&p, &mut budget)?;
-        let item = parse_item(&format!("{}/{rel}", dir.display()), &rel, &data)?;
-        files.push((rel, item));
+    let (read, parsed) = parse_in_parallel(|submit| {
+        for (i, name) in names.iter().enumerate() {
+            let p = nodes_dir.join(name);
+            let rel = format!("nodes/{name}");
+            let data = read_regular(&p, &mut budget)?;
+            submit(Job {
+                index: i,
+                shown: format!("{}/{rel}", dir.display()),
+                rel,
+                data,
+            });
+        }
+        Ok(())
+    });
+    // The first fault in name order: a parse error of an earlier file comes before a read
+    // error of a later one (every file before a read error was read and parsed).
+    let mut parsed = parsed.into_iter().peekable();
+    for (i, name) in names.iter().enumerate() {
+        match parsed.next_if(|(j, _)| *j == i) {
+            Some((_, item)) => files.push((format!("nodes/{name}"), item?)),
+            None => break,
+        }
     }
+    read?;
     Ok(files)
 }
 
@@ -858,8 +973,8 @@ impl<R: Read> Read for Bounded<R> {
 /// The bundle files found under one candidate root of an archive (`""` or `"top/"`).
 #[derive(Default)]
 struct Root {
-    /// Relative path → (entry name as stored, entry number, parsed contents or why not).
-    files: BTreeMap<String, (String, u64, Result<Item, LoadError>)>,
+    /// Relative path → (entry name as stored, entry number, number of its parse job).
+    files: BTreeMap<String, (String, u64, usize)>,
     /// Why these files cannot be used (a duplicate, a non-regular entry).
     problems: Vec<String>,
 }
@@ -942,126 +1057,139 @@ fn read_tar_gz(path: &Path, limits: &Limits) -> Result<Vec<(String, Item)>, Load
     let mut node_files = 0usize;
     let mut long_name: Option<Vec<u8>> = None;
     let mut pax: Option<Vec<u8>> = None;
-    for (index, entry) in entries.enumerate() {
-        let index = index as u64 + 1;
-        if index > limits.archive_entries {
-            return Err(bundle_err(
-                &shown,
-                format!(
-                    "more than {} archive entries (MAX_ARCHIVE_ENTRIES)",
-                    limits.archive_entries
-                ),
-            ));
-        }
-        let mut entry = entry.map_err(bad)?;
-        let kind = entry.header().entry_type();
-        let size = entry.header().entry_size().map_err(bad)?;
-        let small = |what: &str| {
-            if size > limits.archive_header_bytes {
-                Err(bundle_err(
-                    &shown,
-                    format!(
-                        "entry {index}: {what} of {size} bytes, more than the limit of {} bytes (MAX_ARCHIVE_HEADER_BYTES)",
-                        limits.archive_header_bytes
-                    ),
-                ))
-            } else {
-                Ok(())
-            }
-        };
-        if kind.is_gnu_longname() || kind.is_pax_local_extensions() {
-            small(if kind.is_gnu_longname() {
-                "a GNU long name"
-            } else {
-                "a pax header"
-            })?;
-            let mut data = Vec::new();
-            (&mut entry)
-                .take(size)
-                .read_to_end(&mut data)
-                .map_err(bad)?;
-            if kind.is_gnu_longname() {
-                while data.last() == Some(&0) {
-                    data.pop();
-                }
-                long_name = Some(data);
-            } else {
-                if pax_value(&data, "size").is_some() {
-                    return Err(bundle_err(
-                        &shown,
-                        format!(
-                            "entry {index}: a pax `size` record (files over 8 GiB), which netray does not read"
-                        ),
-                    ));
-                }
-                pax = Some(data);
-            }
-            continue;
-        }
-        if kind.is_gnu_longlink() || kind.is_pax_global_extensions() {
-            // Not needed; skipped unread.
-            continue;
-        }
-        let pax_path = pax
-            .take()
-            .and_then(|p| pax_value(&p, "path").map(<[u8]>::to_vec));
-        let raw = pax_path
-            .or(long_name.take())
-            .unwrap_or_else(|| entry.path_bytes().into_owned());
-        let Ok(name) = String::from_utf8(raw) else {
-            continue;
-        };
-        let mut norm = name.as_str();
-        while let Some(s) = norm.strip_prefix("./") {
-            norm = s;
-        }
-        let norm = norm.trim_end_matches('/');
-        let Some((root, rel)) = classify(norm) else {
-            continue;
-        };
-        let quoted = clip_quote(&name);
-        let r = roots.entry(root.clone()).or_default();
-        let regular = kind.is_file() || kind.is_contiguous();
-        if !regular {
-            let what = if kind.is_symlink() {
-                "a symbolic link".to_string()
-            } else if kind.is_hard_link() {
-                "a hard link".to_string()
-            } else if kind.is_dir() {
-                "a directory".to_string()
-            } else {
-                format!("of type {:?}", kind)
-            };
-            r.problems.push(format!(
-                "entry {index} `{quoted}` is {what}, not a regular file (bundle files must be regular files)"
-            ));
-            continue;
-        }
-        if let Some((first, at, _)) = r.files.get(&rel) {
-            r.problems.push(format!(
-                "`{}` (entry {at}) and `{quoted}` (entry {index}) are both {root}{rel}: a bundle holds each file once",
-                clip_quote(first)
-            ));
-            continue;
-        }
-        if rel.starts_with("nodes/") {
-            node_files += 1;
-            if node_files > limits.node_files {
+    let mut jobs = 0usize;
+    let (read, parsed) = parse_in_parallel(|submit| {
+        for (index, entry) in entries.enumerate() {
+            let index = index as u64 + 1;
+            if index > limits.archive_entries {
                 return Err(bundle_err(
                     &shown,
                     format!(
-                        "more than {} node snapshots (MAX_NODE_FILES)",
-                        limits.node_files
+                        "more than {} archive entries (MAX_ARCHIVE_ENTRIES)",
+                        limits.archive_entries
                     ),
                 ));
             }
+            let mut entry = entry.map_err(bad)?;
+            let kind = entry.header().entry_type();
+            let size = entry.header().entry_size().map_err(bad)?;
+            let small = |what: &str| {
+                if size > limits.archive_header_bytes {
+                    Err(bundle_err(
+                        &shown,
+                        format!(
+                            "entry {index}: {what} of {size} bytes, more than the limit of {} bytes (MAX_ARCHIVE_HEADER_BYTES)",
+                            limits.archive_header_bytes
+                        ),
+                    ))
+                } else {
+                    Ok(())
+                }
+            };
+            if kind.is_gnu_longname() || kind.is_pax_local_extensions() {
+                small(if kind.is_gnu_longname() {
+                    "a GNU long name"
+                } else {
+                    "a pax header"
+                })?;
+                let mut data = Vec::new();
+                (&mut entry)
+                    .take(size)
+                    .read_to_end(&mut data)
+                    .map_err(bad)?;
+                if kind.is_gnu_longname() {
+                    while data.last() == Some(&0) {
+                        data.pop();
+                    }
+                    long_name = Some(data);
+                } else {
+                    if pax_value(&data, "size").is_some() {
+                        return Err(bundle_err(
+                            &shown,
+                            format!(
+                                "entry {index}: a pax `size` record (files over 8 GiB), which netray does not read"
+                            ),
+                        ));
+                    }
+                    pax = Some(data);
+                }
+                continue;
+            }
+            if kind.is_gnu_longlink() || kind.is_pax_global_extensions() {
+                // Not needed; skipped unread.
+                continue;
+            }
+            let pax_path = pax
+                .take()
+                .and_then(|p| pax_value(&p, "path").map(<[u8]>::to_vec));
+            let raw = pax_path
+                .or(long_name.take())
+                .unwrap_or_else(|| entry.path_bytes().into_owned());
+            let Ok(name) = String::from_utf8(raw) else {
+                continue;
+            };
+            let mut norm = name.as_str();
+            while let Some(s) = norm.strip_prefix("./") {
+                norm = s;
+            }
+            let norm = norm.trim_end_matches('/');
+            let Some((root, rel)) = classify(norm) else {
+                continue;
+            };
+            let quoted = clip_quote(&name);
+            let r = roots.entry(root.clone()).or_default();
+            let regular = kind.is_file() || kind.is_contiguous();
+            if !regular {
+                let what = if kind.is_symlink() {
+                    "a symbolic link".to_string()
+                } else if kind.is_hard_link() {
+                    "a hard link".to_string()
+                } else if kind.is_dir() {
+                    "a directory".to_string()
+                } else {
+                    format!("of type {:?}", kind)
+                };
+                r.problems.push(format!(
+                    "entry {index} `{quoted}` is {what}, not a regular file (bundle files must be regular files)"
+                ));
+                continue;
+            }
+            if let Some((first, at, _)) = r.files.get(&rel) {
+                r.problems.push(format!(
+                    "`{}` (entry {at}) and `{quoted}` (entry {index}) are both {root}{rel}: a bundle holds each file once",
+                    clip_quote(first)
+                ));
+                continue;
+            }
+            if rel.starts_with("nodes/") {
+                node_files += 1;
+                if node_files > limits.node_files {
+                    return Err(bundle_err(
+                        &shown,
+                        format!(
+                            "more than {} node snapshots (MAX_NODE_FILES)",
+                            limits.node_files
+                        ),
+                    ));
+                }
+            }
+            let data = budget.read(&format!("{shown}/{quoted}"), size, &mut entry)?;
+            // Parsed by a worker while the next entries are read; an error counts only if this
+            // root is chosen.
+            submit(Job {
+                index: jobs,
+                shown: format!("{shown}/{rel}"),
+                rel: rel.clone(),
+                data,
+            });
+            r.files.insert(rel, (name, index, jobs));
+            jobs += 1;
         }
-        let data = budget.read(&format!("{shown}/{quoted}"), size, &mut entry)?;
-        // Parsed now so the bytes are freed; an error counts only if this root is chosen.
-        let item = parse_item(&format!("{shown}/{rel}"), &rel, &data);
-        drop(data);
-        r.files.insert(rel, (name, index, item));
-    }
+        Ok(())
+    });
+    read?;
+    let mut parsed: Vec<Option<Result<Item, LoadError>>> =
+        parsed.into_iter().map(|(_, item)| Some(item)).collect();
     // The bundle's root: the top when it has node snapshots (or nothing else does), else the
     // one top-level directory that has them.
     let top_has_nodes = roots.get("").is_some_and(Root::has_nodes);
@@ -1097,6 +1225,12 @@ fn read_tar_gz(path: &Path, limits: &Limits) -> Result<Vec<(String, Item)>, Load
     }
     root.files
         .into_iter()
-        .map(|(rel, (_, _, item))| item.map(|i| (rel, i)))
+        .map(|(rel, (_, _, job))| {
+            let item = parsed
+                .get_mut(job)
+                .and_then(Option::take)
+                .ok_or_else(|| bundle_err(&shown, format!("internal: `{rel}` was not parsed")))?;
+            item.map(|i| (rel, i))
+        })
         .collect()
 }

@@ -138,3 +138,97 @@ fn a_single_snapshot_file_is_a_one_node_bundle() {
     let e = Bundle::load(&bad).unwrap_err().to_string();
     assert!(e.contains("bad.json") && e.contains(".node"), "{e}");
 }
+
+/// The version is judged before the shape: a snapshot of another version whose shape also
+/// differs says "unsupported schema version"; a missing or non-integer version is named; a
+/// syntax error gives line and column.
+#[test]
+fn the_version_is_judged_before_the_shape() {
+    use netray_snapshot::{LoadError, NodeSnapshot};
+    let real = String::from_utf8(example("nodes/node0.json")).unwrap();
+    let v2 = real.replacen("\"schema_version\": 1", "\"schema_version\": 2", 1);
+    let v2_other_shape = v2.replacen("\"namespaces\"", "\"netns\"", 1);
+    for text in [&v2, &v2_other_shape] {
+        let e = NodeSnapshot::from_json("n.json", text).unwrap_err();
+        assert!(matches!(e, LoadError::Version { found: 2, .. }), "{e}");
+    }
+    let huge = real.replacen(
+        "\"schema_version\": 1",
+        "\"schema_version\": 99999999999",
+        1,
+    );
+    let e = NodeSnapshot::from_json("n.json", &huge).unwrap_err();
+    assert!(
+        matches!(
+            e,
+            LoadError::Version {
+                found: 99999999999,
+                ..
+            }
+        ),
+        "{e}"
+    );
+    let null = real.replacen("\"schema_version\": 1", "\"schema_version\": null", 1);
+    let e = NodeSnapshot::from_json("n.json", &null)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(".schema_version") && e.contains("null"), "{e}");
+    let none = real.replacen("\"schema_version\": 1,", "", 1);
+    let e = NodeSnapshot::from_json("n.json", &none)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("missing field `schema_version`"), "{e}");
+    let cut = &real[..real.len() / 3];
+    let e = NodeSnapshot::from_json("n.json", cut)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("n.json") && e.contains("line "), "{e}");
+    let e = NodeSnapshot::from_json("n.json", "[1, 2]")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("JSON object"), "{e}");
+    // Trailing garbage after a good document is refused.
+    let e = NodeSnapshot::from_json("n.json", &format!("{real} x"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("trailing"), "{e}");
+}
+
+mod robustness {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+        /// Any text as `failed-nodes.json` gives a list or an error naming the file; never a
+        /// panic. What loads round-trips.
+        #[test]
+        fn failed_lists_never_panic(
+            names in proptest::collection::vec("[a-z0-9./-]{0,12}", 0..4),
+            reasons in proptest::collection::vec(".{0,20}", 0..4),
+            cut in 0usize..200,
+        ) {
+            let list: Vec<serde_json::Value> = names
+                .iter()
+                .zip(reasons.iter().chain(std::iter::repeat(&String::new())))
+                .map(|(n, r)| serde_json::json!({"node": n, "reason": r}))
+                .collect();
+            let text = serde_json::to_string(&list).unwrap();
+            let at = (0..=cut.min(text.len()))
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
+            for t in [text.as_str(), &text[..at]] {
+                match FailedNode::list_from_json("f.json", t) {
+                    Ok(l) => {
+                        let again =
+                            FailedNode::list_from_json("f.json", &FailedNode::list_to_json(&l))
+                                .unwrap();
+                        prop_assert_eq!(again, l);
+                    }
+                    Err(e) => prop_assert!(e.to_string().contains("f.json"), "{}", e),
+                }
+            }
+        }
+    }
+}
