@@ -235,12 +235,118 @@ fn classify(e: &kube::Error) -> ReqError {
     }
 }
 
+/// Requests on the collector pods, each answer read within [`MAX_RESPONSE_BYTES`] (the
+/// limit of every other answer netray reads from the API).
+struct PodRequests {
+    client: Client,
+    request: kube::core::Request,
+}
+
+impl PodRequests {
+    fn new(client: Client, namespace: &str) -> PodRequests {
+        PodRequests {
+            client,
+            request: kube::core::Request::new(<Pod as kube::Resource>::url_path(
+                &(),
+                Some(namespace),
+            )),
+        }
+    }
+
+    async fn create(&self, pod: &Pod) -> Result<Pod, ReqError> {
+        let body = serde_json::to_vec(pod).map_err(|e| ReqError {
+            msg: format!("cannot serialize the pod: {e}"),
+            transient: false,
+            code: None,
+        })?;
+        self.call(self.request.create(&PostParams::default(), body))
+            .await
+    }
+
+    async fn get(&self, name: &str) -> Result<Pod, ReqError> {
+        self.call(self.request.get(name, &kube::api::GetParams::default()))
+            .await
+    }
+
+    async fn delete(&self, name: &str) -> Result<(), ReqError> {
+        let dp = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::default()
+        };
+        // The answer is the Pod or a Status: only its HTTP status matters.
+        self.call::<Value>(self.request.delete(name, &dp))
+            .await
+            .map(|_| ())
+    }
+
+    async fn list(&self, lp: &ListParams) -> Result<kube::core::ObjectList<Pod>, ReqError> {
+        self.call(self.request.list(lp)).await
+    }
+
+    async fn call<T: serde::de::DeserializeOwned>(
+        &self,
+        req: Result<http::Request<Vec<u8>>, kube::core::request::Error>,
+    ) -> Result<T, ReqError> {
+        use http_body_util::BodyExt;
+        let plain = |msg: String, transient: bool| ReqError {
+            msg,
+            transient,
+            code: None,
+        };
+        let req = req.map_err(|e| plain(format!("building the request: {e}"), false))?;
+        let res = self
+            .client
+            .send(req.map(kube::client::Body::from))
+            .await
+            .map_err(|e| classify(&e))?;
+        let status = res.status();
+        let mut body = res.into_body();
+        let mut buf: Vec<u8> = Vec::new();
+        while let Some(frame) = body.frame().await {
+            // A connection lost in the middle of an answer: try again.
+            let frame = frame.map_err(|e| plain(chain(&e), true))?;
+            if let Ok(data) = frame.into_data() {
+                if (buf.len() + data.len()) as u64 > crate::MAX_RESPONSE_BYTES {
+                    return Err(plain(
+                        format!(
+                            "a response of more than {} bytes (MAX_RESPONSE_BYTES); stopped reading",
+                            crate::MAX_RESPONSE_BYTES
+                        ),
+                        false,
+                    ));
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        if !status.is_success() {
+            let message = serde_json::from_slice::<kube::core::Status>(&buf)
+                .ok()
+                .map(|s| s.message)
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| {
+                    String::from_utf8_lossy(&buf[..buf.len().min(200)]).into_owned()
+                });
+            let status = kube::core::Status {
+                code: status.as_u16(),
+                message,
+                ..kube::core::Status::default()
+            };
+            return Err(classify(&kube::Error::Api(Box::new(status))));
+        }
+        serde_json::from_slice(&buf)
+            .map_err(|e| plain(format!("not the expected JSON: {e}"), false))
+    }
+}
+
 /// Shared state of one run.
 struct Ctx {
     secrets: Secrets,
     opts: Options,
     run_id: String,
+    /// Exec (kube's WebSocket client).
     pods: Api<Pod>,
+    /// Create, get, delete, list.
+    requests: PodRequests,
     nodes_dir: PathBuf,
     /// Pods created or possibly created → deleted yet.
     created: Mutex<BTreeMap<String, bool>>,
@@ -273,15 +379,14 @@ impl Ctx {
     async fn retry<T, F, Fut>(&self, what: &str, mut f: F) -> Result<T, ReqError>
     where
         F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = Result<T, kube::Error>>,
+        Fut: std::future::Future<Output = Result<T, ReqError>>,
     {
         let mut delay = self.opts.backoff;
         let mut attempt = 0;
         loop {
             match f().await {
                 Ok(v) => return Ok(v),
-                Err(e) => {
-                    let mut c = classify(&e);
+                Err(mut c) => {
                     if c.transient && attempt < self.opts.retries {
                         attempt += 1;
                         tokio::time::sleep(delay).await;
@@ -391,7 +496,8 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
         .map_err(|e| LiveError::Config(format!("{}: {e}", nodes_dir.display())))?;
     let run_id = new_run_id();
     let ctx = Arc::new(Ctx {
-        pods: Api::namespaced(client, &opts.namespace),
+        pods: Api::namespaced(client.clone(), &opts.namespace),
+        requests: PodRequests::new(client, &opts.namespace),
         secrets,
         opts: opts.clone(),
         run_id: run_id.clone(),
@@ -725,13 +831,9 @@ async fn collect_node(ctx: &Arc<Ctx>, i: usize, node: &str) -> Result<NodeDone, 
 }
 
 async fn delete_pod(ctx: &Ctx, name: &str) -> Result<(), String> {
-    let dp = DeleteParams {
-        grace_period_seconds: Some(0),
-        ..DeleteParams::default()
-    };
     match ctx
         .retry(&format!("deleting pod {name}"), || {
-            ctx.pods.delete(name, &dp)
+            ctx.requests.delete(name)
         })
         .await
     {
@@ -761,10 +863,9 @@ async fn node_steps(
         .map_err(|e| format!("building the pod: {e}"))?;
     ctx.created.lock().expect("lock").insert(name.into(), false);
     let ns = &ctx.opts.namespace;
-    let pp = PostParams::default();
     match ctx
         .retry(&format!("creating pod {ns}/{name}"), || {
-            ctx.pods.create(&pp, &pod)
+            ctx.requests.create(&pod)
         })
         .await
     {
@@ -795,7 +896,9 @@ async fn node_steps(
     let mut delay = Duration::from_millis(250);
     loop {
         let p = ctx
-            .retry(&format!("reading pod {ns}/{name}"), || ctx.pods.get(name))
+            .retry(&format!("reading pod {ns}/{name}"), || {
+                ctx.requests.get(name)
+            })
             .await
             .map_err(|e| e.msg)?;
         let (phase, why, fatal) = pod_state(&p);
@@ -1211,7 +1314,7 @@ async fn cleanup(ctx: &Arc<Ctx>, interrupted: bool) -> (Vec<(String, String)>, u
             // then met 404): give it a moment to land, then sweep by label.
             tokio::time::sleep(Duration::from_millis(500)).await;
             let lp = ListParams::default().labels(&format!("{RUN_LABEL}={}", ctx.run_id));
-            if let Ok(list) = ctx.pods.list(&lp).await {
+            if let Ok(list) = ctx.requests.list(&lp).await {
                 for p in list.items {
                     if p.metadata.deletion_timestamp.is_some() {
                         continue; // already going
