@@ -306,7 +306,8 @@ fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> 
         "no-route" => {
             for o in objects {
                 if let KernelObject::RouteLookup { at, dst, .. } = o
-                    && let Some(route) = peer_route(ctx, at, *dst)
+                    && let Some(route) =
+                        peer_route(ctx, at, *dst).or_else(|| route_to_owner(ctx, at, *dst))
                 {
                     out.push(cmd(at, b, format!("ip route add {route}")));
                 }
@@ -520,6 +521,69 @@ fn peer_route(ctx: &Context, at: &Place, dst: IpAddr) -> Option<String> {
         })
         .max_by_key(|r| r.dst.prefix_len())
         .map(netray_datapath::fib::route_text)
+}
+
+/// A route to the pod subnet holding `dst`, derived from the node that owns it (when no other
+/// node has such a route to copy, e.g. in a two-node cluster): over the overlay when this
+/// node has a VXLAN device of `dst`'s family (`SUBNET via PEER-VTEP dev DEV onlink`, as
+/// flannel writes it; `flannel.1` or `flannel-v6.1`), else via the owner's address of that
+/// family on a subnet this node is directly connected to (host-gw style).
+fn route_to_owner(ctx: &Context, at: &Place, dst: IpAddr) -> Option<String> {
+    let me = ns_at(ctx, at)?;
+    let v4 = dst.is_ipv4();
+    // The owner: a host namespace with a bridge address whose subnet holds dst.
+    let (owner, subnet) = ctx
+        .world
+        .ns
+        .iter()
+        .filter(|v| v.is_host && v.node != at.node)
+        .find_map(|v| {
+            v.snap.addresses.iter().find_map(|a| {
+                let on_bridge = v
+                    .snap
+                    .links
+                    .iter()
+                    .any(|l| l.name == a.dev && matches!(l.kind, LinkKind::Bridge { .. }));
+                (on_bridge && a.scope == "global" && a.addr.trunc().contains(&dst))
+                    .then(|| (v, a.addr.trunc()))
+            })
+        })?;
+    let family_addr = |v: &netray_datapath::world::NsView, dev: &str| {
+        v.snap
+            .addresses
+            .iter()
+            .find(|a| a.dev == dev && a.addr.addr().is_ipv4() == v4)
+            .map(|a| a.addr.addr())
+    };
+    // Overlay: my VXLAN device carrying this family, the owner's device of the same VNI.
+    for l in &me.snap.links {
+        let LinkKind::Vxlan { vni, .. } = &l.kind else {
+            continue;
+        };
+        if family_addr(me, &l.name).is_none() {
+            continue;
+        }
+        let peer_vtep = owner.snap.links.iter().find_map(|pl| match &pl.kind {
+            LinkKind::Vxlan { vni: pv, .. } if pv == vni => family_addr(owner, &pl.name),
+            _ => None,
+        });
+        if let Some(gw) = peer_vtep {
+            return Some(format!("{subnet} via {gw} dev {} onlink", l.name));
+        }
+    }
+    // Underlay: the owner's address of this family in one of my connected subnets.
+    me.snap.addresses.iter().find_map(|mine| {
+        if mine.scope != "global" || mine.addr.addr().is_ipv4() != v4 {
+            return None;
+        }
+        let net = mine.addr.trunc();
+        owner
+            .snap
+            .addresses
+            .iter()
+            .find(|a| a.scope == "global" && net.contains(&a.addr.addr()) && a.addr != mine.addr)
+            .map(|a| format!("{subnet} via {} dev {}", a.addr.addr(), mine.dev))
+    })
 }
 
 /// A pod's gateway: the address in its interface's subnet that the host side owns (the

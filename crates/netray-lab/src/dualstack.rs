@@ -728,7 +728,7 @@ impl DualStackLab {
                     V6Overlay::Routes => ns.ip(&[
                         "-6",
                         "route",
-                        "add",
+                        "replace",
                         &ds_pod_cidr_v6(peer),
                         "via",
                         &ds_node_v6(peer).to_string(),
@@ -736,7 +736,7 @@ impl DualStackLab {
                     V6Overlay::Vxlan => ns.ip(&[
                         "-6",
                         "route",
-                        "add",
+                        "replace",
                         &ds_pod_cidr_v6(peer),
                         "via",
                         &ds_v6_net(peer).to_string(),

@@ -933,3 +933,17 @@ fn bridge_link_and_multipath_delete() {
         "ip route del broadcast 10.244.1.255 dev cni0 scope link src 10.244.1.1 table local",
     );
 }
+
+/// IPv6 destinations may start with a letter: `fd00::/64` is a destination, not an option.
+#[test]
+fn route_add_ipv6_destination() {
+    let mut b = healthy();
+    ok(&mut b, "ip route add fd00:9::/64 dev eth0");
+    assert!(
+        host(&b)
+            .routes
+            .iter()
+            .any(|r| r.dst.to_string() == "fd00:9::/64" && r.dev.as_deref() == Some("eth0"))
+    );
+    err_kind(&mut b, "ip route add fdxx::/64 dev eth0", ErrorKind::Unsupported);
+}

@@ -286,13 +286,17 @@ fn check_case(
     let bundle = dir.join(c.name);
     lab.collect_bundle(Path::new(NETRAY), &bundle)
         .unwrap_or_else(|e| panic!("{}: collect: {e}", c.name));
+    let mut bad = check_scan(&bundle, c);
+    if c.failing.iter().any(|(l, _)| *l == "svc/web-remote v6") {
+        let worked: Vec<bool> = kernel.iter().map(|k| k.ok).collect();
+        bad.extend(prove_fix(lab, &bundle, c, &matrix, &worked));
+    }
     for f in &c.faults {
         if !matches!(f, DsFault::StaleV6Vtep { .. }) {
             lab.undo(f)
                 .unwrap_or_else(|e| panic!("{}: undo {f:?}: {e}", c.name));
         }
     }
-    let mut bad = check_scan(&bundle, c);
     for (f, k) in matrix.iter().zip(kernel) {
         let n = netray(&bundle, f);
         table.push(format!(
@@ -347,6 +351,79 @@ fn check_case(
             && n.cause.as_deref() != Some(want)
         {
             bad.push(format!("{ctx}: netray's cause {:?}, want {want}", n.cause));
+        }
+    }
+    bad
+}
+
+/// netray's fix for the failing IPv6 Service flow, run in the lab: that flow must then work
+/// in the kernel and no flow of the matrix that worked may fail (the fix is proven against the
+/// kernel, not only the model).
+fn prove_fix(
+    lab: &DualStackLab,
+    bundle: &Path,
+    c: &Case,
+    matrix: &[FlowCase],
+    worked: &[bool],
+) -> Vec<String> {
+    let d = run_netray(&[
+        "diagnose",
+        "--bundle",
+        bundle.to_str().expect("utf-8 path"),
+        "--from",
+        &format!("pod/default/{CLIENT}"),
+        "--to",
+        &format!("svc/default/web-remote:{DS_SERVICE_PORT}"),
+        "--family",
+        "6",
+        "-o",
+        "json",
+    ]);
+    let cmds: Vec<&Value> = d["causes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .flat_map(|c| c["fix_commands"].as_array().into_iter().flatten())
+        .collect();
+    if cmds.is_empty() {
+        return vec![format!(
+            "{}: diagnose proposes no fix command: {d:.1500}",
+            c.name
+        )];
+    }
+    let mut bad = Vec::new();
+    for cmd in &cmds {
+        let (Some(node), Some(run)) = (cmd["node"].as_str(), cmd["run"].as_str()) else {
+            bad.push(format!("{}: malformed fix command {cmd}", c.name));
+            continue;
+        };
+        if cmd["netns"] != "host" {
+            bad.push(format!("{}: fix outside a host namespace: {cmd}", c.name));
+            continue;
+        }
+        let ns = lab.ns(node).expect("fix node");
+        if let Err(e) = ns.sh(run) {
+            bad.push(format!("{}: fix `{run}` on {node} failed: {e}", c.name));
+        }
+    }
+    for (f, before) in matrix.iter().zip(worked) {
+        if !before && f.label != "svc/web-remote v6" {
+            continue;
+        }
+        let ok = (0..2).any(|_| match f.port {
+            Some(p) => lab.tcp(CLIENT, f.dst, p),
+            None => lab.ping(CLIENT, f.dst),
+        });
+        if !ok {
+            bad.push(format!(
+                "{}: after netray's fix ({}) {} still fails in the kernel",
+                c.name,
+                cmds.iter()
+                    .filter_map(|c| c["run"].as_str())
+                    .collect::<Vec<_>>()
+                    .join("; "),
+                f.label
+            ));
         }
     }
     bad
@@ -611,6 +688,19 @@ fn dual_stack_cluster_matches_the_kernel() {
     ));
     eprintln!("dual-stack lab: {:.1} s", t0.elapsed().as_secs_f64());
     drop(lab);
+    // scripts/capture-examples.sh keeps the ip6tables FORWARD DROP capture as
+    // examples/006-dualstack-v6-forward-drop.
+    if let Some(keep) = std::env::var_os("NETRAY_CAPTURE_EXAMPLE") {
+        let keep = Path::new(&keep);
+        std::fs::create_dir_all(keep.join("nodes")).expect("example dir");
+        for f in ["cluster.json", "nodes/node0.json", "nodes/node1.json"] {
+            std::fs::copy(
+                dir.path().join("ip6tables-forward-drop").join(f),
+                keep.join(f),
+            )
+            .expect("copy capture");
+        }
+    }
     // Keep the bundles for inspection (`NETRAY_DUALSTACK_KEEP=DIR`: one directory per case).
     if let Some(keep) = std::env::var_os("NETRAY_DUALSTACK_KEEP") {
         for c in &cases {

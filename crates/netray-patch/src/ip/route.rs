@@ -222,7 +222,8 @@ fn parse_main(args: &[String]) -> R<Args> {
                 }
                 if w.starts_with(|c: char| c.is_ascii_alphabetic())
                     && !matches!(w, "default" | "all" | "any")
-                    && w.parse::<IpAddr>().is_err()
+                    // An IPv6 destination may start with a letter (`fd00::/64`).
+                    && w.split('/').next().unwrap_or(w).parse::<IpAddr>().is_err()
                 {
                     return Err(unsupported(format!(
                         "`ip route`: `{w}` is neither a known option nor a destination"
