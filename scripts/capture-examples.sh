@@ -99,4 +99,10 @@ if sel 005-stale-conntrack; then
     NETRAY_CAPTURE_EXAMPLE="$PWD/examples/005-stale-conntrack" \
         cargo test -q -p netray --test lab_cases stale_udp_conntrack_entry_after_pod_deletion
 fi
+if sel 006-dualstack-v6-forward-drop; then
+    echo "== 006-dualstack-v6-forward-drop"
+    rm -rf examples/006-dualstack-v6-forward-drop/nodes examples/006-dualstack-v6-forward-drop/cluster.json
+    NETRAY_CAPTURE_EXAMPLE="$PWD/examples/006-dualstack-v6-forward-drop" \
+        cargo test -q -p netray --test dualstack_lab dual_stack_cluster_matches_the_kernel
+fi
 echo "done"

@@ -173,6 +173,33 @@ const CASES: &[Expect] = &[
         reachable: (5, 5),
         evidence: "",
     },
+    Expect {
+        bundle: "006-dualstack-v6-forward-drop",
+        from: "pod/default/client-0",
+        to: "svc/default/web-remote:80",
+        verdict: "partial",
+        causes: &[("forward-policy-drop", "node1")],
+        reachable: (1, 2),
+        evidence: ":FORWARD DROP",
+    },
+    Expect {
+        bundle: "006-dualstack-v6-forward-drop",
+        from: "pod/default/client-0",
+        to: "[fd00:96::11]:80",
+        verdict: "unreachable",
+        causes: &[("forward-policy-drop", "node1")],
+        reachable: (0, 1),
+        evidence: ":FORWARD DROP",
+    },
+    Expect {
+        bundle: "006-dualstack-v6-forward-drop",
+        from: "pod/default/client-0",
+        to: "svc/default/web-local:80",
+        verdict: "reachable",
+        causes: &[],
+        reachable: (2, 2),
+        evidence: "",
+    },
 ];
 
 #[test]
@@ -267,6 +294,10 @@ fn scan_reports_each_example_and_is_quiet_on_healthy() {
         ("003-forward-drop", &[("forward-policy-drop", "node1")]),
         ("004-local-service-ip", &[("lb-ip-in-local-table", "node1")]),
         ("005-stale-conntrack", &[]),
+        (
+            "006-dualstack-v6-forward-drop",
+            &[("ip6-forward-policy-drop", "node1")],
+        ),
     ];
     for (bundle, want) in cases {
         let path = example(bundle);
