@@ -1789,3 +1789,191 @@ fn options_of_the_other_mode_are_refused() {
         assert!(err.contains(needle), "{args:?}: {err}");
     }
 }
+
+/// (apiGroup, resource, verb) granted by deploy/rbac.yaml: cluster-wide by the ClusterRole,
+/// and in the `netray` namespace by the Role.
+fn rbac_grants() -> (
+    BTreeSet<(String, String, String)>,
+    BTreeSet<(String, String, String)>,
+) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rbac.yaml");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let mut cluster = BTreeSet::new();
+    let mut ns = BTreeSet::new();
+    for doc in serde_norway::Deserializer::from_str(&text) {
+        let v: Value = serde::Deserialize::deserialize(doc).unwrap();
+        let into = match v["kind"].as_str().unwrap() {
+            "ClusterRole" => &mut cluster,
+            "Role" => {
+                assert_eq!(v["metadata"]["namespace"], "netray");
+                &mut ns
+            }
+            _ => continue,
+        };
+        for rule in v["rules"].as_array().unwrap() {
+            for g in rule["apiGroups"].as_array().unwrap() {
+                for r in rule["resources"].as_array().unwrap() {
+                    for verb in rule["verbs"].as_array().unwrap() {
+                        let (g, r, verb) = (
+                            g.as_str().unwrap(),
+                            r.as_str().unwrap(),
+                            verb.as_str().unwrap(),
+                        );
+                        assert!(
+                            g != "*" && r != "*" && verb != "*",
+                            "no wildcards in {}",
+                            path.display()
+                        );
+                        into.insert((g.to_string(), r.to_string(), verb.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    (cluster, ns)
+}
+
+/// Every request the stand-in saw, as (namespace, apiGroup, resource, verb) the way the API
+/// server authorizes it (the exec WebSocket as `create` on pods/exec, as recent servers do).
+fn authorized_as(log: &[String]) -> BTreeSet<(Option<String>, String, String, String)> {
+    let mut out = BTreeSet::new();
+    for l in log {
+        let (method, path) = l.split_once(' ').unwrap();
+        let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+        let (group, rest) = match parts[0] {
+            "api" => (String::new(), &parts[2..]),
+            "apis" => (parts[1].to_string(), &parts[3..]),
+            _ => panic!("unexpected path {path}"),
+        };
+        let (namespace, rest) = if rest.first() == Some(&"namespaces") && rest.len() > 2 {
+            (Some(rest[1].to_string()), &rest[2..])
+        } else {
+            (None, rest)
+        };
+        let resource = match rest {
+            [r, _, sub] => format!("{r}/{sub}"),
+            [r, ..] => r.to_string(),
+            [] => panic!("no resource in {path}"),
+        };
+        let verb = match (method, rest.len()) {
+            ("GET", 1) => "list",
+            ("GET", 2) => "get",
+            ("GET", 3) => "create",
+            ("POST", _) => "create",
+            ("DELETE", _) => "delete",
+            _ => panic!("unexpected request {l}"),
+        };
+        out.insert((namespace, group, resource, verb.to_string()));
+    }
+    out
+}
+
+/// deploy/rbac.yaml grants exactly what `collect --kube` asks of the API (every request of
+/// full runs, including an interrupted one's clean-up by label), and nothing else.
+#[test]
+fn deploy_rbac_grants_exactly_what_collect_kube_uses() {
+    let (cluster, ns) = rbac_grants();
+    // Requests of a complete run, a run with a failing node and an interrupted run.
+    let good = |n: &str| NodeBehaviour::exec(Exec::Recorded(recorded(n)));
+    let mut used = BTreeSet::new();
+    let (api, tmp) = small_cluster(
+        &[
+            ("node0", good("node0")),
+            ("node1", good("node1")),
+            ("node2", NodeBehaviour::exec(Exec::ExitFails)),
+        ],
+        Faults::default(),
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let r = collect(
+        &kc,
+        &[
+            "--all",
+            "--selector",
+            "kubernetes.io/os=linux",
+            "-o",
+            tmp.path().join("b").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        r.code == Some(2),
+        "--all with --selector is refused: {}",
+        r.stderr
+    );
+    let r = collect(
+        &kc,
+        &[
+            "--selector",
+            "kubernetes.io/os=linux",
+            "-o",
+            tmp.path().join("b").to_str().unwrap(),
+        ],
+    );
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    used.extend(authorized_as(&api.log()));
+    let (api, tmp) = small_cluster(
+        &[(
+            "node0",
+            NodeBehaviour {
+                exec: Exec::ExitFails,
+                never_runs: true,
+                pull_fails: false,
+            },
+        )],
+        Faults::default(),
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let mut child = Command::new(NETRAY)
+        .args([
+            "collect",
+            "--kube",
+            "--kubeconfig",
+            kc.to_str().unwrap(),
+            "--nodes",
+            "node0",
+            "-o",
+        ])
+        .arg(tmp.path().join("b"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while api.created().is_empty() {
+        assert!(start.elapsed() < Duration::from_secs(60));
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // SAFETY: kill(2) on the pid of a child we spawned and have not waited for.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert_eq!(child.wait().unwrap().code(), Some(130));
+    used.extend(authorized_as(&api.log()));
+    // Every request is allowed: cluster-wide by the ClusterRole, or in `netray` by the Role.
+    for (namespace, g, r, v) in &used {
+        let key = (g.clone(), r.clone(), v.clone());
+        let ok =
+            cluster.contains(&key) || (namespace.as_deref() == Some("netray") && ns.contains(&key));
+        assert!(
+            ok,
+            "{v} {g}/{r} in {namespace:?} is not granted by deploy/rbac.yaml"
+        );
+    }
+    // And every grant is used (pods/exec `get`: what API servers before the exec
+    // authorization change check for the WebSocket upgrade).
+    let used_keys: BTreeSet<(String, String, String)> = used
+        .iter()
+        .map(|(_, g, r, v)| (g.clone(), r.clone(), v.clone()))
+        .collect();
+    let mut unused: Vec<_> = cluster
+        .iter()
+        .chain(ns.iter())
+        .filter(|k| !used_keys.contains(*k))
+        .collect();
+    unused.retain(|(g, r, v)| !(g.is_empty() && r == "pods/exec" && v == "get"));
+    // The read-only role is get/list on each kind it lists (issue 12); the collector itself
+    // `get`s only ConfigMaps and its own pods.
+    unused.retain(|(_, r, v)| {
+        !(v == "get" && ["nodes", "pods", "services", "endpointslices"].contains(&r.as_str()))
+    });
+    assert!(unused.is_empty(), "granted but never used: {unused:?}");
+}
