@@ -689,6 +689,9 @@ fn parse_item(shown: &str, rel: &str, data: &[u8]) -> Result<Item, LoadError> {
     }
 }
 
+/// A parsed bundle file, by the index of its [`Job`].
+type Parsed = (usize, Result<Item, LoadError>);
+
 /// A bundle file read and waiting to be parsed.
 struct Job {
     /// Position in the caller's order.
@@ -707,7 +710,7 @@ struct Job {
 /// `read` returned and every parsed file by index, sorted.
 fn parse_in_parallel(
     read: impl FnOnce(&mut dyn FnMut(Job)) -> Result<(), LoadError>,
-) -> (Result<(), LoadError>, Vec<(usize, Result<Item, LoadError>)>) {
+) -> (Result<(), LoadError>, Vec<Parsed>) {
     let workers = std::thread::available_parallelism()
         .map(|n| n.get())
         .unwrap_or(1)
