@@ -202,3 +202,29 @@ fn a_single_snapshot_file_is_a_one_node_bundle() {
         "{e}"
     );
 }
+
+#[test]
+fn a_flow_from_a_missing_node_is_an_error_that_says_so() {
+    let d = partial(true);
+    let b = d.path().to_str().unwrap();
+    for from in ["pod/default/web-4", "node/node2"] {
+        for cmd in ["trace", "diagnose"] {
+            let o = run(&[
+                cmd,
+                "--bundle",
+                b,
+                "--from",
+                from,
+                "--to",
+                "pod/default/web-0:8080",
+            ]);
+            let e = String::from_utf8_lossy(&o.stderr);
+            assert_eq!(o.status.code(), Some(2), "{cmd} {from}: {e}");
+            assert!(
+                e.contains("node node2's snapshot is missing from the bundle")
+                    && e.contains(REASON),
+                "{cmd} {from}: {e}"
+            );
+        }
+    }
+}

@@ -39,10 +39,11 @@ pub struct Args {
 pub fn run(args: Args) -> CmdResult {
     let (mut bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
     super::apply_what_if(&mut bundle, cluster.as_ref(), &args.flow.what_if)?;
-    let flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
+    let missing = super::missing_nodes(&bundle, cluster.as_ref());
+    let flows = resolve(&args.flow, &bundle, cluster.as_ref())
+        .map_err(|e| super::explain_missing(e.into(), &missing))?;
     let pods = cluster.as_ref().map(super::pod_names).unwrap_or_default();
     let opts = args.flow.walk_options();
-    let missing = super::missing_nodes(&bundle, cluster.as_ref());
     super::warn_missing_nodes(&missing);
     // Walk every flow over a world.
     let walk_all = |world: &World<'_>,
@@ -76,7 +77,8 @@ pub fn run(args: Args) -> CmdResult {
     // Firewalls are parsed on first use, once: the walk parses those of the namespaces it
     // visits, and the proof re-walks below reuse them where a fix leaves them unchanged.
     let engine = RulesetEngine::new(&world);
-    let traced = walk_all(&world, &engine, &flows)?;
+    let traced = walk_all(&world, &engine, &flows)
+        .map_err(|e| super::explain_missing(e.into(), &missing))?;
     // Only the checks about the namespaces the walk visited: the findings diagnose can
     // join to a cause (netray_diagnose::diagnose::findings_for).
     let findings = findings_for(&world, &engine, cluster.as_ref(), &traced);

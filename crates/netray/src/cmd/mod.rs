@@ -254,6 +254,38 @@ pub fn missing_note(missing: &[netray_datapath::MissingNode]) -> Option<String> 
     ))
 }
 
+/// `err` with a line per missing node it concerns (named in it, or owning an address it
+/// quotes): "no node named `node2`" becomes understandable when node2's snapshot is missing.
+pub fn explain_missing(err: CmdError, missing: &[netray_datapath::MissingNode]) -> CmdError {
+    let msg = err.to_string();
+    let words: Vec<&str> = msg
+        .split(|c: char| !(c.is_ascii_alphanumeric() || matches!(c, '.' | ':' | '-' | '_')))
+        .filter(|w| !w.is_empty())
+        .collect();
+    let concerned: Vec<&netray_datapath::MissingNode> = missing
+        .iter()
+        .filter(|m| {
+            words.iter().any(|w| {
+                *w == m.name
+                    || w.trim_end_matches('.')
+                        .parse::<std::net::IpAddr>()
+                        .is_ok_and(|ip| m.holds(ip))
+            })
+        })
+        .collect();
+    if concerned.is_empty() {
+        return err;
+    }
+    let mut out = msg;
+    for m in concerned {
+        out.push_str(&format!(
+            "\nnode {}'s snapshot is missing from the bundle ({})",
+            m.name, m.reason
+        ));
+    }
+    out.into()
+}
+
 /// Say on standard error which nodes' state is missing (see [`missing_note`]).
 pub fn warn_missing_nodes(missing: &[netray_datapath::MissingNode]) {
     if let Some(n) = missing_note(missing) {

@@ -36,7 +36,9 @@ pub struct Args {
 pub fn run(args: Args) -> CmdResult {
     let (mut bundle, cluster) = super::load_bundle(&args.source, &args.cluster)?;
     super::apply_what_if(&mut bundle, cluster.as_ref(), &args.flow.what_if)?;
-    let mut flows = resolve(&args.flow, &bundle, cluster.as_ref())?;
+    let missing = super::missing_nodes(&bundle, cluster.as_ref());
+    let mut flows = resolve(&args.flow, &bundle, cluster.as_ref())
+        .map_err(|e| super::explain_missing(e.into(), &missing))?;
     if flows.len() > 1 && flows.iter().any(|f| f.flow.dst != flows[0].flow.dst) {
         let addrs: Vec<&str> = flows.iter().map(|f| f.to_label.as_str()).collect();
         return Err(format!(
@@ -60,10 +62,11 @@ pub fn run(args: Args) -> CmdResult {
     if let Some(c) = &cluster {
         world.name_pods(super::pod_names(c));
     }
-    world.set_missing_nodes(super::missing_nodes(&bundle, cluster.as_ref()));
+    world.set_missing_nodes(missing.iter().cloned());
     super::warn_missing_nodes(&world.missing);
     let engine = netray_datapath::RulesetEngine::new(&world);
-    let trace = netray_datapath::trace(&world, &engine, &flow, args.flow.walk_options())?;
+    let trace = netray_datapath::trace(&world, &engine, &flow, args.flow.walk_options())
+        .map_err(|e| super::explain_missing(e.into(), &world.missing))?;
     super::warn_parsed_input_problems(&world, &engine);
     if args.output == Format::Text {
         print!(
