@@ -13,7 +13,9 @@
 //! empty set: netray says unreachable). Cases: `ip rule goto` to a missing and to an existing
 //! priority, `src_valid_mark` on the interface only, `-m rpfilter` (strict, `--loose`,
 //! `--validmark`), DNAT to an address range, to a port range, and to a port range with
-//! `--random`. Needs root (skipped with a message otherwise, failing under `CI=true`).
+//! `--random`, SNAT to an address range (the kernel's choice read from conntrack), and issue 10
+//! item 4 in the flannel lab (`bridged_request_and_masquerade`). Needs root (skipped with a
+//! message otherwise, failing under `CI=true`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
@@ -402,4 +404,88 @@ fn bridged_request_and_masquerade() {
     );
     assert_eq!(spread.failed, 0, "the kernel: {}", spread.last_error);
     assert_eq!(verdict, "reachable", "netray: {causes}");
+}
+
+/// The source address a trace's SNAT gave the request (`None` without one).
+fn snat_source(bundle: &Path, src: &str, dst: &str) -> Option<String> {
+    let out = Command::new(NETRAY)
+        .args(["trace", "--bundle"])
+        .arg(bundle)
+        .args(["--from", src, "--to", dst, "-o", "json"])
+        .output()
+        .expect("netray trace");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("trace JSON");
+    v["branches"][0]["hops"]
+        .as_array()?
+        .iter()
+        .find(|h| {
+            h["step"]["type"] == "nat"
+                && h["step"]["kind"]
+                    .as_str()
+                    .is_some_and(|k| k.contains("snat"))
+        })
+        .and_then(|h| h["step"]["after"].as_str())
+        .and_then(|a| a.split(':').next())
+        .map(str::to_string)
+}
+
+/// SNAT to an address range: the kernel hashes the client and server addresses
+/// (`find_best_ips_proto`, as for DNAT); read from the router's conntrack table, compared
+/// with the address netray's trace gives the request.
+#[test]
+fn snat_address_range() {
+    let name = "snat_address_range";
+    if !lab_tests_can_run(name) {
+        return;
+    }
+    let _g = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let lab = Mini::up();
+    sh(
+        &lab.ns["rtr"],
+        "ip addr add 10.0.2.100/32 dev s0; ip addr add 10.0.2.101/32 dev s0; \
+         iptables -t nat -A POSTROUTING -o s0 -s 10.0.1.0/24 -j SNAT --to-source 10.0.2.100-10.0.2.101",
+    );
+    let clients = ["10.0.1.2", "10.0.1.3"];
+    for c in clients {
+        assert!(
+            !lab.probe(c, "10.0.2.2:8080", 2).is_empty(),
+            "{c} got no answer"
+        );
+    }
+    let ct = lab.ns["rtr"]
+        .exec("conntrack", &["-L", "-p", "tcp", "--dport", "8080"])
+        .expect("conntrack -L");
+    let ct = String::from_utf8_lossy(&ct.stdout).to_string();
+    let dir = tempfile::tempdir().expect("tempdir");
+    lab.collect(dir.path());
+    drop(lab);
+    let mut bad = Vec::new();
+    for c in clients {
+        // `src=CLIENT dst=10.0.2.2 … src=10.0.2.2 dst=CHOSEN`.
+        let kernel: BTreeSet<String> = ct
+            .lines()
+            .filter(|l| l.contains(&format!("src={c} ")))
+            .filter_map(|l| {
+                l.split_whitespace()
+                    .filter_map(|w| w.strip_prefix("dst="))
+                    .nth(1)
+                    .map(str::to_string)
+            })
+            .collect();
+        let ours = snat_source(dir.path(), c, "10.0.2.2:8080");
+        let agree = kernel.len() == 1 && ours.as_ref().is_some_and(|o| kernel.contains(o));
+        println!(
+            "{name}: {c} -> 10.0.2.2:8080: kernel SNAT {kernel:?}, netray {ours:?}{}",
+            if agree { "" } else { "   <-- DISAGREE" }
+        );
+        if !agree {
+            bad.push(c);
+        }
+    }
+    println!(
+        "{name}: {} flows, {} agree",
+        clients.len(),
+        clients.len() - bad.len()
+    );
+    assert!(bad.is_empty(), "{name}: {bad:?} disagree\n{ct}");
 }
