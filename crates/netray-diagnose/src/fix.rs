@@ -94,6 +94,9 @@ fn advice(code: &str) -> &'static str {
             "put the bridge port back in the forwarding state (and find out what blocked it: STP, a manual state change)"
         }
         "routing-loop" => "fix the routes that send the packet back where it came from",
+        "node-snapshot-missing" => {
+            "collect the missing node again (`netray collect --kube --nodes NODE -o DIR`, or `netray collect` on it and `netray bundle add DIR NODE.json --replace`) and ask again"
+        }
         _ => "see the evidence",
     }
 }
