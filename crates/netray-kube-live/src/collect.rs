@@ -199,16 +199,19 @@ fn classify(e: &kube::Error) -> ReqError {
     match e {
         kube::Error::Api(s) => {
             let code = s.code;
+            // A namespace ResourceQuota on pods refuses creates with 403 until earlier
+            // collector pods are gone: worth waiting for, unlike other 403s.
+            let quota = code == 403 && s.message.contains("exceeded quota");
             let hint = match code {
                 401 => " (the credentials were refused; log in again or check the user entry)",
+                403 if quota => " (the namespace's ResourceQuota: lower --parallel or raise it)",
                 403 => " (forbidden: apply deploy/rbac.yaml and bind its roles to this user)",
-                404 => "",
                 409 => " (already exists)",
                 _ => "",
             };
             ReqError {
                 msg: format!("HTTP {code}: {}{hint}", s.message),
-                transient: matches!(code, 429 | 500 | 502 | 503 | 504),
+                transient: matches!(code, 429 | 500 | 502 | 503 | 504) || quota,
                 code: Some(code),
             }
         }
@@ -882,7 +885,7 @@ async fn node_steps(
             } else {
                 e.msg
             };
-            if matches!(e.code, Some(401 | 403 | 404)) {
+            if matches!(e.code, Some(401 | 403 | 404)) && !e.transient {
                 ctx.refused
                     .lock()
                     .expect("lock")

@@ -77,6 +77,8 @@ struct Faults {
     create_no_namespace: bool,
     /// The next N pod creates answer 429 with Retry-After.
     create_429: u32,
+    /// The next N pod creates answer 403 "exceeded quota" (a namespace ResourceQuota).
+    create_quota: u32,
     /// The next N pod creates are carried out, then answered 500 (the retry meets 409).
     create_500_after_create: u32,
     /// The next N pod reads answer 503.
@@ -415,6 +417,20 @@ fn serve(stream: TcpStream, state: &Arc<Mutex<State>>) -> std::io::Result<()> {
                     &stream,
                     404,
                     &status(404, "NotFound", "namespaces \"netray\" not found"),
+                    "",
+                );
+                return Ok(());
+            }
+            if st.faults.create_quota > 0 {
+                st.faults.create_quota -= 1;
+                respond(
+                    &stream,
+                    403,
+                    &status(
+                        403,
+                        "Forbidden",
+                        "pods \"netray-x\" is forbidden: exceeded quota: netray-pods, requested: pods=1, used: pods=4, limited: pods=4",
+                    ),
                     "",
                 );
                 return Ok(());
@@ -811,6 +827,7 @@ fn fifty_nodes_in_parallel_with_a_timeout_and_transient_errors_give_a_partial_bu
         nodes,
         Faults {
             create_429: 2,
+            create_quota: 2,
             create_500_after_create: 1,
             get_503: 2,
             get_drop: 1,
@@ -884,8 +901,8 @@ fn fifty_nodes_in_parallel_with_a_timeout_and_transient_errors_give_a_partial_bu
     let posts = log.iter().filter(|l| l.starts_with("POST")).count();
     assert_eq!(
         posts,
-        50 + 2 + 1,
-        "50 creates, 2 retried 429s, 1 retried 500 (→ 409)"
+        50 + 2 + 2 + 1,
+        "50 creates, 2 retried 429s, 2 retried quota 403s, 1 retried 500 (→ 409)"
     );
     // The exec ran the collector as the pod would.
     let cmd = api.state.lock().unwrap().exec_commands[0].clone();
