@@ -1807,12 +1807,12 @@ fn options_of_the_other_mode_are_refused() {
     }
 }
 
+/// (apiGroup, resource, verb).
+type Grant = (String, String, String);
+
 /// (apiGroup, resource, verb) granted by deploy/rbac.yaml: cluster-wide by the ClusterRole,
 /// and in the `netray` namespace by the Role.
-fn rbac_grants() -> (
-    BTreeSet<(String, String, String)>,
-    BTreeSet<(String, String, String)>,
-) {
+fn rbac_grants() -> (BTreeSet<Grant>, BTreeSet<Grant>) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../deploy/rbac.yaml");
     let text = std::fs::read_to_string(&path).unwrap();
     let mut cluster = BTreeSet::new();
