@@ -1246,7 +1246,8 @@ fn per_node_failures_are_listed_with_their_reason() {
         Faults::default(),
     );
     let kc = api.kubeconfig(tmp.path());
-    let out = tmp.path().join("b");
+    // A partial bundle as .tar.gz: failed-nodes.json travels inside it.
+    let out = tmp.path().join("b.tar.gz");
     let r = collect(
         &kc,
         &[
@@ -1259,7 +1260,24 @@ fn per_node_failures_are_listed_with_their_reason() {
         ],
     );
     assert_eq!(r.code, Some(1), "{}", r.stderr);
-    let failed = read_json(&out.join("failed-nodes.json"));
+    assert!(!tmp.path().join("b.tar.gz.netray-partial").exists());
+    let unpacked = tmp.path().join("unpacked");
+    std::fs::create_dir(&unpacked).unwrap();
+    tar::Archive::new(flate2::read::GzDecoder::new(
+        std::fs::File::open(&out).unwrap(),
+    ))
+    .unpack(&unpacked)
+    .unwrap();
+    let failed = read_json(&unpacked.join("failed-nodes.json"));
+    let o = common::netray_bounded(
+        &["scan", "--bundle", out.to_str().unwrap(), "-o", "json"],
+        HANG_GUARD,
+    );
+    let scan = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        scan.contains("missing_nodes") && scan.contains("checksum mismatch"),
+        "{scan}"
+    );
     let reason = failed[0]["reason"].as_str().unwrap();
     assert!(
         reason.contains("checksum mismatch") && reason.contains("after 2 retries"),
