@@ -483,7 +483,7 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
             elapsed: start.elapsed(),
         });
     };
-    let (live, nodes) = listed.map_err(|_| LiveError::Api {
+    let (live, (nodes, skipped)) = listed.map_err(|_| LiveError::Api {
         target: target.clone(),
         what: session.doing.clone(),
         reason: format!("no complete answer within {} s", deadline.as_secs()),
@@ -569,7 +569,7 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
     drop(created);
     let started = started.lock().expect("lock").clone();
     let mut done = Vec::new();
-    let mut failed = Vec::new();
+    let mut failed = skipped;
     let mut not_started = Vec::new();
     for node in &nodes {
         match results.remove(node) {
@@ -649,13 +649,15 @@ fn write_json(path: &Path, v: &Value) -> std::io::Result<()> {
     f.sync_all()
 }
 
-/// The names of the selected nodes, checked against the cluster's nodes.
+/// The names of the selected nodes, checked against the cluster's nodes, and the selected
+/// nodes that are not collected: those whose `kubernetes.io/os` label names another system
+/// than Linux (netray reads Linux kernels only; no pod is created for them).
 async fn select_nodes(
     opts: &Options,
     list: &Value,
     session: &mut Session,
     target: &str,
-) -> Result<Vec<String>, LiveError> {
+) -> Result<(Vec<String>, Vec<FailedNode>), LiveError> {
     let known: Vec<String> = list["items"]
         .as_array()
         .map(|a| {
@@ -718,7 +720,29 @@ async fn select_nodes(
             ),
         });
     }
-    Ok(names)
+    let os_of = |name: &str| -> Option<String> {
+        list["items"]
+            .as_array()?
+            .iter()
+            .find(|i| i["kind"] == "Node" && i["metadata"]["name"] == name)?["metadata"]["labels"]
+            ["kubernetes.io/os"]
+            .as_str()
+            .map(str::to_string)
+    };
+    let mut linux = Vec::new();
+    let mut other = Vec::new();
+    for n in names {
+        match os_of(&n) {
+            Some(os) if os != "linux" => other.push(FailedNode::new(
+                n.clone(),
+                &format!(
+                    "not a Linux node (kubernetes.io/os={os}): netray collects Linux nodes only"
+                ),
+            )),
+            _ => linux.push(n),
+        }
+    }
+    Ok((linux, other))
 }
 
 /// The collector pod for `node` (see the crate README and `deploy/` for the why):

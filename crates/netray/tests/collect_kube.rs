@@ -2012,3 +2012,48 @@ fn deploy_rbac_grants_exactly_what_collect_kube_uses() {
     });
     assert!(unused.is_empty(), "granted but never used: {unused:?}");
 }
+
+/// A node labelled `kubernetes.io/os=windows` is not collected (no pod is created for it) and
+/// is listed as missing with the reason.
+#[test]
+fn non_linux_nodes_are_listed_not_collected() {
+    let healthy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/healthy");
+    let mut cluster = read_json(&healthy.join("cluster.json"));
+    for i in cluster["items"].as_array_mut().unwrap() {
+        if i["kind"] == "Node" && i["metadata"]["name"] == "node2" {
+            i["metadata"]["labels"]["kubernetes.io/os"] = json!("windows");
+        }
+    }
+    let nodes: BTreeMap<String, NodeBehaviour> = ["node0", "node1", "node2"]
+        .iter()
+        .map(|n| {
+            (
+                n.to_string(),
+                NodeBehaviour::exec(Exec::Recorded(recorded(n))),
+            )
+        })
+        .collect();
+    let api = StandIn::start(
+        items_of(&cluster),
+        nodes,
+        Faults::default(),
+        "v4.channel.k8s.io",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(tmp.path());
+    let out = tmp.path().join("b");
+    let r = collect(&kc, &["--all", "-o", out.to_str().unwrap()]);
+    assert_eq!(r.code, Some(1), "{}", r.stderr);
+    let failed = read_json(&out.join("failed-nodes.json"));
+    assert_eq!(failed.as_array().unwrap().len(), 1);
+    assert_eq!(failed[0]["node"], "node2");
+    assert!(
+        failed[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not a Linux node (kubernetes.io/os=windows)"),
+        "{failed}"
+    );
+    assert_eq!(api.created().len(), 2, "no pod for node2");
+    assert!(out.join("nodes/node0.json").exists() && out.join("nodes/node1.json").exists());
+}
