@@ -535,8 +535,10 @@ impl CalicoLab {
 
 /// The (code, node) pairs netray may name for `fault`; node `None` means any node. The
 /// missing /32 route breaks both directions: traffic to the pod falls to the node's block
-/// blackhole, traffic from it fails Felix's `-m rpfilter` check (and the kernel's strict
-/// rp_filter) on its veth; a missing policy member is dropped by the pod's `cali-tw-` chain.
+/// blackhole; the pod's own ARP request for 169.254.1.1 fails the strict rp_filter of its veth
+/// (the route back is that blackhole), so it sends nothing. A missing policy member is dropped
+/// by the pod's `cali-tw-` chain (a NetworkPolicy drop; netray-diagnose names it
+/// `iptables-drop-rule` today, so both are accepted).
 pub fn expected_causes(fault: &CalicoFault, spec: &ClusterSpec) -> Vec<(String, Option<String>)> {
     let pod_node = |pod: &str| spec.pod(pod).map(|p| spec.nodes[p.node].name.clone());
     let at = |codes: &[&str], node: Option<String>| {
@@ -547,10 +549,9 @@ pub fn expected_causes(fault: &CalicoFault, spec: &ClusterSpec) -> Vec<(String, 
     };
     match fault {
         CalicoFault::ProxyArpOff { pod } => at(&["neighbor-unreachable"], pod_node(pod)),
-        CalicoFault::PodRouteMissing { pod } => at(
-            &["blackhole-route", "rp-filter-drop", "iptables-drop-rule"],
-            pod_node(pod),
-        ),
+        CalicoFault::PodRouteMissing { pod } => {
+            at(&["blackhole-route", "rp-filter-drop"], pod_node(pod))
+        }
         CalicoFault::IpsetMissing { node, .. } => at(
             &["network-policy-drop", "iptables-drop-rule"],
             Some(node.clone()),
