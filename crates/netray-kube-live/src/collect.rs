@@ -193,6 +193,8 @@ struct ReqError {
     msg: String,
     transient: bool,
     code: Option<u16>,
+    /// Earlier attempts failed transiently (one of them may have been carried out).
+    retried: bool,
 }
 
 fn classify(e: &kube::Error) -> ReqError {
@@ -213,6 +215,7 @@ fn classify(e: &kube::Error) -> ReqError {
                 msg: format!("HTTP {code}: {}{hint}", s.message),
                 transient: matches!(code, 429 | 500 | 502 | 503 | 504) || quota,
                 code: Some(code),
+                retried: false,
             }
         }
         kube::Error::UpgradeConnection(u) => ReqError {
@@ -223,17 +226,20 @@ fn classify(e: &kube::Error) -> ReqError {
                     if matches!(s.as_u16(), 429 | 500 | 502 | 503 | 504)
             ),
             code: None,
+            retried: false,
         },
         // Transport: reset, refused, closed mid-answer, timed out.
         kube::Error::HyperError(_) | kube::Error::Service(_) => ReqError {
             msg: chain(e),
             transient: true,
             code: None,
+            retried: false,
         },
         other => ReqError {
             msg: chain(other),
             transient: false,
             code: None,
+            retried: false,
         },
     }
 }
@@ -261,6 +267,7 @@ impl PodRequests {
             msg: format!("cannot serialize the pod: {e}"),
             transient: false,
             code: None,
+            retried: false,
         })?;
         self.call(self.request.create(&PostParams::default(), body))
             .await
@@ -295,6 +302,7 @@ impl PodRequests {
             msg,
             transient,
             code: None,
+            retried: false,
         };
         let req = req.map_err(|e| plain(format!("building the request: {e}"), false))?;
         let res = self
@@ -398,6 +406,7 @@ impl Ctx {
                     }
                     if attempt > 0 {
                         c.msg = format!("{c_msg} (after {attempt} retries)", c_msg = c.msg);
+                        c.retried = true;
                     }
                     c.msg = format!("{what}: {}", self.scrub(&c.msg));
                     return Err(c);
@@ -909,6 +918,11 @@ async fn node_steps(
             } else {
                 e.msg
             };
+            // Refused outright: there is no pod (after a transient failure there may be one,
+            // which the clean-up deletes).
+            if e.code.is_some_and(|c| (400..500).contains(&c)) && !e.transient && !e.retried {
+                ctx.created.lock().expect("lock").remove(name);
+            }
             if matches!(e.code, Some(401 | 403 | 404)) && !e.transient {
                 ctx.refused
                     .lock()
@@ -1084,6 +1098,7 @@ async fn exec_collect(ctx: &Arc<Ctx>, name: &str, node: &str) -> Result<NodeDone
         msg,
         transient,
         code: None,
+        retried: false,
     };
     let mut proc = match ctx.pods.exec(name, command.clone(), &ap).await {
         Ok(p) => p,

@@ -1622,6 +1622,12 @@ fn a_refused_create_is_not_repeated_for_every_node() {
     assert_eq!(r.code, Some(2), "{}", r.stderr);
     let posts = api.log().iter().filter(|l| l.starts_with("POST")).count();
     assert_eq!(posts, 1, "{:?}", api.log());
+    // A create refused outright left no pod: nothing to delete.
+    assert!(
+        !api.log().iter().any(|l| l.starts_with("DELETE")),
+        "{:?}",
+        api.log()
+    );
     assert!(
         r.stderr
             .contains("not tried: another node's pod create was refused"),
