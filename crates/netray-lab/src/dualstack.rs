@@ -227,6 +227,11 @@ impl DualStackSpec {
         format!("node{i}")
     }
 
+    /// The index of node `name` (`nodeI`).
+    pub fn node_index(name: &str) -> Option<usize> {
+        name.strip_prefix("node")?.parse().ok()
+    }
+
     /// The pod named `name`.
     pub fn pod(&self, name: &str) -> Option<&DsPod> {
         self.pods.iter().find(|p| p.name == name)
@@ -380,6 +385,12 @@ pub enum DsFault {
         /// Node index.
         node: usize,
     },
+    /// Node `node`'s underlay `eth0` (and its switch port) at MTU 1400 while its overlay
+    /// devices keep theirs: full-size encapsulated packets no longer fit.
+    UnderlayMtu {
+        /// Node index.
+        node: usize,
+    },
     /// Node `node`'s `flannel-v6.1` MAC changes (a rebuilt device) and `stale_on` keeps the
     /// old MAC in its neighbour and FDB entries ([`V6Overlay::Vxlan`] only). Not undoable.
     StaleV6Vtep {
@@ -397,7 +408,7 @@ pub struct DualStackLab {
     members: BTreeMap<String, Netns>,
     servers: Vec<Child>,
     vtep_gen: Vec<u8>,
-    counting: Vec<(String, IpAddr)>,
+    counting: Vec<(String, String)>,
 }
 
 impl std::fmt::Debug for DualStackLab {
@@ -641,6 +652,15 @@ impl DualStackLab {
         })
     }
 
+    fn underlay_mtu(&self, node: usize, mtu: u32) -> Result<(), LabError> {
+        let name = DualStackSpec::node_name(node);
+        let m = mtu.to_string();
+        self.ns(&name)?.ip(&["link", "set", "eth0", "mtu", &m])?;
+        self.ns("sw")?
+            .ip(&["link", "set", &format!("p-{name}"), "mtu", &m])
+            .map(|_| ())
+    }
+
     /// Apply a fault.
     pub fn apply(&mut self, fault: &DsFault) -> Result<(), LabError> {
         match *fault {
@@ -662,6 +682,7 @@ impl DualStackLab {
             DsFault::AcceptRa2 { node } => self
                 .ns(&DualStackSpec::node_name(node))?
                 .sysctl("net.ipv6.conf.eth0.accept_ra", "2"),
+            DsFault::UnderlayMtu { node } => self.underlay_mtu(node, 1400),
             DsFault::StaleV6Vtep { node, stale_on } => {
                 if self.spec.v6_overlay != V6Overlay::Vxlan || node == stale_on {
                     return Err(LabError::Command {
@@ -753,6 +774,7 @@ impl DualStackLab {
             DsFault::AcceptRa2 { node } => self
                 .ns(&DualStackSpec::node_name(node))?
                 .sysctl("net.ipv6.conf.eth0.accept_ra", "1"),
+            DsFault::UnderlayMtu { node } => self.underlay_mtu(node, 1500),
             DsFault::StaleV6Vtep { .. } => Err(LabError::Command {
                 cmd: format!("undo {fault:?}"),
                 status: "refused".into(),
@@ -787,6 +809,32 @@ impl DualStackLab {
         let fam = if dst.is_ipv4() { "-4" } else { "-6" };
         ns.command("timeout")
             .args(["5", "ping", fam, "-n", "-q", "-c1", "-W1", &dst.to_string()])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false)
+    }
+
+    /// `ping [-6] -c1 -W1 -M do -s PAYLOAD` from `from` to `dst`: did a packet of that payload
+    /// (not fragmented by the sender) get its echo reply?
+    pub fn ping_size(&self, from: &str, dst: IpAddr, payload: u32) -> bool {
+        let Ok(ns) = self.ns(from) else { return false };
+        let fam = if dst.is_ipv4() { "-4" } else { "-6" };
+        let size = payload.to_string();
+        ns.command("timeout")
+            .args([
+                "5",
+                "ping",
+                fam,
+                "-n",
+                "-q",
+                "-c1",
+                "-W1",
+                "-M",
+                "do",
+                "-s",
+                &size,
+                &dst.to_string(),
+            ])
             .output()
             .map(|o| o.status.success())
             .unwrap_or(false)
@@ -828,59 +876,93 @@ impl DualStackLab {
 
     /// Packets to `dst` that left node member `node` (counted by a target-less rule in the
     /// mangle table's POSTROUTING chain, which a forwarded packet reaches only after the
-    /// FORWARD hook accepted it and a route and neighbour were found). The rule is installed on
-    /// the first call; [`DualStackLab::clear_counting`] removes every such rule. (The
-    /// kernel's `Ip6OutForwDatagrams` cannot serve: `ip6_forward` counts it before the FORWARD
-    /// hook, so ip6tables' drops count as forwarded.)
+    /// FORWARD hook accepted it and a route and neighbour were found). The kernel's
+    /// `Ip6OutForwDatagrams` cannot serve: `ip6_forward` counts it before the FORWARD hook, so
+    /// ip6tables' drops count as forwarded.
     pub fn sent_to(&mut self, node: &str, dst: IpAddr) -> Result<u64, LabError> {
-        let tool = if dst.is_ipv4() {
-            "iptables"
-        } else {
-            "ip6tables"
-        };
-        let ns = self.ns(node)?;
-        let d = dst.to_string();
-        let key = (node.to_string(), dst);
-        if !self.counting.contains(&key) {
-            ns.exec(tool, &["-w", "-t", "mangle", "-I", "POSTROUTING", "-d", &d])?;
-            self.counting.push(key);
-        }
-        let ns = self.ns(node)?;
-        let out = ns.exec(tool, &["-w", "-t", "mangle", "-L", "POSTROUTING", "-nvx"])?;
-        let text = String::from_utf8_lossy(&out.stdout).into_owned();
-        let host = if dst.is_ipv4() { 32 } else { 128 };
-        let want = [dst.to_string(), format!("{dst}/{host}")];
-        let n = text
-            .lines()
-            .filter(|l| {
-                let w: Vec<&str> = l.split_whitespace().collect();
-                w.len() >= 3 && w.iter().any(|x| want.iter().any(|d| d == x))
-            })
-            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
-            .sum();
-        Ok(n)
+        self.count(
+            node,
+            dst.is_ipv4(),
+            "POSTROUTING",
+            &["-d", &dst.to_string()],
+        )
     }
 
-    /// Remove the counting rules [`DualStackLab::sent_to`] installed.
-    pub fn clear_counting(&mut self) -> Result<(), LabError> {
-        for (node, dst) in std::mem::take(&mut self.counting) {
-            let tool = if dst.is_ipv4() {
-                "iptables"
-            } else {
-                "ip6tables"
-            };
-            self.ns(&node)?.exec(
-                tool,
+    /// Packets that arrived at node member `node` for `dst` (mangle PREROUTING), or — with
+    /// `vxlan_from` — encapsulated packets from that underlay address to the VXLAN port
+    /// (frames the overlay device may still drop after decapsulation).
+    pub fn arrived(
+        &mut self,
+        node: &str,
+        dst: IpAddr,
+        vxlan_from: Option<IpAddr>,
+    ) -> Result<u64, LabError> {
+        let inner = self.count(node, dst.is_ipv4(), "PREROUTING", &["-d", &dst.to_string()])?;
+        let outer = match vxlan_from {
+            Some(src) => self.count(
+                node,
+                src.is_ipv4(),
+                "PREROUTING",
                 &[
-                    "-w",
-                    "-t",
-                    "mangle",
-                    "-D",
-                    "POSTROUTING",
-                    "-d",
-                    &dst.to_string(),
+                    "-s",
+                    &src.to_string(),
+                    "-p",
+                    "udp",
+                    "--dport",
+                    &DS_VXLAN_PORT.to_string(),
                 ],
-            )?;
+            )?,
+            None => 0,
+        };
+        Ok(inner + outer)
+    }
+
+    /// A counting rule (no target) `spec` in the mangle table's `chain` of `node`, installed on
+    /// first use and named by a comment; its packet count.
+    /// [`DualStackLab::clear_counting`] removes every such rule.
+    fn count(&mut self, node: &str, v4: bool, chain: &str, spec: &[&str]) -> Result<u64, LabError> {
+        let tool = if v4 { "iptables" } else { "ip6tables" };
+        let key = format!("{tool} {chain} {}", spec.join(" "));
+        let i = match self
+            .counting
+            .iter()
+            .position(|(n, k)| n == node && *k == key)
+        {
+            Some(i) => i,
+            None => {
+                let comment = format!("nrl-count-{}", self.counting.len());
+                let mut args = vec!["-w", "-t", "mangle", "-I", chain];
+                args.extend_from_slice(spec);
+                args.extend(["-m", "comment", "--comment", &comment]);
+                self.ns(node)?.exec(tool, &args)?;
+                self.counting.push((node.to_string(), key));
+                self.counting.len() - 1
+            }
+        };
+        let out = self
+            .ns(node)?
+            .exec(tool, &["-w", "-t", "mangle", "-L", chain, "-nvx"])?;
+        let tag = format!("/* nrl-count-{i} */");
+        Ok(String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter(|l| l.contains(&tag))
+            .filter_map(|l| l.split_whitespace().next()?.parse::<u64>().ok())
+            .sum())
+    }
+
+    /// Remove the counting rules [`DualStackLab::sent_to`] and [`DualStackLab::arrived`]
+    /// installed.
+    pub fn clear_counting(&mut self) -> Result<(), LabError> {
+        for (i, (node, key)) in std::mem::take(&mut self.counting).into_iter().enumerate() {
+            let mut w = key.split(' ');
+            let (Some(tool), Some(chain)) = (w.next(), w.next()) else {
+                continue;
+            };
+            let comment = format!("nrl-count-{i}");
+            let mut args = vec!["-w", "-t", "mangle", "-D", chain];
+            args.extend(w);
+            args.extend(["-m", "comment", "--comment", &comment]);
+            self.ns(&node)?.exec(tool, &args)?;
         }
         Ok(())
     }

@@ -24,6 +24,7 @@ use std::time::Instant;
 
 use netray_lab::dualstack::{
     DS_POD_PORT, DS_SERVICE_PORT, DsFamily, DsFault, DualStackLab, DualStackSpec, V6Overlay,
+    ds_node_v6,
 };
 use serde_json::Value;
 
@@ -38,6 +39,8 @@ struct FlowCase {
     /// The address the kernel probe targets and its port (`None`: ping).
     dst: IpAddr,
     port: Option<u16>,
+    /// ICMP payload of a `ping -M do -s SIZE` (`None`: an ordinary ping).
+    payload: Option<u32>,
     /// The pod that answers.
     server: String,
     /// `--to` for netray.
@@ -59,6 +62,7 @@ fn flows(lab: &DualStackLab) -> Vec<FlowCase> {
                 family: fam,
                 dst: s.ip(fam),
                 port: Some(DS_SERVICE_PORT),
+                payload: None,
                 server: spec.endpoints(s)[0].name.clone(),
                 to: format!("svc/default/{svc}:{DS_SERVICE_PORT}"),
             });
@@ -70,6 +74,7 @@ fn flows(lab: &DualStackLab) -> Vec<FlowCase> {
         family: DsFamily::V6,
         dst: web1.ip(DsFamily::V6),
         port: Some(DS_POD_PORT),
+        payload: None,
         server: "web-1".into(),
         to: format!("pod/default/web-1:{DS_POD_PORT}"),
     });
@@ -78,10 +83,30 @@ fn flows(lab: &DualStackLab) -> Vec<FlowCase> {
         family: DsFamily::V6,
         dst: web1.ip(DsFamily::V6),
         port: None,
+        payload: None,
+        server: "web-1".into(),
+        to: "pod/default/web-1".into(),
+    });
+    // 1300 bytes of payload: 1348 on the wire, within the pods' 1430; 1418 once encapsulated.
+    out.push(FlowCase {
+        label: "pod/web-1 ping1300 v6".into(),
+        family: DsFamily::V6,
+        dst: web1.ip(DsFamily::V6),
+        port: None,
+        payload: Some(1300),
         server: "web-1".into(),
         to: "pod/default/web-1".into(),
     });
     out
+}
+
+/// The kernel probe of a flow.
+fn probe(lab: &DualStackLab, f: &FlowCase) -> bool {
+    match (f.port, f.payload) {
+        (Some(p), _) => lab.tcp(CLIENT, f.dst, p),
+        (None, Some(s)) => lab.ping_size(CLIENT, f.dst, s),
+        (None, None) => lab.ping(CLIENT, f.dst),
+    }
 }
 
 /// Namespaces a request crosses, in order: the client, its node, the server's node (when
@@ -115,22 +140,32 @@ fn kernel(lab: &mut DualStackLab, f: &FlowCase) -> Kernel {
     let members = path(lab, f);
     let last = members.len() - 1;
     let server = lab.spec().pod(&f.server).expect("server").ip(f.family);
-    let nodes = &members[1..last];
-    let sent = |lab: &mut DualStackLab| -> Vec<u64> {
+    let nodes: Vec<String> = members[1..last].to_vec();
+    let vxlan = lab.spec().v6_overlay == V6Overlay::Vxlan && f.family == DsFamily::V6;
+    // Per node: packets that arrived for the server (after the first node, where the
+    // destination is already the endpoint; over VXLAN the encapsulated ones from the previous
+    // node count too) and packets that left towards it.
+    let count = |lab: &mut DualStackLab| -> Vec<(u64, u64)> {
         nodes
             .iter()
-            .map(|n| lab.sent_to(n, server).expect("count"))
+            .enumerate()
+            .map(|(i, n)| {
+                let arrived = if i == 0 {
+                    0
+                } else {
+                    let prev = DualStackSpec::node_index(&nodes[i - 1]).expect("node");
+                    let from = vxlan.then(|| IpAddr::V6(ds_node_v6(prev)));
+                    lab.arrived(n, server, from).expect("count")
+                };
+                (arrived, lab.sent_to(n, server).expect("count"))
+            })
             .collect()
     };
-    let before = sent(lab);
+    let before = count(lab);
     let srv0 = lab.counters(&f.server).expect("counters");
-    let probe = |lab: &DualStackLab| match f.port {
-        Some(p) => lab.tcp(CLIENT, f.dst, p),
-        None => lab.ping(CLIENT, f.dst),
-    };
     // Up to two tries: a fresh neighbour entry can cost the first one its time.
-    let ok = probe(lab) || probe(lab);
-    let after = sent(lab);
+    let ok = probe(lab, f) || probe(lab, f);
+    let after = count(lab);
     let srv1 = lab.counters(&f.server).expect("counters");
     let received = match (f.family, f.port) {
         (_, Some(_)) => "TcpInSegs",
@@ -142,17 +177,28 @@ fn kernel(lab: &mut DualStackLab, f: &FlowCase) -> Kernel {
     } else if delta(&srv0, &srv1, received) > 0 {
         Some("reply".to_string())
     } else {
-        // The first node on the path that sent nothing towards the server; past them all,
-        // the server itself.
+        // The first node the request did not reach (lost on the underlay between two nodes)
+        // or did not leave (lost in that node); past them all, the server itself.
         Some(
             (0..nodes.len())
-                .find(|&i| after[i] == before[i])
-                .map(|i| nodes[i].clone())
+                .find_map(|i| {
+                    if i > 0 && after[i].0 == before[i].0 {
+                        Some(UNDERLAY.to_string())
+                    } else if after[i].1 == before[i].1 {
+                        Some(nodes[i].clone())
+                    } else {
+                        None
+                    }
+                })
                 .unwrap_or_else(|| f.server.clone()),
         )
     };
     Kernel { ok, lost_at }
 }
+
+/// Where a request is lost between two nodes (the lab's switch; netray sees it as the
+/// switch namespace, found behind a node's uplink).
+const UNDERLAY: &str = "underlay";
 
 /// netray's answer for one flow.
 #[derive(Debug)]
@@ -191,19 +237,26 @@ fn netray(bundle: &Path, f: &FlowCase) -> Netray {
         DsFamily::V4 => "4",
         DsFamily::V6 => "6",
     };
-    let t = run_netray(&[
+    // ping's payload + 8 bytes of ICMPv6 header + 40 of IPv6 header.
+    let size = f.payload.map(|p| (p + 48).to_string());
+    let from = format!("pod/default/{CLIENT}");
+    let mut args = vec![
         "trace",
         "--bundle",
         bundle.to_str().expect("utf-8 path"),
         "--from",
-        &format!("pod/default/{CLIENT}"),
+        &from,
         "--to",
         &f.to,
         "--family",
         fam,
         "-o",
         "json",
-    ]);
+    ];
+    if let Some(s) = &size {
+        args.extend(["--size", s.as_str()]);
+    }
+    let t = run_netray(&args);
     // The flow netray walked is of the family asked for, to the address the kernel probed.
     let dst = t["flow"]["packet"]["dst"]
         .as_str()
@@ -228,10 +281,15 @@ fn netray(bundle: &Path, f: &FlowCase) -> Netray {
             return Some("reply".to_string());
         }
         let h = b["hops"].as_array().and_then(|h| h.last())?;
-        // A pod's namespace is named by its pod, a host namespace by its node.
+        // A pod's namespace is named by its pod, a host namespace by its node, the switch
+        // (collected behind a node's uplink) is the underlay.
         match h["pod"].as_str() {
             Some(p) => Some(p.rsplit('/').next().unwrap_or(p).to_string()),
-            None => s(&h["node"]),
+            None if h["netns"] == "host" => s(&h["node"]),
+            None if h["netns"].as_str().is_some_and(|n| n.ends_with("-sw")) => {
+                Some(UNDERLAY.to_string())
+            }
+            None => s(&h["netns"]),
         }
     });
     let hops: Vec<&Value> = t["branches"]
@@ -410,10 +468,7 @@ fn prove_fix(
         if !before && f.label != "svc/web-remote v6" {
             continue;
         }
-        let ok = (0..2).any(|_| match f.port {
-            Some(p) => lab.tcp(CLIENT, f.dst, p),
-            None => lab.ping(CLIENT, f.dst),
-        });
+        let ok = (0..2).any(|_| probe(&lab, f));
         if !ok {
             bad.push(format!(
                 "{}: after netray's fix ({}) {} still fails in the kernel",
@@ -487,11 +542,15 @@ fn check_scan(bundle: &Path, c: &Case) -> Vec<String> {
 
 /// The IPv6 flows that cross from node0 to node1, all failing with `cause`.
 fn v6_remote(cause: &'static str) -> &'static [(&'static str, &'static str)] {
-    let v: Vec<(&'static str, &'static str)> =
-        ["svc/web-remote v6", "pod/web-1 tcp v6", "pod/web-1 ping v6"]
-            .iter()
-            .map(|l| (*l, cause))
-            .collect();
+    let v: Vec<(&'static str, &'static str)> = [
+        "svc/web-remote v6",
+        "pod/web-1 tcp v6",
+        "pod/web-1 ping v6",
+        "pod/web-1 ping1300 v6",
+    ]
+    .iter()
+    .map(|l| (*l, cause))
+    .collect();
     Box::leak(v.into_boxed_slice())
 }
 
@@ -500,10 +559,7 @@ fn run_cases(overlay: V6Overlay, cases: &[Case]) -> (DualStackLab, Vec<String>, 
     let mut lab = DualStackLab::up(&DualStackSpec::standard(overlay)).expect("lab up");
     // Warm up neighbour discovery on every path before measuring.
     for f in &flows(&lab) {
-        let ok = (0..5).any(|_| match f.port {
-            Some(p) => lab.tcp(CLIENT, f.dst, p),
-            None => lab.ping(CLIENT, f.dst),
-        });
+        let ok = (0..5).any(|_| probe(&lab, f));
         assert!(ok, "the healthy dual-stack lab does not pass {}", f.label);
     }
     let dir = tempfile::tempdir().expect("tempdir");
@@ -617,6 +673,12 @@ fn dual_stack_cluster_matches_the_kernel() {
             faults: vec![DsFault::BridgeNfV6Off { node: 0 }],
             scan: None,
             failing: &[("svc/web-local v6", "nat-reply-mismatch")],
+        },
+        Case {
+            name: "underlay-mtu-1400",
+            faults: vec![DsFault::UnderlayMtu { node: 1 }],
+            scan: Some(("mtu-blackhole", "node1", "flannel-v6.1")),
+            failing: &[("pod/web-1 ping1300 v6", "mtu-blackhole")],
         },
         Case {
             name: "accept-ra-2",
