@@ -945,5 +945,9 @@ fn route_add_ipv6_destination() {
             .iter()
             .any(|r| r.dst.to_string() == "fd00:9::/64" && r.dev.as_deref() == Some("eth0"))
     );
-    err_kind(&mut b, "ip route add fdxx::/64 dev eth0", ErrorKind::Unsupported);
+    err_kind(
+        &mut b,
+        "ip route add fdxx::/64 dev eth0",
+        ErrorKind::Unsupported,
+    );
 }
