@@ -352,7 +352,7 @@ impl FlowArgs {
             match (fam, &said) {
                 (Some(g), Some(by)) if g != f => {
                     return Err(format!(
-                        "{opt} {ip} is an {f} address but {by} asks for {g}; give addresses of                          one family"
+                        "{opt} {ip} is an {f} address but {by} asks for {g}; give addresses of one family"
                     ));
                 }
                 _ => {

@@ -781,3 +781,109 @@ fn dual_stack_cluster_matches_the_kernel() {
         bad.join("\n")
     );
 }
+
+/// Family selection on the checked-in dual-stack example (no root needed): a name resolves to
+/// its address of the family asked for, an address fixes the family, contradictions and
+/// ambiguous traces are errors that say what to do.
+#[test]
+fn family_selection_on_the_dual_stack_example() {
+    let bundle = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../examples/006-dualstack-v6-forward-drop"
+    );
+    let run = |args: &[&str]| {
+        let out = Command::new(NETRAY)
+            .args(args)
+            .args(["--bundle", bundle, "--from", "pod/default/client-0"])
+            .output()
+            .expect("run netray");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let dst = |stdout: &str| -> String {
+        let v: Value = serde_json::from_str(stdout).expect("json");
+        let p = &v["flow"]["packet"];
+        format!(
+            "{} > {}",
+            p["src"].as_str().unwrap_or(""),
+            p["dst"].as_str().unwrap_or("")
+        )
+    };
+    // pod/NS/NAME and svc/NS/NAME per family; the source pod follows the destination's family.
+    for (to, fam, want) in [
+        (
+            "pod/default/web-1:8080",
+            "6",
+            "fd00:10:244::10 > fd00:10:244:1::10",
+        ),
+        ("pod/default/web-1:8080", "4", "10.244.0.10 > 10.244.1.10"),
+        (
+            "svc/default/web-local:80",
+            "6",
+            "fd00:10:244::10 > fd00:96::10",
+        ),
+        ("svc/default/web-local:80", "4", "10.244.0.10 > 10.96.0.10"),
+    ] {
+        let (code, out, err) = run(&["trace", "--to", to, "--family", fam, "-o", "json"]);
+        // Reachable or not (web-1 is not, over IPv6): a walk, not an error.
+        assert!(matches!(code, Some(0 | 1)), "{to} --family {fam}: {err}");
+        assert_eq!(dst(&out), want, "{to} --family {fam}");
+    }
+    // An address fixes the family of the names around it.
+    let (code, out, err) = run(&["trace", "--to", "[fd00:96::10]:80", "-o", "json"]);
+    assert_eq!(code, Some(0), "{err}");
+    assert_eq!(dst(&out), "fd00:10:244::10 > fd00:96::10");
+    // A dual-stack Service without a family: trace asks for one, diagnose walks both.
+    let (code, _, err) = run(&["trace", "--to", "svc/default/web-remote:80"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("dual-stack Service") && err.contains("--family 4|6"),
+        "{err}"
+    );
+    let (code, out, err) = run(&[
+        "diagnose",
+        "--to",
+        "svc/default/web-remote:80",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(code, Some(1), "{err}");
+    let d: Value = serde_json::from_str(&out).expect("json");
+    let eps: Vec<(String, bool)> = d["endpoints"]
+        .as_array()
+        .expect("endpoints")
+        .iter()
+        .map(|e| {
+            (
+                e["endpoint"].as_str().unwrap_or("").to_string(),
+                e["reachable"] == true,
+            )
+        })
+        .collect();
+    assert_eq!(
+        eps,
+        [
+            ("10.244.1.10:8080".to_string(), true),
+            ("[fd00:10:244:1::10]:8080".to_string(), false)
+        ]
+    );
+    // Contradictions.
+    let (code, _, err) = run(&["trace", "--to", "[fd00:96::11]:80", "--family", "4"]);
+    assert_eq!(code, Some(2));
+    assert!(
+        err.contains("--to fd00:96::11 is an IPv6 address but --family 4 asks for IPv4"),
+        "{err}"
+    );
+    let (code, _, err) = run(&[
+        "trace",
+        "--to",
+        "svc/default/web-remote:80",
+        "--family",
+        "5",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("is not an address family (4 or 6)"), "{err}");
+}
