@@ -118,7 +118,45 @@ pub fn run(args: Args) -> CmdResult {
     };
     let rewalk = |cmds: &[netray_patch::FixCommand]| rewalk_over(cmds, &flows);
     let sample = sample_flows(&args.flow, &flows, &bundle, cluster.as_ref());
-    let collateral = |cmds: &[netray_patch::FixCommand]| rewalk_over(cmds, &sample);
+    // The sample before any fix is walked once; after a fix, only the sample flows whose walk
+    // entered a namespace the fix changed are walked again (see `changed_places`).
+    let sample_before: std::cell::OnceCell<Vec<TracedFlow>> = std::cell::OnceCell::new();
+    let collateral = |cmds: &[netray_patch::FixCommand]| -> Result<Vec<TracedFlow>, String> {
+        let before = match sample_before.get() {
+            Some(b) => b,
+            None => {
+                let b = rewalk_over(&[], &sample)?;
+                sample_before.get_or_init(|| b)
+            }
+        };
+        if cmds.is_empty() {
+            return Ok(before.clone());
+        }
+        let nodes = patched(cmds)?;
+        let Some(changed) = changed_places(&bundle, &nodes) else {
+            return rewalk_over(cmds, &sample);
+        };
+        let again: Vec<usize> = (0..sample.len())
+            .filter(|&i| {
+                before[i]
+                    .trace
+                    .branches
+                    .iter()
+                    .flat_map(|b| b.hops.iter())
+                    .any(|h| changed.iter().any(|(n, ns)| *n == h.node && *ns == h.netns))
+            })
+            .collect();
+        let subset: Vec<crate::resolve::ResolvedFlow> =
+            again.iter().map(|&i| sample[i].clone()).collect();
+        let mut walked = rewalk_over(cmds, &subset)?.into_iter();
+        let mut out = before.clone();
+        for i in again {
+            if let Some(t) = walked.next() {
+                out[i] = t;
+            }
+        }
+        Ok(out)
+    };
     let ctx = Context {
         findings: &findings,
         world: &world,
@@ -261,6 +299,50 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
     }
 }
 
+/// The namespaces (node, netns label as the walk names them) whose state differs between
+/// `bundle` and its patched nodes `patched`, when only state the walk reads inside that
+/// namespace changed (routes, rules, neighbours, FDB, sysctls, firewall, conntrack, sockets):
+/// a walk that never entered one of them is unchanged by the patch. `None` when the patch
+/// changed what other namespaces see (addresses, links and their MACs, which namespaces
+/// exist, node-wide state): then every walk must be redone.
+fn changed_places(
+    bundle: &netray_snapshot::Bundle,
+    patched: &[netray_snapshot::NodeSnapshot],
+) -> Option<Vec<(String, String)>> {
+    let mut out = Vec::new();
+    for p in patched {
+        let o = bundle.nodes.iter().find(|n| n.node.name == p.node.name)?;
+        if o.node != p.node
+            || o.referenced_netns != p.referenced_netns
+            || o.not_collected != p.not_collected
+            || o.cgroup_programs != p.cgroup_programs
+            || o.namespaces.len() != p.namespaces.len()
+        {
+            return None;
+        }
+        for (a, b) in o.namespaces.iter().zip(&p.namespaces) {
+            if a == b {
+                continue;
+            }
+            if a.id != b.id
+                || a.role != b.role
+                || a.addresses != b.addresses
+                || a.links != b.links
+                || a.attachments != b.attachments
+            {
+                return None;
+            }
+            let label = if a.role == netray_snapshot::NetnsRole::Host {
+                "host".to_string()
+            } else {
+                a.display_name()
+            };
+            out.push((o.node.name.clone(), label));
+        }
+    }
+    Some(out)
+}
+
 /// `reply dropped at node0/NETNS (stale-vxlan-neighbor on node2)`.
 fn describe_failure(f: &FailurePoint) -> String {
     let leg = match f.leg {
@@ -347,4 +429,60 @@ fn sample_flows(
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::changed_places;
+
+    fn healthy() -> netray_snapshot::Bundle {
+        netray_snapshot::Bundle::load(std::path::Path::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../examples/healthy"
+        )))
+        .unwrap()
+    }
+
+    /// node0's snapshot with `run` applied in its host namespace.
+    fn patched(b: &netray_snapshot::Bundle, run: &str) -> Vec<netray_snapshot::NodeSnapshot> {
+        let mut copy = netray_snapshot::Bundle {
+            nodes: vec![b.nodes[0].clone()],
+            ..Default::default()
+        };
+        let cmd = netray_patch::FixCommand {
+            node: b.nodes[0].node.name.clone(),
+            netns: "host".into(),
+            pod: None,
+            run: run.into(),
+        };
+        netray_patch::apply(&mut copy, &cmd).unwrap();
+        copy.nodes
+    }
+
+    #[test]
+    fn a_change_read_only_inside_its_namespace_names_that_namespace() {
+        let b = healthy();
+        let p = patched(&b, "sysctl -w net.ipv4.ip_forward=0");
+        assert_eq!(
+            changed_places(&b, &p),
+            Some(vec![("node0".to_string(), "host".to_string())])
+        );
+        let p = patched(&b, "iptables -I FORWARD -j DROP");
+        assert_eq!(
+            changed_places(&b, &p),
+            Some(vec![("node0".to_string(), "host".to_string())])
+        );
+        // Nothing changed: no namespace.
+        assert_eq!(changed_places(&b, &[b.nodes[0].clone()]), Some(Vec::new()));
+    }
+
+    #[test]
+    fn a_change_other_namespaces_see_means_every_walk_again() {
+        let b = healthy();
+        // An address (owners), a link's state: other namespaces' walks read them.
+        for run in ["ip addr add 10.9.9.9/32 dev eth0", "ip link set eth0 down"] {
+            let p = patched(&b, run);
+            assert_eq!(changed_places(&b, &p), None, "{run}");
+        }
+    }
 }
