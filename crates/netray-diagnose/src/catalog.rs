@@ -62,6 +62,12 @@ pub const CATALOG: &[Check] = &[
         names_objects: true,
     },
     Check {
+        codes: &["bridge-nf-call-disabled"],
+        title: "br_netfilter off for a family kube-proxy DNATs, with pods on a bridge (same-bridge Service replies skip the de-DNAT)",
+        run: ipv6::bridge_nf_disabled,
+        names_objects: true,
+    },
+    Check {
         codes: &["service-family-no-endpoints"],
         title: "dual-stack Service with ready endpoints in one family only",
         run: ipv6::service_family_endpoints,

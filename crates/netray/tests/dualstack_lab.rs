@@ -495,6 +495,7 @@ const V6_CODES: &[&str] = &[
     "mtu-blackhole",
     "pod-mtu-exceeds-overlay",
     "service-family-no-endpoints",
+    "bridge-nf-call-disabled",
 ];
 
 /// `netray scan` over the case's bundle: the expected finding is there (code, node, text) and
@@ -673,7 +674,11 @@ fn dual_stack_cluster_matches_the_kernel() {
             // it reaches the client from the pod's address, not the ClusterIP.
             name: "bridge-nf-v6-off",
             faults: vec![DsFault::BridgeNfV6Off { node: 0 }],
-            scan: None,
+            scan: Some((
+                "bridge-nf-call-disabled",
+                "node0",
+                "net.bridge.bridge-nf-call-ip6tables = 0",
+            )),
             failing: &[("svc/web-local v6", "nat-reply-mismatch")],
         },
         Case {

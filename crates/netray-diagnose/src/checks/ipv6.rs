@@ -387,3 +387,121 @@ pub(crate) fn service_family_endpoints(input: &ScanInput, out: &mut Vec<Finding>
         }
     }
 }
+
+/// br_netfilter off for a family on a node whose pods sit on a bridge and whose kube-proxy
+/// DNATs that family: a pod reaching a Service whose backend is on the same bridge gets the
+/// backend's reply bridged straight back, without the de-DNAT (it comes from the pod's
+/// address, not the Service's), and the connection fails. Measured for IPv6 in
+/// `dualstack_lab.rs` (`bridge-nf-call-ip6tables=0`: the handshake dies, other flows work).
+pub(crate) fn bridge_nf_disabled(input: &ScanInput, out: &mut Vec<Finding>) {
+    for h in input.subject_hosts() {
+        for (family, key, per_bridge_name) in [
+            (
+                IpFamily::Ipv4,
+                "net.bridge.bridge-nf-call-iptables",
+                "nf_call_iptables",
+            ),
+            (
+                IpFamily::Ipv6,
+                "net.bridge.bridge-nf-call-ip6tables",
+                "nf_call_ip6tables",
+            ),
+        ] {
+            if h.ns.sysctl(key).map(str::trim) != Some("0") {
+                continue;
+            }
+            let v4 = family == IpFamily::Ipv4;
+            let dnat = input
+                .dumps(&h)
+                .iter()
+                .filter(|d| d.family == family)
+                .find_map(|d| {
+                    let t = d.table("nat")?;
+                    t.chains.iter().flat_map(|c| c.rules.iter()).find_map(|r| {
+                        matches!(
+                            &r.target,
+                            netray_netfilter::ipt::Target::Nat(n)
+                                if matches!(**n, netray_netfilter::NatAction::Dnat { .. })
+                        )
+                        .then(|| d.slice(r.span).to_string())
+                    })
+                });
+            let Some(dnat_text) = dnat else { continue };
+            // Bridges holding a pod gateway of this family, without their own nf_call switch.
+            let bridges: Vec<&str> = h
+                .ns
+                .links
+                .iter()
+                .filter(|l| match &l.kind {
+                    LinkKind::Bridge {
+                        nf_call_iptables,
+                        nf_call_ip6tables,
+                        ..
+                    } => {
+                        !(if v4 {
+                            *nf_call_iptables
+                        } else {
+                            *nf_call_ip6tables
+                        })
+                    }
+                    _ => false,
+                })
+                .filter(|l| {
+                    h.ns.addresses.iter().any(|a| {
+                        a.dev == l.name && a.scope == "global" && a.addr.addr().is_ipv4() == v4
+                    })
+                })
+                .filter(|l| {
+                    input
+                        .workloads_on(h.node)
+                        .filter(|w| {
+                            w.ns.addresses.iter().any(|a| {
+                                a.scope == "global"
+                                    && a.addr.addr().is_ipv4() == v4
+                                    && h.ns.addresses.iter().any(|b| {
+                                        b.dev == l.name && b.addr.trunc().contains(&a.addr.addr())
+                                    })
+                            })
+                        })
+                        .count()
+                        >= 2
+                })
+                .map(|l| l.name.as_str())
+                .collect();
+            if bridges.is_empty() {
+                continue;
+            }
+            let me = &h.node.node.name;
+            let fam = if v4 { "IPv4" } else { "IPv6" };
+            out.push(
+                h.finding(
+                    "bridge-nf-call-disabled",
+                    Severity::Critical,
+                    vec![
+                        format!("{key} = 0"),
+                        format!(
+                            "{per_bridge_name} off on {}, which carries pods' {fam} traffic",
+                            bridges.join(", ")
+                        ),
+                        format!(
+                            "{fam} DNAT here: {}",
+                            netray_snapshot::text::clip(&dnat_text, 200)
+                        ),
+                    ],
+                    format!(
+                        "br_netfilter does not pass bridged {fam} traffic through the firewall on \
+                         {me}: a pod reaching a Service whose backend is a pod on the same bridge \
+                         gets the backend's reply bridged straight back without the de-DNAT \
+                         (from the pod's address instead of the Service's), and the connection \
+                         fails. Other {fam} flows are not affected."
+                    ),
+                    format!(
+                        "on {me}: sysctl -w {key}=1 (kubeadm requires it; persist it in \
+                         /etc/sysctl.d/, with the br_netfilter module loaded at boot)"
+                    ),
+                )
+                .about([h.sysctl_obj(key)]),
+            );
+        }
+    }
+}
