@@ -69,6 +69,8 @@ pub struct Options {
     pub every_pod: bool,
     /// Worker threads (at least 1).
     pub threads: usize,
+    /// List every failing walk in its group ([`Group::failing`]).
+    pub list_flows: bool,
 }
 
 /// What a source class is.
@@ -212,12 +214,29 @@ pub struct Group {
     pub endpoint_nodes: Vec<String>,
     /// One affected flow to hand to `netray diagnose` (which proves the fix).
     pub example: Example,
+    /// Every failing walk (with `list_flows`): the member walked, the target, the endpoint,
+    /// and how many members the walk stands for.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failing: Vec<FailingFlow>,
     /// The cause is in the namespace of the source pod itself: every member of the source
     /// class has its own copy of it (named here for the member walked).
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub in_source: bool,
     /// The cause, as `diagnose` names it (fix commands included, not proven).
     pub cause: Finding,
+}
+
+/// One failing walk of a group.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct FailingFlow {
+    /// The member walked (flow syntax).
+    pub from: String,
+    /// The target (flow syntax).
+    pub to: String,
+    /// The endpoint whose branch failed.
+    pub endpoint: String,
+    /// Members of the source class this walk stands for.
+    pub members: usize,
 }
 
 /// One flow, in the flow syntax.
@@ -1039,7 +1058,7 @@ pub fn run(
     });
     let mut results = results.into_inner().unwrap_or_else(|e| e.into_inner());
     results.sort_by_key(|r| r.0);
-    group(world, cluster, plan, results)
+    group(world, cluster, plan, results, opts.list_flows)
 }
 
 /// Walk one flow: the causes of its failing branches by endpoint, and its endpoint count.
@@ -1150,7 +1169,13 @@ fn walk_one(
 type WalkResult = (usize, Result<Vec<(String, Finding)>, String>, usize);
 
 /// Merge the walks' causes into groups.
-fn group(world: &World<'_>, cluster: &ClusterView, plan: &Plan, results: Vec<WalkResult>) -> Audit {
+fn group(
+    world: &World<'_>,
+    cluster: &ClusterView,
+    plan: &Plan,
+    results: Vec<WalkResult>,
+    list_flows: bool,
+) -> Audit {
     // Where endpoints live: pods and nodes of the cluster view, else the snapshot owning it.
     let mut node_of: HashMap<IpAddr, String> = HashMap::new();
     for p in &cluster.pods {
@@ -1191,6 +1216,7 @@ fn group(world: &World<'_>, cluster: &ClusterView, plan: &Plan, results: Vec<Wal
         counted: HashSet<(usize, String)>,
         example: Option<Example>,
         in_source: bool,
+        failing: BTreeSet<FailingFlow>,
     }
     let mut groups: Vec<Acc> = Vec::new();
     let mut index: HashMap<(&'static str, String, String, Vec<String>), usize> = HashMap::new();
@@ -1230,6 +1256,7 @@ fn group(world: &World<'_>, cluster: &ClusterView, plan: &Plan, results: Vec<Wal
                     counted: HashSet::new(),
                     example: None,
                     in_source: false,
+                    failing: BTreeSet::new(),
                 });
                 groups.len() - 1
             });
@@ -1238,6 +1265,14 @@ fn group(world: &World<'_>, cluster: &ClusterView, plan: &Plan, results: Vec<Wal
                 g.flows += w.weight;
             }
             g.walks.insert(wi);
+            if list_flows {
+                g.failing.insert(FailingFlow {
+                    from: s.members[w.member].clone(),
+                    to: t.label.clone(),
+                    endpoint: endpoint.clone(),
+                    members: w.weight,
+                });
+            }
             g.in_source |= g.cause.pod.as_deref().map(|p| format!("pod/{p}")).as_ref()
                 == Some(&s.members[w.member]);
             g.sources.insert(w.source);
@@ -1312,6 +1347,7 @@ fn group(world: &World<'_>, cluster: &ClusterView, plan: &Plan, results: Vec<Wal
                     sport: None,
                 }),
                 in_source: g.in_source,
+                failing: g.failing.into_iter().collect(),
                 cause: g.cause,
             }
         })

@@ -146,6 +146,7 @@ fn one_pod_per_class_finds_what_every_pod_finds() {
             external: None,
             existing: true,
             every_pod,
+            list_flows: false,
             threads: 2,
         };
         let plan = audit::plan(&world, &view, &opts);
@@ -244,6 +245,7 @@ fn a_healthy_generated_cluster_audits_clean() {
         external: None,
         existing: true,
         every_pod: false,
+        list_flows: false,
         threads: 2,
     };
     let plan = audit::plan(&world, &view, &opts);

@@ -240,6 +240,7 @@ fn node(spec: &Spec, k: usize, tpl: &Value, kube_nat: &str) -> Value {
             ("192.168.50.10/24", format!("{ip}/16")),
             ("192.168.50.0/24", "192.168.0.0/16".to_string()),
             ("192.168.50.255/", "192.168.255.255/".to_string()),
+            ("192.168.50.10/", format!("{ip}/")),
         ]
     };
     let mut pairs: Vec<(&str, String)> = vec![("192.168.50.10\"", format!("{ip}\""))];

@@ -48,6 +48,9 @@ pub struct Args {
     /// Walk from every pod instead of one per class of equivalent pods.
     #[arg(long)]
     pub every_pod: bool,
+    /// List every failing walk in its group (JSON `groups[].failing`; text: the first few).
+    #[arg(long)]
+    pub list_flows: bool,
     /// Walk the snapshots as if COMMAND had been run as root there first (repeatable; the
     /// same targets and vocabulary as `diagnose --what-if`): audit a fix cluster-wide.
     #[arg(long = "what-if", value_name = "TARGET: COMMAND")]
@@ -89,6 +92,7 @@ pub fn run(args: Args) -> CmdResult {
         external: args.external,
         existing: !args.no_existing,
         every_pod: args.every_pod,
+        list_flows: args.list_flows,
         threads: args.threads.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         }),
@@ -184,6 +188,25 @@ fn print_text(a: &Audit, bundle: &str) {
                 };
                 println!("     on {at}: {}", f.run);
             }
+        }
+        for f in g.failing.iter().take(8) {
+            println!(
+                "   fails: {} → {} (endpoint {}{})",
+                f.from,
+                f.to,
+                f.endpoint,
+                if f.members > 1 {
+                    format!(", for {} members of its class", f.members)
+                } else {
+                    String::new()
+                }
+            );
+        }
+        if g.failing.len() > 8 {
+            println!(
+                "   … ({} failing walks in all; -o json lists them)",
+                g.failing.len()
+            );
         }
         let shown: Vec<&str> = g.targets.iter().take(4).map(String::as_str).collect();
         println!(
