@@ -709,6 +709,44 @@ fn dual_stack_cluster_matches_the_kernel() {
     ];
     let (lab, mut bad, dir) = run_cases(V6Overlay::Vxlan, &cases);
 
+    // The collector keeps proxy NDP entries (`ip -6 neigh show proxy`, flag `proxy`) and
+    // `force_forwarding`; the walk never takes a proxy entry for a neighbour.
+    lab.ns("node0")
+        .expect("node0")
+        .sh("ip -6 neigh add proxy fd00:10:244::99 dev cni0")
+        .expect("proxy entry");
+    let proxy = dir.path().join("proxy-ndp");
+    lab.collect_bundle(Path::new(NETRAY), &proxy)
+        .expect("collect");
+    let snap: Value = serde_json::from_str(
+        &std::fs::read_to_string(proxy.join("nodes/node0.json")).expect("node0.json"),
+    )
+    .expect("snapshot");
+    let host = snap["namespaces"]
+        .as_array()
+        .and_then(|n| n.iter().find(|n| n["role"] == "host"))
+        .expect("host namespace");
+    let has_proxy = host["neighbours"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .any(|n| {
+            n["dst"] == "fd00:10:244::99"
+                && n["dev"] == "cni0"
+                && n["flags"]
+                    .as_array()
+                    .is_some_and(|f| f.iter().any(|x| x == "proxy"))
+        });
+    if !has_proxy {
+        bad.push(format!(
+            "the proxy NDP entry was not collected: {}",
+            host["neighbours"]
+        ));
+    }
+    if host["sysctls"]["net.ipv6.conf.all.force_forwarding"].is_null() {
+        bad.push("net.ipv6.conf.all.force_forwarding was not collected".into());
+    }
+
     // A dual-stack Service named without a family: diagnose walks both families and reports
     // each (the stale VTEP breaks IPv6 only: one of two flows fails).
     let d = run_netray(&[
