@@ -110,6 +110,10 @@ pub struct Options {
     pub collect_args: Vec<String>,
     /// First backoff delay after a transient error (doubles each time, at most 8 s).
     pub backoff: Duration,
+    /// The cluster view already listed from the same API in this run (a `List`, as
+    /// [`crate::fetch_list`] returns it): used for the node selection and `cluster.json`
+    /// instead of listing again (`diagnose --kube` lists first to plan which nodes to collect).
+    pub cluster_list: Option<Value>,
 }
 
 impl Options {
@@ -128,6 +132,7 @@ impl Options {
             progress: false,
             collect_args: Vec::new(),
             backoff: Duration::from_millis(500),
+            cluster_list: None,
         }
     }
 }
@@ -432,7 +437,7 @@ fn new_run_id() -> String {
 
 /// Whether `name` can be a file name under `nodes/` (Kubernetes node names are DNS
 /// subdomains; anything else from a hostile API is refused).
-fn safe_node_name(name: &str) -> bool {
+pub fn safe_node_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 253
         && name != "."
@@ -470,7 +475,14 @@ async fn run(opts: &Options) -> Result<Report, LiveError> {
     let deadline = session.limits.deadline;
     let listed = tokio::select! {
         r = tokio::time::timeout(deadline, async {
-            let live = session.fetch_with(client.clone()).await?;
+            let live = match &opts.cluster_list {
+                Some(list) => crate::LiveList {
+                    list: list.clone(),
+                    target: target.clone(),
+                    warnings: Vec::new(),
+                },
+                None => session.fetch_with(client.clone()).await?,
+            };
             let nodes = select_nodes(opts, &live.list, &mut session, &target).await?;
             Ok::<_, LiveError>((live, nodes))
         }) => Some(r),

@@ -17,6 +17,8 @@ const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
 
 /// Run netray with `args`; its exit code must be 0 or 1 (an answer, not an error). Returns
 /// the child's peak resident memory in KiB (`wait4`).
+// The child is reaped by `wait4` (for its rusage), which clippy cannot see.
+#[allow(clippy::zombie_processes)]
 fn run(args: &[&str]) -> i64 {
     let child = Command::new(NETRAY)
         .args(args)

@@ -422,7 +422,7 @@ fn scan_counts_in_words_and_says_which_checks_did_not_run() {
     copy_dir(&Path::new(&h).join("nodes"), &dir.path().join("nodes"));
     let d = dir.path().to_str().unwrap();
     let (o, _) = run(&["scan", "--bundle", d], 0);
-    assert!(o.contains("(5 Kubernetes checks did not run)"), "{o}");
+    assert!(o.contains("(6 Kubernetes checks did not run)"), "{o}");
     assert!(
         o.contains("note: the bundle has no cluster view (cluster.json)"),
         "{o}"

@@ -81,7 +81,7 @@ pub struct Args {
 }
 
 /// `90`, `90s`, `3m`, `1h`, `500ms`.
-fn parse_duration(s: &str) -> Result<Duration, String> {
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
     let t = s.trim();
     let (num, unit) = t
         .find(|c: char| !c.is_ascii_digit() && c != '.')

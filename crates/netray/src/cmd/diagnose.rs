@@ -33,18 +33,45 @@ pub struct Args {
     /// Also write a self-contained HTML report to FILE (the path as a diagram, causes, evidence, fixes).
     #[arg(long, value_name = "FILE")]
     pub html: Option<std::path::PathBuf>,
+    /// Diagnose on demand (`--kube` without `--bundle`): which nodes to collect, the cache.
+    #[command(flatten)]
+    pub ondemand: super::ondemand::OnDemandArgs,
 }
 
 /// Run `netray diagnose`. Exit 0 reachable, 1 not (fully) reachable or uncertain.
 pub fn run(args: Args) -> CmdResult {
-    let (mut bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
+    // On demand (`--kube` without a bundle): only the nodes the flow can touch, collected now
+    // or taken from the cache (see `ondemand`).
+    let (mut bundle, cluster, od) =
+        if super::ondemand::wanted(&args.source, &args.cluster, &args.ondemand)? {
+            let (b, c, od) = super::ondemand::prepare(&args.cluster, &args.flow, &args.ondemand)?;
+            (b, Some(c), Some(od))
+        } else {
+            let (b, c) = load_bundle(&args.source, &args.cluster)?;
+            (b, c, None)
+        };
     super::apply_what_if(&mut bundle, cluster.as_ref(), &args.flow.what_if)?;
-    let missing = super::missing_nodes(&bundle, cluster.as_ref());
-    let flows = resolve(&args.flow, &bundle, cluster.as_ref())
+    let missing = match &od {
+        Some(od) => od.missing(&bundle, cluster.as_ref()),
+        None => super::missing_nodes(&bundle, cluster.as_ref()),
+    };
+    let mut flows = resolve(&args.flow, &bundle, cluster.as_ref())
         .map_err(|e| super::explain_missing(e.into(), &missing))?;
+    let mut od_notes = Vec::new();
+    if let Some(od) = &od {
+        let (keep, note) = od.walkable(flows, &bundle, &missing);
+        flows = keep;
+        od_notes.extend(note);
+        if flows.is_empty() {
+            return Err(od_notes.join("; ").into());
+        }
+    }
     let pods = cluster.as_ref().map(super::pod_names).unwrap_or_default();
     let opts = args.flow.walk_options();
-    super::warn_missing_nodes(&missing);
+    match &od {
+        Some(od) => od.warn(&missing),
+        None => super::warn_missing_nodes(&missing),
+    }
     // Walk every flow over a world.
     let walk_all = |world: &World<'_>,
                     engine: &RulesetEngine<'_>,
@@ -117,7 +144,10 @@ pub fn run(args: Args) -> CmdResult {
         walk_all(&w, &e, flows)
     };
     let rewalk = |cmds: &[netray_patch::FixCommand]| rewalk_over(cmds, &flows);
-    let sample = sample_flows(&args.flow, &flows, &bundle, cluster.as_ref());
+    let mut sample = sample_flows(&args.flow, &flows, &bundle, cluster.as_ref());
+    if let Some(od) = &od {
+        od.collected_flows(&mut sample, &world);
+    }
     // The sample before any fix is walked once; after a fix, only the sample flows whose walk
     // entered a namespace the fix changed are walked again (see `changed_places`).
     let sample_before: std::cell::OnceCell<Vec<TracedFlow>> = std::cell::OnceCell::new();
@@ -175,7 +205,13 @@ pub fn run(args: Args) -> CmdResult {
             .join(" + ")
     };
     let mut d = diagnose(&from, &to, &traced, &ctx);
-    d.notes.extend(super::missing_note(&missing));
+    match &od {
+        Some(od) => {
+            d.notes.extend(od_notes);
+            d.notes.extend(od.notes(&missing, &traced));
+        }
+        None => d.notes.extend(super::missing_note(&missing)),
+    }
     super::output::print(&d, args.output, || print_text(&d, &traced, args.hops))?;
     if let Some(path) = &args.html {
         let meta = netray_report::Meta {

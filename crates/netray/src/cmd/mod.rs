@@ -7,6 +7,7 @@ pub mod collect;
 pub mod diagnose;
 pub mod diff;
 pub mod lab;
+pub mod ondemand;
 pub mod output;
 pub mod rules;
 pub mod scan;
