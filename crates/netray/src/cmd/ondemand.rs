@@ -38,8 +38,8 @@ pub struct OnDemandArgs {
     #[arg(long, conflicts_with = "nodes")]
     pub all: bool,
     /// --kube without --bundle: reuse a cached node snapshot younger than this (`90s`, `5m`,
-    /// `1h`) [default: 5m].
-    #[arg(long, value_name = "DURATION", value_parser = super::collect::parse_duration)]
+    /// `1h`; `0` collects every node again) [default: 5m].
+    #[arg(long, value_name = "DURATION", value_parser = parse_max_age)]
     pub max_age: Option<Duration>,
     /// --kube without --bundle: the snapshot cache; nodes are kept in
     /// DIR/<hash of the API server URL>/nodes/NAME.json [default: $XDG_CACHE_HOME/netray, else
@@ -58,6 +58,17 @@ pub struct OnDemandArgs {
     /// --kube without --bundle: per-node collection timeout [default: 3m].
     #[arg(long, value_name = "DURATION", value_parser = super::collect::parse_duration)]
     pub timeout: Option<Duration>,
+}
+
+/// `--max-age`: a duration as for `--timeout`, or zero (`0`, `0s`: never use the cache).
+fn parse_max_age(s: &str) -> Result<Duration, String> {
+    super::collect::parse_duration(s).or_else(|e| {
+        let num = s.trim().trim_end_matches(|c: char| c.is_ascii_alphabetic());
+        match num.parse::<f64>() {
+            Ok(0.0) => Ok(Duration::ZERO),
+            _ => Err(e),
+        }
+    })
 }
 
 impl OnDemandArgs {

@@ -1,0 +1,277 @@
+//! `netray diagnose --kube` without `--bundle` (diagnose on demand, issue 12) against the
+//! stand-in Kubernetes API of `collect_kube.rs` (`common/kube_standin.rs`): the nodes the flow
+//! can touch are collected through collector pods (their exec streams examples/healthy's
+//! recorded snapshots), the answer equals `diagnose --bundle` on the same snapshots, the cache
+//! is used within `--max-age` and refreshed after, a node the plan could not foresee is named
+//! with `--nodes NODE`, a failed node is named, and every collector pod is deleted.
+//!
+//! Loopback only; every run is bounded by a hang guard.
+#![cfg(feature = "live")]
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use serde_json::Value;
+
+mod common;
+use common::NETRAY;
+
+#[path = "common/kube_standin.rs"]
+mod kube_standin;
+use kube_standin::*;
+
+#[path = "../../netray-diagnose/benches/support/synth_bundle.rs"]
+#[allow(dead_code)]
+mod synth_bundle;
+
+fn healthy() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/healthy")
+}
+
+/// A stand-in serving `items`, each of `nodes` answered by its recorded snapshot from `dir`.
+fn standin(items: Vec<Value>, dir: &Path, nodes: &[&str]) -> StandIn {
+    let behaviours = nodes
+        .iter()
+        .map(|n| {
+            let json = Arc::new(std::fs::read(dir.join(format!("nodes/{n}.json"))).unwrap());
+            (n.to_string(), NodeBehaviour::exec(Exec::Recorded(json)))
+        })
+        .collect();
+    StandIn::start(items, behaviours, Faults::default(), "v4.channel.k8s.io")
+}
+
+/// What one `netray diagnose --kube` run printed.
+struct Answer {
+    code: Option<i32>,
+    json: Value,
+    stderr: String,
+}
+
+/// `netray diagnose --kube --kubeconfig KC --cache CACHE --from FROM --to TO -o json ARGS`.
+fn diagnose_kube(kc: &Path, cache: &Path, from: &str, to: &str, args: &[&str]) -> Answer {
+    let mut cmd = Command::new(NETRAY);
+    cmd.args(["diagnose", "--kube", "--kubeconfig", kc.to_str().unwrap()])
+        .args(["--cache", cache.to_str().unwrap()])
+        .args(["--from", from, "--to", to, "-o", "json"])
+        .args(args)
+        .env("NETRAY_KUBE_BACKOFF_MS", "50");
+    let o = common::run_bounded(cmd, "netray diagnose --kube", HANG_GUARD);
+    let stderr = String::from_utf8_lossy(&o.stderr).into_owned();
+    let json = serde_json::from_slice(&o.stdout).unwrap_or(Value::Null);
+    Answer {
+        code: o.status.code(),
+        json,
+        stderr,
+    }
+}
+
+/// Collector pods the stand-in saw created, by name: (node, execs).
+fn pods(api: &StandIn) -> BTreeMap<String, (String, u32)> {
+    let st = api.state.lock().unwrap();
+    st.pods
+        .iter()
+        .map(|(name, p)| (name.clone(), (p.node.clone(), p.execs)))
+        .collect()
+}
+
+/// The nodes of the pods created after `before` (each pod exec'd: it streamed a snapshot).
+fn collected_after(api: &StandIn, before: &BTreeMap<String, (String, u32)>) -> BTreeSet<String> {
+    pods(api)
+        .into_iter()
+        .filter(|(name, _)| !before.contains_key(name))
+        .map(|(name, (node, execs))| {
+            assert!(execs >= 1, "pod {name} on {node} created but never exec'd");
+            node
+        })
+        .collect()
+}
+
+fn set(names: &[&str]) -> BTreeSet<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// Every pod the stand-in saw created was deleted again.
+fn assert_all_deleted(api: &StandIn) {
+    assert!(
+        api.not_deleted().is_empty(),
+        "collector pods left behind: {:?}",
+        api.not_deleted()
+    );
+}
+
+/// The parts of an answer that must not depend on how the snapshots were obtained.
+fn core(v: &Value) -> Value {
+    let mut out = serde_json::Map::new();
+    for key in ["verdict", "summary", "from", "to", "endpoints", "causes"] {
+        out.insert(key.into(), v[key].clone());
+    }
+    Value::Object(out)
+}
+
+/// The cache's node files (one API server: one hashed directory).
+fn cached_files(cache: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for d in std::fs::read_dir(cache).unwrap() {
+        let nodes = d.unwrap().path().join("nodes");
+        if let Ok(rd) = std::fs::read_dir(&nodes) {
+            out.extend(rd.map(|e| e.unwrap().path()));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// On examples/healthy's cluster: a pod → Service flow collects the source's node and every
+/// node hosting an endpoint (here all three), a pod → pod flow only the two nodes it joins;
+/// each answer equals `diagnose --bundle examples/healthy` (verdict, summary, endpoints,
+/// causes, notes), and every collector pod is deleted.
+#[test]
+fn only_the_planned_nodes_are_collected_and_the_answer_equals_the_bundles() {
+    let t0 = Instant::now();
+    let cluster = read_json(&healthy().join("cluster.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    for (from, to, planned) in [
+        (
+            "pod/default/web-0",
+            "svc/default/web:80",
+            &["node0", "node1", "node2"][..],
+        ),
+        (
+            "pod/default/web-0",
+            "pod/default/web-2:8080",
+            &["node0", "node1"],
+        ),
+        ("pod/default/web-4", "pod/default/web-5:8080", &["node2"]),
+        ("node/node1", "svc/default/empty:80", &["node1"]),
+    ] {
+        // A fresh API server (and so a fresh cache directory) per flow.
+        let api = standin(items_of(&cluster), &healthy(), &["node0", "node1", "node2"]);
+        let kc = api.kubeconfig(tmp.path());
+        let a = diagnose_kube(&kc, &cache, from, to, &[]);
+        let (code, b) = diagnose_json(&healthy(), from, to);
+        assert_eq!(
+            collected_after(&api, &BTreeMap::new()),
+            set(planned),
+            "{from} → {to}: {}",
+            a.stderr
+        );
+        assert!(
+            a.stderr.contains(&format!(
+                "diagnose --kube: {} of 3 nodes to read",
+                planned.len()
+            )),
+            "{from} → {to}: {}",
+            a.stderr
+        );
+        assert_eq!(a.code, code, "{from} → {to}: {}", a.stderr);
+        assert_eq!(core(&a.json), core(&b), "{from} → {to}: {}", a.stderr);
+        assert_eq!(a.json["notes"], b["notes"], "{from} → {to}");
+        assert_all_deleted(&api);
+    }
+    eprintln!("four on-demand diagnoses: {:?}", t0.elapsed());
+}
+
+/// The cache: a second run within `--max-age` starts no pod and says it used the cache; a run
+/// needing one more node collects only that one; `--max-age 0s` collects everything again; a
+/// cached file older than `--max-age` (its mtime set back) and a corrupt one (warned about)
+/// are collected again, each alone. Every answer equals the bundle's.
+#[test]
+fn cached_snapshots_are_reused_within_max_age_and_refreshed_after() {
+    let cluster = read_json(&healthy().join("cluster.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let api = standin(items_of(&cluster), &healthy(), &["node0", "node1", "node2"]);
+    let kc = api.kubeconfig(tmp.path());
+    let pod_to_pod = ("pod/default/web-0", "pod/default/web-2:8080");
+    let pod_to_svc = ("pod/default/web-0", "svc/default/web:80");
+    let expected = |(from, to): (&str, &str)| core(&diagnose_json(&healthy(), from, to).1);
+    // Runs `flow` with `args`; returns the nodes collected and stderr.
+    let run = |(from, to): (&str, &str), args: &[&str]| -> (BTreeSet<String>, String) {
+        let before = pods(&api);
+        let a = diagnose_kube(&kc, &cache, from, to, args);
+        assert_eq!(a.code, Some(0), "{from} → {to} {args:?}: {}", a.stderr);
+        assert_eq!(
+            core(&a.json),
+            expected((from, to)),
+            "{from} → {to} {args:?}: {}",
+            a.stderr
+        );
+        assert_all_deleted(&api);
+        (collected_after(&api, &before), a.stderr)
+    };
+    let (got, _) = run(pod_to_pod, &[]);
+    assert_eq!(got, set(&["node0", "node1"]));
+    let files = cached_files(&cache);
+    assert_eq!(
+        files
+            .iter()
+            .map(|f| f.file_name().unwrap().to_str().unwrap())
+            .collect::<Vec<_>>(),
+        ["node0.json", "node1.json"],
+        "{files:?}"
+    );
+    // Within --max-age (default 5m): nothing collected, the cache named.
+    let (got, err) = run(pod_to_pod, &[]);
+    assert_eq!(got, set(&[]), "{err}");
+    assert!(
+        err.contains("from the cache") && err.contains("node0 (") && err.contains("node1 ("),
+        "{err}"
+    );
+    assert!(!err.contains("netray: collected"), "{err}");
+    // One more node needed: only that one is collected.
+    let (got, err) = run(pod_to_svc, &["--max-age", "1h"]);
+    assert_eq!(got, set(&["node2"]), "{err}");
+    // --max-age 0s: every planned node again.
+    let (got, err) = run(pod_to_svc, &["--max-age", "0s"]);
+    assert_eq!(got, set(&["node0", "node1", "node2"]), "{err}");
+    assert!(!err.contains("from the cache"), "{err}");
+    // node0's file ten minutes old: older than the default 5m, collected again alone.
+    let dir = files[0].parent().unwrap().to_path_buf();
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("node0.json"))
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    let (got, err) = run(pod_to_svc, &[]);
+    assert_eq!(got, set(&["node0"]), "{err}");
+    // With --max-age 20m the same age would have been fresh enough.
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("node0.json"))
+        .unwrap()
+        .set_modified(SystemTime::now() - Duration::from_secs(600))
+        .unwrap();
+    let (got, err) = run(pod_to_svc, &["--max-age", "20m"]);
+    assert_eq!(got, set(&[]), "{err}");
+    assert!(err.contains("node0 (10m0"), "{err}");
+    // A corrupt file, and another node's snapshot under node2's name: warned, collected again
+    // (node0's file made fresh again).
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("node0.json"))
+        .unwrap()
+        .set_modified(SystemTime::now())
+        .unwrap();
+    std::fs::write(dir.join("node1.json"), b"{\"version\": 1, \"trunc").unwrap();
+    std::fs::copy(dir.join("node0.json"), dir.join("node2.json")).unwrap();
+    let (got, err) = run(pod_to_svc, &[]);
+    assert_eq!(got, set(&["node1", "node2"]), "{err}");
+    for n in ["node1", "node2"] {
+        assert!(
+            err.contains(
+                &format!("node2.json: not a valid snapshot of node {n}; collecting it again")
+                    .replace("node2.json", &format!("{n}.json"))
+            ),
+            "{err}"
+        );
+    }
+    // And the cache holds valid snapshots again.
+    let (got, err) = run(pod_to_svc, &[]);
+    assert_eq!(got, set(&[]), "{err}");
+    assert!(!err.contains("warning"), "{err}");
+}
