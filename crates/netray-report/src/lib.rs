@@ -8,6 +8,9 @@
 //!   its details.
 //! - [`trace`]: the same diagram for a `netray trace`.
 //! - [`scan`]: findings as a table grouped by cause code.
+//! - [`audit`]: an audit's failure groups as a table, one row per cause (its code, node,
+//!   deciding objects, how many flows, sources and endpoints fail, the fix), each expandable
+//!   to its failing flows.
 //!
 //! Everything that comes from the input (names, rule texts and comments, evidence) is
 //! HTML-escaped; the page's only script is pinned by its hash, so markup that slipped
@@ -18,6 +21,7 @@ use std::fmt::Write;
 
 use netray_datapath::Trace;
 use netray_datapath::result::{Leg, Step};
+use netray_diagnose::audit::Audit;
 use netray_diagnose::diagnose::{BranchReport, Diagnosis, Verdict};
 use netray_diagnose::{Finding, Severity};
 use netray_patch::FixCommand;
@@ -555,4 +559,161 @@ pub fn scan(findings: &[Finding], nodes: &[&str], meta: &Meta) -> String {
     }
     o.push_str("</section></main>");
     page("scan", &format!("netray scan: {} ({v})", meta.source), &o)
+}
+
+/// The HTML report of an audit (`netray audit --html`): one row per failure group (cause
+/// code, where it is, its deciding objects, how many flows, sources and endpoints fail, the
+/// fix), most severe and largest first, each expandable to its failing flows (listed when the
+/// audit was run with `list_flows`), then the flows that could not be walked.
+pub fn audit(a: &Audit, meta: &Meta) -> String {
+    let mut o = String::new();
+    let s = &a.summary;
+    let title_html = format!(
+        "{} source{} to {} target{}",
+        s.sources,
+        if s.sources == 1 { "" } else { "s" },
+        s.targets,
+        if s.targets == 1 { "" } else { "s" }
+    );
+    header(&mut o, "audit", &title_html, meta);
+    let v = match a.worst() {
+        None => "clean",
+        Some(Severity::Critical) => "critical",
+        Some(Severity::Warning) => "warning",
+        Some(Severity::Info) => "info",
+    };
+    let _ = write!(
+        o,
+        "<div class=\"verdict-row\"><span class=\"verdict v-{v}\" id=\"verdict\" data-verdict=\"{v}\">{}</span><p class=\"summary\">{} of {} flow{} fail, {} cause{}; {} walked, {} not walked</p></div></header>",
+        v.to_uppercase(),
+        s.failing_flows,
+        s.flows,
+        if s.flows == 1 { "" } else { "s" },
+        a.groups.len(),
+        if a.groups.len() == 1 { "" } else { "s" },
+        s.walks,
+        s.not_walked
+    );
+    o.push_str("<main class=\"wide\"><section id=\"groups\">");
+    if a.groups.is_empty() {
+        o.push_str("<p class=\"none\">every flow works: clean</p>");
+    } else {
+        o.push_str("<table class=\"scan audit\"><thead><tr><th>cause</th><th>where</th><th>decided by</th><th>flows</th><th>sources</th><th>endpoints</th><th>fix</th></tr></thead>");
+        for (i, g) in a.groups.iter().enumerate() {
+            let c = &g.cause;
+            let _ = write!(
+                o,
+                "<tbody class=\"group sev-{}\" id=\"group-{i}\" data-code=\"{}\" data-node=\"{}\" data-netns=\"{}\" data-flows=\"{}\" data-sources=\"{}\" data-endpoints=\"{}\" data-failing=\"{}\">",
+                c.severity,
+                E(c.code),
+                E(&c.node),
+                E(&c.netns),
+                g.flows,
+                g.sources.len(),
+                g.endpoints.len(),
+                g.failing.len()
+            );
+            let _ = write!(
+                o,
+                "<tr class=\"group-row\"><td><span class=\"sev\">{}</span> <span class=\"code\">{}</span></td><td class=\"where\">{}<br><span class=\"place-ns\">{}</span></td><td>",
+                c.severity,
+                E(c.code),
+                E(&c.node),
+                E(&path::ns_label(&c.netns, c.pod.as_deref()))
+            );
+            if c.objects.is_empty() {
+                o.push_str("<span class=\"none\">—</span>");
+            } else {
+                path::objects_list(&mut o, &c.objects);
+            }
+            let _ = write!(
+                o,
+                "</td><td class=\"num flows\">{}</td><td class=\"num sources\" title=\"{}\">{}</td><td class=\"num endpoints\" title=\"{}\">{}</td><td>",
+                g.flows,
+                E(&g.sources.join(", ")),
+                g.sources.len(),
+                E(&g.endpoints.join(", ")),
+                g.endpoints.len()
+            );
+            if c.fix_commands.is_empty() {
+                let _ = write!(o, "<p class=\"fix-text\">{}</p>", E(&c.fix));
+            } else {
+                o.push_str("<p class=\"proof-line unchecked\">not proven here; <code>netray diagnose</code> on the example flow proves it</p>");
+                fix_table(&mut o, &c.fix_commands);
+            }
+            o.push_str("</td></tr>");
+            // The expandable details: why, evidence, the example flow, the failing flows.
+            let _ = write!(
+                o,
+                "<tr class=\"group-detail\"><td colspan=\"7\"><details class=\"failing\"><summary>{}</summary>",
+                E(&g.summary)
+            );
+            let _ = write!(o, "<p class=\"why\">{}</p>", E(&c.explanation));
+            if !c.evidence.is_empty() {
+                o.push_str("<ul class=\"evidence\">");
+                for e in &c.evidence {
+                    let _ = write!(o, "<li><code>{}</code></li>", E(e));
+                }
+                o.push_str("</ul>");
+            }
+            let _ = write!(
+                o,
+                "<p class=\"example\">one of them: <code>netray diagnose --from {} --to {}{}</code></p>",
+                E(&g.example.from),
+                E(&g.example.to),
+                g.example
+                    .sport
+                    .map(|p| format!(" --sport {p}"))
+                    .unwrap_or_default()
+            );
+            if g.failing.is_empty() {
+                let _ = write!(
+                    o,
+                    "<p class=\"none\">targets: {} (run the audit with --list-flows to list every failing flow)</p>",
+                    E(&g.targets.join(", "))
+                );
+            } else {
+                o.push_str("<table class=\"flows\"><thead><tr><th>from</th><th>to</th><th>endpoint</th><th>members</th></tr></thead><tbody>");
+                for f in &g.failing {
+                    let _ = write!(
+                        o,
+                        "<tr class=\"flow\" data-from=\"{}\" data-to=\"{}\" data-endpoint=\"{}\"><td>{}</td><td>{}</td><td>{}</td><td class=\"num\">{}</td></tr>",
+                        E(&f.from),
+                        E(&f.to),
+                        E(&f.endpoint),
+                        E(&f.from),
+                        E(&f.to),
+                        E(&f.endpoint),
+                        f.members
+                    );
+                }
+                o.push_str("</tbody></table>");
+            }
+            o.push_str("</details></td></tr></tbody>");
+        }
+        o.push_str("</table>");
+    }
+    o.push_str("</section>");
+    if !a.not_walked.is_empty() {
+        o.push_str("<section id=\"not-walked\"><h2>Not walked</h2><table class=\"flows\"><thead><tr><th>from</th><th>to</th><th>why</th></tr></thead><tbody>");
+        for n in &a.not_walked {
+            let _ = write!(
+                o,
+                "<tr class=\"not-walked\"><td>{}</td><td>{}</td><td>{}</td></tr>",
+                E(&n.from),
+                E(&n.to),
+                E(&n.error)
+            );
+        }
+        o.push_str("</tbody></table></section>");
+    }
+    if !a.skipped.is_empty() {
+        o.push_str("<section id=\"notes\"><h2>Notes</h2><ul>");
+        for n in &a.skipped {
+            let _ = write!(o, "<li>{}</li>", E(n));
+        }
+        o.push_str("</ul></section>");
+    }
+    o.push_str("</main>");
+    page("audit", &format!("netray audit: {} ({v})", meta.source), &o)
 }

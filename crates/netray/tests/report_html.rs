@@ -2,8 +2,10 @@
 //! `chromium`): assertions on the DOM after the page's script ran — the drawn path has the
 //! nodes, namespaces and pods the walk crossed, the failing hop is marked with its cause code
 //! and nodes, the fix commands appear, the side panel opened on the first failure — and a
-//! screenshot of each diagnosis kept under `target/report-screenshots/`. Scans render as
-//! tables grouped by cause code; hostile names are escaped and never run.
+//! screenshot of each diagnosis kept under `target/report-screenshots/`; the interfaces,
+//! bridges and VXLAN tunnels every branch crossed are drawn. Scans and audits render as
+//! tables grouped by cause code (an audit's groups expand to their failing flows); hostile
+//! names are escaped and never run.
 //!
 //! Without Chromium the tests are skipped with a message, except under `CI=true` where they
 //! fail. `NETRAY_CHROMIUM` names another binary.
@@ -312,7 +314,112 @@ const CASES: &[Case] = &[
         "reachable",
         &[],
     ),
+    (
+        "006-dualstack-v6-forward-drop",
+        "pod/default/client-0",
+        "svc/default/web-remote:80",
+        "partial",
+        &[("forward-policy-drop", "node1")],
+    ),
+    (
+        "006-dualstack-v6-forward-drop",
+        "pod/default/client-0",
+        "svc/default/web-local:80",
+        "reachable",
+        &[],
+    ),
 ];
+
+/// The serialization of every lane (`<details class="lane …">`) drawn for `endpoint`.
+fn lanes_of<'a>(dom: &'a str, endpoint: &str) -> Vec<&'a str> {
+    let mut out = Vec::new();
+    let mut rest = dom;
+    while let Some(i) = rest.find("<details class=\"lane") {
+        let lane = &rest[i..];
+        let end = lane.find("</details>").expect("lane closes");
+        let head = &tags(&lane[..end], "details")[0];
+        if head.get("data-endpoint").map(String::as_str) == Some(endpoint) {
+            out.push(&lane[..end]);
+        }
+        rest = &lane[end..];
+    }
+    out
+}
+
+/// What the path diagram draws of the branches to one endpoint: interfaces (in a namespace's
+/// steps, or on the link a packet leaves by), bridge hops, VXLAN encapsulations and tunnel
+/// labels.
+#[derive(Debug, Default, PartialEq)]
+struct Drawn {
+    ifaces: BTreeSet<String>,
+    bridges: usize,
+    encaps: usize,
+    tunnels: BTreeSet<String>,
+}
+
+/// What the diagram must draw for `branches` (the diagnosis JSON's), per endpoint.
+fn expected_drawing(branches: &[Value]) -> BTreeMap<String, Drawn> {
+    let mut want: BTreeMap<String, Drawn> = BTreeMap::new();
+    for b in branches {
+        let d = want
+            .entry(b["endpoint"].as_str().unwrap().to_string())
+            .or_default();
+        for h in b["hops"].as_array().unwrap() {
+            let step = &h["step"];
+            match step["type"].as_str().unwrap() {
+                "bridge" => d.bridges += 1,
+                "encap" => {
+                    d.encaps += 1;
+                    d.tunnels.insert(format!(
+                        "VXLAN {} vni {}",
+                        step["dev"].as_str().unwrap(),
+                        step["vni"]
+                    ));
+                }
+                _ => {
+                    for k in ["iif", "oif"] {
+                        if let Some(i) = h[k].as_str() {
+                            d.ifaces.insert(i.to_string());
+                        }
+                    }
+                }
+            }
+        }
+    }
+    want
+}
+
+/// What the diagram in `dom` draws for `endpoint`.
+fn drawing(dom: &str, endpoint: &str) -> Drawn {
+    let mut d = Drawn::default();
+    for lane in lanes_of(dom, endpoint) {
+        for t in tags(lane, "li") {
+            if has_class(&t, "iface") {
+                d.ifaces.insert(t["data-iface"].clone());
+            }
+        }
+        for t in tags(lane, "button") {
+            match t.get("data-step").map(String::as_str) {
+                Some("bridge") => d.bridges += 1,
+                Some("encap") => d.encaps += 1,
+                // A link between namespaces: `IFACE → NODE/NETNS/PEER`, drawn on the arrow.
+                Some("transmit") if has_class(&t, "link") => {
+                    let from = t["title"].split(" → ").next().unwrap();
+                    d.ifaces.insert(from.to_string());
+                }
+                _ => {}
+            }
+        }
+        let mut rest = lane;
+        let open = "<span class=\"tunnel-lbl\">";
+        while let Some(i) = rest.find(open) {
+            rest = &rest[i + open.len()..];
+            let end = rest.find("</span>").unwrap();
+            d.tunnels.insert(unescape(&rest[..end]));
+        }
+    }
+    d
+}
 
 #[test]
 fn diagnose_report_draws_each_example_in_chromium() {
@@ -320,6 +427,8 @@ fn diagnose_report_draws_each_example_in_chromium() {
         return;
     };
     let dir = artifacts();
+    // The bridges and tunnels drawn over all cases.
+    let mut crossed = Drawn::default();
     for &(bundle, from, to, verdict, causes) in CASES {
         let what = format!("{bundle}: {from} → {to}");
         let name = slug(&[bundle, from, to]);
@@ -400,6 +509,15 @@ fn diagnose_report_draws_each_example_in_chromium() {
                 drawn_pods.contains(from),
                 "{what}: the client {from} is not drawn"
             );
+        }
+
+        // Every interface, bridge hop and VXLAN tunnel the branches crossed is drawn.
+        for (endpoint, want) in expected_drawing(branches) {
+            let got = drawing(&dom, &endpoint);
+            assert_eq!(got, want, "{what}: drawing of the branches to {endpoint}");
+            crossed.bridges += want.bridges;
+            crossed.encaps += want.encaps;
+            crossed.tunnels.extend(want.tunnels);
         }
 
         // The failing hops: one per failing branch, marked with the cause code, the node
@@ -513,6 +631,18 @@ fn diagnose_report_draws_each_example_in_chromium() {
             "{what}: screenshot"
         );
         eprintln!("{what}: {}", png.display());
+    }
+    // The cross-node paths went over bridges (cni0, the underlay switch) and through both
+    // flannel VXLAN devices (IPv4 flannel.1, IPv6 flannel-v6.1 in the dual-stack example).
+    assert!(crossed.bridges > 0 && crossed.encaps > 0, "{crossed:?}");
+    for dev in ["flannel.1", "flannel-v6.1"] {
+        assert!(
+            crossed
+                .tunnels
+                .iter()
+                .any(|t| t.starts_with(&format!("VXLAN {dev} "))),
+            "no {dev} tunnel drawn: {crossed:?}"
+        );
     }
 }
 
@@ -741,4 +871,157 @@ fn clicking_a_cause_or_hop_selects_it_in_chromium() {
     let p = panel(&dom);
     assert!(p.contains("data-selected=\"hop-0-1\""), "{p}");
     assert!(p.contains("class=\"detail\"") && p.contains("route"), "{p}");
+}
+
+#[test]
+fn audit_report_groups_failures_by_cause_in_chromium() {
+    let Some(bin) = chromium("audit_report_groups_failures_by_cause_in_chromium") else {
+        return;
+    };
+    let dir = artifacts();
+    let html = dir.join("audit--003-forward-drop.html");
+    let bundle = workspace().join("examples/003-forward-drop");
+    let (code, json) = netray(&[
+        "audit",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "--list-flows",
+        "-o",
+        "json",
+        "--html",
+        html.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1, "003's FORWARD DROP is critical");
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    let groups = doc["groups"].as_array().unwrap();
+    assert!(
+        groups
+            .iter()
+            .any(|g| g["cause"]["code"] == "forward-policy-drop" && g["cause"]["node"] == "node1"),
+        "{json}"
+    );
+    let dom = run_chromium(&bin, "--dump-dom", &html);
+    let body = &tags(&dom, "body")[0];
+    assert_eq!(body["data-report"], "audit");
+    assert_eq!(body["data-ready"], "true");
+    let v = tags(&dom, "span")
+        .into_iter()
+        .find(|t| t.get("id").map(String::as_str) == Some("verdict"))
+        .unwrap();
+    assert_eq!(v["data-verdict"], "critical");
+
+    // One row group per failure group, in the audit's order, with its counts.
+    let drawn: Vec<BTreeMap<String, String>> = tags(&dom, "tbody")
+        .into_iter()
+        .filter(|t| has_class(t, "group"))
+        .collect();
+    assert_eq!(drawn.len(), groups.len(), "groups");
+    for (t, g) in drawn.iter().zip(groups) {
+        let c = &g["cause"];
+        let what = format!("{} on {}", c["code"], c["node"]);
+        assert_eq!(t["data-code"], c["code"].as_str().unwrap(), "{what}");
+        assert_eq!(t["data-node"], c["node"].as_str().unwrap(), "{what}");
+        assert_eq!(t["data-netns"], c["netns"].as_str().unwrap(), "{what}");
+        assert_eq!(t["data-flows"], g["flows"].to_string(), "{what}");
+        let len = |k: &str| g[k].as_array().unwrap().len().to_string();
+        assert_eq!(t["data-sources"], len("sources"), "{what}");
+        assert_eq!(t["data-endpoints"], len("endpoints"), "{what}");
+        assert_eq!(t["data-failing"], len("failing"), "{what}");
+        assert!(has_class(
+            t,
+            &format!("sev-{}", c["severity"].as_str().unwrap())
+        ));
+        // The deciding objects and the fix are in the row.
+        for o in c["objects"].as_array().unwrap() {
+            let kind = o["kind"].as_str().unwrap();
+            assert!(
+                dom.contains(&format!("<li data-kind=\"{kind}\">")),
+                "{what}: object {kind} not shown"
+            );
+        }
+        for f in c["fix_commands"].as_array().cloned().unwrap_or_default() {
+            let run = f["run"].as_str().unwrap();
+            assert!(
+                dom.contains(&format!("<code class=\"cmd\">{}</code>", text(run))),
+                "{what}: fix {run:?} not shown"
+            );
+        }
+        if c["fix_commands"].as_array().is_none_or(Vec::is_empty) {
+            assert!(
+                dom.contains(&format!(
+                    "<p class=\"fix-text\">{}</p>",
+                    text(c["fix"].as_str().unwrap())
+                )),
+                "{what}: fix text not shown"
+            );
+        }
+    }
+    // Each group expands to its failing flows: every failing walk of the JSON, in its group.
+    let summaries = tags(&dom, "details")
+        .into_iter()
+        .filter(|t| has_class(t, "failing"))
+        .count();
+    assert_eq!(summaries, groups.len(), "one expandable list per group");
+    let want: BTreeSet<(String, String, String)> = groups
+        .iter()
+        .flat_map(|g| g["failing"].as_array().unwrap())
+        .map(|f| {
+            (
+                f["from"].as_str().unwrap().to_string(),
+                f["to"].as_str().unwrap().to_string(),
+                f["endpoint"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let rows: Vec<BTreeMap<String, String>> = tags(&dom, "tr")
+        .into_iter()
+        .filter(|t| has_class(t, "flow"))
+        .collect();
+    let total: usize = groups
+        .iter()
+        .map(|g| g["failing"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(rows.len(), total, "failing flow rows");
+    let got: BTreeSet<(String, String, String)> = rows
+        .iter()
+        .map(|t| {
+            (
+                t["data-from"].clone(),
+                t["data-to"].clone(),
+                t["data-endpoint"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(got, want, "failing flows");
+    let png = dir.join("audit--003-forward-drop.png");
+    let _ = std::fs::remove_file(&png);
+    run_chromium(&bin, &format!("--screenshot={}", png.display()), &html);
+    let bytes = std::fs::read(&png).expect("audit screenshot");
+    assert!(bytes.starts_with(b"\x89PNG") && bytes.len() > 10_000);
+
+    // --html lists the failing flows in the page only: without --list-flows the JSON is as
+    // without --html.
+    let html2 = dir.join("audit--003-forward-drop-nolist.html");
+    let (_, json) = netray(&[
+        "audit",
+        "--bundle",
+        bundle.to_str().unwrap(),
+        "-o",
+        "json",
+        "--html",
+        html2.to_str().unwrap(),
+    ]);
+    let doc: Value = serde_json::from_str(&json).unwrap();
+    for g in doc["groups"].as_array().unwrap() {
+        assert!(
+            g["failing"].as_array().is_none_or(Vec::is_empty),
+            "failing flows in the JSON without --list-flows"
+        );
+    }
+    let page = std::fs::read_to_string(&html2).unwrap();
+    assert_eq!(
+        page.matches("<tr class=\"flow\"").count(),
+        total,
+        "the page lists the failing flows anyway"
+    );
 }

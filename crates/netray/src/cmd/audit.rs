@@ -67,6 +67,11 @@ pub struct Args {
     /// Output format (JSON schema: schemas/audit.schema.json).
     #[arg(short = 'o', long, value_enum, default_value_t)]
     pub output: Format,
+    /// Also write a self-contained HTML report to FILE: one row per cause (its node, deciding
+    /// objects, how many flows, sources and endpoints fail, the fix), each expandable to its
+    /// failing flows.
+    #[arg(long, value_name = "FILE")]
+    pub html: Option<std::path::PathBuf>,
 }
 
 /// Run `netray audit`. Exit 0 when no group is at or above `--fail-on`, 1 otherwise.
@@ -92,7 +97,8 @@ pub fn run(args: Args) -> CmdResult {
         external: args.external,
         existing: !args.no_existing,
         every_pod: args.every_pod,
-        list_flows: args.list_flows,
+        // The HTML report lists the failing flows of each group.
+        list_flows: args.list_flows || args.html.is_some(),
         threads: args.threads.map(usize::from).unwrap_or_else(|| {
             std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
         }),
@@ -103,7 +109,7 @@ pub fn run(args: Args) -> CmdResult {
     let done = AtomicUsize::new(0);
     let stop = AtomicBool::new(false);
     let tty = super::collect::STDERR_IS_TTY.load(Ordering::Relaxed);
-    let report = std::thread::scope(|s| {
+    let mut report = std::thread::scope(|s| {
         if tty {
             s.spawn(|| progress(&done, plan.walks(), &stop));
         }
@@ -112,6 +118,20 @@ pub fn run(args: Args) -> CmdResult {
         r
     });
     let bundle_name = args.source.describe();
+    if let Some(path) = &args.html {
+        let meta = netray_report::Meta {
+            source: bundle_name.clone(),
+        };
+        let html = netray_report::audit(&report, &meta);
+        netray_collect::output::write_file_atomic(path, html.as_bytes())
+            .map_err(|e| format!("--html {}: {e}", path.display()))?;
+        if !args.list_flows {
+            // Listed for the HTML report only: the text and JSON stay as without --html.
+            for g in &mut report.groups {
+                g.failing.clear();
+            }
+        }
+    }
     super::output::print(&report, args.output, || print_text(&report, &bundle_name))?;
     let threshold = match args.fail_on {
         FailOn::Critical => Severity::Critical,
