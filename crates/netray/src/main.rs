@@ -21,7 +21,9 @@ const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("NETRAY_GIT_
 #[derive(Parser)]
 #[command(name = "netray", version = VERSION, propagate_version = true)]
 struct Cli {
-    /// Colour: auto (on a terminal, unless NO_COLOR is set), always or never.
+    /// Colour: auto (on a terminal, unless NO_COLOR is set to a non-empty value or TERM=dumb),
+    /// always or never. As no-color.org asks, NO_COLOR turns off only the default: an explicit
+    /// `--color always` still colours.
     #[arg(long, global = true, value_enum, default_value_t = term::ColorChoice::Auto)]
     color: term::ColorChoice,
     #[command(subcommand)]

@@ -116,7 +116,25 @@ fn colour_only_when_asked_and_never_from_input() {
     always.extend(["-o", "json"]);
     let (o, _) = run(&always, 1);
     assert!(!o.contains('\x1b'));
-    // NO_COLOR with --color always: the flag wins; with auto, nothing.
+    // NO_COLOR (no-color.org) turns off only the default: with auto, nothing; an explicit
+    // `--color always` still colours.
+    let no_color = |args: &[&str]| {
+        let out = Command::new(NETRAY)
+            .args(args)
+            .env("NO_COLOR", "1")
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "netray {}", args.join(" "));
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let o = no_color(&args);
+    assert!(!o.contains('\x1b'), "NO_COLOR and auto: {o:?}");
+    let o = no_color(&always[..always.len() - 2]);
+    assert!(
+        o.contains("\x1b[1;33mPARTIAL\x1b[0m: "),
+        "NO_COLOR=1 --color always: {o:?}"
+    );
     // An ESC sequence from input (here, an argument quoted in an error) stays escaped while
     // our own colour is around the error word.
     let (_, e) = run(
@@ -141,6 +159,88 @@ fn colour_only_when_asked_and_never_from_input() {
         "input escape reached the terminal: {e:?}"
     );
     assert!(e.contains("\\x1b[2J"), "{e:?}");
+}
+
+/// What `netray ARGS` shows on a pseudo-terminal (script(1)) with `env` set, or `None`
+/// without script(1).
+fn on_a_terminal(args: &[&str], env: &[(&str, &str)]) -> Option<String> {
+    if Command::new("script").arg("--version").output().is_err() {
+        return None;
+    }
+    let quoted: Vec<String> = args
+        .iter()
+        .map(|a| format!("'{}'", a.replace('\'', "'\\''")))
+        .collect();
+    // Bounded: `timeout` ends netray if it ever waited on the terminal.
+    let line = format!("timeout 60 {NETRAY} {}", quoted.join(" "));
+    let mut cmd = Command::new("script");
+    cmd.args(["-qec", &line, "/dev/null"])
+        .env_remove("NO_COLOR")
+        .env_remove("KUBECONFIG")
+        .env("TERM", "xterm");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "script netray {}: {shown}",
+        args.join(" ")
+    );
+    Some(shown)
+}
+
+#[test]
+fn colour_on_a_terminal_unless_no_color_or_never() {
+    let b = example("002-stale-vtep");
+    let args = [
+        "diagnose",
+        "--bundle",
+        &b,
+        "--from",
+        "pod/default/web-0",
+        "--to",
+        "svc/default/web:53/udp",
+    ];
+    let Some(shown) = on_a_terminal(&args, &[]) else {
+        assert_ne!(
+            std::env::var("CI").as_deref(),
+            Ok("true"),
+            "CI=true: script(1) (util-linux) is needed to test colour on a terminal"
+        );
+        eprintln!("SKIPPED colour_on_a_terminal_unless_no_color_or_never: no script(1)");
+        return;
+    };
+    // auto on a terminal: colour.
+    let coloured = |s: &str| s.contains("\x1b[1;33mPARTIAL\x1b[0m: ");
+    assert!(coloured(&shown), "auto on a terminal: {shown:?}");
+    assert!(shown.contains("\x1b[1;31m  FAIL\x1b[0m"), "{shown:?}");
+    // NO_COLOR set to anything but the empty string turns the default off.
+    for v in ["1", "0", "false"] {
+        let shown = on_a_terminal(&args, &[("NO_COLOR", v)]).unwrap();
+        assert!(!shown.contains('\x1b'), "NO_COLOR={v}: {shown:?}");
+        assert!(shown.contains("PARTIAL: "), "{shown:?}");
+    }
+    let shown = on_a_terminal(&args, &[("NO_COLOR", "")]).unwrap();
+    assert!(coloured(&shown), "NO_COLOR empty: {shown:?}");
+    // An explicit choice wins over NO_COLOR either way; TERM=dumb turns auto off.
+    let mut always = args.to_vec();
+    always.extend(["--color", "always"]);
+    let shown = on_a_terminal(&always, &[("NO_COLOR", "1")]).unwrap();
+    assert!(coloured(&shown), "--color always with NO_COLOR: {shown:?}");
+    let mut never = args.to_vec();
+    never.extend(["--color", "never"]);
+    let shown = on_a_terminal(&never, &[]).unwrap();
+    assert!(!shown.contains('\x1b'), "--color never: {shown:?}");
+    let shown = on_a_terminal(&args, &[("TERM", "dumb")]).unwrap();
+    assert!(!shown.contains('\x1b'), "TERM=dumb: {shown:?}");
+    // JSON on a terminal: never coloured.
+    let mut json = args.to_vec();
+    json.extend(["-o", "json"]);
+    let shown = on_a_terminal(&json, &[]).unwrap();
+    assert!(!shown.contains('\x1b'), "JSON: {shown:?}");
 }
 
 #[test]
