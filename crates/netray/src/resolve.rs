@@ -448,14 +448,11 @@ pub fn resolve(
                 to_label.clone(),
             ));
         } else if let Target::External(ip) = &args.from.target {
-            // One flow per node the load balancer sends to.
+            // One flow per node the load balancer sends to; the entry node is said by the
+            // destination's label ("… via node/NAME").
             for n in &entries {
                 starts.push((
-                    (
-                        *ip,
-                        Start::Node(n.clone()),
-                        format!("external/{ip} (entering node/{n})"),
-                    ),
+                    (*ip, Start::Node(n.clone()), format!("external/{ip}")),
                     format!("{to_label} via node/{n}"),
                 ));
             }

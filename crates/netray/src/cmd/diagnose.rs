@@ -194,7 +194,14 @@ pub fn run(args: Args) -> CmdResult {
         rewalk: Some(&rewalk),
         collateral: (!sample.is_empty()).then_some(&collateral as &Rewalk),
     };
-    let from = traced.first().map(|f| f.from.clone()).unwrap_or_default();
+    // Every distinct source label (flows entering at several nodes may differ).
+    let mut froms: Vec<&str> = Vec::new();
+    for t in &traced {
+        if !froms.contains(&t.from.as_str()) {
+            froms.push(&t.from);
+        }
+    }
+    let from = froms.join(" + ");
     let to = if flows.len() == 1 {
         flows[0].to_label.clone()
     } else {

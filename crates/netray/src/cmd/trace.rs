@@ -48,6 +48,29 @@ pub fn run(args: Args) -> CmdResult {
         )
         .into());
     }
+    if flows.len() > 1 && flows.iter().any(|f| f.flow.start != flows[0].flow.start) {
+        // One flow per node a load balancer sends to (same address and port).
+        let entries: Vec<String> = flows
+            .iter()
+            .filter_map(|f| match &f.flow.start {
+                netray_datapath::Start::Node(n) => Some(format!("node/{n}")),
+                _ => None,
+            })
+            .collect();
+        let f = &flows[0].flow;
+        let to = match f.dport {
+            Some(p) => std::net::SocketAddr::new(f.dst, p).to_string(),
+            None => f.dst.to_string(),
+        };
+        return Err(format!(
+            "the load balancer sends to several nodes ({}); trace one entering there (--from \
+             {}@{} --to {to}) or use `netray diagnose`, which walks them all",
+            entries.join(", "),
+            f.src,
+            entries.first().map(String::as_str).unwrap_or("node/NAME"),
+        )
+        .into());
+    }
     if flows.len() > 1 {
         let ports: Vec<&str> = flows.iter().map(|f| f.to_label.as_str()).collect();
         return Err(format!(
