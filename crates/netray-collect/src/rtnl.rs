@@ -174,8 +174,19 @@ fn parse_link(m: LinkMessage) -> RawLink {
     let mut slave_kind: Option<String> = None;
     let mut slave_data: Option<InfoPortData> = None;
     let mut xdp: Option<(u8, Option<u32>)> = None;
+    let mut stats = None;
     for a in m.attributes {
         match a {
+            LinkAttribute::Stats64(v) => {
+                stats = Some(netray_snapshot::LinkStats {
+                    rx_packets: v.rx_packets,
+                    tx_packets: v.tx_packets,
+                    rx_dropped: v.rx_dropped,
+                    tx_dropped: v.tx_dropped,
+                    rx_errors: v.rx_errors,
+                    tx_errors: v.tx_errors,
+                })
+            }
             LinkAttribute::Xdp(x) => {
                 let (mut mode, mut id) = (0u8, None);
                 for i in x {
@@ -379,6 +390,7 @@ fn parse_link(m: LinkMessage) -> RawLink {
             master: None,
             bridge_port,
             group,
+            stats,
         },
         iflink,
         link_netnsid,

@@ -33,6 +33,9 @@ pub mod world;
 
 pub use engine::RulesetEngine;
 pub use object::{CtTuple, KernelObject, Place};
-pub use result::{Branch, Disposition, FlowView, Hop, Leg, PacketView, RuleRef, Step, Trace};
+pub use result::{
+    Branch, DataSegment, Disposition, FlowView, Hop, Leg, PacketView, RuleRef, Step, TcpDataCheck,
+    Trace,
+};
 pub use walk::{Flow, Options, Start, TraceError, trace};
 pub use world::{MissingNode, World};

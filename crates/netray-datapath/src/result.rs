@@ -354,8 +354,46 @@ pub struct Branch {
     /// explored both ways); empty when the branch is certain.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub assumptions: Vec<String>,
+    /// Set when this branch walked a full-size TCP data segment rather than the handshake
+    /// (see [`Trace::tcp_data`]): the handshake of the same path succeeded and this segment
+    /// did not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub data_segment: Option<DataSegment>,
     /// Every hop.
     pub hops: Vec<Hop>,
+}
+
+/// A full-size TCP data segment walked after the handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DataSegment {
+    /// `forward`: a request segment (client to server); `reply`: a response segment.
+    pub direction: Leg,
+    /// Its IP length in bytes (MSS + IP and TCP headers), DF set.
+    pub len: u32,
+}
+
+/// How full-size TCP data segments were sized and how they fared, for one pair of MSS
+/// values (the endpoints of a flow usually share one).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TcpDataCheck {
+    /// MSS the client advertises: its output route's MTU (route `mtu`, else the device's)
+    /// minus 40 (IPv4) or 60 (IPv6); for a client outside the snapshot, from the MTU of the
+    /// interface it enters on.
+    pub client_mss: u32,
+    /// MSS the server advertises, from the route its replies take.
+    pub server_mss: u32,
+    /// IP length of a full-size segment: the smaller MSS plus the headers.
+    pub segment_len: u32,
+    /// Endpoints (`IP:PORT` after DNAT) whose handshake succeeded with these values.
+    pub endpoints: Vec<String>,
+    /// Whether a full-size request segment reaches the server on every such path.
+    pub request_ok: bool,
+    /// Whether a full-size response segment reaches the client on every such path.
+    pub reply_ok: bool,
+    /// PMTU discovery the walk applied: a router that could not forward a segment sent
+    /// ICMP frag-needed back, and the sender's smaller segments were walked instead.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pmtu: Vec<String>,
 }
 
 /// The flow that was traced, as resolved.
@@ -386,4 +424,10 @@ pub struct Trace {
     pub reachable: bool,
     /// Branches cut because of the branch limit.
     pub truncated: bool,
+    /// TCP without an explicit size: besides the handshake (the SYN, in `branches`), a
+    /// full-size data segment was walked each way on the paths whose handshake succeeded. A
+    /// path where the segment fails has its branch replaced by the data segment's (marked
+    /// with [`Branch::data_segment`]): the connection is established, then stalls.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_data: Vec<TcpDataCheck>,
 }

@@ -113,6 +113,7 @@ impl HostSpec {
                 master: None,
                 bridge_port: None,
                 group: 0,
+                stats: None,
             });
         };
         add_link("lo", &mut links);

@@ -36,6 +36,7 @@ fn empty_ns(inode: u64, name: Option<&str>, role: NetnsRole) -> NetnsSnapshot {
             master: None,
             bridge_port: None,
             group: 0,
+            stats: None,
         }],
         addresses: Vec::new(),
         routes: Vec::new(),
@@ -383,6 +384,7 @@ impl Kit {
             master: None,
             bridge_port: None,
             group: 0,
+            stats: None,
         });
         ifindex
     }

@@ -17,7 +17,9 @@ use ipnet::IpNet;
 use netray_datapath::KernelObject;
 use netray_datapath::Place;
 use netray_datapath::World;
-use netray_datapath::result::{Branch, CT_COLLECTED_ORIG, Disposition, Hop, Leg, Step, Trace};
+use netray_datapath::result::{
+    Branch, CT_COLLECTED_ORIG, DataSegment, Disposition, Hop, Leg, Step, TcpDataCheck, Trace,
+};
 use netray_patch::FixCommand;
 use serde::Serialize;
 
@@ -129,6 +131,10 @@ pub struct BranchReport {
     pub decided_by: Vec<KernelObject>,
     /// Assumptions about unmodelled constructs this branch rests on.
     pub assumptions: Vec<String>,
+    /// Set when the branch walked a full-size TCP data segment after a successful handshake
+    /// (the connection is established, then this segment fails).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_segment: Option<DataSegment>,
     /// Every hop, forward and reply.
     pub hops: Vec<Hop>,
 }
@@ -152,6 +158,9 @@ pub struct Diagnosis {
     pub branches: Vec<BranchReport>,
     /// Root causes, most severe first.
     pub causes: Vec<Finding>,
+    /// TCP: the full-size data segments walked after the handshake (per MSS pair).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tcp_data: Vec<TcpDataCheck>,
     /// Every cause's fix commands applied together, and the flow walked again.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub all_fixes: Option<FixProof>,
@@ -252,6 +261,7 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Di
                 reason: b.reason.clone(),
                 decided_by: b.decided_by.clone(),
                 assumptions: b.assumptions.clone(),
+                data_segment: b.data_segment,
                 hops: b.hops.clone(),
             });
             if ok {
@@ -338,15 +348,38 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Di
             .collect::<Vec<_>>()
             .join(", ")
     };
+    let tcp_data: Vec<TcpDataCheck> = flows
+        .iter()
+        .flat_map(|f| f.trace.tcp_data.iter().cloned())
+        .collect();
+    // Paths whose handshake succeeds while a full-size segment fails for certain.
+    let stalls: Vec<&BranchReport> = branches
+        .iter()
+        .filter(|b| !b.reachable && !uncertain(b) && b.data_segment.is_some())
+        .collect();
+    let stall_text = stall_sentence(&stalls);
     let summary = match verdict {
         Verdict::Reachable => format!(
-            "{to} is reachable from {from} ({n} endpoint{}; replies return)",
-            if n == 1 { "" } else { "s" }
+            "{to} is reachable from {from} ({n} endpoint{}; replies return{})",
+            if n == 1 { "" } else { "s" },
+            data_passes(&tcp_data)
+        ),
+        Verdict::Unreachable if stalls.len() == branches.len() => format!(
+            "connections from {from} to {to} are established (the TCP handshake passes) but \
+             full-size data stalls: {stall_text}; {}",
+            list(&causes)
         ),
         Verdict::Unreachable => format!("{to} is unreachable from {from}: {}", list(&causes)),
         Verdict::Partial => format!(
-            "{to} is partially reachable from {from}: {k} of {n} endpoints work; {}",
-            list(&causes)
+            "{to} is partially reachable from {from}: {k} of {n} endpoints work; {}{}",
+            list(&causes),
+            if stalls.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (on some paths the handshake passes but full-size data stalls: {stall_text})"
+                )
+            }
         ),
         Verdict::Uncertain if truncated => format!(
             "reachability of {to} from {from} is uncertain: the exploration was cut at the branch limit (--max-branches), so branches were not walked{}",
@@ -397,9 +430,91 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Di
         endpoints,
         branches,
         causes,
+        tcp_data,
         all_fixes,
         notes,
     }
+}
+
+/// `1440-byte response segments are dropped at mtu 1400 of eth0 in node1/host`, per distinct
+/// segment and place.
+fn stall_sentence(stalls: &[&BranchReport]) -> String {
+    let mut parts: Vec<String> = Vec::new();
+    for b in stalls {
+        let Some(seg) = b.data_segment else { continue };
+        let link = b.decided_by.iter().find_map(|o| match o {
+            KernelObject::Link {
+                at,
+                name,
+                mtu: Some(m),
+                ..
+            } => Some((at, name, *m)),
+            _ => None,
+        });
+        let what = if seg.direction == Leg::Forward {
+            "request"
+        } else {
+            "response"
+        };
+        let part = match link {
+            Some((at, name, m)) => format!(
+                "{}-byte {what} segments do not fit the MTU {m} of {name} on {}/{}",
+                seg.len, at.node, at.netns
+            ),
+            None => format!("{}-byte {what} segments are lost ({})", seg.len, b.reason),
+        };
+        if !parts.contains(&part) {
+            parts.push(part);
+        }
+    }
+    parts.join("; ")
+}
+
+/// `; full-size data (1500-byte segments) passes both ways` when data segments were walked.
+fn data_passes(checks: &[TcpDataCheck]) -> String {
+    let mut lens: Vec<u32> = checks
+        .iter()
+        .filter(|c| c.request_ok && c.reply_ok)
+        .map(|c| c.segment_len)
+        .collect();
+    lens.sort_unstable();
+    lens.dedup();
+    if lens.is_empty() {
+        return String::new();
+    }
+    let lens: Vec<String> = lens.iter().map(u32::to_string).collect();
+    format!(
+        "; full-size TCP data ({}-byte segments, DF) passes both ways",
+        lens.join("/")
+    )
+}
+
+/// Evidence from the drop and error counters of the links among `objects`, where non-zero:
+/// they count every loss on the interface since it was created, not only this flow's, so
+/// they support a cause and never decide one.
+fn link_counter_evidence(world: &World<'_>, objects: &[KernelObject]) -> Vec<String> {
+    let mut out = Vec::new();
+    for o in objects {
+        let KernelObject::Link { at, name, .. } = o else {
+            continue;
+        };
+        let Some(stats) = ns_at(world, at)
+            .and_then(|v| v.snap.links.iter().find(|l| &l.name == name))
+            .and_then(|l| l.stats)
+        else {
+            continue;
+        };
+        if stats.any_loss() {
+            let line = format!(
+                "counters of {name} on {}/{} when collected: {stats} (all traffic on the interface, not only this flow)",
+                at.node, at.netns
+            );
+            if !out.contains(&line) {
+                out.push(line);
+            }
+        }
+    }
+    out
 }
 
 /// Where exiting branches leave the snapshot (one note per distinct place).
@@ -810,6 +925,7 @@ fn cause_of(b: &Branch, ctx: &Context) -> Finding {
     if objects.is_empty() {
         evidence.push(b.reason.clone());
     }
+    evidence.extend(link_counter_evidence(ctx.world, &objects));
     // A failed lookup is shown with what the table does hold.
     if matches!(code, "no-route" | "pod-no-default-route")
         && let Some(v) = ns_at(ctx.world, &place)
@@ -828,7 +944,18 @@ fn cause_of(b: &Branch, ctx: &Context) -> Finding {
             format!("routes (table main): {}", routes.join("; "))
         });
     }
-    let mut explanation = if certain {
+    let mut explanation = if let (Some(seg), true) = (b.data_segment, certain) {
+        format!(
+            "The TCP handshake passes on this path, but a full-size {} segment ({} bytes, DF set) does not: the connection is established, then stalls as soon as it carries data. {}",
+            if seg.direction == Leg::Forward {
+                "request"
+            } else {
+                "response"
+            },
+            seg.len,
+            sentence(&b.reason)
+        )
+    } else if certain {
         sentence(&b.reason)
     } else {
         format!(
@@ -1332,11 +1459,13 @@ mod tests {
                     ended_on: Leg::Forward,
                     decided_by: Vec::new(),
                     assumptions: Vec::new(),
+                    data_segment: None,
                     hops: Vec::new(),
                 }],
                 shares: Default::default(),
                 reachable: ok,
                 truncated: false,
+                tcp_data: Vec::new(),
             },
         }
     }

@@ -226,6 +226,50 @@ pub struct Link {
     /// Interface group.
     #[serde(default)]
     pub group: u32,
+    /// Drop and error counters at collection time (`IFLA_STATS64`); `None` in snapshots
+    /// taken before they were collected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stats: Option<LinkStats>,
+}
+
+/// A link's drop and error counters since it was created, as `ip -s link` shows them.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LinkStats {
+    /// Received packets.
+    pub rx_packets: u64,
+    /// Transmitted packets.
+    pub tx_packets: u64,
+    /// Received packets dropped (no buffer, unknown protocol, too big for the MTU, …).
+    pub rx_dropped: u64,
+    /// Packets dropped on transmit (a veth: the peer refused them, e.g. larger than its MTU).
+    pub tx_dropped: u64,
+    /// Receive errors (CRC, length, over-MTU frames on drivers that count them so, …).
+    pub rx_errors: u64,
+    /// Transmit errors.
+    pub tx_errors: u64,
+}
+
+impl LinkStats {
+    /// Whether any drop or error counter is non-zero.
+    pub fn any_loss(&self) -> bool {
+        self.rx_dropped + self.tx_dropped + self.rx_errors + self.tx_errors > 0
+    }
+}
+
+impl std::fmt::Display for LinkStats {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "rx {} packets ({} dropped, {} errors), tx {} packets ({} dropped, {} errors)",
+            self.rx_packets,
+            self.rx_dropped,
+            self.rx_errors,
+            self.tx_packets,
+            self.tx_dropped,
+            self.tx_errors
+        )
+    }
 }
 
 impl Link {

@@ -45,7 +45,11 @@ impl<'w, 'a> Walker<'w, 'a> {
                     dport: if p.is_icmp() { 0 } else { p.sport },
                     icmp_type: if p.proto == 58 { 129 } else { 0 },
                     tcp_flags: if p.proto == 6 { TCP_SYN | TCP_ACK } else { 0 },
-                    len: if p.proto == 6 { 60 } else { p.len },
+                    len: if p.proto == 6 {
+                        self.reply_len.unwrap_or(60)
+                    } else {
+                        p.len
+                    },
                     df: p.df,
                     mark: 0,
                 };

@@ -240,6 +240,32 @@ impl<'w, 'a> Walker<'w, 'a> {
             return Ok(());
         }
         let v = &self.world.ns[ns];
+        // A data segment of an established connection that a router cannot forward: the
+        // router sends ICMP frag-needed / Packet Too Big to the sender, whose TCP lowers its
+        // segments (PMTU discovery) if that error reaches it; `data::check` decides that.
+        if self.data_walk
+            && matches!(st.pos, Pos::Fwd { .. })
+            && st.encap.is_empty()
+            && (st.pkt.df || transit)
+        {
+            return Err(end(
+                Disposition::MtuExceeded,
+                format!(
+                    "a {}-byte TCP data segment > MTU {mtu} of {} in {} (DF set): the kernel sends {} (mtu {mtu}) back to {}",
+                    st.pkt.len,
+                    l.name,
+                    v.label(),
+                    if fam.no_transit_fragmentation() {
+                        "ICMPv6 Packet Too Big"
+                    } else {
+                        "ICMP fragmentation-needed"
+                    },
+                    st.pkt.src
+                ),
+                Some(super::data::FRAG_NEEDED),
+            )
+            .by(v.link_obj(link, format!("mtu {mtu}"))));
+        }
         if transit && st.encap.is_empty() {
             return Err(end(
                 Disposition::MtuExceeded,

@@ -18,6 +18,7 @@
 //! * `vxlan`: VXLAN encapsulation and decapsulation.
 
 mod bridge;
+mod data;
 mod deliver;
 mod family;
 mod hooks;
@@ -111,6 +112,9 @@ pub enum TraceError {
     Start(String),
 }
 
+/// An ended branch with the MSS its client and server advertise (see `St::mss`).
+type Walked = (Branch, [Option<u32>; 2]);
+
 /// The walker.
 pub struct Walker<'w, 'a> {
     world: &'w World<'a>,
@@ -119,6 +123,10 @@ pub struct Walker<'w, 'a> {
     client_ns: Option<NsIdx>,
     orig: Tuple,
     orig_pkt: Pkt,
+    /// IP length of a TCP reply (`None`: a SYN-ACK, 60 bytes).
+    reply_len: Option<u32>,
+    /// Walking a full-size data segment of an established connection (see `data`).
+    data_walk: bool,
 }
 
 /// Trace `flow` through `world`, asking `nf` for the firewall.
@@ -174,34 +182,64 @@ pub fn trace(
         df: proto == 6 || (is_icmp && flow.size.is_some()),
         mark: 0,
     };
-    let w = Walker {
-        world,
-        nf,
-        opts,
-        client_ns,
-        orig: pkt.tuple(),
-        orig_pkt: pkt.clone(),
+    let walk = |len: u32, reply_len: Option<u32>, data: bool| {
+        let mut p = pkt.clone();
+        p.len = len;
+        let w = Walker {
+            world,
+            nf,
+            opts,
+            client_ns,
+            orig: p.tuple(),
+            orig_pkt: p.clone(),
+            reply_len,
+            data_walk: data,
+        };
+        w.run(St {
+            prob: 1.0,
+            leg: Leg::Forward,
+            pkt: p,
+            pos: pos.clone(),
+            hops: Vec::new(),
+            cts: Vec::new(),
+            skb_ct: None,
+            route: None,
+            encap: Vec::new(),
+            steps: 0,
+            seen: HashSet::new(),
+            fwd_disp: None,
+            endpoint: None,
+            ipvs: Vec::new(),
+            untracked_ns: None,
+            assumptions: Vec::new(),
+            facts: Vec::new(),
+            mss: [None, None],
+        })
     };
-    let st = St {
-        prob: 1.0,
-        leg: Leg::Forward,
-        pkt: pkt.clone(),
-        pos,
-        hops: Vec::new(),
-        cts: Vec::new(),
-        skb_ct: None,
-        route: None,
-        encap: Vec::new(),
-        steps: 0,
-        seen: HashSet::new(),
-        fwd_disp: None,
-        endpoint: None,
-        ipvs: Vec::new(),
-        untracked_ns: None,
-        assumptions: Vec::new(),
-        facts: Vec::new(),
+    let (walked, truncated) = walk(pkt.len, None, false);
+    let (mut branches, mss): (Vec<Branch>, Vec<[Option<u32>; 2]>) = walked.into_iter().unzip();
+    let tcp_data = if proto == 6 && flow.size.is_none() && !truncated {
+        let entry_mtu = match &pos {
+            Pos::IpIn { ns, link, .. } => world.ns[*ns].snap.links.get(*link).map(|l| l.mtu),
+            _ => None,
+        };
+        data::check(
+            &mut branches,
+            &mss,
+            entry_mtu,
+            flow.dst.is_ipv6(),
+            |len, dir| {
+                let ack = if flow.dst.is_ipv6() { 72 } else { 52 };
+                let (fwd, rep) = match dir {
+                    Leg::Forward => (len, ack),
+                    Leg::Reply => (ack, len),
+                };
+                walk(fwd, Some(rep), true).0
+            },
+        )
+    } else {
+        Vec::new()
     };
-    let (branches, truncated) = w.run(st);
     let mut shares = std::collections::BTreeMap::new();
     for b in &branches {
         *shares.entry(b.disposition).or_insert(0.0) += b.probability;
@@ -216,6 +254,7 @@ pub fn trace(
         shares,
         reachable,
         truncated,
+        tcp_data,
     })
 }
 
@@ -342,9 +381,11 @@ fn resolve_start(
 }
 
 impl<'w, 'a> Walker<'w, 'a> {
-    fn run(&self, first: St) -> (Vec<Branch>, bool) {
+    /// Walk every branch from `first`: each ended branch with the MSS its client and server
+    /// advertise (see `St::mss`), and whether the branch limit cut the exploration.
+    fn run(&self, first: St) -> (Vec<Walked>, bool) {
         let mut stack = vec![first];
-        let mut done: Vec<Branch> = Vec::new();
+        let mut done: Vec<Walked> = Vec::new();
         let mut truncated = false;
         while let Some(mut st) = stack.pop() {
             if done.len() + stack.len() >= self.opts.max_branches {
@@ -376,7 +417,7 @@ impl<'w, 'a> Walker<'w, 'a> {
         (done, truncated)
     }
 
-    fn finish(&self, mut st: St, e: End, done: &mut Vec<Branch>) {
+    fn finish(&self, mut st: St, e: End, done: &mut Vec<Walked>) {
         let (ns_label, node, pod) = match self.pos_ns(&st.pos) {
             Some(ns) => (
                 self.world.ns[ns].netns_label(),
@@ -407,9 +448,10 @@ impl<'w, 'a> Walker<'w, 'a> {
             decided_by: e.by,
             ended_on: st.leg,
             assumptions: st.assumptions,
+            data_segment: None,
             hops: st.hops,
         };
-        if let Some(prev) = done.iter_mut().find(|p| {
+        if let Some((prev, _)) = done.iter_mut().find(|(p, _)| {
             p.disposition == b.disposition
                 && p.hops == b.hops
                 && p.assumptions == b.assumptions
@@ -417,7 +459,7 @@ impl<'w, 'a> Walker<'w, 'a> {
         }) {
             prev.probability += b.probability;
         } else {
-            done.push(b);
+            done.push((b, st.mss));
         }
     }
 
@@ -529,6 +571,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                             if !sel.local && s.pkt.src.is_unspecified() {
                                 s.pkt.src = self.select_src(ns, sel.dev, sel.nh, None);
                             }
+                            self.note_mss(&mut s, ns, sel);
                             self.hop(&mut s, ns, None, Some(sel.dev), step);
                             s.pos = Pos::OutHook { ns, oif };
                             out.push(Next::Go(s));

@@ -206,6 +206,9 @@ pub(super) struct St {
     pub(super) assumptions: Vec<String>,
     /// The unknown facts this branch decided, per namespace: later hooks follow them.
     pub(super) facts: Vec<(NsIdx, crate::nf::Fact)>,
+    /// The TCP MSS the client (0) and the server (1) advertise: from the output route each
+    /// leg's socket used first (`tcp_advertise_mss`: route MTU − 40 for IPv4, − 60 for IPv6).
+    pub(super) mss: [Option<u32>; 2],
 }
 
 pub(super) enum Next {
