@@ -7,8 +7,10 @@
 //! subresource (WebSocket, `v5.channel.k8s.io` / `v4.channel.k8s.io`). Standard output carries
 //! the gzip-compressed snapshot; the collector's last line on standard error is the
 //! [`TRAILER`] with the SHA-256 and length of the uncompressed JSON. The stream is decompressed,
-//! hashed and written to `nodes/NAME.json.partial` as it arrives, checked (checksum, length,
-//! a valid snapshot of that node) and renamed to `nodes/NAME.json`; then the pod is deleted.
+//! hashed and written as it arrives to a fresh temporary file in `nodes/`
+//! ([`netray_snapshot::output::TempFile`]: `O_EXCL | O_NOFOLLOW`, removed on any failure),
+//! checked (checksum, length, a valid snapshot of that node) and renamed to `nodes/NAME.json`;
+//! then the pod is deleted.
 //! Pod logs are never used (the kubelet limits and rotates them).
 //!
 //! Bounded: at most [`Options::parallel`] nodes at once, each within [`Options::timeout`]
@@ -663,11 +665,12 @@ fn check_out_dir(dir: &Path) -> Result<(), LiveError> {
     }
 }
 
+/// Write `v` as pretty JSON to `path`, never through a planted link.
 fn write_json(path: &Path, v: &Value) -> std::io::Result<()> {
-    let mut f = std::fs::File::create(path)?;
+    let mut f = netray_snapshot::output::TempFile::beside(path)?;
     serde_json::to_writer_pretty(&mut f, v)?;
     f.write_all(b"\n")?;
-    f.sync_all()
+    f.persist(path)
 }
 
 /// The names of the selected nodes, checked against the cluster's nodes, and the selected
@@ -869,7 +872,6 @@ async fn collect_node(ctx: &Arc<Ctx>, i: usize, node: &str) -> Result<NodeDone, 
             stage.lock().expect("lock")
         )),
     };
-    let _ = std::fs::remove_file(ctx.nodes_dir.join(format!("{node}.json.partial")));
     if ctx.created.lock().expect("lock").contains_key(&name) {
         // A pod that cannot be deleted now stays marked and is tried again (and reported) by
         // the clean-up at the end of the run.
@@ -1046,9 +1048,10 @@ fn pod_state(p: &Pod) -> (String, String, bool) {
     (phase, why, fatal)
 }
 
-/// Where the decompressed snapshot goes: the partial file, hashed and counted.
+/// Where the decompressed snapshot goes: a temporary file next to `nodes/NAME.json` (removed
+/// if the node fails), hashed and counted.
 struct Sink {
-    file: std::fs::File,
+    file: netray_snapshot::output::TempFile,
     hash: ring::digest::Context,
     bytes: u64,
 }
@@ -1124,9 +1127,17 @@ async fn exec_collect(ctx: &Arc<Ctx>, name: &str, node: &str) -> Result<NodeDone
             return Err(c);
         }
     };
-    let partial = ctx.nodes_dir.join(format!("{node}.json.partial"));
-    let file = std::fs::File::create(&partial)
-        .map_err(|e| fail(format!("{}: {e}", partial.display()), false))?;
+    let dest = ctx.nodes_dir.join(format!("{node}.json"));
+    let file = netray_snapshot::output::TempFile::beside(&dest).map_err(|e| {
+        fail(
+            format!(
+                "{}: cannot create a temporary file: {e}",
+                ctx.nodes_dir.display()
+            ),
+            false,
+        )
+    })?;
+    let partial = file.path().to_path_buf();
     let mut decoder = flate2::write::GzDecoder::new(Sink {
         file,
         hash: ring::digest::Context::new(&ring::digest::SHA256),
@@ -1260,7 +1271,6 @@ async fn exec_collect(ctx: &Arc<Ctx>, name: &str, node: &str) -> Result<NodeDone
     sink.file
         .sync_all()
         .map_err(|e| fail(format!("{}: {e}", partial.display()), false))?;
-    drop(sink.file);
     // A valid snapshot of this node, or nothing. Parsing is CPU and memory (a snapshot of
     // tens of MB, several times that parsed): at most VALIDATIONS at once, off the runtime.
     let permit = ctx.validations.acquire().await.expect("semaphore open");
@@ -1289,8 +1299,8 @@ async fn exec_collect(ctx: &Arc<Ctx>, name: &str, node: &str) -> Result<NodeDone
         Ok(Err(e)) => return Err(fail(e, false)),
         Err(e) => return Err(fail(format!("checking the snapshot: {e}"), false)),
     }
-    let dest = ctx.nodes_dir.join(format!("{node}.json"));
-    std::fs::rename(&partial, &dest)
+    sink.file
+        .persist(&dest)
         .map_err(|e| fail(format!("{}: {e}", dest.display()), false))?;
     let notes = err_text
         .lines()

@@ -101,8 +101,9 @@ impl FailedNode {
     }
 }
 
-/// Write `failed-nodes.json` for `failed` into bundle directory `dir` (atomically: a
-/// temporary file renamed into place); an empty list removes the file. For a `.tar.gz`
+/// Write `failed-nodes.json` for `failed` into bundle directory `dir` (atomically, never
+/// through a planted link: [`crate::output::write_file_atomic`]); an empty list removes the
+/// file. For a `.tar.gz`
 /// bundle, add an entry [`FAILED_NODES_FILE`] holding [`FailedNode::list_to_json`].
 pub fn write_failed_nodes(dir: &Path, failed: &[FailedNode]) -> std::io::Result<()> {
     let path = dir.join(FAILED_NODES_FILE);
@@ -112,9 +113,7 @@ pub fn write_failed_nodes(dir: &Path, failed: &[FailedNode]) -> std::io::Result<
             _ => Ok(()),
         };
     }
-    let tmp = dir.join(format!(".{FAILED_NODES_FILE}.tmp"));
-    fs::write(&tmp, FailedNode::list_to_json(failed))?;
-    fs::rename(&tmp, &path)
+    crate::output::write_file_atomic(&path, FailedNode::list_to_json(failed).as_bytes())
 }
 
 /// The error about `schema_version` a snapshot text deserves, if any: missing, not an integer,

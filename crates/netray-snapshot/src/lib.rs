@@ -7,6 +7,7 @@
 pub mod bundle;
 pub mod limits;
 pub mod model;
+pub mod output;
 pub mod text;
 
 pub use bundle::{Bundle, FAILED_NODES_FILE, FailedNode, LoadError, write_failed_nodes};

@@ -359,14 +359,11 @@ mod kube {
     }
 
     /// Pack the bundle directory `dir` as the `.tar.gz` `out` (entries `cluster.json`,
-    /// `nodes/NAME.json`, `failed-nodes.json`), through a temporary file renamed into place.
+    /// `nodes/NAME.json`, `failed-nodes.json`), through a temporary file renamed into place
+    /// (never written through a planted link: [`netray_collect::output::TempFile`]).
     fn pack(dir: &Path, out: &Path) -> Result<(), super::super::CmdError> {
-        let tmp = PathBuf::from(format!("{}.partial", out.display()));
-        let file = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let file = netray_collect::output::TempFile::beside(out)
+            .map_err(|e| format!("{}: cannot create a temporary file: {e}", out.display()))?;
         let gz = flate2::write::GzEncoder::new(file, flate2::Compression::default());
         let mut tar = tar::Builder::new(gz);
         tar.mode(tar::HeaderMode::Deterministic);
@@ -390,8 +387,7 @@ mod kube {
         }
         let gz = tar.into_inner().map_err(err)?;
         let file = gz.finish().map_err(err)?;
-        file.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, out).map_err(err)?;
+        file.persist(out).map_err(err)?;
         Ok(())
     }
 }
