@@ -275,3 +275,250 @@ fn cached_snapshots_are_reused_within_max_age_and_refreshed_after() {
     assert_eq!(got, set(&[]), "{err}");
     assert!(!err.contains("warning"), "{err}");
 }
+
+/// The cluster view without pod CIDRs (as with an IPAM that does not set `spec.podCIDR`): an
+/// address no pod holds yet cannot be placed, so the plan is only the source's node. The walk
+/// follows node0's route over VXLAN to node2, which was not collected: the answer is
+/// uncertain (node-snapshot-missing) with a note naming `--nodes node2`. With `--nodes node2`
+/// that node is collected (node0 comes from the cache) and walked, and the answer equals
+/// `diagnose --bundle` over the same cluster view.
+#[test]
+fn a_node_the_plan_did_not_foresee_is_named_and_walked_with_nodes() {
+    let mut cluster = read_json(&healthy().join("cluster.json"));
+    for i in cluster["items"].as_array_mut().unwrap() {
+        if i["kind"] == "Node" {
+            let spec = i["spec"].as_object_mut().unwrap();
+            spec.remove("podCIDR");
+            spec.remove("podCIDRs");
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    // The same snapshots with this cluster view, as a bundle on disk.
+    let bundle = tmp.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("nodes")).unwrap();
+    for n in ["node0", "node1", "node2"] {
+        std::fs::copy(
+            healthy().join(format!("nodes/{n}.json")),
+            bundle.join(format!("nodes/{n}.json")),
+        )
+        .unwrap();
+    }
+    std::fs::write(bundle.join("cluster.json"), cluster.to_string()).unwrap();
+    let cache = tmp.path().join("cache");
+    let api = standin(items_of(&cluster), &healthy(), &["node0", "node1", "node2"]);
+    let kc = api.kubeconfig(tmp.path());
+    let (from, to) = ("pod/default/web-0", "10.244.2.9:8080");
+
+    let a = diagnose_kube(&kc, &cache, from, to, &[]);
+    assert_eq!(
+        collected_after(&api, &BTreeMap::new()),
+        set(&["node0"]),
+        "{}",
+        a.stderr
+    );
+    assert_eq!(a.code, Some(1), "{}", a.stderr);
+    assert_eq!(a.json["verdict"], "uncertain", "{}", a.json);
+    let causes: Vec<&str> = a.json["causes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|c| c["code"].as_str())
+        .collect();
+    assert!(
+        a.json.to_string().contains("node-snapshot-missing"),
+        "{causes:?}: {}",
+        a.json
+    );
+    let notes = a.json["notes"].to_string();
+    assert!(
+        notes.contains("the walk reached node node2") && notes.contains("--nodes node2"),
+        "{notes}"
+    );
+    // node1 was left out too but not reached: not named.
+    assert!(!notes.contains("node1"), "{notes}");
+    // Left out on purpose is not a failure: no warning about it.
+    assert!(!a.stderr.contains("warning"), "{}", a.stderr);
+
+    let before = pods(&api);
+    let b = diagnose_kube(&kc, &cache, from, to, &["--nodes", "node2"]);
+    assert_eq!(
+        collected_after(&api, &before),
+        set(&["node2"]),
+        "{}",
+        b.stderr
+    );
+    assert!(b.stderr.contains("node2 (--nodes)"), "{}", b.stderr);
+    assert!(
+        !b.json.to_string().contains("node-snapshot-missing"),
+        "{}",
+        b.json
+    );
+    let (code, whole) = diagnose_json(&bundle, from, to);
+    assert_eq!(b.code, code, "{}", b.stderr);
+    assert_eq!(core(&b.json), core(&whole), "{}", b.stderr);
+    assert_eq!(b.json["notes"], whole["notes"]);
+    assert_ne!(b.json["verdict"], "uncertain", "{}", b.json);
+    assert_all_deleted(&api);
+}
+
+/// `--nodes` naming a node the cluster does not have: a did-you-mean error, exit 2, no pod.
+/// On-demand options without `--kube` (or with `--bundle`) are refused, exit 2.
+#[test]
+fn unknown_nodes_and_on_demand_options_without_kube_are_refused() {
+    let cluster = read_json(&healthy().join("cluster.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let api = standin(items_of(&cluster), &healthy(), &["node0", "node1", "node2"]);
+    let kc = api.kubeconfig(tmp.path());
+    let a = diagnose_kube(
+        &kc,
+        &cache,
+        "pod/default/web-0",
+        "svc/default/web:80",
+        &["--nodes", "node1,nod2"],
+    );
+    assert_eq!(a.code, Some(2), "{}", a.stderr);
+    assert!(
+        a.stderr.contains("no node \"nod2\"") && a.stderr.contains("--nodes node2"),
+        "{}",
+        a.stderr
+    );
+    assert!(api.created().is_empty());
+    let bundle = healthy();
+    let bundle = bundle.to_str().unwrap();
+    for (args, flag) in [
+        (vec!["--nodes", "node1"], "--nodes"),
+        (vec!["--all"], "--all"),
+        (vec!["--max-age", "5m"], "--max-age"),
+        (vec!["--cache", "/tmp/x"], "--cache"),
+        (
+            vec!["--kube", "--bundle", bundle, "--max-age", "5m"],
+            "--max-age",
+        ),
+    ] {
+        let mut full = vec![
+            "diagnose",
+            "--from",
+            "pod/default/web-0",
+            "--to",
+            "svc/default/web:80",
+        ];
+        if !args.contains(&"--bundle") {
+            full.extend(["--bundle", bundle]);
+        }
+        full.extend(args.iter().copied());
+        let o = common::netray_bounded(&full, HANG_GUARD);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{full:?}: {err}");
+        assert!(
+            err.contains(&format!("{flag} is an option of diagnose on demand")),
+            "{full:?}: {err}"
+        );
+    }
+    assert!(api.created().is_empty());
+}
+
+/// An endpoint node whose collector fails (exits non-zero): the answer is still given over the
+/// other nodes, the failed node is named with the reason in a note and on stderr, the branches
+/// to its endpoints end uncertain, and the exit code is the verdict's (1: not reachable for
+/// certain). Its pod is deleted too, and nothing is cached for it.
+#[test]
+fn a_node_whose_collection_fails_is_named_and_the_answer_still_given() {
+    let cluster = read_json(&healthy().join("cluster.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mut nodes = BTreeMap::new();
+    for n in ["node0", "node1"] {
+        let json = Arc::new(std::fs::read(healthy().join(format!("nodes/{n}.json"))).unwrap());
+        nodes.insert(n.to_string(), NodeBehaviour::exec(Exec::Recorded(json)));
+    }
+    nodes.insert("node2".into(), NodeBehaviour::exec(Exec::ExitFails));
+    let api = StandIn::start(
+        items_of(&cluster),
+        nodes,
+        Faults::default(),
+        "v4.channel.k8s.io",
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let a = diagnose_kube(
+        &kc,
+        &cache,
+        "pod/default/web-0",
+        "svc/default/web:80",
+        &["--timeout", "20s"],
+    );
+    assert_eq!(
+        collected_after(&api, &BTreeMap::new()),
+        set(&["node0", "node1", "node2"])
+    );
+    assert_all_deleted(&api);
+    assert_eq!(a.code, Some(1), "{}", a.stderr);
+    assert!(
+        matches!(a.json["verdict"].as_str(), Some("partial" | "uncertain")),
+        "{}",
+        a.json
+    );
+    assert!(
+        a.stderr.contains("failed: node2 (") && a.stderr.contains("warning"),
+        "{}",
+        a.stderr
+    );
+    let notes = a.json["notes"].to_string();
+    assert!(
+        notes.contains("node2 (collection failed") && notes.contains("exit"),
+        "{notes}"
+    );
+    // Not "left out": no --nodes hint for a node that was tried.
+    assert!(!notes.contains("--nodes node2"), "{notes}");
+    // The endpoints on node0 and node1 are reachable; node2's are not known.
+    for e in a.json["endpoints"].as_array().unwrap() {
+        let ep = e["endpoint"].as_str().unwrap();
+        let on_node2 = ep.starts_with("10.244.2.");
+        assert_eq!(e["reachable"], !on_node2, "{e}");
+    }
+    let files: Vec<String> = cached_files(&cache)
+        .iter()
+        .map(|f| f.file_name().unwrap().to_str().unwrap().to_string())
+        .collect();
+    assert_eq!(files, ["node0.json", "node1.json"]);
+
+    // The source's node failing: no walk can start; the error names the node and why.
+    let mut nodes = BTreeMap::new();
+    nodes.insert("node0".to_string(), NodeBehaviour::exec(Exec::ExitFails));
+    for n in ["node1", "node2"] {
+        let json = Arc::new(std::fs::read(healthy().join(format!("nodes/{n}.json"))).unwrap());
+        nodes.insert(n.to_string(), NodeBehaviour::exec(Exec::Recorded(json)));
+    }
+    let api = StandIn::start(
+        items_of(&cluster),
+        nodes,
+        Faults::default(),
+        "v4.channel.k8s.io",
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let a = diagnose_kube(
+        &kc,
+        &cache,
+        "pod/default/web-0",
+        "pod/default/web-1:8080",
+        &[],
+    );
+    assert_all_deleted(&api);
+    assert_eq!(a.code, Some(2), "{}", a.stderr);
+    assert!(
+        a.stderr.contains("no node could be collected")
+            && a.stderr.contains("node0: the collector failed"),
+        "{}",
+        a.stderr
+    );
+    // The source's node failing while others were collected: the error says why.
+    let cache = tmp.path().join("cache2");
+    let a = diagnose_kube(&kc, &cache, "pod/default/web-0", "svc/default/web:80", &[]);
+    assert_all_deleted(&api);
+    assert_eq!(a.code, Some(2), "{}", a.stderr);
+    assert!(
+        a.stderr.contains("node0") && a.stderr.contains("the collector failed"),
+        "{}",
+        a.stderr
+    );
+}
