@@ -451,8 +451,8 @@ impl VirtualService {
             "rr" | "lc" => {
                 let n = live.len() as f64;
                 let note = format!(
-                    "{sched}: equal shares among the {} server(s) with weight > 0",
-                    live.len()
+                    "{sched}: equal shares among the {} with weight > 0",
+                    netray_snapshot::text::count(live.len(), "server", "servers")
                 );
                 (live.into_iter().map(|r| (r, 1.0 / n)).collect(), note)
             }
@@ -563,7 +563,12 @@ garbage here\n";
         let t = IpvsTable::parse(
             "-A -t 1.1.1.1:80 -s rr\n-a -t 1.1.1.1:80 -r 2.2.2.2:80 -m -w 1\n-a -t 1.1.1.1:80 -r 2.2.2.3:80 -m -w 3\n",
         );
-        let (s, _) = t.services[0].schedule();
+        let (s, note) = t.services[0].schedule();
         assert!((s[0].1 - 0.5).abs() < 1e-9);
+        assert_eq!(note, "rr: equal shares among the 2 servers with weight > 0");
+        let t =
+            IpvsTable::parse("-A -t 1.1.1.1:80 -s lc\n-a -t 1.1.1.1:80 -r 2.2.2.2:80 -m -w 1\n");
+        let (_, note) = t.services[0].schedule();
+        assert_eq!(note, "lc: equal shares among the 1 server with weight > 0");
     }
 }

@@ -589,8 +589,8 @@ impl Bundle {
                 String::new()
             } else {
                 format!(
-                    "; {FAILED_NODES_FILE} lists {} node(s) whose collection failed ({})",
-                    failed.len(),
+                    "; {FAILED_NODES_FILE} lists {} whose collection failed ({})",
+                    crate::text::count(failed.len(), "node", "nodes"),
                     failed
                         .iter()
                         .take(3)

@@ -590,3 +590,83 @@ fn copy_dir(from: &Path, to: &Path) {
         std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
     }
 }
+
+/// The string literals of a line of Rust (`"…"`, escapes kept as written).
+fn string_literals(line: &str) -> Vec<&str> {
+    let mut out = Vec::new();
+    let b = line.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        match b[i] {
+            b'/' if b.get(i + 1) == Some(&b'/') => break,
+            // A char literal: `'"'`, `'\''`.
+            b'\'' if b.get(i + 2) == Some(&b'\'') => i += 3,
+            b'\'' if b.get(i + 1) == Some(&b'\\') && b.get(i + 3) == Some(&b'\'') => i += 4,
+            b'"' => {
+                let start = i + 1;
+                i += 1;
+                while i < b.len() && b[i] != b'"' {
+                    i += if b[i] == b'\\' { 2 } else { 1 };
+                }
+                out.push(&line[start..i.min(b.len())]);
+                i += 1;
+            }
+            _ => i += 1,
+        }
+    }
+    out
+}
+
+/// Counts in output go through `netray_snapshot::text::count`: no "server(s)", "branch(es)"
+/// is left in any string of the sources.
+#[test]
+fn no_parenthesised_plurals_in_output() {
+    fn walk(dir: &Path, out: &mut Vec<PathBuf>) {
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                walk(&p, out);
+            } else if p.extension().is_some_and(|x| x == "rs") {
+                out.push(p);
+            }
+        }
+    }
+    let crates = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut files = Vec::new();
+    for c in std::fs::read_dir(&crates).unwrap() {
+        let src = c.unwrap().path().join("src");
+        if src.is_dir() {
+            walk(&src, &mut files);
+        }
+    }
+    assert!(
+        files.len() > 50,
+        "sources not found under {}",
+        crates.display()
+    );
+    let mut bad = Vec::new();
+    for f in &files {
+        let text = std::fs::read_to_string(f).unwrap();
+        for (n, line) in text.lines().enumerate() {
+            for lit in string_literals(line) {
+                let plural = ["(s)", "(es)"].iter().any(|p| {
+                    lit.match_indices(p).any(|(i, _)| {
+                        lit[..i]
+                            .chars()
+                            .next_back()
+                            .is_some_and(|c| c.is_ascii_alphabetic())
+                    })
+                });
+                if plural {
+                    bad.push(format!("{}:{}: {lit}", f.display(), n + 1));
+                }
+            }
+        }
+    }
+    assert!(bad.is_empty(), "use text::count:\n{}", bad.join("\n"));
+    // The scanner itself finds one.
+    assert_eq!(
+        string_literals(r#"x("a {} server(s)", '"', 1) // "b(s)""#),
+        ["a {} server(s)"]
+    );
+}

@@ -158,7 +158,14 @@ impl<'w, 'a> Walker<'w, 'a> {
                     hook: hname.into(),
                     service: svc.text.clone(),
                     real_server: None,
-                    detail: "malformed line(s) for this service".into(),
+                    detail: format!(
+                        "{} for this service",
+                        netray_snapshot::text::count(
+                            svc.unknown.len(),
+                            "malformed line",
+                            "malformed lines"
+                        )
+                    ),
                 },
             );
             out.push(Next::Stop(

@@ -15,6 +15,7 @@ use std::net::IpAddr;
 use ipnet::IpNet;
 use netray_netfilter::ipt::Policy;
 use netray_netfilter::{CtState, EvalOptions, Hook, Matched, Packet, Verdict};
+use netray_snapshot::text::count;
 use netray_snapshot::{IpFamily, LinkKind, RouteType};
 
 use crate::finding::{Finding, Severity};
@@ -291,7 +292,11 @@ pub(crate) fn accept_ra_forwarding(input: &ScanInput, out: &mut Vec<Finding>) {
                     if ra_routes.is_empty() {
                         String::new()
                     } else {
-                        format!(" ({} such route(s) are installed now)", ra_routes.len())
+                        format!(
+                            " ({} {} installed now)",
+                            count(ra_routes.len(), "such route", "such routes"),
+                            if ra_routes.len() == 1 { "is" } else { "are" }
+                        )
                     }
                 ),
                 format!(
@@ -330,7 +335,12 @@ pub(crate) fn service_family_endpoints(input: &ScanInput, out: &mut Vec<Finding>
                 let others: Vec<String> = per
                     .iter()
                     .filter(|(g, _)| g != f)
-                    .map(|(g, e)| format!("{g}: {} ready endpoint(s)", e.len()))
+                    .map(|(g, e)| {
+                        format!(
+                            "{g}: {}",
+                            count(e.len(), "ready endpoint", "ready endpoints")
+                        )
+                    })
                     .collect();
                 let cip = s.cluster_ip(*f).map(|a| a.to_string()).unwrap_or_default();
                 out.push(Finding {
