@@ -1,5 +1,6 @@
 //! `netray`: why does a packet not arrive?
 
+mod bpf;
 mod cmd;
 mod flow;
 mod resolve;

@@ -44,7 +44,15 @@ pub fn run(args: Args) -> CmdResult {
     // or taken from the cache (see `ondemand`).
     let (mut bundle, cluster, od) =
         if super::ondemand::wanted(&args.source, &args.cluster, &args.ondemand)? {
-            let (b, c, od) = super::ondemand::prepare(&args.cluster, &args.flow, &args.ondemand)?;
+            let (b, c, od) =
+                match super::ondemand::prepare(&args.cluster, &args.flow, &args.ondemand) {
+                    Ok(p) => p,
+                    Err(e) if e.is::<super::ondemand::Interrupted>() => {
+                        eprintln!("netray: {e}");
+                        return Ok(ExitCode::from(130));
+                    }
+                    Err(e) => return Err(e),
+                };
             (b, Some(c), Some(od))
         } else {
             let (b, c) = load_bundle(&args.source, &args.cluster)?;
@@ -79,7 +87,20 @@ pub fn run(args: Args) -> CmdResult {
      -> Result<Vec<TracedFlow>, String> {
         let mut traced = Vec::new();
         for f in flows {
-            let t = trace(world, engine, &f.flow, opts).map_err(|e| e.to_string())?;
+            let mut t = trace(world, engine, &f.flow, opts).map_err(|e| e.to_string())?;
+            // A socket of the node (a pod's or its own) sending to a Service: cgroup programs
+            // may rewrite the address before any packet exists.
+            if matches!(
+                f.flow.start,
+                netray_datapath::Start::Auto | netray_datapath::Start::Host(_)
+            ) && crate::bpf::is_service_destination(
+                cluster.as_ref(),
+                &bundle,
+                f.flow.dst,
+                f.flow.dport,
+            ) {
+                crate::bpf::mark_socket_programs(&bundle, &mut t, f.flow.proto);
+            }
             // A node's own socket: say which source the kernel picked.
             let from = match f.flow.start {
                 netray_datapath::Start::Host(_) => {
@@ -212,6 +233,12 @@ pub fn run(args: Args) -> CmdResult {
             .join(" + ")
     };
     let mut d = diagnose(&from, &to, &traced, &ctx);
+    // Said first: nodes on the path (the source's included) whose datapath runs BPF.
+    let up_front = crate::bpf::datapath_notes(
+        &bundle,
+        &traced.iter().map(|t| &t.trace).collect::<Vec<_>>(),
+    );
+    d.notes.splice(0..0, up_front.iter().cloned());
     match &od {
         Some(od) => {
             d.notes.extend(od_notes);
@@ -219,7 +246,9 @@ pub fn run(args: Args) -> CmdResult {
         }
         None => d.notes.extend(super::missing_note(&missing)),
     }
-    super::output::print(&d, args.output, || print_text(&d, &traced, args.hops))?;
+    super::output::print(&d, args.output, || {
+        print_text(&d, &traced, args.hops, up_front.len())
+    })?;
     if let Some(path) = &args.html {
         let meta = netray_report::Meta {
             source: args.source.describe(),
@@ -234,7 +263,8 @@ pub fn run(args: Args) -> CmdResult {
     })
 }
 
-fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
+/// Text output; the first `up_front` notes (BPF datapaths) are printed under the verdict.
+fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool, up_front: usize) {
     // Pod namespaces are named by their pods (`node0/pod/default/web-0`), not `cni-<uuid>`.
     let traces: Vec<netray_datapath::Trace> = traced.iter().map(|t| t.trace.clone()).collect();
     let places = netray_datapath::text::pod_places(&traces);
@@ -249,6 +279,9 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
         Verdict::Uncertain => "UNCERTAIN",
     };
     println!("{verdict}: {}", pods(&d.summary));
+    for n in d.notes.iter().take(up_front) {
+        println!("note: {}", pods(n));
+    }
     println!();
     println!("endpoints:");
     for e in &d.endpoints {
@@ -327,7 +360,7 @@ fn print_text(d: &Diagnosis, traced: &[TracedFlow], hops: bool) {
             }
         );
     }
-    for n in &d.notes {
+    for n in d.notes.iter().skip(up_front) {
         println!();
         println!("note: {}", pods(n));
     }

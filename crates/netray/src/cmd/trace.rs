@@ -88,9 +88,25 @@ pub fn run(args: Args) -> CmdResult {
     world.set_missing_nodes(missing.iter().cloned());
     super::warn_missing_nodes(&world.missing);
     let engine = netray_datapath::RulesetEngine::new(&world);
-    let trace = netray_datapath::trace(&world, &engine, &flow, args.flow.walk_options())
+    let mut trace = netray_datapath::trace(&world, &engine, &flow, args.flow.walk_options())
         .map_err(|e| super::explain_missing(e.into(), &world.missing))?;
     super::warn_parsed_input_problems(&world, &engine);
+    // A socket of the node sending to a Service: cgroup programs may rewrite the address.
+    if matches!(
+        flow.start,
+        netray_datapath::Start::Auto | netray_datapath::Start::Host(_)
+    ) && crate::bpf::is_service_destination(cluster.as_ref(), &bundle, flow.dst, flow.dport)
+    {
+        crate::bpf::mark_socket_programs(&bundle, &mut trace, flow.proto);
+    }
+    // Said first: nodes on the path whose datapath runs BPF (standard error for JSON).
+    for n in crate::bpf::datapath_notes(&bundle, &[&trace]) {
+        if args.output == Format::Text {
+            println!("note: {n}");
+        } else {
+            eprintln!("netray: note: {n}");
+        }
+    }
     if args.output == Format::Text {
         print!(
             "{}",
