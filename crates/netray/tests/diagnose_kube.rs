@@ -147,6 +147,16 @@ fn only_the_planned_nodes_are_collected_and_the_answer_equals_the_bundles() {
         ),
         ("pod/default/web-4", "pod/default/web-5:8080", &["node2"]),
         ("node/node1", "svc/default/empty:80", &["node1"]),
+        (
+            "external/203.0.113.9",
+            "svc/default/web-lb:80",
+            &["node0", "node1", "node2"],
+        ),
+        (
+            "external/203.0.113.9",
+            "192.168.50.11:30080",
+            &["node0", "node1", "node2"],
+        ),
     ] {
         // A fresh API server (and so a fresh cache directory) per flow.
         let api = standin(items_of(&cluster), &healthy(), &["node0", "node1", "node2"]);
@@ -521,4 +531,168 @@ fn a_node_whose_collection_fails_is_named_and_the_answer_still_given() {
         "{}",
         a.stderr
     );
+}
+
+/// The 50-node synthetic cluster of collect_kube.rs (bench generator, every node answered by
+/// its recorded snapshot): one pod → Service diagnosis on demand collects only the source's
+/// node and the nodes of the Service's endpoints, against `collect --kube --all` collecting 50;
+/// the answer equals `diagnose --bundle` over the whole recorded bundle. Prints both wall times
+/// (end to end, same run) and their ratio.
+#[test]
+fn one_diagnosis_on_fifty_nodes_collects_a_handful() {
+    let tmp = tempfile::tempdir().unwrap();
+    let hand = tmp.path().join("hand");
+    synth_bundle::write_bundle(
+        &hand,
+        &synth_bundle::Spec {
+            nodes: 50,
+            pods_per_node: 4,
+            services: 20,
+            endpoints: 3,
+        },
+    )
+    .unwrap();
+    let cluster = read_json(&hand.join("cluster.json"));
+    let names: Vec<String> = (0..50).map(|k| format!("node{k}")).collect();
+    let refs: Vec<&str> = names.iter().map(String::as_str).collect();
+    let api = standin(items_of(&cluster), &hand, &refs);
+    let kc = api.kubeconfig(tmp.path());
+    let (from, to) = ("pod/default/pod-1-0", "svc/ns-5/svc-5:80");
+    // The plan, from the cluster view: pod-1-0's node and svc-5's endpoint nodes.
+    let mut planned = set(&["node1"]);
+    for i in items_of(&cluster) {
+        if i["kind"] == "EndpointSlice"
+            && i["metadata"]["labels"]["kubernetes.io/service-name"] == "svc-5"
+        {
+            for e in i["endpoints"].as_array().unwrap() {
+                planned.insert(e["nodeName"].as_str().unwrap().to_string());
+            }
+        }
+    }
+    assert!(planned.len() >= 2 && planned.len() <= 4, "{planned:?}");
+
+    let t0 = Instant::now();
+    let a = diagnose_kube(&kc, &tmp.path().join("cache"), from, to, &[]);
+    let on_demand = t0.elapsed();
+    let collected = collected_after(&api, &BTreeMap::new());
+    assert_eq!(collected, planned, "{}", a.stderr);
+    eprintln!("{}", a.stderr);
+    let (code, whole) = diagnose_json(&hand, from, to);
+    assert_eq!(a.code, code, "{}", a.stderr);
+    assert_eq!(core(&a.json), core(&whole), "{}", a.stderr);
+    assert_all_deleted(&api);
+
+    let before = pods(&api);
+    let out = tmp.path().join("all");
+    let t1 = Instant::now();
+    let r = collect(&kc, &["--all", "-o", out.to_str().unwrap()]);
+    let all_collect = t1.elapsed();
+    let (_, b) = diagnose_json(&out, from, to);
+    let all_total = t1.elapsed();
+    assert_eq!(r.code, Some(0), "{}", r.stderr);
+    assert_eq!(collected_after(&api, &before).len(), 50);
+    assert_eq!(core(&b), core(&whole));
+    assert_all_deleted(&api);
+    let bytes = |files: Vec<PathBuf>| -> u64 {
+        files
+            .iter()
+            .map(|f| std::fs::metadata(f).unwrap().len())
+            .sum()
+    };
+    let all_files: Vec<PathBuf> = std::fs::read_dir(out.join("nodes"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    eprintln!(
+        "50 nodes, {from} → {to}: diagnose --kube collected {} nodes ({}, {} KB of snapshots) in \
+         {:.2} s end to end; collect --kube --all collected 50 ({} KB) in {:.2} s, + diagnose \
+         --bundle = {:.2} s; ratio {:.1}x",
+        collected.len(),
+        collected.iter().cloned().collect::<Vec<_>>().join(","),
+        bytes(cached_files(&tmp.path().join("cache"))) / 1000,
+        on_demand.as_secs_f64(),
+        bytes(all_files) / 1000,
+        all_collect.as_secs_f64(),
+        all_total.as_secs_f64(),
+        all_total.as_secs_f64() / on_demand.as_secs_f64()
+    );
+}
+
+/// SIGINT while the planned nodes' collector pods are starting: every pod is deleted, the exit
+/// code is 130 (as for `collect --kube`), and the cache keeps neither a snapshot nor the run's
+/// work directory.
+#[test]
+fn an_interrupted_diagnosis_deletes_its_pods_and_exits_130() {
+    let cluster = read_json(&healthy().join("cluster.json"));
+    let tmp = tempfile::tempdir().unwrap();
+    let cache = tmp.path().join("cache");
+    let mut nodes = BTreeMap::new();
+    for n in ["node0", "node1", "node2"] {
+        let mut b = NodeBehaviour::exec(Exec::ExitFails);
+        b.never_runs = true;
+        nodes.insert(n.to_string(), b);
+    }
+    let api = StandIn::start(
+        items_of(&cluster),
+        nodes,
+        Faults::default(),
+        "v4.channel.k8s.io",
+    );
+    let kc = api.kubeconfig(tmp.path());
+    let mut child = Command::new(NETRAY)
+        .args(["diagnose", "--kube", "--kubeconfig", kc.to_str().unwrap()])
+        .args(["--cache", cache.to_str().unwrap(), "--timeout", "90s"])
+        .args(["--from", "pod/default/web-0", "--to", "svc/default/web:80"])
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while api.created().len() < 3 {
+        if start.elapsed() > Duration::from_secs(60) {
+            let _ = child.kill();
+            panic!("pods not created");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    // SAFETY: kill(2) on the pid of a child we spawned and have not waited for.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let code = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s.code();
+        }
+        if start.elapsed() > HANG_GUARD {
+            let _ = child.kill();
+            panic!("netray did not stop after SIGINT");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut stderr).unwrap();
+    assert_eq!(code, Some(130), "{stderr}");
+    assert!(stderr.contains("interrupted while collecting"), "{stderr}");
+    assert_eq!(api.created().len(), 3);
+    assert_all_deleted(&api);
+    let log = api.log();
+    for pod in api.created() {
+        assert!(
+            log.iter()
+                .any(|l| l == &format!("DELETE /api/v1/namespaces/netray/pods/{pod}")),
+            "no DELETE for {pod}: {log:?}"
+        );
+    }
+    // The API server's cache directory holds an empty nodes/ and nothing else.
+    let dirs: Vec<PathBuf> = std::fs::read_dir(&cache)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "{dirs:?}");
+    let inside: Vec<String> = std::fs::read_dir(&dirs[0])
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(inside, ["nodes"], "work directory left behind");
+    assert!(cached_files(&cache).is_empty());
 }

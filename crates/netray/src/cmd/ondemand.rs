@@ -90,6 +90,19 @@ impl OnDemandArgs {
     }
 }
 
+/// SIGINT or SIGTERM stopped the collection (its collector pods were deleted first): diagnose
+/// says so and exits 130, like `collect --kube`.
+#[derive(Debug)]
+pub struct Interrupted(String);
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
 /// What an on-demand run collected, for the rest of diagnose.
 pub struct OnDemand {
     /// Nodes of the cluster view left out on purpose.
@@ -172,6 +185,7 @@ impl OnDemand {
             .iter()
             .filter_map(|f| start_node(&f.flow.start).map(str::to_string))
             .collect();
+        names.sort();
         names.dedup();
         let failed: Vec<String> = names
             .iter()
@@ -709,14 +723,13 @@ mod imp {
             );
         }
         if report.interrupted {
-            return Err(format!(
+            return Err(Box::new(Interrupted(format!(
                 "interrupted while collecting; {} collector pod{} created and {} deleted (run {})",
                 report.pods_created,
                 if report.pods_created == 1 { "" } else { "s" },
                 report.pods_deleted,
                 report.run_id
-            )
-            .into());
+            ))));
         }
         let mut snaps = Vec::new();
         let mut failed = report.failed.clone();
