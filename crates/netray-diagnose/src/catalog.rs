@@ -29,6 +29,95 @@ pub const NEEDS_CLUSTER: &[&str] = &[
     "service-family-no-endpoints",
 ];
 
+/// The checks that read a part of a node's state the collector may have been unable to
+/// collect (`not_collected[].what` of its snapshot: a kernel module absent, a dump refused):
+/// on such a node they do not run (or see nothing), and `scan` says which and why
+/// ([`not_run_uncollected`]).
+pub const NEEDS_COLLECTED: &[(&str, &[&str])] = &[
+    ("sockets", &["port-not-listening"]),
+    (
+        "conntrack",
+        &[
+            "conntrack-table-full",
+            "conntrack-drops",
+            "stale-conntrack-entry",
+        ],
+    ),
+    ("conntrack-stats", &["conntrack-drops"]),
+    (
+        "fdb",
+        &[
+            "stale-vxlan-neighbor",
+            "stale-vxlan-fdb",
+            "missing-vxlan-fdb",
+        ],
+    ),
+    (
+        "neighbours",
+        &[
+            "stale-vxlan-neighbor",
+            "stale-vxlan-fdb",
+            "missing-vxlan-fdb",
+            "neighbor-unreachable",
+        ],
+    ),
+    ("cgroup-bpf", &["bpf-datapath"]),
+    ("tc-filters", &["bpf-datapath"]),
+    ("tcx", &["bpf-datapath"]),
+];
+
+/// Checks that did not run on some nodes because a part of their state was not collected.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Uncollected {
+    /// What was not collected (`sockets`, `conntrack`, …).
+    pub what: &'static str,
+    /// The checks that need it ([`NEEDS_COLLECTED`]).
+    pub codes: &'static [&'static str],
+    /// The nodes where it is missing, in bundle order.
+    pub nodes: Vec<String>,
+    /// Why, as the collector said: `node1: sock_diag is not loaded`, one per node.
+    pub reasons: Vec<String>,
+}
+
+impl Uncollected {
+    /// One sentence: what was not collected where and why, and that the checks did not run
+    /// there.
+    pub fn reason(&self) -> String {
+        format!(
+            "{} not collected on {} ({}): these checks did not run there",
+            self.what,
+            self.nodes.join(", "),
+            self.reasons.join("; ")
+        )
+    }
+}
+
+/// The checks of [`NEEDS_COLLECTED`] that could not run on some node of `bundle`, one entry
+/// per missing part, in [`NEEDS_COLLECTED`] order.
+pub fn not_run_uncollected(bundle: &netray_snapshot::Bundle) -> Vec<Uncollected> {
+    let mut out = Vec::new();
+    for &(what, codes) in NEEDS_COLLECTED {
+        let mut nodes: Vec<String> = Vec::new();
+        let mut reasons: Vec<String> = Vec::new();
+        for n in &bundle.nodes {
+            let Some(nc) = n.not_collected.iter().find(|c| c.what == what) else {
+                continue;
+            };
+            nodes.push(n.node.name.clone());
+            reasons.push(format!("{}: {}", n.node.name, nc.reason));
+        }
+        if !nodes.is_empty() {
+            out.push(Uncollected {
+                what,
+                codes,
+                nodes,
+                reasons,
+            });
+        }
+    }
+    out
+}
+
 /// Every check, in the order they run.
 pub const CATALOG: &[Check] = &[
     Check {
@@ -325,4 +414,23 @@ pub fn known_code(code: &str) -> Option<&'static str> {
         .copied()
         .chain(CATALOG.iter().flat_map(|c| c.codes.iter().copied()))
         .find(|c| *c == code)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn needs_name_catalog_codes() {
+        let codes: Vec<&str> = CATALOG
+            .iter()
+            .flat_map(|c| c.codes.iter().copied())
+            .collect();
+        for code in NEEDS_CLUSTER
+            .iter()
+            .chain(NEEDS_COLLECTED.iter().flat_map(|(_, c)| c.iter()))
+        {
+            assert!(codes.contains(code), "{code} is not a catalog code");
+        }
+    }
 }

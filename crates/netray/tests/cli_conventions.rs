@@ -537,6 +537,115 @@ fn scan_counts_in_words_and_says_which_checks_did_not_run() {
     );
 }
 
+/// A check that needs a part of a node's state the collector could not collect (sockets
+/// without sock_diag, conntrack without ctnetlink) did not run on that node, and scan says
+/// which check, where and why — in the text, in JSON `not_run` and on standard error.
+#[test]
+fn scan_says_which_checks_did_not_run_for_uncollected_state() {
+    let h = example("healthy");
+    let (o, _) = run(&["scan", "--bundle", &h, "-o", "json"], 1);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert!(v.get("not_run").is_none(), "healthy: every check ran: {o}");
+    let dir = tempfile::tempdir().unwrap();
+    copy_dir(&Path::new(&h).join("nodes"), &dir.path().join("nodes"));
+    std::fs::copy(
+        Path::new(&h).join("cluster.json"),
+        dir.path().join("cluster.json"),
+    )
+    .unwrap();
+    let missing = [
+        ("node1", "sockets", "sock_diag is not loaded and cannot be"),
+        ("node2", "conntrack", "nf_conntrack_netlink is absent"),
+    ];
+    for (node, what, reason) in missing {
+        let f = dir.path().join(format!("nodes/{node}.json"));
+        let mut snap: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&f).unwrap()).unwrap();
+        for ns in snap["namespaces"].as_array_mut().unwrap() {
+            let ns = ns.as_object_mut().unwrap();
+            match what {
+                "sockets" => ns.insert("sockets".into(), serde_json::json!([])),
+                _ => ns.remove("conntrack"),
+            };
+        }
+        snap["not_collected"]
+            .as_array_mut()
+            .unwrap()
+            .push(serde_json::json!({"what": what, "reason": reason}));
+        std::fs::write(&f, serde_json::to_string(&snap).unwrap()).unwrap();
+    }
+    let d = dir.path().to_str().unwrap();
+    let (o, e) = run(&["scan", "--bundle", d, "-o", "json"], 1);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let not_run = v["not_run"].as_array().unwrap_or_else(|| panic!("{o}"));
+    assert_eq!(not_run.len(), 2, "{o}");
+    assert_eq!(
+        not_run[0]["codes"],
+        serde_json::json!(["port-not-listening"])
+    );
+    assert_eq!(not_run[0]["nodes"], serde_json::json!(["node1"]));
+    assert_eq!(
+        not_run[0]["reason"],
+        "sockets not collected on node1 (node1: sock_diag is not loaded and cannot be): \
+         these checks did not run there"
+    );
+    assert_eq!(
+        not_run[1]["codes"],
+        serde_json::json!([
+            "conntrack-table-full",
+            "conntrack-drops",
+            "stale-conntrack-entry"
+        ])
+    );
+    assert_eq!(not_run[1]["nodes"], serde_json::json!(["node2"]));
+    assert!(
+        e.contains("netray: warning: sockets not collected on node1 (node1: sock_diag"),
+        "{e}"
+    );
+    assert!(
+        e.contains("netray: warning: conntrack not collected on node2"),
+        "{e}"
+    );
+    // Text: counted in the first line, then one note per part not collected.
+    let (o, _) = run(&["scan", "--bundle", d], 1);
+    let first = o.lines().next().unwrap();
+    assert!(
+        first.ends_with("(4 checks did not run on some nodes)"),
+        "{first}"
+    );
+    assert!(
+        o.contains(
+            "note: sockets not collected on node1 (node1: sock_diag is not loaded and cannot \
+             be): these checks did not run there (port-not-listening)"
+        ),
+        "{o}"
+    );
+    assert!(
+        o.contains("these checks did not run there (conntrack-table-full, conntrack-drops, stale-conntrack-entry)"),
+        "{o}"
+    );
+    // Without the cluster view, the Kubernetes checks are not listed twice.
+    std::fs::remove_file(dir.path().join("cluster.json")).unwrap();
+    let (o, _) = run(&["scan", "--bundle", d, "-o", "json"], 0);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    let not_run = v["not_run"].as_array().unwrap();
+    assert!(not_run[0].get("nodes").is_none(), "{o}");
+    assert_eq!(
+        not_run[1]["codes"],
+        serde_json::json!(["conntrack-table-full", "conntrack-drops"]),
+        "stale-conntrack-entry is a Kubernetes check: {o}"
+    );
+    assert_eq!(not_run.len(), 2, "port-not-listening is listed once: {o}");
+    let (o, _) = run(&["scan", "--bundle", d], 0);
+    assert!(
+        o.lines()
+            .next()
+            .unwrap()
+            .ends_with("(6 Kubernetes checks did not run; 2 checks did not run on some nodes)"),
+        "{o}"
+    );
+}
+
 #[test]
 fn port_not_listening_evidence_adds_what_does_listen() {
     let h = example("healthy");

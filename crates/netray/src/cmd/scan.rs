@@ -85,6 +85,9 @@ struct NotRun {
     codes: Vec<&'static str>,
     /// Why, and how to make them run.
     reason: String,
+    /// The nodes where they did not run (empty: on every node).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    nodes: Vec<String>,
 }
 
 /// One check of the catalog, for `--list-checks -o json|yaml`.
@@ -95,8 +98,36 @@ struct CheckInfo {
     needs_cluster_view: bool,
 }
 
+/// The checks that did not run: the Kubernetes checks without a usable cluster view, then
+/// the checks of each part of a node's state that was not collected
+/// ([`netray_diagnose::catalog::not_run_uncollected`]; those already listed as Kubernetes
+/// checks that did not run are not repeated).
+fn not_run(
+    bundle: &netray_snapshot::Bundle,
+    cluster: Option<&netray_kube::ClusterView>,
+) -> Vec<NotRun> {
+    let mut out = not_run_kubernetes(cluster);
+    let skipped: Vec<&str> = out.iter().flat_map(|n| n.codes.iter().copied()).collect();
+    for u in netray_diagnose::catalog::not_run_uncollected(bundle) {
+        let codes: Vec<&'static str> = u
+            .codes
+            .iter()
+            .copied()
+            .filter(|c| !skipped.contains(c))
+            .collect();
+        if !codes.is_empty() {
+            out.push(NotRun {
+                codes,
+                reason: u.reason(),
+                nodes: u.nodes,
+            });
+        }
+    }
+    out
+}
+
 /// The Kubernetes checks that cannot run on this cluster view.
-fn not_run(cluster: Option<&netray_kube::ClusterView>) -> Vec<NotRun> {
+fn not_run_kubernetes(cluster: Option<&netray_kube::ClusterView>) -> Vec<NotRun> {
     let reason = match cluster {
         None => {
             "the bundle has no cluster view (cluster.json): the Kubernetes checks did not run; \
@@ -113,6 +144,7 @@ fn not_run(cluster: Option<&netray_kube::ClusterView>) -> Vec<NotRun> {
     vec![NotRun {
         codes: netray_diagnose::catalog::NEEDS_CLUSTER.to_vec(),
         reason,
+        nodes: Vec::new(),
     }]
 }
 
@@ -148,7 +180,7 @@ pub fn run(args: Args) -> CmdResult {
     }
     let (bundle, cluster) = load_bundle(&args.source, &args.cluster)?;
     let findings = scan(&bundle, cluster.as_ref());
-    let not_run = not_run(cluster.as_ref());
+    let not_run = not_run(&bundle, cluster.as_ref());
     let missing = super::missing_nodes(&bundle, cluster.as_ref());
     let report = ScanReport {
         schema: "netray.scan/v1",
@@ -201,20 +233,42 @@ fn print_text(
     use netray_snapshot::text::count;
     let nodes: Vec<&str> = bundle.nodes.iter().map(|n| n.node.name.as_str()).collect();
     let namespaces: usize = bundle.nodes.iter().map(|n| n.namespaces.len()).sum();
-    let skipped: usize = not_run.iter().map(|n| n.codes.len()).sum();
+    // Everywhere: the Kubernetes checks; on some nodes: those of uncollected state.
+    let (everywhere, some): (Vec<&NotRun>, Vec<&NotRun>) =
+        not_run.iter().partition(|n| n.nodes.is_empty());
+    let distinct = |v: &[&NotRun]| {
+        let mut c: Vec<&str> = v.iter().flat_map(|n| n.codes.iter().copied()).collect();
+        c.sort_unstable();
+        c.dedup();
+        c.len()
+    };
+    let mut skipped = Vec::new();
+    if !everywhere.is_empty() {
+        skipped.push(format!(
+            "{} did not run",
+            count(
+                distinct(&everywhere),
+                "Kubernetes check",
+                "Kubernetes checks"
+            )
+        ));
+    }
+    if !some.is_empty() {
+        skipped.push(format!(
+            "{} did not run on some nodes",
+            count(distinct(&some), "check", "checks")
+        ));
+    }
     println!(
         "scanned {} ({}), {}, {}{}",
         count(nodes.len(), "node", "nodes"),
         nodes.join(", "),
         count(namespaces, "namespace", "namespaces"),
         count(CATALOG.len(), "check", "checks"),
-        if skipped == 0 {
+        if skipped.is_empty() {
             String::new()
         } else {
-            format!(
-                " ({} did not run)",
-                count(skipped, "Kubernetes check", "Kubernetes checks")
-            )
+            format!(" ({})", skipped.join("; "))
         }
     );
     for n in not_run {
