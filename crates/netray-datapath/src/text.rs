@@ -2,7 +2,7 @@
 
 use std::fmt::Write;
 
-use crate::result::{Branch, Hop, Leg, Step, Trace};
+use crate::result::{Branch, Disposition, Hop, Leg, Step, Trace};
 
 /// Render a whole trace.
 pub fn render(t: &Trace) -> String {
@@ -14,31 +14,51 @@ pub fn render(t: &Trace) -> String {
 pub fn render_with(t: &Trace, failing_only: bool) -> String {
     let places = pod_places(std::slice::from_ref(t));
     let mut s = String::new();
-    let verdict = if t.reachable {
-        "reachable"
-    } else if t.branches.iter().any(|b| b.disposition.is_success()) {
-        "partially reachable"
-    } else {
-        "unreachable"
-    };
+    // A branch that ended unknown (a construct or limit netray does not model, e.g. a rule
+    // loop) is neither a success nor a failure: with no success, the answer is uncertain.
+    let unknown = t
+        .branches
+        .iter()
+        .filter(|b| b.disposition == Disposition::Unknown)
+        .count();
     let failing = t
         .branches
         .iter()
         .filter(|b| !b.disposition.is_success())
-        .count();
+        .count()
+        - unknown;
+    let verdict = if t.reachable {
+        "reachable"
+    } else if t.branches.iter().any(|b| b.disposition.is_success()) {
+        "partially reachable"
+    } else if unknown > 0 || (t.truncated && failing == 0) {
+        "uncertain"
+    } else {
+        "unreachable"
+    };
     // The answer first, before hundreds of lines of hops.
     let n = t.branches.len();
-    let summary = if failing == 0 {
+    let summary = if failing == 0 && unknown == 0 {
         format!(
             "every branch succeeds ({})",
             netray_snapshot::text::count(n, "branch", "branches")
         )
     } else {
-        format!(
-            "{failing} of {} {}",
-            netray_snapshot::text::count(n, "branch", "branches"),
-            if failing == 1 { "fails" } else { "fail" }
-        )
+        let all = netray_snapshot::text::count(n, "branch", "branches");
+        let mut parts = Vec::new();
+        if failing > 0 {
+            parts.push(format!(
+                "{failing} of {all} {}",
+                if failing == 1 { "fails" } else { "fail" }
+            ));
+        }
+        if unknown > 0 {
+            parts.push(format!(
+                "{unknown} of {all} {} unknown (see why)",
+                if unknown == 1 { "ends" } else { "end" }
+            ));
+        }
+        parts.join("; ")
     };
     let _ = writeln!(s, "{}: {summary}", verdict.to_uppercase());
     let _ = writeln!(

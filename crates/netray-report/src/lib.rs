@@ -386,8 +386,16 @@ pub fn trace(t: &Trace, meta: &Meta) -> String {
         E(&t.flow.start)
     );
     header(&mut o, "trace", &title_html, meta);
+    // As the text: a trace with no success and some branch unknown (a limit or a construct
+    // netray does not model) is uncertain, not unreachable.
     let v = if t.reachable {
         "reachable"
+    } else if !t.branches.iter().any(|b| b.disposition.is_success())
+        && t.branches
+            .iter()
+            .any(|b| b.disposition == netray_datapath::Disposition::Unknown)
+    {
+        "uncertain"
     } else {
         "unreachable"
     };
