@@ -136,12 +136,27 @@ fn man(out_dir: Option<std::path::PathBuf>) -> cmd::CmdResult {
         Some(dir) => {
             std::fs::create_dir_all(&dir)
                 .map_err(|e| format!("--out-dir {}: {e}", dir.display()))?;
-            clap_mangen::generate_to(c, &dir)
-                .map_err(|e| format!("--out-dir {}: {e}", dir.display()))?;
+            // As clap_mangen::generate_to names and renders them, but each page written
+            // through write_file_atomic: never through a link planted at a page's name.
+            let mut c = c.disable_help_subcommand(true);
+            c.build();
+            write_man_pages(&c, &dir).map_err(|e| format!("--out-dir {}: {e}", dir.display()))?;
             eprintln!("netray: man pages written to {}", dir.display());
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Write the man page of `cmd` and of each visible subcommand into `dir`
+/// (`netray.1`, `netray-SUBCOMMAND.1`, …).
+fn write_man_pages(cmd: &clap::Command, dir: &std::path::Path) -> std::io::Result<()> {
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        write_man_pages(sub, dir)?;
+    }
+    let man = clap_mangen::Man::new(cmd.clone());
+    let mut page = Vec::new();
+    man.render(&mut page)?;
+    netray_collect::output::write_file_atomic(&dir.join(man.get_filename()), &page)
 }
 
 /// kubectl's options that a plugin user types before the subcommand

@@ -190,3 +190,41 @@ fn bundle_add_does_not_write_through_planted_links() {
     assert_eq!(bundle.failed[0].node, "node2");
     assert!(bundle.cluster.is_some());
 }
+
+/// man --out-dir: links to an outside file at two page names (the top page and a
+/// subcommand's). The outside file is unchanged, every page is a regular file and no
+/// temporary file is left.
+#[test]
+fn man_out_dir_does_not_write_through_planted_links() {
+    let tmp = tempfile::tempdir().unwrap();
+    let victim = tmp.path().join("victim");
+    std::fs::write(&victim, VICTIM).unwrap();
+    let dir = tmp.path().join("man");
+    std::fs::create_dir(&dir).unwrap();
+    for page in ["netray.1", "netray-trace.1"] {
+        symlink(&victim, dir.join(page)).unwrap();
+    }
+    let o = common::netray_bounded(
+        &["man", "--out-dir", dir.to_str().unwrap()],
+        Duration::from_secs(60),
+    );
+    assert_eq!(
+        o.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), VICTIM);
+    let mut pages: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    pages.sort();
+    for p in &pages {
+        assert!(is_regular(&dir.join(p)), "{p} is not a regular file");
+        assert!(p.ends_with(".1"), "{p}: a temporary file left");
+    }
+    assert!(pages.len() > 10, "{pages:?}");
+    let trace = std::fs::read_to_string(dir.join("netray-trace.1")).unwrap();
+    assert!(trace.contains(".TH") && trace.contains("failing"));
+}
