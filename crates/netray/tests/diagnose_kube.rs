@@ -696,3 +696,61 @@ fn an_interrupted_diagnosis_deletes_its_pods_and_exits_130() {
     assert_eq!(inside, ["nodes"], "work directory left behind");
     assert!(cached_files(&cache).is_empty());
 }
+
+/// The README's `diagnose --kube` commands, run as written against the stand-in serving
+/// examples/healthy (its context standing for `prod`, `kubectl netray` being a link named
+/// `kubectl-netray`, the kubeconfig from `$KUBECONFIG`, the cache in the default place under
+/// `$XDG_CACHE_HOME`): both answer reachable; the second (the plugin, another flow over the same
+/// API server) reads every node it needs from the cache the first filled.
+#[test]
+fn the_readme_commands_work_as_written() {
+    let readme = std::fs::read_to_string(healthy().join("../../README.md")).unwrap();
+    let section = readme
+        .split("**Diagnose on demand.**")
+        .nth(1)
+        .expect("README section on diagnose --kube");
+    let block = section.split("```sh\n").nth(1).unwrap();
+    let block = block.split("```").next().unwrap();
+    let commands: Vec<&str> = block
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .collect();
+    assert_eq!(commands.len(), 2, "{block}");
+    let cluster = read_json(&healthy().join("cluster.json"));
+    let api = standin(items_of(&cluster), &healthy(), &["node0", "node1", "node2"]);
+    let tmp = tempfile::tempdir().unwrap();
+    let kc = api.kubeconfig(tmp.path());
+    let plugin = tmp.path().join("kubectl-netray");
+    std::os::unix::fs::symlink(NETRAY, &plugin).unwrap();
+    let xdg = tmp.path().join("xdg");
+    let mut created = Vec::new();
+    for line in &commands {
+        let line = line.replace("--context prod", "--context standin");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (program, args) = match words[..] {
+            ["netray", ..] => (PathBuf::from(NETRAY), &words[1..]),
+            ["kubectl", "netray", ..] => (plugin.clone(), &words[2..]),
+            _ => panic!("README command {line}"),
+        };
+        let mut cmd = Command::new(program);
+        cmd.args(args)
+            .env("KUBECONFIG", &kc)
+            .env("XDG_CACHE_HOME", &xdg)
+            .env("NETRAY_KUBE_BACKOFF_MS", "50");
+        let before = pods(&api);
+        let o = common::run_bounded(cmd, &line, HANG_GUARD);
+        let stderr = String::from_utf8_lossy(&o.stderr);
+        let stdout = String::from_utf8_lossy(&o.stdout);
+        assert_eq!(o.status.code(), Some(0), "{line}: {stdout}\n{stderr}");
+        assert!(
+            stdout.starts_with("from ") && stdout.contains("\nREACHABLE: "),
+            "{stdout}"
+        );
+        assert!(stderr.contains("3 of 3 nodes to read"), "{line}: {stderr}");
+        created.push(collected_after(&api, &before));
+    }
+    assert_eq!(created, [set(&["node0", "node1", "node2"]), set(&[])]);
+    assert_eq!(cached_files(&xdg.join("netray")).len(), 3);
+    assert_all_deleted(&api);
+}
