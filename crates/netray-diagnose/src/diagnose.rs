@@ -483,9 +483,15 @@ fn data_passes(checks: &[TcpDataCheck]) -> String {
         return String::new();
     }
     let lens: Vec<String> = lens.iter().map(u32::to_string).collect();
+    let pmtu = checks.iter().any(|c| !c.pmtu.is_empty());
     format!(
-        "; full-size TCP data ({}-byte segments, DF) passes both ways",
-        lens.join("/")
+        "; full-size TCP data ({}-byte segments, DF) passes both ways{}",
+        lens.join("/"),
+        if pmtu {
+            " after PMTU discovery (see tcp_data)"
+        } else {
+            ""
+        }
     )
 }
 

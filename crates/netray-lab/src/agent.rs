@@ -4,14 +4,20 @@
 //!
 //! Protocol: the client sends one line `<token>`; the server answers `<name> <token>` (TCP: one
 //! line then close; UDP: one datagram). A probe succeeds only when the answer carries the token,
-//! so a handshake alone (or a stray packet) never counts as reachability.
+//! so a handshake alone (or a stray packet) never counts as reachability. TCP with data sizes:
+//! the line is `<token> <REQ> <RESP>` followed by REQ bytes; the server reads them all, then
+//! answers its line followed by RESP bytes, which the client must read in full (full-size
+//! segments both ways, not only the handshake).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::time::{Duration, Instant};
 
 /// Usage of the agent program.
-pub const USAGE: &str = "usage:\n  serve --name NAME [--tcp PORT]... [--udp PORT]...\n  probe tcp|udp IP:PORT [--timeout-ms MS] [--bind IP] [--sport PORT (udp)] [--token T]";
+pub const USAGE: &str = "usage:\n  serve --name NAME [--tcp PORT]... [--udp PORT]...\n  probe tcp|udp IP:PORT [--timeout-ms MS] [--bind IP] [--sport PORT (udp)] [--token T] [--request-bytes N] [--response-bytes N] (tcp)";
+
+/// Largest request or response body a probe asks for.
+const MAX_BODY: usize = 64 << 20;
 
 /// Run the agent with its arguments (without the program name); returns the exit code:
 /// 0 success, 1 probe failed, 2 usage error.
@@ -103,9 +109,21 @@ pub fn serve(name: &str, tcp: &[u16], udp: &[u16]) -> Result<(), String> {
 fn answer_tcp(name: &str, conn: TcpStream) -> std::io::Result<()> {
     conn.set_read_timeout(Some(Duration::from_secs(5)))?;
     conn.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut reader = BufReader::new(&conn);
     let mut line = String::new();
-    BufReader::new((&conn).take(4096)).read_line(&mut line)?;
-    (&conn).write_all(format!("{name} {}\n", line.trim()).as_bytes())
+    (&mut reader).take(4096).read_line(&mut line)?;
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let sizes = match words.as_slice() {
+        [_, req, resp] => req.parse::<usize>().ok().zip(resp.parse::<usize>().ok()),
+        _ => None,
+    };
+    let Some((req, resp)) = sizes.filter(|(a, b)| *a <= MAX_BODY && *b <= MAX_BODY) else {
+        return (&conn).write_all(format!("{name} {}\n", line.trim()).as_bytes());
+    };
+    std::io::copy(&mut (&mut reader).take(req as u64), &mut std::io::sink())?;
+    let mut out = format!("{name} {}\n", words[0]).into_bytes();
+    out.resize(out.len() + resp, b'y');
+    (&conn).write_all(&out)
 }
 
 fn probe_args(args: &[String]) -> Result<Result<String, String>, String> {
@@ -119,6 +137,14 @@ fn probe_args(args: &[String]) -> Result<Result<String, String>, String> {
     let mut bind = None;
     let mut sport = 0;
     let mut token = format!("t{}", std::process::id());
+    let mut body = None::<(usize, usize)>;
+    let size = |v: &str, a: &str| -> Result<usize, String> {
+        let n = v.parse::<usize>().map_err(|e| format!("{a}: {e}"))?;
+        if n > MAX_BODY {
+            return Err(format!("{a}: at most {MAX_BODY}"));
+        }
+        Ok(n)
+    };
     let mut it = args[2..].iter();
     while let Some(a) = it.next() {
         let v = it.next().ok_or_else(|| format!("{a} needs a value"))?;
@@ -131,11 +157,16 @@ fn probe_args(args: &[String]) -> Result<Result<String, String>, String> {
                 sport = v.parse::<u16>().map_err(|e| format!("{a}: {e}"))?
             }
             "--token" => token = v.clone(),
+            "--request-bytes" if proto == "tcp" => body.get_or_insert((0, 0)).0 = size(v, a)?,
+            "--response-bytes" if proto == "tcp" => body.get_or_insert((0, 0)).1 = size(v, a)?,
             _ => return Err(format!("unknown option {a}")),
         }
     }
     Ok(match proto.as_str() {
-        "tcp" => probe_tcp(target, bind, &token, timeout),
+        "tcp" => match body {
+            None => probe_tcp(target, bind, &token, timeout),
+            Some((req, resp)) => probe_tcp_data(target, bind, &token, req, resp, timeout),
+        },
         "udp" => probe_udp(target, bind, sport, &token, timeout),
         p => return Err(format!("unknown protocol {p}")),
     })
@@ -181,6 +212,69 @@ pub fn probe_tcp(
         .read_line(&mut line)
         .map_err(|e| format!("receive: {e}"))?;
     check_answer(&line, token)
+}
+
+/// One TCP request of `req` bytes answered by `resp` bytes, bounded by `timeout` overall;
+/// returns the answering server's name once every byte has arrived (the error says how many
+/// did, and whether the connection was established at all).
+pub fn probe_tcp_data(
+    target: SocketAddr,
+    bind: Option<IpAddr>,
+    token: &str,
+    req: usize,
+    resp: usize,
+    timeout: Duration,
+) -> Result<String, String> {
+    let start = Instant::now();
+    let stream = match bind {
+        None => {
+            TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("connect: {e}"))?
+        }
+        Some(src) => connect_from(src, target, timeout)?,
+    };
+    let left = || {
+        timeout
+            .checked_sub(start.elapsed())
+            .filter(|d| !d.is_zero())
+            .ok_or_else(|| "established, then timed out".to_string())
+    };
+    stream
+        .set_write_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    let mut msg = format!("{token} {req} {resp}\n").into_bytes();
+    msg.resize(msg.len() + req, b'x');
+    (&stream)
+        .write_all(&msg)
+        .map_err(|e| format!("established, then send of {req} bytes: {e}"))?;
+    let mut reader = BufReader::new(&stream);
+    let mut line = String::new();
+    stream
+        .set_read_timeout(Some(left()?))
+        .map_err(|e| e.to_string())?;
+    (&mut reader)
+        .take(4096)
+        .read_line(&mut line)
+        .map_err(|e| format!("established, then no answer: {e}"))?;
+    let name = check_answer(&line, token)?;
+    let mut got = 0usize;
+    let mut buf = [0u8; 16384];
+    while got < resp {
+        stream
+            .set_read_timeout(Some(
+                left().map_err(|e| format!("{e} after {got} of {resp} bytes"))?,
+            ))
+            .map_err(|e| e.to_string())?;
+        match reader.read(&mut buf) {
+            Ok(0) => {
+                return Err(format!(
+                    "established, then closed after {got} of {resp} bytes"
+                ));
+            }
+            Ok(n) => got += n,
+            Err(e) => return Err(format!("established, then {e} after {got} of {resp} bytes")),
+        }
+    }
+    Ok(name)
 }
 
 /// TCP connect from a chosen source address (bind before connect, which std lacks).

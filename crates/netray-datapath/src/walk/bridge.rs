@@ -145,7 +145,8 @@ impl<'w, 'a> Walker<'w, 'a> {
                     Some("mtu-blackhole"),
                 )
                 .by(v.link_obj(p, format!("mtu {}", pl.mtu)))
-                .by_all(in_port.map(|i| v.link_obj(i, "ingress port"))));
+                .by_all(in_port.map(|i| v.link_obj(i, "ingress port")))
+                .by_all(in_port.is_none().then(|| v.link_obj(br, "routed out through the bridge"))));
             }
             if Some(p) == in_port {
                 let hair = self

@@ -73,6 +73,8 @@ pub(super) fn check(
         groups.entry((c, s)).or_default().push(i);
     }
     let mut out = Vec::new();
+    // The handshake's branches, for matching paths while `branches` is being replaced.
+    let syn = branches.clone();
     let mut replaced = vec![false; branches.len()];
     for ((client_mss, server_mss), idxs) in groups {
         let len = client_mss.min(server_mss) + hdr;
@@ -90,7 +92,7 @@ pub(super) fn check(
                 let shrink = failed
                     .iter()
                     .filter(|d| d.cause.as_deref() == Some(FRAG_NEEDED))
-                    .filter(|d| idxs.iter().any(|&i| error_returns(d, &branches[i], dir)))
+                    .filter(|d| idxs.iter().any(|&i| error_returns(d, &syn[i], dir)))
                     .filter_map(|d| link_mtu(d).map(|m| (m, d)))
                     .min_by_key(|(m, _)| *m);
                 if let Some((m, d)) = shrink
@@ -116,18 +118,22 @@ pub(super) fn check(
                         d.cause = Some("pmtu-discovery".into());
                     }
                     for &i in &idxs {
-                        if replaced[i] || !same_path(&d, &branches[i]) {
+                        if !same_path(&d, &syn[i]) {
+                            continue;
+                        }
+                        ok[k] = false;
+                        // A path whose request already fails keeps that (first) failure.
+                        if replaced[i] {
                             continue;
                         }
                         let mut nb = d.clone();
-                        nb.probability = branches[i].probability;
+                        nb.probability = syn[i].probability;
                         nb.data_segment = Some(DataSegment {
                             direction: dir,
                             len: seg,
                         });
                         branches[i] = nb;
                         replaced[i] = true;
-                        ok[k] = false;
                     }
                 }
                 break;
@@ -135,7 +141,7 @@ pub(super) fn check(
         }
         let mut endpoints: Vec<String> = idxs
             .iter()
-            .filter_map(|&i| branches[i].endpoint.clone())
+            .filter_map(|&i| syn[i].endpoint.clone())
             .collect();
         endpoints.sort();
         endpoints.dedup();
