@@ -8,7 +8,9 @@
 //!
 //! Endpoint forms:
 //! - `IP` — an address; as a source, the packet is generated in the namespace owning it;
-//! - `IP@node/NAME`, `IP@netns/NAME` — the address, entering at that node or namespace;
+//! - `IP@node/NAME`, `IP@netns/NAME` — the address, entering at that node or namespace (on
+//!   the interface holding the destination, else the one facing the source);
+//!   `IP@node/NAME%IFACE`, `IP@netns/NAME%IFACE` — entering there on interface IFACE;
 //! - `pod/NS/NAME`, `svc/NS/NAME`, `node/NAME`, `external/IP` — names from the cluster view;
 //! - a destination may carry `:PORT` (or `:PORTNAME` for services) and `/PROTO`
 //!   (`tcp`, `udp`, `sctp`, `icmp`); IPv6 with a port is written `[ADDR]:PORT`.
@@ -75,6 +77,10 @@ pub enum Place {
     Node(String),
     /// `@netns/NAME`: a namespace by its `/run/netns` name (or `netns:INODE`).
     Netns(String),
+    /// `@node/NAME%IFACE`: the node's host namespace, entering on interface IFACE.
+    NodeVia(String, String),
+    /// `@netns/NAME%IFACE`: a namespace, entering on interface IFACE.
+    NetnsVia(String, String),
 }
 
 /// What an endpoint names.
@@ -191,12 +197,31 @@ impl FromStr for Endpoint {
         // IP[:PORT][@node/NAME | @netns/NAME]
         let (addr, at) = match body.split_once('@') {
             Some((a, place)) => {
-                let place = if let Some(n) = place.strip_prefix("node/") {
-                    Place::Node(nonempty(n).map_err(|e| bad(&e))?)
-                } else if let Some(n) = place.strip_prefix("netns/") {
-                    Place::Netns(nonempty(n).map_err(|e| bad(&e))?)
-                } else {
-                    return Err(bad("after `@` expected node/NAME or netns/NAME"));
+                // `%IFACE`: the interface it enters on.
+                let (place, iface) = match place.split_once('%') {
+                    Some((p, i)) => (p, Some(nonempty(i).map_err(|e| bad(&e))?)),
+                    None => (place, None),
+                };
+                let place = match (place.strip_prefix("node/"), place.strip_prefix("netns/")) {
+                    (Some(n), _) => {
+                        let n = nonempty(n).map_err(|e| bad(&e))?;
+                        match iface {
+                            Some(i) => Place::NodeVia(n, i),
+                            None => Place::Node(n),
+                        }
+                    }
+                    (_, Some(n)) => {
+                        let n = nonempty(n).map_err(|e| bad(&e))?;
+                        match iface {
+                            Some(i) => Place::NetnsVia(n, i),
+                            None => Place::Netns(n),
+                        }
+                    }
+                    _ => {
+                        return Err(bad(
+                            "after `@` expected node/NAME[%IFACE] or netns/NAME[%IFACE]",
+                        ));
+                    }
                 };
                 (a, Some(place))
             }
@@ -282,7 +307,9 @@ fn split_addr_port(s: &str) -> Result<(IpAddr, Option<u16>), String> {
 #[derive(Debug, Clone, clap::Args)]
 pub struct FlowArgs {
     /// Source: IP, IP@node/NAME, IP@netns/NAME, pod/NS/NAME, node/NAME, external/IP; a
-    /// `:PORT` on it is the source port (as --sport).
+    /// `:PORT` on it is the source port (as --sport). `IP@node/NAME%IFACE` (or
+    /// `@netns/NAME%IFACE`) enters on interface IFACE (default: the interface holding the
+    /// destination, else the one facing the source).
     #[arg(long, value_name = "SRC")]
     pub from: Endpoint,
     /// Destination: IP[:PORT][/PROTO], svc/NS/NAME[:PORT|:PORTNAME][/PROTO], pod/NS/NAME[:PORT],
@@ -448,6 +475,23 @@ mod tests {
         );
         let e = ep("10.0.0.1:8080@netns/nrl-x");
         assert_eq!(e.port, Some(PortRef::Number(8080)));
+        let e = ep("192.168.50.100@node/node0%eth1");
+        assert_eq!(
+            e.target,
+            Target::Addr {
+                ip: "192.168.50.100".parse().unwrap(),
+                at: Some(Place::NodeVia("node0".into(), "eth1".into()))
+            }
+        );
+        let e = ep("10.0.0.1:8080@netns/nrl-x%veth0");
+        assert_eq!(
+            e.target,
+            Target::Addr {
+                ip: "10.0.0.1".parse().unwrap(),
+                at: Some(Place::NetnsVia("nrl-x".into(), "veth0".into()))
+            }
+        );
+        assert_eq!(e.port, Some(PortRef::Number(8080)));
     }
 
     #[test]
@@ -524,6 +568,9 @@ mod tests {
             "pod/only",
             "svc//x",
             "1.2.3.4@moon/x",
+            "1.2.3.4@node/n%",
+            "1.2.3.4@node/%eth0",
+            "1.2.3.4@moon/x%eth0",
             "nonsense",
             "[::1",
             "10.0.0.1:80:90",

@@ -176,6 +176,37 @@ fn pod_ip(
     })
 }
 
+/// `%IFACE` on a source: the namespace chosen by `is_place` (a namespace and its node's
+/// name) must have that interface; else an error naming its interfaces, with a did-you-mean.
+/// A place the bundle does not have is left to the walk's own error.
+fn check_interface(
+    bundle: &Bundle,
+    iface: &str,
+    is_place: impl Fn(&netray_snapshot::NetnsSnapshot, &str) -> bool,
+) -> Result<(), String> {
+    let Some((node, ns)) = bundle.nodes.iter().find_map(|n| {
+        n.namespaces
+            .iter()
+            .find(|ns| is_place(ns, &n.node.name))
+            .map(|ns| (&n.node.name, ns))
+    }) else {
+        return Ok(());
+    };
+    if ns.links.iter().any(|l| l.name == iface) {
+        return Ok(());
+    }
+    let names: Vec<&str> = ns.links.iter().map(|l| l.name.as_str()).collect();
+    let place = match &ns.id.name {
+        Some(n) if ns.role != NetnsRole::Host => format!("namespace {n} on node {node}"),
+        _ => format!("node {node}"),
+    };
+    Err(format!(
+        "{place} has no interface `{iface}` (it has {}){}",
+        names.join(", "),
+        netray_kube::suggest::did_you_mean(iface, names.iter().copied(), |c| format!("%{c}"))
+    ))
+}
+
 /// Resolve the source: address, where it starts, label.
 fn resolve_source(
     ep: &Endpoint,
@@ -189,11 +220,26 @@ fn resolve_source(
                 None => Start::Auto,
                 Some(Place::Node(n)) => Start::Node(n.clone()),
                 Some(Place::Netns(n)) => Start::Netns(n.clone()),
+                Some(Place::NodeVia(n, i)) => {
+                    check_interface(bundle, i, |ns, node| {
+                        node == n && ns.role == NetnsRole::Host
+                    })?;
+                    Start::NodeVia(n.clone(), i.clone())
+                }
+                Some(Place::NetnsVia(n, i)) => {
+                    check_interface(bundle, i, |ns, _| {
+                        ns.id.name.as_deref() == Some(n.as_str())
+                            || format!("netns:{}", ns.id.inode) == *n
+                    })?;
+                    Start::NetnsVia(n.clone(), i.clone())
+                }
             };
             let label = match at {
                 None => ip.to_string(),
                 Some(Place::Node(n)) => format!("{ip}@node/{n}"),
                 Some(Place::Netns(n)) => format!("{ip}@netns/{n}"),
+                Some(Place::NodeVia(n, i)) => format!("{ip}@node/{n}%{i}"),
+                Some(Place::NetnsVia(n, i)) => format!("{ip}@netns/{n}%{i}"),
             };
             Ok((*ip, start, label))
         }

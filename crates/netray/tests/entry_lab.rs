@@ -593,6 +593,77 @@ fn storage_lan_rp_filter() {
     compare(&format!("{name} (strict)"), &lab, &flows(true));
     sh(&lab, "node0", "sysctl -qw net.ipv4.conf.eth1.rp_filter=2");
     compare(&format!("{name} (loose)"), &lab, &flows(false));
+    // The router now sends the storage address over the underlay: it arrives on eth0, whose
+    // strict rp_filter passes it (the way back is eth0), while eth1 is strict again. The
+    // addresses alone cannot tell netray so; the user says where it enters (`%eth0`).
+    sh(&lab, "node0", "sysctl -qw net.ipv4.conf.eth1.rp_filter=1");
+    sh(
+        &lab,
+        "gw",
+        &format!("ip route add {STORAGE_NODE0}/32 via 192.168.50.10"),
+    );
+    compare(
+        &format!("{name} (routed over the underlay, %eth0)"),
+        &lab,
+        &[
+            Flow::new("ext", "192.168.50.100@node/node0%eth0", &storage, &storage)
+                .start("entering on eth0, as given"),
+        ],
+    );
+}
+
+/// `IP@node/NAME%IFACE` on the bundled example: the walk enters on that interface; an
+/// interface the node does not have is an error naming its interfaces, with a did-you-mean.
+#[test]
+fn entry_interface_override() {
+    let b = concat!(env!("CARGO_MANIFEST_DIR"), "/../../examples/healthy");
+    let run = |from: &str| {
+        Command::new(NETRAY)
+            .args(["trace", "--bundle", b, "--from", from])
+            .args(["--to", "192.168.50.10:10250", "-o", "json"])
+            .output()
+            .expect("netray")
+    };
+    let out = run("192.168.50.100@node/node0%cni0");
+    let t: Value = serde_json::from_slice(&out.stdout).expect("trace JSON");
+    assert_eq!(
+        t["flow"]["start"], "node0/host (entering on cni0, as given)",
+        "{t:#}"
+    );
+    let hop = &t["branches"][0]["hops"][0];
+    assert_eq!(
+        (hop["node"].as_str(), hop["iif"].as_str()),
+        (Some("node0"), Some("cni0"))
+    );
+    // Without it: the interface holding the destination.
+    let out = run("external/192.168.50.100");
+    let t: Value = serde_json::from_slice(&out.stdout).expect("trace JSON");
+    assert_eq!(t["flow"]["start"], "node0/host (entering on eth0)");
+    let out = run("192.168.50.100@node/node0%eht0");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        err.contains("node node0 has no interface `eht0` (it has lo, eth0, cni0")
+            && err.contains("did you mean %eth0?"),
+        "{err}"
+    );
+    // The same words on every flow command (diagnose shares the flow syntax).
+    let out = Command::new(NETRAY)
+        .args([
+            "diagnose",
+            "--bundle",
+            b,
+            "--from",
+            "192.168.50.100@node/node0%eht0",
+        ])
+        .args(["--to", "192.168.50.10:10250"])
+        .output()
+        .expect("netray");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("did you mean %eth0?"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// The standard cluster on three nodes with no pod on node2, and `web-lb`'s
