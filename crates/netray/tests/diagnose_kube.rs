@@ -754,3 +754,93 @@ fn the_readme_commands_work_as_written() {
     assert_eq!(cached_files(&xdg.join("netray")).len(), 3);
     assert_all_deleted(&api);
 }
+
+/// An outside client to a LoadBalancer with `externalTrafficPolicy: Cluster` whose endpoints
+/// (in the cluster view) are all on node1: the load balancer may send to any node, so the plan
+/// walks the endpoint node and one other (node0), and the note says one entry node was not
+/// walked; `--all` collects and walks all three and answers like `diagnose --bundle` over the
+/// same cluster view. A NodePort on node2's address enters at node2 and reads the Service's
+/// endpoint node, each named with why (the client as given).
+#[test]
+fn a_load_balancer_walks_its_endpoint_nodes_and_one_other_unless_all() {
+    let mut cluster = read_json(&healthy().join("cluster.json"));
+    for i in cluster["items"].as_array_mut().unwrap() {
+        if i["kind"] == "EndpointSlice" && i["metadata"]["name"] == "web-lb-ux7f6" {
+            let on_node1: Vec<Value> = i["endpoints"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|e| e["nodeName"] == "node1")
+                .cloned()
+                .collect();
+            i["endpoints"] = Value::Array(on_node1);
+        }
+        if i["kind"] == "Service" && i["metadata"]["name"] == "web-lb" {
+            i["spec"]["externalTrafficPolicy"] = "Cluster".into();
+        }
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    std::fs::create_dir_all(bundle.join("nodes")).unwrap();
+    for n in ["node0", "node1", "node2"] {
+        std::fs::copy(
+            healthy().join(format!("nodes/{n}.json")),
+            bundle.join(format!("nodes/{n}.json")),
+        )
+        .unwrap();
+    }
+    std::fs::write(bundle.join("cluster.json"), cluster.to_string()).unwrap();
+    let cache = tmp.path().join("cache");
+    let api = standin(items_of(&cluster), &healthy(), &["node0", "node1", "node2"]);
+    let kc = api.kubeconfig(tmp.path());
+    let (from, to) = ("external/203.0.113.9", "svc/default/web-lb:80");
+
+    let a = diagnose_kube(&kc, &cache, from, to, &[]);
+    assert_eq!(
+        collected_after(&api, &BTreeMap::new()),
+        set(&["node0", "node1"]),
+        "{}",
+        a.stderr
+    );
+    let notes = a.json["notes"].to_string();
+    assert!(
+        notes.contains("1 entry node the load balancer may also send to was not walked")
+            && notes.contains("--all"),
+        "{notes}"
+    );
+    assert!(
+        !a.json["to"].to_string().contains("node2"),
+        "node2 is not walked: {}",
+        a.json["to"]
+    );
+    assert!(a.json["to"].to_string().contains("via node/node0"));
+
+    let before = pods(&api);
+    let b = diagnose_kube(&kc, &cache, from, to, &["--all"]);
+    assert_eq!(
+        collected_after(&api, &before),
+        set(&["node2"]),
+        "{}",
+        b.stderr
+    );
+    let (code, whole) = diagnose_json(&bundle, from, to);
+    assert_eq!(b.code, code, "{}", b.stderr);
+    assert_eq!(core(&b.json), core(&whole), "{}", b.stderr);
+    assert_eq!(b.json["notes"], whole["notes"]);
+
+    // A NodePort on node2's address: entry node2, the Service's endpoint node1.
+    let c = diagnose_kube(
+        &kc,
+        &tmp.path().join("cache2"),
+        from,
+        "192.168.50.12:30081",
+        &[],
+    );
+    assert_eq!(c.code, Some(0), "{}", c.stderr);
+    assert!(
+        c.stderr.contains("2 of 3 nodes to read: node1 (endpoint of svc/default/web-lb); node2 (destination 192.168.50.12 port 30081/tcp, entry of external/203.0.113.9)"),
+        "{}",
+        c.stderr
+    );
+    assert_all_deleted(&api);
+}

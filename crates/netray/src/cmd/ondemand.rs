@@ -366,6 +366,8 @@ fn plan(flow: &FlowArgs, c: &ClusterView, extra: bool) -> Result<Plan, String> {
                     .find(|n| n.ips().contains(&r.flow.dst))
                     .map_or(first, |n| n.name.as_str());
                 r.flow.start = Start::Node(entry.to_string());
+                // Named as given, not as the probe placed it.
+                r.from_label = format!("external/{ip}");
             }
             f
         }
