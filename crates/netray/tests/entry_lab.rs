@@ -745,7 +745,10 @@ fn load_balancer_local() {
         "netray sends to node2 (no local endpoint): {entries:?}"
     );
     // The header names no single entry node; each walk says where it enters.
-    assert_eq!(d["from"], "external/192.168.50.100", "diagnose header");
+    assert_eq!(
+        d["from"], "external/192.168.50.100 (entering node/node0 on eth0, node/node1 on eth0)",
+        "diagnose header"
+    );
     assert_eq!(
         d["to"],
         "svc/default/web-lb:80/tcp (192.168.60.200:80) via node/node0 + \

@@ -101,12 +101,14 @@ pub fn run(args: Args) -> CmdResult {
             ) {
                 crate::bpf::mark_socket_programs(&bundle, &mut t, f.flow.proto);
             }
-            // A node's own socket: say which source the kernel picked.
+            // A node's own socket: say which source the kernel picked; a packet from outside:
+            // say where it entered (node and interface).
             let from = match f.flow.start {
                 netray_datapath::Start::Host(_) => {
                     format!("{} ({})", f.from_label, t.flow.packet.src)
                 }
-                _ => f.from_label.clone(),
+                netray_datapath::Start::Auto => f.from_label.clone(),
+                _ => entering(&f.from_label, &t),
             };
             traced.push(TracedFlow {
                 from,
@@ -222,7 +224,7 @@ pub fn run(args: Args) -> CmdResult {
             froms.push(&t.from);
         }
     }
-    let from = froms.join(" + ");
+    let from = join_sources(&froms);
     let to = if flows.len() == 1 {
         flows[0].to_label.clone()
     } else {
@@ -261,6 +263,42 @@ pub fn run(args: Args) -> CmdResult {
         Verdict::Reachable => ExitCode::SUCCESS,
         _ => ExitCode::from(1),
     })
+}
+
+/// `LABEL (entering node/NODE on IFACE)`: where a packet from outside entered, from the
+/// walk's first hop (a label already naming the node gets the interface added).
+fn entering(label: &str, t: &netray_datapath::Trace) -> String {
+    let Some(h) = t.branches.first().and_then(|b| b.hops.first()) else {
+        return label.to_string();
+    };
+    let Some(iif) = &h.iif else {
+        return label.to_string();
+    };
+    match label.strip_suffix(')') {
+        Some(l) if l.contains(" (entering node/") => format!("{l} on {iif})"),
+        _ => format!("{label} (entering node/{} on {iif})", h.node),
+    }
+}
+
+/// The header's source: one label, or labels differing only in where they entered as
+/// `SRC (entering A, B)`, else every label joined with ` + `.
+fn join_sources(froms: &[&str]) -> String {
+    let split: Vec<Option<(&str, &str)>> = froms
+        .iter()
+        .map(|f| {
+            f.strip_suffix(')')
+                .and_then(|f| f.split_once(" (entering "))
+        })
+        .collect();
+    match split.first() {
+        Some(Some((base, _)))
+            if froms.len() > 1 && split.iter().all(|s| s.is_some_and(|(b, _)| b == *base)) =>
+        {
+            let entries: Vec<&str> = split.iter().flatten().map(|(_, e)| *e).collect();
+            format!("{base} (entering {})", entries.join(", "))
+        }
+        _ => froms.join(" + "),
+    }
 }
 
 /// Text output; the first `up_front` notes (BPF datapaths) are printed under the verdict.
