@@ -62,10 +62,37 @@ fn programs(node: &NodeSnapshot) -> Vec<String> {
     out
 }
 
+/// Whether the node's host namespace holds kube-proxy's Service rules: the `KUBE-SERVICES`
+/// chain (iptables, either backend), nftables' `kube-proxy` table, or IPVS virtual services.
+fn has_kube_proxy_rules(node: &NodeSnapshot) -> bool {
+    node.namespaces
+        .iter()
+        .filter(|ns| ns.role == netray_snapshot::NetnsRole::Host)
+        .any(|ns| {
+            let fw = &ns.firewall;
+            fw.iptables
+                .iter()
+                .any(|d| d.text.contains(":KUBE-SERVICES "))
+                || fw
+                    .nft_json
+                    .as_deref()
+                    .is_some_and(|j| j.contains("\"kube-proxy\""))
+                || fw
+                    .ipvs
+                    .as_deref()
+                    .is_some_and(|v| v.lines().any(|l| l.starts_with("-A ")))
+        })
+}
+
 /// One note per node the traces touched (in the order first touched) that carries BPF
 /// programs: they may drop, redirect or rewrite what the walk shows, and a BPF dataplane may
-/// replace kube-proxy's rules.
-pub fn datapath_notes(bundle: &Bundle, traces: &[&Trace]) -> Vec<String> {
+/// replace kube-proxy's rules (said when the node has none while the cluster has Services).
+pub fn datapath_notes(
+    bundle: &Bundle,
+    cluster: Option<&ClusterView>,
+    traces: &[&Trace],
+) -> Vec<String> {
+    let services = cluster.is_some_and(|c| c.services.iter().any(|s| !s.cluster_ips.is_empty()));
     let mut nodes: Vec<&str> = Vec::new();
     for h in traces
         .iter()
@@ -86,11 +113,19 @@ pub fn datapath_notes(bundle: &Bundle, traces: &[&Trace]) -> Vec<String> {
                 return None;
             }
             let more = progs.len().saturating_sub(SHOWN);
+            let replaced = if services && !has_kube_proxy_rules(node) {
+                " It has no kube-proxy rules (no KUBE-SERVICES chain, kube-proxy nftables table \
+                 or IPVS service) although the cluster has Services: kube-proxy is replaced \
+                 here, and what the walk shows of Service traffic through this node is not \
+                 what its BPF programs do."
+            } else {
+                ""
+            };
             Some(format!(
                 "node {} has a BPF datapath: {}{}. netray does not model BPF programs: a branch \
                  crossing a tc or XDP program ends uncertain, naming it; cgroup socket programs \
                  can rewrite Service addresses at connect() (kube-proxy may be replaced), and \
-                 the iptables rules walked may not be what forwards this traffic",
+                 the iptables rules walked may not be what forwards this traffic.{replaced}",
                 node.node.name,
                 progs.into_iter().take(SHOWN).collect::<Vec<_>>().join(", "),
                 if more > 0 {

@@ -122,12 +122,33 @@ fn a_bpf_node_on_the_path_is_said_up_front() {
         "json",
     ]);
     assert!(err.contains("node node1 has a BPF datapath"), "{err}");
+    assert!(!n[0].contains("kube-proxy is replaced"), "{n:?}");
     let (code, d) = diagnose(b, "pod/default/web-0", "pod/default/web-1:8080");
     assert_eq!(code, 0);
     assert!(
         notes(&d).iter().all(|n| !n.contains("BPF datapath")),
         "{:?}",
         notes(&d)
+    );
+    // node1 without kube-proxy's chains (a BPF dataplane replacing it): said so.
+    edit_node(dir.path(), "node1", |v| {
+        for d in host(v)["firewall"]["iptables"].as_array_mut().unwrap() {
+            let text: String = d["text"]
+                .as_str()
+                .unwrap()
+                .lines()
+                .filter(|l| !l.contains("KUBE-"))
+                .map(|l| format!("{l}\n"))
+                .collect();
+            d["text"] = text.into();
+        }
+    });
+    let (_, d) = diagnose(b, "pod/default/web-2", "pod/default/web-3:8080");
+    let n = notes(&d);
+    assert!(
+        n[0].starts_with("node node1 has a BPF datapath")
+            && n[0].contains("kube-proxy is replaced"),
+        "{n:?}"
     );
 }
 

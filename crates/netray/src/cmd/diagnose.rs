@@ -238,6 +238,7 @@ pub fn run(args: Args) -> CmdResult {
     // Said first: nodes on the path (the source's included) whose datapath runs BPF.
     let up_front = crate::bpf::datapath_notes(
         &bundle,
+        cluster.as_ref(),
         &traced.iter().map(|t| &t.trace).collect::<Vec<_>>(),
     );
     d.notes.splice(0..0, up_front.iter().cloned());

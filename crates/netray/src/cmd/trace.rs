@@ -100,7 +100,7 @@ pub fn run(args: Args) -> CmdResult {
         crate::bpf::mark_socket_programs(&bundle, &mut trace, flow.proto);
     }
     // Said first: nodes on the path whose datapath runs BPF (standard error for JSON).
-    for n in crate::bpf::datapath_notes(&bundle, &[&trace]) {
+    for n in crate::bpf::datapath_notes(&bundle, cluster.as_ref(), &[&trace]) {
         if args.output == Format::Text {
             println!("note: {n}");
         } else {
