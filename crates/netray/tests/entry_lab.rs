@@ -5,7 +5,8 @@
 //!   `src`, else the egress device's address), not the node's InternalIP; netray's walk must
 //!   pick the same one and agree on what follows from it;
 //! - item 3, an outside client reaching a node address on a secondary interface (a storage
-//!   LAN) arrives on that interface, whose `rp_filter` decides; netray must enter there;
+//!   LAN) arrives on that interface, whose `rp_filter` decides; netray must enter there (and,
+//!   when the router sends it over another interface, `IP@node/NAME%IFACE` says so);
 //! - item 5, an outside client reaching a LoadBalancer Service by name: one walk per node the
 //!   load balancer sends to (`externalTrafficPolicy` Cluster and Local), compared per entry
 //!   node and endpoint with the kernel.
