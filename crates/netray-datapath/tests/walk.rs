@@ -820,3 +820,34 @@ fn ipip_route_is_uncertain_and_named() {
     let r = &t.branches[0].reason;
     assert!(r.contains("tunl0") && r.contains("ipip"), "{r}");
 }
+
+/// A branch longer than `max_steps` ends unknown naming the limit (`walk-step-limit`): a path
+/// that keeps changing the packet is not proven a loop.
+#[test]
+fn step_limit_is_unknown_not_a_loop() {
+    let k = routed();
+    let b = k.bundle();
+    let w = World::new(&b);
+    let e = RulesetEngine::new(&w);
+    let f = Flow {
+        src: "10.0.1.2".parse().unwrap(),
+        dst: "10.0.2.2".parse().unwrap(),
+        proto: 6,
+        sport: 40000,
+        dport: Some(80),
+        size: None,
+        start: Start::Auto,
+    };
+    let opts = Options {
+        max_steps: 3,
+        ..Options::default()
+    };
+    let t = trace(&w, &e, &f, opts).expect("trace");
+    assert_eq!(only(&t), Disposition::Unknown);
+    let br = &t.branches[0];
+    assert_eq!(br.cause.as_deref(), Some("walk-step-limit"));
+    assert!(br.reason.contains("after 3 steps"), "{}", br.reason);
+    assert!(!t.reachable);
+    let t = trace(&w, &e, &f, Options::default()).expect("trace");
+    assert_eq!(only(&t), Disposition::Delivered);
+}

@@ -379,6 +379,7 @@ pub const WALK_CODES: &[&str] = &[
     "node-snapshot-missing",
     "bpf-program",
     "routing-loop",
+    "walk-step-limit",
     "uncertain-rule",
     "dropped",
     "interface-down",

@@ -94,6 +94,9 @@ fn advice(code: &str) -> &'static str {
             "put the bridge port back in the forwarding state (and find out what blocked it: STP, a manual state change)"
         }
         "routing-loop" => "fix the routes that send the packet back where it came from",
+        "walk-step-limit" => {
+            "see the hops: the packet keeps being rewritten or re-encapsulated; look for NAT or tunnel rules that apply to their own output"
+        }
         "node-snapshot-missing" => {
             "collect the missing node again (`netray collect --kube --nodes NODE -o DIR`, or `netray collect` on it and `netray bundle add DIR NODE.json --replace`) and ask again"
         }

@@ -90,7 +90,8 @@ pub struct Flow {
 pub struct Options {
     /// Stop exploring after this many branches (the trace is marked truncated).
     pub max_branches: usize,
-    /// Steps per branch before it is declared a loop.
+    /// Steps per branch before the walk gives up on it: the branch ends unknown
+    /// (`walk-step-limit`), since a path that keeps changing the packet is not proven a loop.
     pub max_steps: usize,
     /// Start from the conntrack tables collected in the snapshots: a UDP packet whose tuple
     /// an entry there already holds follows that entry (its NAT mapping, no nat table), as
@@ -414,7 +415,21 @@ impl<'w, 'a> Walker<'w, 'a> {
             }
             st.steps += 1;
             let key = (st.pos.clone(), st.pkt.clone(), st.leg, st.encap.len());
-            if st.steps > self.opts.max_steps || !st.seen.insert(key) {
+            if st.steps > self.opts.max_steps {
+                let e = end(
+                    Disposition::Unknown,
+                    format!(
+                        "the walk gave up after {} steps on this branch (max_steps): the packet \
+                         keeps changing without being delivered or dropped, so netray cannot \
+                         tell how the kernel ends it",
+                        self.opts.max_steps
+                    ),
+                    Some("walk-step-limit"),
+                );
+                self.finish(st, e, &mut done);
+                continue;
+            }
+            if !st.seen.insert(key) {
                 let e = end(
                     Disposition::Loop,
                     "the packet comes back to a place it has already been, unchanged",
