@@ -187,8 +187,9 @@ fn only_the_planned_nodes_are_collected_and_the_answer_equals_the_bundles() {
 
 /// The cache: a second run within `--max-age` starts no pod and says it used the cache; a run
 /// needing one more node collects only that one; `--max-age 0s` collects everything again; a
-/// cached file older than `--max-age` (its mtime set back) and a corrupt one (warned about)
-/// are collected again, each alone. Every answer equals the bundle's.
+/// cached file older than `--max-age` (its mtime set back), one with a modification time in
+/// the future, and a corrupt one (warned about) are collected again, each alone; the cache
+/// directory is mode 0700. Every answer equals the bundle's.
 #[test]
 fn cached_snapshots_are_reused_within_max_age_and_refreshed_after() {
     let cluster = read_json(&healthy().join("cluster.json"));
@@ -259,6 +260,24 @@ fn cached_snapshots_are_reused_within_max_age_and_refreshed_after() {
     let (got, err) = run(pod_to_svc, &["--max-age", "20m"]);
     assert_eq!(got, set(&[]), "{err}");
     assert!(err.contains("node0 (10m0"), "{err}");
+    // A modification time in the future proves nothing: collected again.
+    std::fs::File::options()
+        .write(true)
+        .open(dir.join("node1.json"))
+        .unwrap()
+        .set_modified(SystemTime::now() + Duration::from_secs(3600))
+        .unwrap();
+    let (got, err) = run(pod_to_svc, &["--max-age", "20m"]);
+    assert_eq!(got, set(&["node1"]), "{err}");
+    // The cache directory is the user's only (snapshots hold every rule and address).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(dir.parent().unwrap())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    }
     // A corrupt file, and another node's snapshot under node2's name: warned, collected again
     // (node0's file made fresh again).
     std::fs::File::options()

@@ -509,9 +509,11 @@ fn cached(dir: &Path, node: &str, max_age: Duration) -> Option<(NodeSnapshot, Du
     if !meta.is_file() {
         return None;
     }
+    // A modification time in the future (a clock set back, a copied file) says nothing about
+    // the snapshot's age: collected again.
     let age = SystemTime::now()
         .duration_since(meta.modified().ok()?)
-        .unwrap_or_default();
+        .ok()?;
     if age >= max_age {
         return None;
     }
@@ -609,6 +611,11 @@ mod imp {
         let nodes_dir = dir.join("nodes");
         std::fs::create_dir_all(&nodes_dir)
             .map_err(|e| format!("cache {}: cannot create it: {e}", nodes_dir.display()))?;
+        // Snapshots hold every rule and address of a node: for the user only.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700));
+        }
         let max_age = od.max_age.unwrap_or(DEFAULT_MAX_AGE);
         let mut snaps: Vec<NodeSnapshot> = Vec::new();
         let mut from_cache: Vec<String> = Vec::new();
