@@ -595,11 +595,22 @@ fn one_diagnosis_on_fifty_nodes_collects_a_handful() {
     let on_demand = t0.elapsed();
     let collected = collected_after(&api, &BTreeMap::new());
     assert_eq!(collected, planned, "{}", a.stderr);
-    eprintln!("{}", a.stderr);
     let (code, whole) = diagnose_json(&hand, from, to);
     assert_eq!(a.code, code, "{}", a.stderr);
     assert_eq!(core(&a.json), core(&whole), "{}", a.stderr);
     assert_all_deleted(&api);
+
+    // Again, every node from the cache.
+    let before = pods(&api);
+    let t2 = Instant::now();
+    let again = diagnose_kube(&kc, &tmp.path().join("cache"), from, to, &[]);
+    let cached_run = t2.elapsed();
+    assert!(
+        collected_after(&api, &before).is_empty(),
+        "{}",
+        again.stderr
+    );
+    assert_eq!(core(&again.json), core(&whole));
 
     let before = pods(&api);
     let out = tmp.path().join("all");
@@ -625,7 +636,7 @@ fn one_diagnosis_on_fifty_nodes_collects_a_handful() {
     eprintln!(
         "50 nodes, {from} → {to}: diagnose --kube collected {} nodes ({}, {} KB of snapshots) in \
          {:.2} s end to end; collect --kube --all collected 50 ({} KB) in {:.2} s, + diagnose \
-         --bundle = {:.2} s; ratio {:.1}x",
+         --bundle = {:.2} s; ratio {:.1}x; diagnose --kube again from the cache: {:.2} s",
         collected.len(),
         collected.iter().cloned().collect::<Vec<_>>().join(","),
         bytes(cached_files(&tmp.path().join("cache"))) / 1000,
@@ -633,7 +644,8 @@ fn one_diagnosis_on_fifty_nodes_collects_a_handful() {
         bytes(all_files) / 1000,
         all_collect.as_secs_f64(),
         all_total.as_secs_f64(),
-        all_total.as_secs_f64() / on_demand.as_secs_f64()
+        all_total.as_secs_f64() / on_demand.as_secs_f64(),
+        cached_run.as_secs_f64()
     );
 }
 
