@@ -73,6 +73,21 @@ pub fn render_with(t: &Trace, failing_only: bool) -> String {
     if t.truncated {
         let _ = writeln!(s, "  (branch limit reached: not every branch was explored)");
     }
+    for c in &t.tcp_data {
+        let ok = |b: bool| if b { "pass" } else { "FAIL" };
+        let _ = writeln!(
+            s,
+            "  TCP data: MSS {} (client) / {} (server): {}-byte segments, requests {}, responses {}",
+            c.client_mss,
+            c.server_mss,
+            c.segment_len,
+            ok(c.request_ok),
+            ok(c.reply_ok)
+        );
+        for p in &c.pmtu {
+            let _ = writeln!(s, "    PMTU discovery: {p}");
+        }
+    }
     let mut shown = 0;
     for (i, b) in t.branches.iter().enumerate() {
         if failing_only && b.disposition.is_success() {
@@ -161,6 +176,18 @@ pub fn render_branch(n: usize, b: &Branch) -> String {
         let _ = write!(s, "  endpoint {e}");
     }
     s.push('\n');
+    if let Some(d) = b.data_segment {
+        let _ = writeln!(
+            s,
+            "  established, then stalls: the handshake passes on this path; a full-size {} segment ({} bytes, DF) does not",
+            if d.direction == crate::result::Leg::Forward {
+                "request"
+            } else {
+                "response"
+            },
+            d.len
+        );
+    }
     let _ = writeln!(s, "  why: {}", b.reason);
     if let Some(c) = &b.cause {
         let _ = writeln!(s, "  cause: {c}");
