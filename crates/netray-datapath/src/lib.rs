@@ -26,6 +26,7 @@ pub mod nf;
 pub mod object;
 pub mod result;
 pub mod single;
+pub mod sockprog;
 pub mod testkit;
 pub mod text;
 pub mod walk;

@@ -1122,7 +1122,15 @@ fn walk_one(
         size: opts.size,
         start,
     };
-    let tr = trace(world, engine, &flow, walk_opts).map_err(|e| e.to_string())?;
+    let mut tr = trace(world, engine, &flow, walk_opts).map_err(|e| e.to_string())?;
+    // A new connection from a node's socket (a pod's or its own) to a Service: cgroup socket
+    // programs may rewrite the address first.
+    if t.service.is_some()
+        && t.fixed.is_none()
+        && matches!(flow.start, Start::Auto | Start::Host(_))
+    {
+        netray_datapath::sockprog::mark_socket_programs(world, &mut tr, flow.proto);
+    }
     let traced = TracedFlow {
         from: s.members[w.member].clone(),
         to: t.label.clone(),

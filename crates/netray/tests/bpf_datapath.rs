@@ -228,4 +228,33 @@ fn a_cgroup_connect_program_makes_service_flows_from_its_node_uncertain() {
     assert_eq!(branches.len(), 1, "{t:#}");
     assert_eq!(branches[0]["disposition"], "unknown");
     assert_eq!(branches[0]["cause"], "bpf-program");
+    // audit: the Service flows of node0's sockets, and only those, are named.
+    let (_, out, err) = run(&["audit", "--bundle", b, "-o", "json"]);
+    let a: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {err}"));
+    let bpf: Vec<&Value> = a["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|g| g["cause"]["code"] == "bpf-program")
+        .collect();
+    let sources: Vec<&str> = bpf
+        .iter()
+        .flat_map(|g| g["sources"].as_array().unwrap())
+        .filter_map(Value::as_str)
+        .collect();
+    for s in ["node/node0", "pod/default/web-0", "pod/default/web-1"] {
+        assert!(sources.contains(&s), "{s} not in {sources:?}");
+    }
+    assert!(
+        sources
+            .iter()
+            .all(|s| ["node/node0", "pod/default/web-0", "pod/default/web-1"].contains(s)),
+        "{sources:?}"
+    );
+    assert!(
+        bpf.iter()
+            .flat_map(|g| g["targets"].as_array().unwrap())
+            .all(|t| t.as_str().is_some_and(|t| t.starts_with("svc/"))),
+        "{bpf:?}"
+    );
 }

@@ -99,7 +99,7 @@ pub fn run(args: Args) -> CmdResult {
                 f.flow.dst,
                 f.flow.dport,
             ) {
-                crate::bpf::mark_socket_programs(&bundle, &mut t, f.flow.proto);
+                netray_datapath::sockprog::mark_socket_programs(world, &mut t, f.flow.proto);
             }
             // A node's own socket: say which source the kernel picked; a packet from outside:
             // say where it entered (node and interface).

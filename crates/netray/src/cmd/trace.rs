@@ -97,7 +97,7 @@ pub fn run(args: Args) -> CmdResult {
         netray_datapath::Start::Auto | netray_datapath::Start::Host(_)
     ) && crate::bpf::is_service_destination(cluster.as_ref(), &bundle, flow.dst, flow.dport)
     {
-        crate::bpf::mark_socket_programs(&bundle, &mut trace, flow.proto);
+        netray_datapath::sockprog::mark_socket_programs(&world, &mut trace, flow.proto);
     }
     // Said first: nodes on the path whose datapath runs BPF (standard error for JSON).
     for n in crate::bpf::datapath_notes(&bundle, cluster.as_ref(), &[&trace]) {
