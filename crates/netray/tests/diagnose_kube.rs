@@ -146,6 +146,12 @@ fn only_the_planned_nodes_are_collected_and_the_answer_equals_the_bundles() {
             &["node0", "node1"],
         ),
         ("pod/default/web-4", "pod/default/web-5:8080", &["node2"]),
+        // Entering on a named interface (`%IFACE`): that node is the source's.
+        (
+            "192.168.50.100@node/node1%eth0",
+            "pod/default/web-2:8080",
+            &["node1"],
+        ),
         ("node/node1", "svc/default/empty:80", &["node1"]),
         (
             "external/203.0.113.9",

@@ -273,7 +273,7 @@ fn has(bundle: &Bundle, node: &str) -> bool {
 
 fn start_node(s: &Start) -> Option<&str> {
     match s {
-        Start::Node(n) | Start::Host(n) => Some(n),
+        Start::Node(n) | Start::Host(n) | Start::NodeVia(n, _) => Some(n),
         _ => None,
     }
 }
@@ -412,7 +412,9 @@ fn plan(flow: &FlowArgs, c: &ClusterView, extra: bool) -> Result<Plan, String> {
         let from = f.from_label.as_str();
         match &f.flow.start {
             Start::Node(n) if outside => p.add(n, format!("entry of {from}")),
-            Start::Node(n) | Start::Host(n) => p.add(n, format!("source {from}")),
+            Start::Node(n) | Start::Host(n) | Start::NodeVia(n, _) => {
+                p.add(n, format!("source {from}"))
+            }
             Start::Auto => match node_of_ip(c, f.flow.src) {
                 Some(n) => p.add(&n, format!("source {from}")),
                 None if extra => {}
