@@ -693,10 +693,24 @@ fn via(node: usize) -> &'static str {
     ][node]
 }
 
+/// Packets kube-proxy's "has no local endpoints" rules dropped on `member`.
+fn local_drops(member: &'static str) -> Counter {
+    Box::new(move |lab| {
+        rule_packets(
+            lab,
+            member,
+            "filter",
+            "KUBE-EXTERNAL-SERVICES",
+            "no local endpoints",
+        )
+    })
+}
+
 /// Item 5, externalTrafficPolicy Local: entering node0 only web-0 answers, entering node1
 /// only web-1; node2, with no endpoint, drops (kube-proxy's "has no local endpoints" rule) and
 /// netray, walking the Service by name, does not send there (the load balancer's health check
-/// fails); the address form entering node2 must fail where the kernel does.
+/// fails); the address form entering node2 must fail where the kernel does. A load balancer
+/// sending to the NodePort instead: node0's answers with web-0, node2's drops.
 #[test]
 fn load_balancer_local() {
     let name = "load_balancer_local";
@@ -724,18 +738,14 @@ fn load_balancer_local() {
                 "192.168.60.200:80",
             )
             .setup("ext", via(2))
-            .lost(
+            .lost("node2", "iptables-drop-rule", local_drops("node2")),
+            // A load balancer sending to NodePorts instead: node0's answers with its own pod,
+            // node2's drops.
+            Flow::new("ext", ext, "192.168.50.10:30081", "192.168.50.10:30081").tries(8),
+            Flow::new("ext", ext, "192.168.50.12:30081", "192.168.50.12:30081").lost(
                 "node2",
                 "iptables-drop-rule",
-                Box::new(|lab| {
-                    rule_packets(
-                        lab,
-                        "node2",
-                        "filter",
-                        "KUBE-EXTERNAL-SERVICES",
-                        "no local endpoints",
-                    )
-                }),
+                local_drops("node2"),
             ),
         ],
     );
@@ -773,7 +783,7 @@ fn load_balancer_local() {
 
 /// Item 5, externalTrafficPolicy Cluster: every node the load balancer sends to reaches both
 /// endpoints (masqueraded, forwarded over the overlay where the endpoint is elsewhere),
-/// node2 without a pod included.
+/// node2 without a pod included (by the LoadBalancer IP, and by node2's NodePort).
 #[test]
 fn load_balancer_cluster() {
     let name = "load_balancer_cluster";
@@ -782,16 +792,15 @@ fn load_balancer_cluster() {
     };
     let ext = "external/192.168.50.100";
     let lb = "svc/default/web-lb:80";
-    compare(
-        name,
-        &lab,
-        &(0..3)
-            .map(|i| {
-                Flow::new("ext", ext, "192.168.60.200:80", lb)
-                    .entry(["via node/node0", "via node/node1", "via node/node2"][i])
-                    .tries(12)
-                    .setup("ext", via(i))
-            })
-            .collect::<Vec<_>>(),
-    );
+    let mut flows: Vec<Flow<'_>> = (0..3)
+        .map(|i| {
+            Flow::new("ext", ext, "192.168.60.200:80", lb)
+                .entry(["via node/node0", "via node/node1", "via node/node2"][i])
+                .tries(12)
+                .setup("ext", via(i))
+        })
+        .collect();
+    // Through node2's NodePort (no pod there): both endpoints, masqueraded.
+    flows.push(Flow::new("ext", ext, "192.168.50.12:30081", "192.168.50.12:30081").tries(12));
+    compare(name, &lab, &flows);
 }
