@@ -519,7 +519,24 @@ fn cached(dir: &Path, node: &str, max_age: Duration) -> Option<(NodeSnapshot, Du
     if age >= max_age {
         return None;
     }
-    let text = std::fs::read_to_string(&path).ok()?;
+    // Read at most MAX_FILE_BYTES (+1 to tell a larger file), as bundles are: the cache is
+    // a directory others may write to.
+    let limit = netray_snapshot::limits::MAX_FILE_BYTES;
+    let mut text = String::new();
+    let read = std::fs::File::open(&path).and_then(|f| {
+        std::io::Read::read_to_string(&mut std::io::Read::take(f, limit + 1), &mut text)
+    });
+    match read {
+        Ok(n) if n as u64 > limit => {
+            eprintln!(
+                "netray: warning: {}: larger than {limit} bytes (MAX_FILE_BYTES); collecting it again",
+                path.display()
+            );
+            return None;
+        }
+        Ok(_) => {}
+        Err(_) => return None,
+    }
     match NodeSnapshot::from_json(&path.display().to_string(), &text) {
         Ok(s) if s.node.name == node => Some((s, age)),
         Ok(_) | Err(_) => {
