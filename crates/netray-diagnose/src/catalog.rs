@@ -157,6 +157,12 @@ pub const CATALOG: &[Check] = &[
         names_objects: true,
     },
     Check {
+        codes: &["ipv6-mtu-below-minimum"],
+        title: "a link's MTU below IPv6's minimum (1280) where IPv6 is used: the kernel removes its IPv6 addresses",
+        run: ipv6::min_mtu,
+        names_objects: true,
+    },
+    Check {
         codes: &["service-family-no-endpoints"],
         title: "dual-stack Service with ready endpoints in one family only",
         run: ipv6::service_family_endpoints,
@@ -380,6 +386,8 @@ pub const WALK_CODES: &[&str] = &[
     "bpf-program",
     "routing-loop",
     "walk-step-limit",
+    "ipv6-disabled",
+    "ipv6-mtu-below-minimum",
     "uncertain-rule",
     "dropped",
     "interface-down",

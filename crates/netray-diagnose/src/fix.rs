@@ -94,6 +94,12 @@ fn advice(code: &str) -> &'static str {
             "put the bridge port back in the forwarding state (and find out what blocked it: STP, a manual state change)"
         }
         "routing-loop" => "fix the routes that send the packet back where it came from",
+        "ipv6-disabled" => {
+            "enable IPv6 on the interface (sysctl -w net.ipv6.conf.IFACE.disable_ipv6=0), then restore its IPv6 addresses"
+        }
+        "ipv6-mtu-below-minimum" => {
+            "raise the interface's MTU to at least 1280 (for an overlay: the underlay's or the CNI's MTU), then restore its IPv6 addresses (they do not come back by themselves)"
+        }
         "walk-step-limit" => {
             "see the hops: the packet keeps being rewritten or re-encapsulated; look for NAT or tunnel rules that apply to their own output"
         }

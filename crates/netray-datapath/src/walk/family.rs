@@ -74,6 +74,51 @@ impl Family {
         }
     }
 
+    /// Whether this family is off on input link `link` of `v` (`ip6_rcv_core` drops before
+    /// PREROUTING when the device has no IPv6 state): `disable_ipv6 = 1` on the device, or
+    /// an MTU below IPv6's minimum, at which the kernel removes the device's IPv6 state
+    /// (measured on Linux 6.18: addresses and routes gone, `ip -6 addr add` refused).
+    pub(super) fn off_on(self, v: &NsView<'_>, link: usize) -> Option<End> {
+        if self != Family::V6 {
+            return None;
+        }
+        let l = v.snap.links.get(link)?;
+        if l.kind == netray_snapshot::LinkKind::Loopback {
+            return None;
+        }
+        let key = format!("net.ipv6.conf.{}.disable_ipv6", l.name.replace('.', "/"));
+        if v.sysctl_int(&key) == Some(1) {
+            return Some(
+                end(
+                    Disposition::Dropped,
+                    format!(
+                        "IPv6 is disabled on {} ({key} = 1): received IPv6 packets are dropped",
+                        l.name
+                    ),
+                    Some("ipv6-disabled"),
+                )
+                .by(v.sysctl_obj(&key)),
+            );
+        }
+        if l.mtu < self.min_mtu() {
+            return Some(
+                end(
+                    Disposition::Dropped,
+                    format!(
+                        "{} has MTU {}, below IPv6's minimum of {}: the kernel turned IPv6 off on it, \
+                         received IPv6 packets are dropped",
+                        l.name,
+                        l.mtu,
+                        self.min_mtu()
+                    ),
+                    Some("ipv6-mtu-below-minimum"),
+                )
+                .by(v.link_obj(link, format!("mtu {}", l.mtu))),
+            );
+        }
+        None
+    }
+
     /// Whether `ip` may be looked up across the whole bundle as a next hop's owner (a link-local
     /// address means something only on its own link).
     pub(super) fn owner_is_global(self, ip: IpAddr) -> bool {

@@ -41,6 +41,7 @@ use crate::nf::{Netfilter, NfHook, Tuple};
 use crate::result::{Branch, Disposition, FlowView, Hop, Leg, Step, Trace};
 use crate::world::{NsIdx, World};
 
+use family::Family;
 use state::{End, Next, Pkt, Pos, St, TCP_SYN, end, fork, go, is_up};
 
 /// Where a flow starts.
@@ -688,6 +689,10 @@ impl<'w, 'a> Walker<'w, 'a> {
                         format!("interface {} is down", l.name),
                         Some("interface-down")
                     ));
+                }
+                if !from_lo && let Some(e) = Family::of(st.pkt.dst).off_on(&self.world.ns[ns], link)
+                {
+                    fail!(e);
                 }
                 if !from_lo {
                     st.skb_ct = st.skb_ct.filter(|_| skip_pre);

@@ -515,3 +515,85 @@ pub(crate) fn bridge_nf_disabled(input: &ScanInput, out: &mut Vec<Finding>) {
         }
     }
 }
+
+/// IPv6's minimum link MTU (RFC 8200): below it the kernel turns IPv6 off on the device.
+const IPV6_MIN_MTU: u32 = 1280;
+
+/// A link whose MTU is below IPv6's minimum where the cluster (or the namespace) uses IPv6.
+/// Measured on Linux 6.18: setting a veth's MTU to 1200 removes its IPv6 addresses and the
+/// routes through it (`ping -6`: "Network is unreachable"), `ip -6 addr add` is refused
+/// (EINVAL) while the MTU stays low, and raising the MTU again does not bring the addresses
+/// back. An overlay derived from a small underlay (flannel-v6.1 = underlay − 70) gets there
+/// first.
+pub(crate) fn min_mtu(input: &ScanInput, out: &mut Vec<Finding>) {
+    // IPv6 is in use when the cluster has IPv6 pod networks or any namespace of the bundle has
+    // a global IPv6 address (the device itself has none left: the kernel removed them).
+    let v6_in_use = input
+        .pod_cidrs()
+        .values()
+        .flatten()
+        .any(|c| c.addr().is_ipv6())
+        || input.namespaces.iter().any(|n| {
+            n.ns.addresses
+                .iter()
+                .any(|a| a.addr.addr().is_ipv6() && a.scope == "global")
+        });
+    if !v6_in_use {
+        return;
+    }
+    for n in input.subjects() {
+        for l in n.ns.links.iter().filter(|l| {
+            l.kind != LinkKind::Loopback
+                && l.is_up()
+                && l.mtu < IPV6_MIN_MTU
+                && n.ns.sysctl(&conf6(&l.name, "disable_ipv6")).map(str::trim) != Some("1")
+        }) {
+            let v6_here =
+                n.ns.addresses
+                    .iter()
+                    .filter(|a| a.dev == l.name && a.addr.addr().is_ipv6())
+                    .count();
+            let me = &n.node.node.name;
+            let place = n.label();
+            let mut f = n.finding(
+                "ipv6-mtu-below-minimum",
+                Severity::Critical,
+                vec![
+                    format!(
+                        "{} mtu {} (IPv6 needs at least {IPV6_MIN_MTU})",
+                        l.name, l.mtu
+                    ),
+                    format!(
+                        "IPv6 addresses on {}: {}",
+                        l.name,
+                        if v6_here == 0 {
+                            "none".to_string()
+                        } else {
+                            v6_here.to_string()
+                        }
+                    ),
+                ],
+                format!(
+                    "{} in {me}/{place} has MTU {}, below IPv6's minimum of {IPV6_MIN_MTU}: the \
+                     kernel removes the device's IPv6 addresses and routes and refuses new ones, \
+                     so no IPv6 traffic uses it (IPv4 still does). Raising the MTU does not bring \
+                     the addresses back.",
+                    l.name, l.mtu
+                ),
+                format!(
+                    "on {me} ({place}): ip link set {} mtu {IPV6_MIN_MTU} or more (for an overlay: \
+                     raise the underlay MTU or the CNI's configured MTU), then restore the IPv6 \
+                     addresses (restart the pod or the CNI agent that configures them)",
+                    l.name
+                ),
+            );
+            f.objects.push(netray_datapath::KernelObject::Link {
+                at: n.place(),
+                name: l.name.clone(),
+                state: format!("mtu {}", l.mtu),
+                mtu: Some(l.mtu),
+            });
+            out.push(f);
+        }
+    }
+}
