@@ -216,8 +216,11 @@ fn walk(a: &TraceArgs) -> Result<Walked, super::CmdError> {
     if fw.iptables.is_empty() && fw.nft_json.is_none() {
         return Err("give at least one of --iptables FILE or --nft FILE".into());
     }
-    // A source that cannot be read at all is an input error, not an unknown verdict.
-    nfl::Ruleset::from_firewall(&fw).map_err(|e| e.to_string())?;
+    // A source that cannot be read at all is an input error, not an unknown verdict. Without
+    // --what-if the engine's own parse (below) tells, so the dump is parsed once.
+    if !a.flow.what_if.is_empty() {
+        nfl::Ruleset::from_firewall(&fw).map_err(|e| e.to_string())?;
+    }
     let mut local = Vec::new();
     for l in a
         .local
@@ -247,6 +250,11 @@ fn walk(a: &TraceArgs) -> Result<Walked, super::CmdError> {
     super::apply_what_if(&mut bundle, None, &a.flow.what_if)?;
     let world = netray_datapath::World::new(&bundle);
     let engine = RulesetEngine::new(&world);
+    if a.flow.what_if.is_empty()
+        && let Some(e) = (0..world.ns.len()).find_map(|i| engine.ruleset(i)?.as_ref().err())
+    {
+        return Err(e.clone().into());
+    }
     let mark = parse_mark(&a.mark)?;
     let rec = Recorder {
         engine: &engine,
