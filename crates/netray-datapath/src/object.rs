@@ -170,6 +170,15 @@ pub enum KernelObject {
         #[serde(skip_serializing_if = "Option::is_none")]
         socket: Option<String>,
     },
+    /// A node whose state the bundle lacks (its collection failed, or it was not collected):
+    /// `at` is the node's host namespace.
+    MissingSnapshot {
+        /// Where (the missing node, `host`).
+        #[serde(flatten)]
+        at: Place,
+        /// Why it is missing (`failed-nodes.json`'s reason, or that the cluster view lists it).
+        reason: String,
+    },
     /// Something netray does not model or could not read (a match, target, interface kind,
     /// unparsed line, a limit of the walk).
     Unmodelled {
@@ -195,6 +204,7 @@ impl KernelObject {
             | KernelObject::Address { at, .. }
             | KernelObject::Conntrack { at, .. }
             | KernelObject::Socket { at, .. }
+            | KernelObject::MissingSnapshot { at, .. }
             | KernelObject::Unmodelled { at, .. } => at,
         }
     }
@@ -212,6 +222,7 @@ impl KernelObject {
             KernelObject::Address { .. } => "address",
             KernelObject::Conntrack { .. } => "conntrack",
             KernelObject::Socket { .. } => "socket",
+            KernelObject::MissingSnapshot { .. } => "missing-snapshot",
             KernelObject::Unmodelled { .. } => "unmodelled",
         }
     }
@@ -240,6 +251,7 @@ impl KernelObject {
             KernelObject::Address { dev, addr, .. } => format!("{addr} dev {dev}"),
             KernelObject::Conntrack { entry, .. } => entry.clone(),
             KernelObject::Socket { proto, port, .. } => format!("{proto}/{port}"),
+            KernelObject::MissingSnapshot { .. } => "snapshot".to_string(),
             KernelObject::Unmodelled { what, .. } => what.clone(),
         };
         format!("{node}/{netns}/{}/{id}", self.kind())
@@ -324,6 +336,9 @@ impl KernelObject {
                 Some(s) => format!("socket {s}"),
                 None => format!("no socket listens on {proto} port {port}"),
             },
+            KernelObject::MissingSnapshot { at, reason } => {
+                format!("no snapshot of node {} in the bundle: {reason}", at.node)
+            }
             KernelObject::Unmodelled { what, .. } => format!("not modelled: {what}"),
         }
     }

@@ -390,7 +390,7 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Di
             }
         ),
         Verdict::Uncertain => format!(
-            "reachability of {to} from {from} is uncertain: it rests on what netray does not model ({})",
+            "reachability of {to} from {from} is uncertain: it rests on what netray does not know ({})",
             {
                 let mut u: Vec<String> = causes
                     .iter()

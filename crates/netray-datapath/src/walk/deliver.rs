@@ -221,7 +221,14 @@ impl<'w, 'a> Walker<'w, 'a> {
                     m.name, m.reason
                 ),
                 Some("node-snapshot-missing"),
-            );
+            )
+            .by(crate::KernelObject::MissingSnapshot {
+                at: crate::Place {
+                    node: m.name.clone(),
+                    netns: "host".into(),
+                },
+                reason: m.reason.clone(),
+            });
         }
         // The destination lives in a collected namespace, yet the route sends the packet out
         // of the snapshot: the route this namespace lacks is the cause.

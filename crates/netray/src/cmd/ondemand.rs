@@ -246,8 +246,13 @@ impl OnDemand {
             if b.cause.as_deref() != Some("node-snapshot-missing") {
                 continue;
             }
-            for m in missing.iter().filter(|m| self.left_out.contains(&m.name)) {
-                if b.reason.contains(&format!("is on node {}, ", m.name)) {
+            // The missing node the branch went towards is the place of the object that
+            // decided it (see the walk's `node-snapshot-missing` end).
+            for o in &b.decided_by {
+                if let Some(m) = missing
+                    .iter()
+                    .find(|m| m.name == o.place().node && self.left_out.contains(&m.name))
+                {
                     reached.insert(m.name.as_str());
                 }
             }
