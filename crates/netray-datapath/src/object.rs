@@ -75,6 +75,10 @@ pub enum KernelObject {
         dst: IpAddr,
         /// What the lookup returned.
         result: String,
+        /// The priority of the `ip rule` that decided the lookup (a blackhole, unreachable or
+        /// prohibit rule), when one did.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        rule_priority: Option<u32>,
     },
     /// A neighbour (ARP/NDP) entry, or its absence.
     Neighbour {

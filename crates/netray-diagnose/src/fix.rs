@@ -306,12 +306,15 @@ fn commands(code: &str, objects: &[KernelObject], b: &Branch, ctx: &Context) -> 
         }
         "blackhole-rule" => {
             for o in objects {
-                if let KernelObject::RouteLookup { at, result, .. } = o
-                    && let Some(prio) = result
-                        .strip_prefix("ip rule `")
-                        .and_then(|r| r.split(':').next())
+                if let KernelObject::RouteLookup {
+                    at,
+                    dst,
+                    rule_priority: Some(prio),
+                    ..
+                } = o
                 {
-                    out.push(cmd(at, b, format!("ip rule del priority {prio}")));
+                    let ip = if dst.is_ipv6() { "ip -6" } else { "ip" };
+                    out.push(cmd(at, b, format!("{ip} rule del priority {prio}")));
                 }
             }
         }

@@ -167,3 +167,57 @@ fn a_truncated_exploration_is_uncertain() {
     assert_eq!(d["verdict"], "uncertain", "{d:#}");
     assert!(d["summary"].as_str().unwrap().contains("--max-branches"));
 }
+
+/// A blackhole `ip rule` is named by its priority (a typed field of the route lookup, not
+/// parsed back from text), and its fix deletes exactly that rule: proven on the snapshot.
+#[test]
+fn a_blackhole_rule_is_named_and_deleted_by_its_priority() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = example("healthy");
+    std::fs::create_dir(dir.path().join("nodes")).unwrap();
+    std::fs::copy(src.join("cluster.json"), dir.path().join("cluster.json")).unwrap();
+    for e in std::fs::read_dir(src.join("nodes")).unwrap() {
+        let e = e.unwrap();
+        let mut j: Value =
+            serde_json::from_str(&std::fs::read_to_string(e.path()).unwrap()).unwrap();
+        if e.file_name() == "node1.json" {
+            let host = j["namespaces"]
+                .as_array_mut()
+                .unwrap()
+                .iter_mut()
+                .find(|n| n["role"] == "host")
+                .unwrap();
+            let mut rule = host["rules"][1].clone();
+            rule["priority"] = 100.into();
+            rule["dst"] = "10.244.1.0/24".into();
+            rule["action"] = "blackhole".into();
+            rule["table"] = Value::Null;
+            host["rules"].as_array_mut().unwrap().insert(1, rule);
+        }
+        std::fs::write(
+            dir.path().join("nodes").join(e.file_name()),
+            serde_json::to_string(&j).unwrap(),
+        )
+        .unwrap();
+    }
+    let (code, d) = diagnose(
+        dir.path(),
+        "pod/default/web-0",
+        "pod/default/web-2:8080",
+        &[],
+    );
+    assert_eq!(code, 1, "{d:#}");
+    assert_eq!(codes(&d), ["blackhole-rule"], "{d:#}");
+    let c = &d["causes"][0];
+    assert_eq!(c["node"], "node1");
+    assert_eq!(c["fix_commands"][0]["run"], "ip rule del priority 100");
+    assert_eq!(c["proof"]["proven"], true, "{c:#}");
+    assert!(
+        c["objects"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|o| o["kind"] == "route-lookup" && o["rule_priority"] == 100),
+        "{c:#}"
+    );
+}

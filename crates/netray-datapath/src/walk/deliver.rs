@@ -285,6 +285,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                 at,
                 dst,
                 result: format!("no route inside the cluster; only {via}"),
+                rule_priority: None,
             })
             .by_all(route);
         }

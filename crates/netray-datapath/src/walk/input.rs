@@ -212,6 +212,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                 at: v.place(),
                 dst: src,
                 result: "no route back".into(),
+                rule_priority: None,
             })),
         }
     }

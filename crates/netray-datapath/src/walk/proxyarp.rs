@@ -221,6 +221,7 @@ fn source_valid(
                 at: v.place(),
                 dst: sip,
                 result: "no route back".into(),
+                rule_priority: None,
             });
             Err((
                 format!(

@@ -66,6 +66,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                 at: v.place(),
                 dst,
                 result: "no route".into(),
+                rule_priority: None,
             })),
             FibResult::RuleAction { rule } => {
                 let (d, c) = match rule.action {
@@ -81,6 +82,7 @@ impl<'w, 'a> Walker<'w, 'a> {
                     at: v.place(),
                     dst,
                     result: format!("ip rule `{}`", fib::rule_text(rule)),
+                    rule_priority: Some(rule.priority),
                 }))
             }
             FibResult::OnLink { dev } => {
