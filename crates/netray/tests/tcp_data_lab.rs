@@ -13,7 +13,7 @@ use std::path::Path;
 use std::process::Command;
 
 use netray_lab::spec::{ClusterSpec, POD_TCP_PORT};
-use netray_lab::{Agent, Lab};
+use netray_lab::{Agent, Fault, Lab};
 use serde_json::Value;
 
 const NETRAY: &str = env!("CARGO_BIN_EXE_netray");
@@ -80,7 +80,7 @@ fn large_response_stalls_after_the_handshake_on_a_veth_mtu_mismatch() {
     let mut spec = ClusterSpec::standard(2, 2);
     spec.services.clear();
     let agent = Agent::subcommand(NETRAY, &["lab", "agent"]);
-    let lab = Lab::up(&spec, &agent).expect("lab up");
+    let mut lab = Lab::up(&spec, &agent).expect("lab up");
     let server = spec
         .pods
         .iter()
@@ -236,5 +236,37 @@ fn large_response_stalls_after_the_handshake_on_a_veth_mtu_mismatch() {
             .contains("after PMTU discovery"),
         "{}",
         d["summary"]
+    );
+
+    // The lab's overlay-mtu fault: the underlay switch's ports at 1400, the nodes' eth0 and
+    // the overlay still at 1500/1450. Full-size segments (1450 + 50 bytes of VXLAN) are
+    // dropped by the switch, silently, both ways: a small request/response still works.
+    sh(&lab, "node1", "ip link set cni0 mtu 1450");
+    lab.apply(&"overlay-mtu".parse::<Fault>().expect("fault"))
+        .expect("overlay-mtu");
+    println!("underlay switch at 1400: {CLIENT} -> {sip}");
+    let k = kernel(&lab, &sip);
+    assert_eq!(
+        k,
+        [true, true, false, false],
+        "kernel: established, then stalls"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    lab.collect_bundle(Path::new(NETRAY), dir.path())
+        .expect("collect");
+    let (code, d) = diagnose(dir.path(), &to);
+    let summary = d["summary"].as_str().unwrap_or_default();
+    println!("overlay-mtu netray: {summary}");
+    assert_eq!(d["verdict"], "unreachable", "{d:#}");
+    assert_eq!(code, 1);
+    assert!(
+        summary.contains("established") && summary.contains("MTU 1400 of"),
+        "{summary}"
+    );
+    let td = &d["tcp_data"][0];
+    assert_eq!(
+        (td["request_ok"].as_bool(), td["reply_ok"].as_bool()),
+        (Some(false), Some(false)),
+        "{td}"
     );
 }
