@@ -1,9 +1,9 @@
 //! Overlay checks: VXLAN neighbour and FDB entries against the peers' real VTEPs, overlay and pod MTU.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::IpAddr;
 
-use netray_snapshot::{LinkKind, NetnsSnapshot};
+use netray_snapshot::{FdbEntry, LinkKind, Neighbour, NetnsSnapshot};
 
 use crate::finding::{Finding, Severity};
 use crate::scan::{Ns, ScanInput};
@@ -47,17 +47,33 @@ fn vteps<'a>(input: &'a ScanInput) -> Vec<Vtep<'a>> {
 
 pub(crate) fn vxlan_consistency(input: &ScanInput, out: &mut Vec<Finding>) {
     let all = vteps(input);
+    // Every node holds entries for every other node: look them up by key, not by a scan of
+    // the node's tables per peer (nodes³ over the cluster).
+    let vtep_macs: HashSet<String> = all.iter().map(|v| v.mac.to_ascii_lowercase()).collect();
     for h in input.subject_hosts() {
         let me = h.node.node.name.as_str();
         for mine in all.iter().filter(|v| v.node == me) {
             let fdb: Vec<_> = h.ns.fdb.iter().filter(|f| f.dev == mine.dev).collect();
             let has_default_dst = fdb.iter().any(|f| f.mac == "00:00:00:00:00:00");
+            // The first entry per key, as a search in table order finds it.
+            let mut fdb_by_mac: HashMap<String, &FdbEntry> = HashMap::new();
+            let mut fdb_by_dst: HashMap<Option<IpAddr>, Vec<&FdbEntry>> = HashMap::new();
+            for f in &fdb {
+                fdb_by_mac.entry(f.mac.to_ascii_lowercase()).or_insert(f);
+                fdb_by_dst.entry(f.dst).or_default().push(f);
+            }
+            let mut neigh_by_dst: HashMap<IpAddr, &Neighbour> = HashMap::new();
+            for n in
+                h.ns.neighbours
+                    .iter()
+                    .filter(|n| n.dev == mine.dev && !n.flags.iter().any(|f| f == "proxy"))
+            {
+                neigh_by_dst.entry(n.dst).or_insert(n);
+            }
             for peer in all.iter().filter(|v| v.node != me && v.vni == mine.vni) {
                 // Neighbour entry for the peer's overlay address.
                 for addr in &peer.overlay_addrs {
-                    let Some(ne) = h.ns.neighbours.iter().find(|n| {
-                        n.dev == mine.dev && n.dst == *addr && !n.flags.iter().any(|f| f == "proxy")
-                    }) else {
+                    let Some(ne) = neigh_by_dst.get(addr) else {
                         continue;
                     };
                     let Some(ll) = &ne.lladdr else { continue };
@@ -100,7 +116,7 @@ pub(crate) fn vxlan_consistency(input: &ScanInput, out: &mut Vec<Finding>) {
                         ).about([netray_datapath::KernelObject::Neighbour { at: h.place(), dev: mine.dev.to_string(), addr: *addr, lladdr: Some(ll.clone()), state: ne.state.join(","), expected_lladdr: Some(peer.mac.to_string()) }]));
                     }
                     // The FDB must map the neighbour's MAC to the peer's underlay address.
-                    match fdb.iter().find(|f| f.mac.eq_ignore_ascii_case(ll)) {
+                    match fdb_by_mac.get(&ll.to_ascii_lowercase()) {
                         None if !has_default_dst => out.push(h.finding(
                             "missing-vxlan-fdb",
                             Severity::Critical,
@@ -164,10 +180,9 @@ pub(crate) fn vxlan_consistency(input: &ScanInput, out: &mut Vec<Finding>) {
                     }
                 }
                 // An FDB entry whose MAC is nobody's but points at the peer's address.
-                for f in &fdb {
-                    if f.dst == peer.local
-                        && f.mac != "00:00:00:00:00:00"
-                        && !all.iter().any(|v| v.mac.eq_ignore_ascii_case(&f.mac))
+                for f in fdb_by_dst.get(&peer.local).into_iter().flatten() {
+                    if f.mac != "00:00:00:00:00:00"
+                        && !vtep_macs.contains(&f.mac.to_ascii_lowercase())
                     {
                         out.push(h.finding(
                             "stale-vxlan-fdb",

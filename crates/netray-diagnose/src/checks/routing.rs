@@ -1,7 +1,10 @@
 //! Routing checks: default routes, routes to every pod CIDR, blackholes, policy rules, gateway neighbours.
 
+use std::collections::HashMap;
+use std::net::IpAddr;
+
 use ipnet::IpNet;
-use netray_snapshot::{Route, RouteType};
+use netray_snapshot::{NetnsSnapshot, Route, RouteType};
 
 use crate::finding::{Finding, Severity};
 use crate::scan::{ScanInput, has_default_route, lookup, route_text};
@@ -39,17 +42,51 @@ pub(crate) fn pod_default_route(input: &ScanInput, out: &mut Vec<Finding>) {
     }
 }
 
+/// One routing table indexed by destination prefix, answering as [`lookup`] does (longest
+/// prefix, then lowest metric, the last of equals) without a scan of the whole table per
+/// question: every node holds a route per other node, and is asked about every other node.
+struct RouteIndex<'a> {
+    by_prefix: HashMap<IpNet, Vec<&'a Route>>,
+}
+
+impl<'a> RouteIndex<'a> {
+    fn new(ns: &'a NetnsSnapshot, table: u32) -> Self {
+        let mut by_prefix: HashMap<IpNet, Vec<&Route>> = HashMap::new();
+        for r in ns.routes.iter().filter(|r| r.table == table) {
+            by_prefix.entry(r.dst.trunc()).or_default().push(r);
+        }
+        RouteIndex { by_prefix }
+    }
+
+    fn lookup(&self, dst: IpAddr) -> Option<&'a Route> {
+        let max = if dst.is_ipv4() { 32 } else { 128 };
+        (0..=max).rev().find_map(|len| {
+            let net = IpNet::new(dst, len).ok()?.trunc();
+            self.by_prefix
+                .get(&net)?
+                .iter()
+                .copied()
+                .max_by_key(|r| std::cmp::Reverse(r.metric))
+        })
+    }
+}
+
 pub(crate) fn pod_cidr_routes(input: &ScanInput, out: &mut Vec<Finding>) {
     let cidrs = input.pod_cidrs();
     for h in input.hosts() {
         let me = &h.node.node.name;
+        let main = RouteIndex::new(h.ns, 254);
         for (peer, peer_cidrs) in cidrs {
             if peer == me {
                 continue;
             }
             for cidr in peer_cidrs {
                 let probe = cidr.network();
-                match lookup(h.ns, 254, probe) {
+                debug_assert_eq!(
+                    main.lookup(probe).map(|r| r as *const Route),
+                    lookup(h.ns, 254, probe).map(|r| r as *const Route)
+                );
+                match main.lookup(probe) {
                     Some(r) if r.dst.prefix_len() > 0 && r.route_type == RouteType::Unicast => {}
                     Some(r)
                         if matches!(
@@ -219,15 +256,17 @@ pub(crate) fn policy_rules(input: &ScanInput, out: &mut Vec<Finding>) {
 
 pub(crate) fn gateway_neighbours(input: &ScanInput, out: &mut Vec<Finding>) {
     for n in &input.namespaces {
+        // Neighbour entries by address, in table order.
+        let mut by_dst: HashMap<IpAddr, Vec<&netray_snapshot::Neighbour>> = HashMap::new();
+        for ne in &n.ns.neighbours {
+            by_dst.entry(ne.dst).or_default().push(ne);
+        }
         for r in n.ns.routes.iter().filter(|r| r.table != 255) {
             let (Some(gw), Some(dev)) = (r.gateway, &r.dev) else {
                 continue;
             };
-            for ne in &n.ns.neighbours {
-                if ne.dst == gw
-                    && &ne.dev == dev
-                    && ne.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE")
-                {
+            for ne in by_dst.get(&gw).into_iter().flatten() {
+                if &ne.dev == dev && ne.state.iter().any(|s| s == "FAILED" || s == "INCOMPLETE") {
                     out.push(n.finding(
                         "neighbor-unreachable",
                         Severity::Warning,
