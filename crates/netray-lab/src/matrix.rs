@@ -707,7 +707,10 @@ impl Diagnosis {
     }
 }
 
-/// Run `netray diagnose --bundle BUNDLE --from … --to … [args] [extra] -o json`.
+/// Run `netray diagnose --bundle BUNDLE --from … --to … [args] [extra] -o json`. The
+/// matrix's TCP probes carry a few bytes each way, so a TCP flow without a size is asked with
+/// `--size 60` (the handshake's size): without it netray also walks full-size data segments,
+/// which these probes do not send (that is compared with the kernel in `tcp_data_lab.rs`).
 pub fn diagnose(
     netray: &Path,
     bundle: &Path,
@@ -722,6 +725,10 @@ pub fn diagnose(
         .args(&flow.args)
         .args(extra)
         .args(["-o", "json"]);
+    let sized = flow.args.iter().chain(extra).any(|a| a == "--size");
+    if flow.proto == Some(Proto::Tcp) && !sized {
+        cmd.args(["--size", "60"]);
+    }
     let out = cmd
         .output()
         .map_err(|e| format!("cannot run {}: {e}", netray.display()))?;

@@ -237,8 +237,15 @@ fn netray(bundle: &Path, f: &FlowCase) -> Netray {
         DsFamily::V4 => "4",
         DsFamily::V6 => "6",
     };
-    // ping's payload + 8 bytes of ICMPv6 header + 40 of IPv6 header.
-    let size = f.payload.map(|p| (p + 48).to_string());
+    // ping's payload + 8 bytes of ICMPv6 header + 40 of IPv6 header. The TCP probes carry a
+    // few bytes each way: walked at the handshake's size (SYN: 60 / 80 bytes), not with the
+    // full-size data segments netray adds otherwise (those are checked in tcp_data_lab.rs).
+    let size = match (f.payload, f.port) {
+        (Some(p), _) => Some((p + 48).to_string()),
+        (None, Some(_)) if f.family == DsFamily::V6 => Some("80".to_string()),
+        (None, Some(_)) => Some("60".to_string()),
+        (None, None) => None,
+    };
     let from = format!("pod/default/{CLIENT}");
     let mut args = vec![
         "trace",
