@@ -342,9 +342,12 @@ pub fn diagnose(from: &str, to: &str, flows: &[TracedFlow], ctx: &Context) -> Di
         (a.revealed, a.finding.sort_key()).cmp(&(b.revealed, b.finding.sort_key()))
     });
     let causes: Vec<Finding> = merged.into_iter().map(|m| m.finding).collect();
+    // Two causes with the same code on the same node (different objects) are named once.
     let list = |cs: &[Finding]| {
+        let mut seen = BTreeSet::new();
         cs.iter()
             .map(|c| format!("{} on {}", c.code, c.node))
+            .filter(|s| seen.insert(s.clone()))
             .collect::<Vec<_>>()
             .join(", ")
     };
