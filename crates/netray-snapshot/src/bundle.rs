@@ -516,10 +516,12 @@ fn json_path(path: &serde_path_to_error::Path) -> String {
 
 impl Bundle {
     /// Load a bundle from a directory or a `.tar.gz` / `.tgz` file, with the default
-    /// [`Limits`]. Only `cluster.json` and `nodes/*.json` are read, and only when they are
-    /// regular files (or, in a directory, symbolic links to them) within the limits.
+    /// [`Limits`] as the environment adjusts them ([`Limits::from_env`]). Only `cluster.json`
+    /// and `nodes/*.json` are read, and only when they are regular files (or, in a directory,
+    /// symbolic links to them) within the limits.
     pub fn load(path: &Path) -> Result<Bundle, LoadError> {
-        Self::load_with(path, &Limits::default())
+        let limits = Limits::from_env().map_err(|e| bundle_err(path.display(), e))?;
+        Self::load_with(path, &limits)
     }
 
     /// [`Bundle::load`] with explicit limits. A path that is a single snapshot file (JSON, as
@@ -829,7 +831,7 @@ impl Budget<'_> {
             return Err(bundle_err(
                 file,
                 format!(
-                    "the bundle's files add up to more than the limit of {} bytes (MAX_BUNDLE_BYTES)",
+                    "the bundle's files add up to more than the limit of {} bytes (MAX_BUNDLE_BYTES; for a trusted bundle, raise it with NETRAY_MAX_BUNDLE_BYTES=SIZE)",
                     self.limits.bundle_bytes
                 ),
             ));
@@ -916,7 +918,7 @@ fn read_dir_files(dir: &Path, limits: &Limits) -> Result<Vec<(String, Item)>, Lo
                 return Err(bundle_err(
                     nodes_dir.display(),
                     format!(
-                        "more than {} node snapshots (MAX_NODE_FILES)",
+                        "more than {} node snapshots (MAX_NODE_FILES; for a trusted bundle, raise it with NETRAY_MAX_NODE_FILES=N)",
                         limits.node_files
                     ),
                 ));
@@ -964,7 +966,7 @@ impl<R: Read> Read for Bounded<R> {
         self.count += n as u64;
         if self.count > self.limit {
             return Err(std::io::Error::other(format!(
-                "more than {} bytes once decompressed (MAX_ARCHIVE_STREAM_BYTES)",
+                "more than {} bytes once decompressed (MAX_ARCHIVE_STREAM_BYTES; for a trusted bundle, raise it with NETRAY_MAX_ARCHIVE_STREAM_BYTES=SIZE)",
                 self.limit
             )));
         }
@@ -1169,7 +1171,7 @@ fn read_tar_gz(path: &Path, limits: &Limits) -> Result<Vec<(String, Item)>, Load
                     return Err(bundle_err(
                         &shown,
                         format!(
-                            "more than {} node snapshots (MAX_NODE_FILES)",
+                            "more than {} node snapshots (MAX_NODE_FILES; for a trusted bundle, raise it with NETRAY_MAX_NODE_FILES=N)",
                             limits.node_files
                         ),
                     ));

@@ -197,3 +197,37 @@ fn tar_gz_bundle_loads_and_garbage_does_not() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("junk.tar.gz"));
 }
+
+/// The bundle-size limits are the defaults unless the environment raises (or lowers) them for
+/// a trusted bundle; the refusal says which variable does it, and a malformed value is an
+/// error naming it.
+#[test]
+fn bundle_limits_follow_the_environment() {
+    let run = |env: &[(&str, &str)]| {
+        let mut c = Command::new(NETRAY);
+        c.args(["scan", "--bundle", EXAMPLE, "--fail-on", "critical"]);
+        for (k, v) in env {
+            c.env(k, v);
+        }
+        let o = c.output().unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    assert_eq!(run(&[]).0, Some(0));
+    let (code, err) = run(&[("NETRAY_MAX_BUNDLE_BYTES", "100K")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("limit of 102400 bytes (MAX_BUNDLE_BYTES")
+            && err.contains("NETRAY_MAX_BUNDLE_BYTES=SIZE"),
+        "{err}"
+    );
+    let (code, err) = run(&[("NETRAY_MAX_NODE_FILES", "2")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("more than 2 node snapshots"), "{err}");
+    let (code, err) = run(&[("NETRAY_MAX_BUNDLE_BYTES", "lots")]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("NETRAY_MAX_BUNDLE_BYTES=\"lots\""), "{err}");
+    assert_eq!(run(&[("NETRAY_MAX_BUNDLE_BYTES", "16G")]).0, Some(0));
+}
