@@ -15,7 +15,10 @@
 //!    `netray_lab::matrix::check_fix_command`);
 //! 3. **re-probe**: the whole matrix again. Every flow that failed must now work, no endpoint
 //!    that worked may break, and the what-if verdict (and per-endpoint reachability) of every
-//!    flow must equal the kernel's after the fix.
+//!    flow must equal the kernel's after the fix;
+//! 4. **diff**: the lab collected again after the fix; `netray diff --before --after` of every
+//!    flow must call `fixed` each endpoint the fix made work in the kernel, and `broken` none
+//!    that worked both times.
 //!
 //! Prints a table per case and fails on any disagreement. Needs root (skipped with a message
 //! otherwise, failing under `CI=true`); one lab at a time.
@@ -283,7 +286,24 @@ fn run_case(case: &str, faults: &[&str]) {
         }
     }
     let after = truths(&lab, &flows);
+    // The state after the fix, for `netray diff` against the state before.
+    let dir_after = tempfile::tempdir().expect("tempdir");
+    lab.collect_bundle(Path::new(NETRAY), dir_after.path())
+        .expect("collect bundle after the fix");
     drop(lab);
+    for f in &flows {
+        problems.extend(
+            diff_disagreements(
+                bundle,
+                dir_after.path(),
+                f,
+                &before[&f.name],
+                &after[&f.name],
+            )
+            .into_iter()
+            .map(|p| format!("{}: {p}", f.name)),
+        );
+    }
     println!(
         "{:40}  {:32}  {:32}  what-if",
         "flow", "kernel before", "kernel after fix"
@@ -340,6 +360,66 @@ fn run_case(case: &str, faults: &[&str]) {
         problems.len(),
         problems.join("\n  ")
     );
+}
+
+/// `netray diff --before B1 --after B2` for one flow against what the kernel did before and
+/// after the fix: every endpoint the fix made work must be `fixed`, none that worked both
+/// times may be `broken`.
+fn diff_disagreements(
+    before_bundle: &Path,
+    after_bundle: &Path,
+    f: &MatrixFlow,
+    before: &FlowTruth,
+    after: &FlowTruth,
+) -> Vec<String> {
+    let mut cmd = std::process::Command::new(NETRAY);
+    cmd.arg("diff")
+        .arg("--before")
+        .arg(before_bundle)
+        .arg("--after")
+        .arg(after_bundle)
+        .args(["--from", &f.from, "--to", &f.to])
+        .args(&f.args)
+        .args(["-o", "json"]);
+    // As `matrix::diagnose`: the lab's TCP probes carry a few bytes (the handshake).
+    if f.proto == Some(netray_lab::spec::Proto::Tcp) && !f.args.iter().any(|a| a == "--size") {
+        cmd.args(["--size", "60"]);
+    }
+    let out = cmd.output().expect("run netray diff");
+    let v: Value = match serde_json::from_slice(&out.stdout) {
+        Ok(v) => v,
+        Err(e) => {
+            return vec![format!(
+                "netray diff printed no JSON ({e}): {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )];
+        }
+    };
+    let change_of = |ip: &std::net::Ipv4Addr| -> Option<String> {
+        v["endpoints"].as_array()?.iter().find_map(|e| {
+            let ep = e["endpoint"].as_str()?;
+            (ep.split(':').next() == Some(ip.to_string().as_str()))
+                .then(|| e["change"].as_str().unwrap_or("").to_string())
+        })
+    };
+    let mut bad = Vec::new();
+    for (ip, a) in &after.targets {
+        let Some(b) = before.targets.get(ip) else {
+            continue;
+        };
+        let change = change_of(ip);
+        if !b.reachable() && a.reachable() && change.as_deref() != Some("fixed") {
+            bad.push(format!(
+                "the fix made {ip} work in the kernel; netray diff says {change:?}"
+            ));
+        }
+        if b.reachable() && a.reachable() && change.as_deref() == Some("broken") {
+            bad.push(format!(
+                "{ip} works before and after in the kernel; netray diff says broken"
+            ));
+        }
+    }
+    bad
 }
 
 // Single-fault cases of lab_cases.rs.
