@@ -352,6 +352,11 @@ fn run_case(case: &str, faults: &[&str]) {
         }
     }
     print_table(case, &faults, &rows);
+    println!(
+        "{case}: {} per-endpoint comparisons, {} agree",
+        rows.len(),
+        rows.iter().filter(|r| r.problem.is_none()).count()
+    );
     for d in &details {
         println!("{d}");
     }

@@ -452,6 +452,25 @@ fn trace_matches_the_kernel() {
             if *agree { "" } else { "   <-- DISAGREE" }
         );
     }
+    // Per scenario (topology state): how many comparisons, how many agree.
+    let mut per: Vec<(&str, usize, usize)> = Vec::new();
+    for (s, _, _, _, agree) in &rows {
+        match per.iter_mut().find(|p| p.0 == s.as_str()) {
+            Some(p) => {
+                p.1 += 1;
+                p.2 += usize::from(*agree);
+            }
+            None => per.push((s.as_str(), 1, usize::from(*agree))),
+        }
+    }
+    for (s, n, ok) in &per {
+        println!("{s}: {n} comparisons, {ok} agree");
+    }
+    println!(
+        "total: {} comparisons, {} agree",
+        rows.len(),
+        rows.iter().filter(|r| r.4).count()
+    );
     let bad = rows.iter().filter(|r| !r.4).count();
     assert_eq!(
         bad,
