@@ -374,3 +374,27 @@ fn an_unrelated_huge_archive_entry_is_skipped_in_bounded_memory() {
     assert_eq!(r.code, Some(0), "{}", r.stderr);
     assert!(r.stdout.starts_with("scanned 3 nodes"), "{}", r.stdout);
 }
+
+/// A directory bundle whose `nodes/node1.json` is a symbolic link to `/dev/zero` (read until
+/// memory ran out) or a FIFO (hung for ever): refused (exit 2) naming the file, in bounded time
+/// and memory.
+#[test]
+fn a_dev_zero_link_or_a_fifo_as_a_node_file_is_refused_in_bounded_time_and_memory() {
+    for kind in ["/dev/zero link", "fifo"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let b = healthy_with(tmp.path(), |_| {});
+        let victim = b.join("nodes/node1.json");
+        std::fs::remove_file(&victim).unwrap();
+        if kind == "fifo" {
+            let c = std::ffi::CString::new(victim.to_str().unwrap()).unwrap();
+            // SAFETY: mkfifo(3) on a NUL-terminated path we own.
+            assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, 0);
+        } else {
+            std::os::unix::fs::symlink("/dev/zero", &victim).unwrap();
+        }
+        let r = measured(&["scan", "--bundle", b.to_str().unwrap()]);
+        assert_bounded(&format!("scan (node file is a {kind})"), &r);
+        assert_eq!(r.code, Some(2), "{kind}: {}", r.stderr);
+        assert!(r.stderr.contains("node1.json"), "{kind}: {}", r.stderr);
+    }
+}
