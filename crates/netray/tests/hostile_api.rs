@@ -184,6 +184,18 @@ fn assert_clean(r: &Run, needles: &[&str]) {
         );
     }
     assert!(r.stderr.len() < 4000, "stderr of {} bytes", r.stderr.len());
+    // Memory: the largest peak of every netray this test binary has reaped so far
+    // (RUSAGE_CHILDREN), hence also this one's, stays small: the API limits (response size,
+    // pages, deadline) bound it whatever the server sends.
+    // SAFETY: rusage is plain data, written by getrusage.
+    let mut u: libc::rusage = unsafe { std::mem::zeroed() };
+    // SAFETY: `u` is valid for writes.
+    assert_eq!(unsafe { libc::getrusage(libc::RUSAGE_CHILDREN, &mut u) }, 0);
+    assert!(
+        u.ru_maxrss < 500 * 1024,
+        "a netray run peaked at {} KiB (bound 500 MiB)",
+        u.ru_maxrss
+    );
 }
 
 fn url(s: &Server) -> String {
