@@ -953,7 +953,7 @@ fn cause_of(b: &Branch, ctx: &Context) -> Finding {
             format!("routes (table main): {}", routes.join("; "))
         });
     }
-    let mut explanation = if let (Some(seg), true) = (b.data_segment, certain) {
+    let explanation = if let (Some(seg), true) = (b.data_segment, certain) {
         format!(
             "The TCP handshake passes on this path, but a full-size {} segment ({} bytes, DF set) does not: the connection is established, then stalls as soon as it carries data. {}",
             if seg.direction == Leg::Forward {
@@ -983,11 +983,10 @@ fn cause_of(b: &Branch, ctx: &Context) -> Finding {
                 "scan finding {} ({}) on {}/{} is about the same object",
                 f.code, f.severity, f.node, f.netns
             );
+            // Named in the evidence only: its explanation would repeat the walk's "why"
+            // (`netray scan` shows it in full).
             if !evidence.contains(&line) {
                 evidence.push(line);
-            }
-            if !explanation.contains(&f.explanation) {
-                explanation.push_str(&format!(" (scan, {}: {})", f.code, f.explanation));
             }
         }
     }
