@@ -678,6 +678,18 @@ fn port_not_listening_evidence_adds_what_does_listen() {
 fn lab_list_says_when_empty_and_down_of_an_unknown_lab_fails() {
     let (o, _) = run(&["lab", "list"], 0);
     assert!(!o.trim().is_empty(), "lab list printed nothing");
+    // `-o` here too: the labs by tag, and the faults `lab up --fault` takes.
+    let (o, _) = run(&["lab", "list", "-o", "json"], 0);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert!(v["labs"].is_object(), "{o}");
+    let (o, _) = run(&["lab", "faults", "-o", "json"], 0);
+    let v: serde_json::Value = serde_json::from_str(&o).unwrap();
+    assert!(
+        v["faults"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|x| x == "forward-drop:NODE")),
+        "{o}"
+    );
     let (_, e) = run(&["lab", "down", "no-such-lab-zz9"], 2);
     assert!(e.contains("no lab `no-such-lab-zz9` on this host"), "{e}");
 }

@@ -37,9 +37,17 @@ pub enum LabCommand {
         all: bool,
     },
     /// List lab namespaces, grouped by lab tag.
-    List,
+    List {
+        /// Output format (JSON/YAML: `{"labs": {TAG: [NAMESPACE, …]}}`).
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: super::Format,
+    },
     /// List the faults `lab up --fault` accepts.
-    Faults,
+    Faults {
+        /// Output format (JSON/YAML: `{"faults": [NAME, …]}`).
+        #[arg(short = 'o', long, value_enum, default_value_t)]
+        output: super::Format,
+    },
     /// The lab's pod server and probe client (used inside lab namespaces).
     #[command(hide = true)]
     Agent {
@@ -118,20 +126,26 @@ pub fn run(c: LabCommand) -> CmdResult {
             }
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::List => {
+        LabCommand::List { output } => {
             let labs = netray_lab::labs_on_host();
-            if labs.is_empty() {
-                println!("no labs on this host (start one with `sudo netray lab up`)");
-            }
-            for (tag, names) in labs {
-                println!("{tag}: {}", names.join(" "));
-            }
+            let doc = serde_json::json!({ "labs": &labs });
+            super::output::print(&doc, output, || {
+                if labs.is_empty() {
+                    println!("no labs on this host (start one with `sudo netray lab up`)");
+                }
+                for (tag, names) in &labs {
+                    println!("{tag}: {}", names.join(" "));
+                }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
-        LabCommand::Faults => {
-            for f in Fault::NAMES {
-                println!("{f}");
-            }
+        LabCommand::Faults { output } => {
+            let doc = serde_json::json!({ "faults": Fault::NAMES });
+            super::output::print(&doc, output, || {
+                for f in Fault::NAMES {
+                    println!("{f}");
+                }
+            })?;
             Ok(ExitCode::SUCCESS)
         }
         LabCommand::Agent { args } => {
