@@ -17,8 +17,8 @@
 //!    that worked may break, and the what-if verdict (and per-endpoint reachability) of every
 //!    flow must equal the kernel's after the fix;
 //! 4. **diff**: the lab collected again after the fix; `netray diff --before --after` of every
-//!    flow must call `fixed` each endpoint the fix made work in the kernel, and `broken` none
-//!    that worked both times.
+//!    flow must call `fixed` each endpoint the fix made work in the kernel (or `appeared`, working,
+//!    when the walk before never reached it), and `broken` none that worked both times.
 //!
 //! Prints a table per case and fails on any disagreement. Needs root (skipped with a message
 //! otherwise, failing under `CI=true`); one lab at a time.
@@ -395,11 +395,18 @@ fn diff_disagreements(
             )];
         }
     };
-    let change_of = |ip: &std::net::Ipv4Addr| -> Option<String> {
+    // The endpoint's change, and whether every path to it works after.
+    let change_of = |ip: &std::net::Ipv4Addr| -> Option<(String, bool)> {
         v["endpoints"].as_array()?.iter().find_map(|e| {
             let ep = e["endpoint"].as_str()?;
+            let works = e["after"].as_array().is_some_and(|a| {
+                !a.is_empty()
+                    && a.iter().all(|d| {
+                        matches!(d.as_str(), Some("delivered" | "accepted-by-host" | "exits"))
+                    })
+            });
             (ep.split(':').next() == Some(ip.to_string().as_str()))
-                .then(|| e["change"].as_str().unwrap_or("").to_string())
+                .then(|| (e["change"].as_str().unwrap_or("").to_string(), works))
         })
     };
     let mut bad = Vec::new();
@@ -408,12 +415,16 @@ fn diff_disagreements(
             continue;
         };
         let change = change_of(ip);
-        if !b.reachable() && a.reachable() && change.as_deref() != Some("fixed") {
+        // `appeared`: the walk before the fix never reached this endpoint (it failed earlier,
+        // e.g. at the client's own route lookup); it counts when every path to it works after.
+        let fixed =
+            matches!(&change, Some((c, works)) if c == "fixed" || (c == "appeared" && *works));
+        if !b.reachable() && a.reachable() && !fixed {
             bad.push(format!(
                 "the fix made {ip} work in the kernel; netray diff says {change:?}"
             ));
         }
-        if b.reachable() && a.reachable() && change.as_deref() == Some("broken") {
+        if b.reachable() && a.reachable() && matches!(&change, Some((c, _)) if c == "broken") {
             bad.push(format!(
                 "{ip} works before and after in the kernel; netray diff says broken"
             ));
